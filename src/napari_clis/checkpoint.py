@@ -1,0 +1,149 @@
+"""Model files: a versioned format, safe loading, atomic writes.
+
+A model file is a ``torch.save`` dictionary::
+
+    {"format": "napari-clis-model", "format_version": 1,
+     "config": {...NetworkConfig...}, "state_dict": {...}, "metadata": {...}}
+
+It is loaded with ``torch.load(weights_only=True)`` so a foreign or malicious pickle is refused, and
+a file of another format or version is refused with a message that says which.
+
+Pure torch: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .network import ClisNet, NetworkConfig
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "save_model",
+    "load_model",
+    "shipped_models",
+    "shipped_model_path",
+]
+
+FORMAT = "napari-clis-model"
+FORMAT_VERSION = 1
+_SHIPPED = {"nuclei": "nuclei.pt", "skin-lesion": "skin-lesion.pt"}
+
+
+class CheckpointError(ValueError):
+    """A model file cannot be used; the message says why."""
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and replace ``path``
+    in one rename. On any error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CheckpointError(f"Cannot save to {path}: the folder {folder} does not exist.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.") from e
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"Could not save {path}: {e.strerror or e}. The previous file is unchanged.") from e
+        raise
+
+
+def save_model(path: Path | str, net: ClisNet, metadata: dict | None = None, extra: dict | None = None) -> None:
+    """Save ``net`` (weights, all tasks' kernel masks) and ``metadata`` atomically to ``path``."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": net.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "metadata": metadata or {},
+    }
+    if extra:
+        payload.update(extra)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _read_payload(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"Model file {path} does not exist.")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a model file.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files; all mean the same to the user
+        raise CheckpointError(
+            f"{path} is not a readable napari-clis model file (it may be truncated, corrupt or of another "
+            f"program): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a napari-clis model file (no '{FORMAT}' format marker).")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is a napari-clis model of format version {version}, but this napari-clis reads "
+            f"version {FORMAT_VERSION}. Use the napari-clis version that wrote it, or retrain."
+        )
+    return payload
+
+
+def load_model(path: Path | str) -> tuple[ClisNet, dict, dict]:
+    """Load a model file; return ``(net, metadata, payload)`` with ``net`` in eval mode on the CPU."""
+    path = Path(path)
+    payload = _read_payload(path)
+    try:
+        config = NetworkConfig.from_dict(payload["config"])
+        net = ClisNet(config)
+        state = payload["state_dict"]
+        task_ids = {int(m.group(1)) for k in state if (m := re.search(r"gates\.logits\.(\d+)$", k))}
+        for _ in range(max(task_ids, default=0)):
+            net.add_task()
+        net.load_state_dict(state)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path} does not match the CLIS network: {e}") from e
+    net.eval()
+    return net, dict(payload.get("metadata", {})), payload
+
+
+def shipped_models() -> list[str]:
+    """Names of the pretrained models inside the package."""
+    return list(_SHIPPED)
+
+
+def shipped_model_path(name: str) -> Path:
+    """Path of a shipped model file by name (``"nuclei"`` or ``"skin-lesion"``)."""
+    if name not in _SHIPPED:
+        raise ValueError(f"Unknown model {name!r}; shipped models are {', '.join(_SHIPPED)}. "
+                         "For your own model file use ClisSession.from_checkpoint(path).")
+    return Path(str(resources.files("napari_clis").joinpath("weights").joinpath(_SHIPPED[name])))

@@ -1,0 +1,78 @@
+"""The ``napari-clis`` command: ``pretrain`` and ``bench``. Thin: it parses arguments and calls the core."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _pretrain(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .training import MODEL_PRESETS, PretrainSettings, pretrain
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = dict(MODEL_PRESETS[args.model])
+    if args.steps:
+        preset["steps"] = args.steps
+    settings = PretrainSettings(model=args.model, seed=args.seed, **preset)
+    output = Path(args.output or f"{args.model}.pt")
+    log_file = open(args.log, "a") if args.log else None
+
+    bar = tqdm(total=settings.steps, desc=f"pretrain {args.model}", unit="step", file=sys.stderr)
+
+    def log(msg):
+        bar.write(msg)
+        if log_file:
+            log_file.write(msg + "\n")
+            log_file.flush()
+
+    def progress(step, total, loss):
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.refresh()
+
+    pretrain(settings, output, data_root=args.data, resume=not args.restart, log=log, progress=progress)
+    bar.close()
+    return 0
+
+
+def _bench(args) -> int:
+    from . import benchmarks
+
+    return benchmarks.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-clis", description="CLIS interactive segmentation: training and benchmarks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pt = sub.add_parser("pretrain", help="train a model from scratch on the hold-out split of ../shared/data")
+    pt.add_argument("model", choices=["nuclei", "skin-lesion"])
+    pt.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+    pt.add_argument("--output", help="model file to write (default MODEL.pt)")
+    pt.add_argument("--steps", type=int, help="optimisation steps (default: the model's preset)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--threads", type=int, help="CPU threads for torch")
+    pt.add_argument("--log", help="also append progress lines to this file")
+    pt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    pt.set_defaults(func=_pretrain)
+
+    from . import benchmarks
+
+    benchmarks.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Loading the real datasets in ``../shared/data`` and the fixed splits of the CLIS protocol.
+
+The split of ``dsb2018`` is drawn once with a fixed seed and stored in ``splits/dsb2018.json`` inside
+the package, so pretraining and the interactive/continual benchmarks never share an image.
+``isic2017`` uses its own challenge splits: ``train`` for pretraining, ``val`` for monitoring,
+``test`` for the held-out measures and the benchmarks.
+
+Pure numpy: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Sample",
+    "default_data_root",
+    "load_dsb2018",
+    "load_isic2017",
+    "dsb2018_split",
+    "make_dsb2018_split",
+    "load_dataset",
+]
+
+DSB_SPLIT_SEED = 2018
+DSB_PRETRAIN_FRACTION = 0.6
+
+
+@dataclass
+class Sample:
+    """One image with its ground truth: ``image`` (H, W, 3) uint8, ``mask`` (H, W) int32 class ids."""
+
+    id: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def default_data_root() -> Path:
+    """``$NAPARI_CLIS_DATA`` if set, else ``../shared/data`` from the working directory."""
+    env = os.environ.get("NAPARI_CLIS_DATA")
+    return Path(env) if env else Path("..") / "shared" / "data"
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from skimage.io import imread
+
+    im = imread(path)
+    if im.ndim == 2:
+        im = np.stack([im] * 3, -1)
+    return np.ascontiguousarray(im[..., :3])
+
+
+def _check_root(root: Path, name: str) -> Path:
+    folder = Path(root) / name
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Dataset folder {folder} not found. Pass the data folder (the one holding dsb2018/ and "
+            "isic2017/) or set NAPARI_CLIS_DATA."
+        )
+    return folder
+
+
+def make_dsb2018_split(ids: list[str], seed: int = DSB_SPLIT_SEED) -> dict[str, list[str]]:
+    """Split ``dsb2018`` ids into ``pretrain`` (60%) and ``pool`` (the rest) with a fixed seed."""
+    ids = sorted(ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_pre = int(round(DSB_PRETRAIN_FRACTION * len(ids)))
+    return {
+        "seed": seed,
+        "pretrain": sorted(ids[i] for i in order[:n_pre]),
+        "pool": sorted(ids[i] for i in order[n_pre:]),
+    }
+
+
+def dsb2018_split() -> dict[str, list[str]]:
+    """The shipped split of ``dsb2018``: ``{"pretrain": [...], "pool": [...]}``."""
+    text = resources.files("napari_clis").joinpath("splits").joinpath("dsb2018.json").read_text()
+    return json.loads(text)
+
+
+def load_dsb2018(root: Path | str | None = None, subset: str = "pretrain", limit: int | None = None) -> list[Sample]:
+    """Load ``dsb2018`` images with foreground masks (``mask > 0``); ``subset`` is ``pretrain``, ``pool`` or ``all``."""
+    folder = _check_root(Path(root) if root else default_data_root(), "dsb2018")
+    if subset == "all":
+        ids = sorted(p.stem for p in (folder / "images").glob("*.png"))
+    else:
+        split = dsb2018_split()
+        if subset not in split:
+            raise ValueError(f"subset must be 'pretrain', 'pool' or 'all', got {subset!r}")
+        ids = split[subset]
+    if limit is not None:
+        ids = ids[:limit]
+    from skimage.io import imread
+
+    out = []
+    for i in ids:
+        image = _read_rgb(folder / "images" / f"{i}.png")
+        mask = (imread(folder / "masks" / f"{i}.png") > 0).astype(np.int32)
+        out.append(Sample(i, image, mask))
+    return out
+
+
+def load_isic2017(root: Path | str | None = None, split: str = "train", limit: int | None = None) -> list[Sample]:
+    """Load an ``isic2017`` split (``train``, ``val`` or ``test``) with binary lesion masks."""
+    folder = _check_root(Path(root) if root else default_data_root(), "isic2017")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    ids = sorted((p.stem for p in (folder / split / "images").glob("*.jpg")), key=lambda s: int(s) if s.isdigit() else s)
+    if limit is not None:
+        ids = ids[:limit]
+    from skimage.io import imread
+
+    out = []
+    for i in ids:
+        image = _read_rgb(folder / split / "images" / f"{i}.jpg")
+        mask = (imread(folder / split / "masks" / f"{i}.png") > 127).astype(np.int32)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        out.append(Sample(i, image, mask))
+    return out
+
+
+def load_dataset(name: str, part: str, root: Path | str | None = None, limit: int | None = None) -> list[Sample]:
+    """``load_dataset("nuclei", "pretrain")`` etc.: the datasets by model name.
+
+    nuclei: parts ``pretrain`` and ``heldout`` (= the dsb2018 pool); skin-lesion: ``pretrain`` (train),
+    ``monitor`` (val) and ``heldout`` (test).
+    """
+    if name == "nuclei":
+        return load_dsb2018(root, {"pretrain": "pretrain", "heldout": "pool", "monitor": "pretrain"}[part], limit)
+    if name == "skin-lesion":
+        return load_isic2017(root, {"pretrain": "train", "monitor": "val", "heldout": "test"}[part], limit)
+    raise ValueError(f"Unknown dataset {name!r}; expected 'nuclei' or 'skin-lesion'.")

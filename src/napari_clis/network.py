@@ -1,0 +1,164 @@
+"""The CLIS segmentation network: encoder blocks A1-A4, decoder blocks B1-B3, per-task kernel masks.
+
+Shapes: the network takes ``(N, 3, H, W)`` float32 with ``H`` and ``W`` multiples of 8 and returns the
+class logits ``(N, K, H, W)`` and the aleatoric log-variance of those logits ``(N, K, H, W)``.
+
+Every convolution is a :class:`MaskedConv` whose output channels are multiplied by the current task's
+binary kernel gates (:mod:`napari_clis.masks`). Normalisation is BatchNorm; its statistics are frozen
+after pretraining (continual learning updates only convolution weights and gates).
+
+For Monte-Carlo uncertainty the network is split in two: :meth:`ClisNet.trunk` is deterministic and
+computed once; :meth:`ClisNet.heads` applies what is stochastic (the Bernoulli gates of the last decoder
+convolution and channel dropout on its output, then the 1x1 heads) and is cheap to repeat.
+
+Pure torch: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masks import KernelGates
+
+__all__ = ["NetworkConfig", "ClisNet", "MaskedConv"]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Hyper-parameters that define the architecture (stored in every checkpoint)."""
+
+    in_channels: int = 3
+    n_classes: int = 2
+    width: int = 16
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class MaskedConv(nn.Module):
+    """3x3 convolution, BatchNorm, ReLU, then the task's binary gates over output channels."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(c_out)
+        self.gates = KernelGates(c_out)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output before gating."""
+        return F.relu(self.norm(self.conv(x)))
+
+    def gate_vector(self, task: int, relaxed: bool) -> torch.Tensor:
+        return self.gates.relaxed(task) if relaxed else self.gates.hard(task)
+
+    def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> torch.Tensor:
+        g = self.gate_vector(task, relaxed)
+        return self.features(x) * g.view(1, -1, 1, 1)
+
+
+class _Block(nn.Module):
+    """Two masked convolutions."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = MaskedConv(c_in, c_out)
+        self.conv2 = MaskedConv(c_out, c_out)
+
+    def forward(self, x, task=0, relaxed=False):
+        return self.conv2(self.conv1(x, task, relaxed), task, relaxed)
+
+
+class ClisNet(nn.Module):
+    """Encoder-decoder with skip connections and per-task kernel masks.
+
+    Blocks: A1 (width), A2 (2 width), A3 (4 width), A4 (8 width, the bottleneck);
+    B1 (4 width), B2 (2 width), B3 (width); heads: class logits and logit log-variance.
+    """
+
+    def __init__(self, config: NetworkConfig | None = None):
+        super().__init__()
+        self.config = config = config or NetworkConfig()
+        w = config.width
+        self.A1 = _Block(config.in_channels, w)
+        self.A2 = _Block(w, 2 * w)
+        self.A3 = _Block(2 * w, 4 * w)
+        self.A4 = _Block(4 * w, 8 * w)
+        self.B1 = _Block(8 * w + 4 * w, 4 * w)
+        self.B2 = _Block(4 * w + 2 * w, 2 * w)
+        self.B3 = _Block(2 * w + w, w)
+        self.logit_head = nn.Conv2d(w, config.n_classes, 1)
+        self.logvar_head = nn.Conv2d(w, config.n_classes, 1)
+        nn.init.constant_(self.logvar_head.bias, -4.0)
+        nn.init.normal_(self.logvar_head.weight, std=1e-3)
+
+    # -- structure -------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> dict[str, _Block]:
+        return {n: getattr(self, n) for n in ("A1", "A2", "A3", "A4", "B1", "B2", "B3")}
+
+    def masked_convs(self) -> dict[str, MaskedConv]:
+        """All masked convolutions by name (``"A1.conv1"``, ...), in network order."""
+        return {f"{b}.{c}": getattr(blk, c) for b, blk in self.blocks.items() for c in ("conv1", "conv2")}
+
+    @property
+    def n_tasks(self) -> int:
+        return self.A1.conv1.gates.n_tasks
+
+    def add_task(self, init_from: int | None = None) -> int:
+        """Add gate logits for a new task (copied from ``init_from`` if given); return its index."""
+        for conv in self.masked_convs().values():
+            init = None if init_from is None else conv.gates.logits[init_from]
+            conv.gates.add_task(init)
+        return self.n_tasks - 1
+
+    # -- forward ---------------------------------------------------------------------------------
+    def trunk(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> torch.Tensor:
+        """Deterministic part: everything up to the last convolution's ungated output ``(N, w, H, W)``."""
+        if x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"ClisNet needs H and W divisible by 8, got {tuple(x.shape[-2:])}")
+        a1 = self.A1(x, task, relaxed)
+        a2 = self.A2(F.max_pool2d(a1, 2), task, relaxed)
+        a3 = self.A3(F.max_pool2d(a2, 2), task, relaxed)
+        a4 = self.A4(F.max_pool2d(a3, 2), task, relaxed)
+        b1 = self.B1(torch.cat([_up(a4), a3], 1), task, relaxed)
+        b2 = self.B2(torch.cat([_up(b1), a2], 1), task, relaxed)
+        b3 = self.B3.conv1(torch.cat([_up(b2), a1], 1), task, relaxed)
+        return self.B3.conv2.features(b3)
+
+    def heads(self, features: torch.Tensor, gates: torch.Tensor, dropout_mask: torch.Tensor | None = None):
+        """Stochastic part: gate the last features, drop channels, apply the 1x1 heads.
+
+        ``gates`` is ``(w,)`` or ``(N, w)``; ``dropout_mask`` the same shape, already scaled by ``1/(1-p)``.
+        Returns ``(logits, log_variance)``, each ``(N, K, H, W)``.
+        """
+        g = gates if gates.dim() == 2 else gates.unsqueeze(0)
+        if dropout_mask is not None:
+            dm = dropout_mask if dropout_mask.dim() == 2 else dropout_mask.unsqueeze(0)
+            g = g * dm
+        f = features * g[:, :, None, None]
+        return self.logit_head(f), self.logvar_head(f)
+
+    def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False):
+        """One pass: ``(logits, log_variance)``. Training uses relaxed gates and dropout."""
+        feats = self.trunk(x, task, relaxed)
+        last = self.B3.conv2
+        gates = last.gate_vector(task, relaxed)
+        drop = None
+        if self.training and self.config.dropout > 0:
+            keep = 1.0 - self.config.dropout
+            drop = (torch.rand(x.shape[0], feats.shape[1], device=x.device) < keep).to(feats.dtype) / keep
+            gates = gates.unsqueeze(0).expand(x.shape[0], -1)
+        return self.heads(feats, gates, drop)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)

@@ -1,0 +1,92 @@
+"""Turn a user's 2D image (any dtype, grey or colour) into the network's input, with clear errors.
+
+Pure numpy: no Qt, no napari, no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["as_2d_image", "normalize_image", "ImageError"]
+
+# Percentiles that set the intensity range; robust to a few hot pixels and to dark backgrounds.
+_LOW_PERCENTILE = 1.0
+_HIGH_PERCENTILE = 99.8
+# Above this many values the percentiles are estimated on a regular subsample (same result for all
+# practical purposes, and a 4096x4096 RGB image does not need a 150 MB sort).
+_MAX_PERCENTILE_SAMPLES = 1 << 20
+
+
+class ImageError(ValueError):
+    """The image cannot be segmented; the message says why and what is expected."""
+
+
+def as_2d_image(image) -> np.ndarray:
+    """Validate ``image`` and return it as ``(H, W)`` grey or ``(H, W, 3)`` colour, dtype unchanged.
+
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) and ``(H, W, 4)`` (RGBA: alpha is dropped).
+    Raises :class:`ImageError` naming the problem for anything else.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise ImageError("The image holds complex numbers; take its magnitude or real part first.")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim == 2:
+        pass
+    elif arr.ndim == 3 and arr.shape[-1] == 3:
+        pass
+    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4:
+        raise ImageError(
+            f"The image has shape {arr.shape}: it looks channel-first. Give colour images as (H, W, 3) "
+            "or (H, W, 4), e.g. with numpy.moveaxis(image, 0, -1)."
+        )
+    else:
+        raise ImageError(
+            f"Expected a 2D image, (H, W) grey or (H, W, 3|4) colour, got shape {arr.shape}. "
+            "For a stack or a time series, segment one 2D slice at a time."
+        )
+    h, w = arr.shape[:2]
+    if h < 2 or w < 2:
+        raise ImageError(f"The image is too small to segment ({h}x{w} pixels); it needs at least 2x2.")
+    return arr
+
+
+def normalize_image(image) -> np.ndarray:
+    """Network input ``(3, H, W)`` float32 in ``[-0.5, 0.5]`` from a 2D grey or colour image.
+
+    The intensity range is set by the 1st and 99.8th percentiles over all channels (colour balance is
+    kept), so uint8, uint16 and float images of any range give the same input. Grey images are
+    repeated over three channels. A constant image gives zeros. NaN or Inf raise :class:`ImageError`.
+    """
+    arr = as_2d_image(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(arr.size - finite.sum() - n_nan)
+            raise ImageError(
+                f"The image contains {n_nan} NaN and {n_inf} infinite values; replace them "
+                "(e.g. numpy.nan_to_num) before segmenting."
+            )
+    flat = arr.reshape(-1)
+    step = max(1, flat.size // _MAX_PERCENTILE_SAMPLES)
+    lo, hi = np.percentile(flat[::step].astype(np.float64), [_LOW_PERCENTILE, _HIGH_PERCENTILE])
+    if not hi > lo:
+        lo, hi = float(flat.min()), float(flat.max())
+    out = arr.astype(np.float32)
+    if hi > lo:
+        out = (out - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        np.clip(out, 0.0, 1.0, out=out)
+        out -= 0.5
+    else:
+        out = np.zeros_like(out)
+    if out.ndim == 2:
+        return np.broadcast_to(out, (3,) + out.shape).copy()
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0))

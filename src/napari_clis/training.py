@@ -1,0 +1,258 @@
+"""Pretraining the CLIS network from scratch on the hold-out split (task 0).
+
+Used by ``napari-clis pretrain``. The loss is
+
+* the aleatoric cross-entropy of Kendall and Gal (2017): logits are sampled with the predicted variance,
+  ``z + sigma * eps``, and the loss is ``-log mean_s softmax(z_s)[y]``;
+* a soft Dice loss on the deterministic softmax (foreground classes), for overlap quality;
+* ``kl_weight`` times the KL divergence of the kernel gates from their IBP prior.
+
+Pure torch/numpy: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import FORMAT, load_model, save_model
+from .data import Sample, load_dataset
+from .masks import bernoulli_kl, ibp_stick_breaking_prior
+from .metrics import dice, iou
+from .network import ClisNet, NetworkConfig
+from .preprocessing import normalize_image
+from .uncertainty import predict
+
+__all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl"]
+
+MODEL_PRESETS = {
+    # nuclei are small: native resolution, random crops
+    "nuclei": dict(crop=128, batch=12, working_long_side=None, steps=4000, width=16),
+    # lesions are large, smooth objects: the network sees the image with its long side at 128 px
+    "skin-lesion": dict(crop=None, batch=16, working_long_side=128, steps=3500, width=24),
+}
+CLASS_NAMES = {"nuclei": ["background", "nucleus"], "skin-lesion": ["background", "lesion"]}
+
+
+@dataclass
+class PretrainSettings:
+    model: str
+    steps: int = 3000
+    batch: int = 12
+    crop: int | None = 128
+    working_long_side: int | None = None
+    lr: float = 3e-3
+    gate_lr: float = 1e-2
+    kl_weight: float = 1e-4
+    ibp_alpha_per_kernel: float = 1.0
+    logit_samples: int = 4
+    seed: int = 0
+    width: int = 16
+    dropout: float = 0.2
+    eval_every: int = 250
+    monitor_images: int = 24
+    extra: dict = field(default_factory=dict)
+
+
+def aleatoric_nll(logits: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, n_samples: int = 4) -> torch.Tensor:
+    """Kendall-Gal classification loss with logit noise; ``target`` (N, H, W) int64."""
+    sigma = (0.5 * logvar).exp()
+    logps = []
+    for _ in range(n_samples):
+        z = logits + sigma * torch.randn_like(logits)
+        logps.append(F.log_softmax(z, 1).gather(1, target[:, None])[:, 0])
+    return -(torch.logsumexp(torch.stack(logps), 0) - math.log(n_samples)).mean()
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice, averaged over the foreground classes (batch-global)."""
+    p = torch.softmax(logits, 1)
+    k = logits.shape[1]
+    onehot = F.one_hot(target, k).permute(0, 3, 1, 2).to(p.dtype)
+    dims = (0, 2, 3)
+    inter = (p * onehot).sum(dims)
+    denom = p.sum(dims) + onehot.sum(dims)
+    d = (2 * inter + 1.0) / (denom + 1.0)
+    return 1.0 - d[1:].mean()
+
+
+def gate_kl(net: ClisNet, task: int, priors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of KL(gate posterior of ``task`` || IBP prior)."""
+    total = 0.0
+    for name, conv in net.masked_convs().items():
+        total = total + bernoulli_kl(conv.gates.probabilities(task), priors[name])
+    return total
+
+
+def _prepare(samples: list[Sample], working_long_side: int | None):
+    """Normalise (and for lesion models resize) every image once, as inference does."""
+    out = []
+    for s in samples:
+        x = torch.from_numpy(normalize_image(s.image))[None]
+        y = torch.from_numpy(s.mask.astype(np.int64))[None, None].float()
+        if working_long_side is not None:
+            f = working_long_side / max(x.shape[-2:])
+            size = (round(x.shape[-2] * f), round(x.shape[-1] * f))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
+            y = F.interpolate(y, size=size, mode="nearest")
+        out.append((x[0], y[0, 0].long()))
+    return out
+
+
+def _batch(data, settings: PretrainSettings, rng: np.random.Generator):
+    xs, ys = [], []
+    for _ in range(settings.batch):
+        x, y = data[rng.integers(len(data))]
+        if settings.crop:
+            c = settings.crop
+            h, w = y.shape
+            if h < c or w < c:
+                ph, pw = max(0, c - h), max(0, c - w)
+                x = F.pad(x[None], (0, pw, 0, ph), mode="reflect")[0]
+                y = F.pad(y[None, None].float(), (0, pw, 0, ph), mode="reflect")[0, 0].long()
+                h, w = y.shape
+            y0, x0 = rng.integers(h - c + 1), rng.integers(w - c + 1)
+            x, y = x[:, y0 : y0 + c, x0 : x0 + c], y[y0 : y0 + c, x0 : x0 + c]
+            if rng.random() < 0.5:
+                x, y = x.transpose(-1, -2), y.transpose(-1, -2)
+        else:
+            # shift by up to 8 px with reflection
+            dy, dx = (int(v) for v in rng.integers(-8, 9, 2))
+            x = torch.roll(x, (dy, dx), (-2, -1))
+            y = torch.roll(y, (dy, dx), (-2, -1))
+        if rng.random() < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        if rng.random() < 0.5:
+            x, y = x.flip(-2), y.flip(-2)
+        # intensity: contrast and brightness jitter per channel, in the normalised space
+        gain = torch.from_numpy(rng.uniform(0.8, 1.2, (3, 1, 1)).astype(np.float32))
+        shift = float(rng.uniform(-0.1, 0.1))
+        x = ((x + 0.5) * gain - 0.5 + shift).clamp(-0.5, 0.5)
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()
+
+
+def _lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to 2% of the peak."""
+    n_warm = max(1, int(warmup * total))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    t = (step - n_warm) / max(1, total - n_warm)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def evaluate(net: ClisNet, samples: list[Sample], working_long_side: int | None, n_samples: int = 0) -> dict:
+    """Mean foreground Dice and IoU of ``net`` on ``samples`` (deterministic pass by default)."""
+    net.eval()
+    dices, ious = [], []
+    for s in samples:
+        out = predict(net, normalize_image(s.image), n_samples=n_samples, working_long_side=working_long_side)
+        pred = out.probabilities.argmax(0) > 0
+        dices.append(dice(pred, s.mask > 0))
+        ious.append(iou(pred, s.mask > 0))
+    return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious)), "n": len(samples)}
+
+
+def pretrain(
+    settings: PretrainSettings,
+    output: Path | str,
+    data_root: Path | str | None = None,
+    resume: bool = True,
+    log=print,
+    progress=None,
+) -> Path:
+    """Train a model from scratch and save it to ``output`` (checkpoints to ``output`` + ``.ckpt``)."""
+    output = Path(output)
+    ckpt_path = output.with_suffix(output.suffix + ".ckpt")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    t0 = time.time()
+    train = load_dataset(settings.model, "pretrain", data_root)
+    monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
+                           limit=settings.monitor_images)
+    data = _prepare(train, settings.working_long_side)
+    log(f"loaded {len(train)} training images in {time.time() - t0:.1f}s")
+
+    config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout)
+    net = ClisNet(config)
+    priors = {name: ibp_stick_breaking_prior(conv.gates.n_kernels, settings.ibp_alpha_per_kernel * conv.gates.n_kernels)
+              for name, conv in net.masked_convs().items()}
+    gate_params = [p for n, p in net.named_parameters() if ".gates." in n]
+    weight_params = [p for n, p in net.named_parameters() if ".gates." not in n]
+    opt = torch.optim.AdamW([
+        {"params": weight_params, "lr": settings.lr, "weight_decay": 1e-4},
+        {"params": gate_params, "lr": settings.gate_lr, "weight_decay": 0.0},
+    ])
+    step = 0
+    history = []
+    train_seconds = 0.0
+    if resume and ckpt_path.exists():
+        net_r, meta, payload = load_model(ckpt_path)
+        net.load_state_dict(net_r.state_dict())
+        opt.load_state_dict(payload["optimizer"])
+        step = meta["training"]["step"]
+        history = meta["training"]["history"]
+        train_seconds = meta["training"]["seconds"]
+        rng = np.random.default_rng(settings.seed + step)
+        log(f"resumed from {ckpt_path} at step {step}")
+
+    def metadata(final: bool):
+        return {
+            "name": settings.model,
+            "class_names": CLASS_NAMES[settings.model],
+            "working_long_side": settings.working_long_side,
+            "ibp_alpha_per_kernel": settings.ibp_alpha_per_kernel,
+            "training": {
+                "settings": asdict(settings),
+                "step": step,
+                "seconds": train_seconds,
+                "history": history,
+                "final": final,
+                "n_train_images": len(train),
+                "torch": str(torch.__version__),
+                "threads": torch.get_num_threads(),
+            },
+            "tasks": [{"name": "pretraining", "source": settings.model, "n_images": len(train)}],
+        }
+
+    net.train()
+    while step < settings.steps:
+        ts = time.time()
+        for group, base in zip(opt.param_groups, (settings.lr, settings.gate_lr)):
+            group["lr"] = base * _lr_factor(step, settings.steps)
+        x, y = _batch(data, settings, rng)
+        logits, logvar = net(x, relaxed=True)
+        loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
+        loss_dice = soft_dice_loss(logits, y)
+        kl = gate_kl(net, 0, priors)
+        loss = loss_nll + loss_dice + settings.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        train_seconds += time.time() - ts
+        if progress:
+            progress(step, settings.steps, loss.item())
+        if step % settings.eval_every == 0 or step == settings.steps:
+            scores = evaluate(net, monitor, settings.working_long_side)
+            net.train()
+            on = sum(int(c.gates.hard(0).sum()) for c in net.masked_convs().values())
+            tot = sum(c.gates.n_kernels for c in net.masked_convs().values())
+            history.append({"step": step, "loss": loss.item(), "nll": loss_nll.item(), "dice_loss": loss_dice.item(),
+                            "kl": kl.item(), "monitor_dice": scores["dice"], "monitor_iou": scores["iou"],
+                            "kernels_on": on, "kernels": tot, "seconds": train_seconds})
+            log(f"step {step}/{settings.steps} loss {loss.item():.4f} monitor dice {scores['dice']:.4f} "
+                f"iou {scores['iou']:.4f} kernels on {on}/{tot} ({train_seconds / 60:.1f} min)")
+            save_model(ckpt_path, net, metadata(False),
+                       extra={"optimizer": opt.state_dict()})
+    net.eval()
+    save_model(output, net, metadata(True))
+    log(f"saved {output} (format {FORMAT})")
+    return output

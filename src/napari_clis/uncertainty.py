@@ -1,0 +1,177 @@
+"""Segmentation with Monte-Carlo uncertainty, tiled for large images.
+
+What is sampled (see ``docs/method.md``): the trunk of the network (A1-B3 up to the last convolution)
+runs once, deterministically, with the task's hard kernel gates. Each of the ``T`` Monte-Carlo samples
+then draws
+
+* the Bernoulli kernel gates of the last decoder convolution (B3.conv2) from their gate probabilities,
+* a channel-dropout mask on the same features (rate ``config.dropout``),
+
+and applies the 1x1 heads. For each sample ``t`` the logits are perturbed ``S`` times with the predicted
+aleatoric variance, ``z + sigma * eps``, and pushed through the softmax: ``p_ts``. With
+``m_t = mean_s p_ts`` and ``p_bar = mean_t m_t``:
+
+* epistemic = ``sum_k Var_t(m_t,k)`` = ``mean_t sum_k m_t,k**2 - sum_k p_bar_k**2``
+* aleatoric = ``sum_k E_t[Var_s(p_ts,k) + E_s p_ts,k (1 - p_ts,k)]`` = ``1 - mean_t sum_k m_t,k**2``
+
+and their sum is the total predictive variance of the one-hot outcome, ``1 - sum_k p_bar_k**2`` (law of
+total variance), in ``[0, 1 - 1/K]``. That sum is the map shown to the user.
+
+Pure torch/numpy: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .network import ClisNet
+
+__all__ = ["NetworkOutput", "predict", "DEFAULT_TILE", "DEFAULT_MARGIN"]
+
+DEFAULT_TILE = 1024  # core tile size in pixels: images up to this size run in one piece
+DEFAULT_MARGIN = 96  # context around each tile; larger than the network's effective receptive field
+LOGIT_NOISE_SAMPLES = 4
+
+
+@dataclass
+class NetworkOutput:
+    """Per-pixel outputs, all float32: ``probabilities`` (K, H, W), the rest (H, W)."""
+
+    probabilities: np.ndarray
+    epistemic: np.ndarray
+    aleatoric: np.ndarray
+    entropy: np.ndarray  # softmax entropy of the deterministic pass (the baseline uncertainty)
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        return self.epistemic + self.aleatoric
+
+
+def _pad_to_multiple(x: torch.Tensor, m: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        mode = "reflect" if (h > ph and w > pw) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (C, h, w) or (h, w) tensor."""
+    batch = t[None] if t.dim() == 3 else t[None, None]
+    r = F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
+    return r[0] if t.dim() == 3 else r[0, 0]
+
+
+@torch.no_grad()
+def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, generator: torch.Generator):
+    """``x``: (1, 3, h, w) already padded. Returns tensors (K,h,w), (h,w), (h,w), (h,w)."""
+    feats = net.trunk(x, task)
+    last = net.B3.conv2
+    logits, logvar = net.heads(feats, last.gates.hard(task))
+    p_det = torch.softmax(logits, 1)[0]
+    entropy = -(p_det * p_det.clamp_min(1e-12).log()).sum(0)
+    if n_samples <= 0:
+        zeros = torch.zeros_like(entropy)
+        return p_det, zeros, zeros, entropy
+    keep = 1.0 - net.config.dropout
+    gates = last.gates.sample(task, n_samples, generator)
+    drop = (torch.rand(gates.shape, generator=generator, device=gates.device) < keep).to(gates.dtype) / keep
+    sum_m = torch.zeros_like(p_det)
+    sum_sq = torch.zeros_like(entropy)
+    for t in range(n_samples):
+        z, s = net.heads(feats, gates[t], drop[t])
+        sigma = (0.5 * s[0]).exp()
+        m_t = torch.zeros_like(p_det)
+        for _ in range(LOGIT_NOISE_SAMPLES):
+            eps = torch.randn(z.shape[1:], generator=generator, device=z.device, dtype=z.dtype)
+            m_t += torch.softmax(z[0] + sigma * eps, 0)
+        m_t /= LOGIT_NOISE_SAMPLES
+        sum_m += m_t
+        sum_sq += (m_t * m_t).sum(0)
+    p_bar = sum_m / n_samples
+    mean_sq = sum_sq / n_samples
+    epistemic = (mean_sq - (p_bar * p_bar).sum(0)).clamp_min(0)
+    aleatoric = (1.0 - mean_sq).clamp_min(0)
+    return p_bar, epistemic, aleatoric, entropy
+
+
+def predict(
+    net: ClisNet,
+    normalized: np.ndarray,
+    *,
+    task: int = 0,
+    n_samples: int = 8,
+    seed: int = 0,
+    tile: int = DEFAULT_TILE,
+    margin: int = DEFAULT_MARGIN,
+    working_long_side: int | None = None,
+    progress=None,
+) -> NetworkOutput:
+    """Probabilities and uncertainty for one normalised image.
+
+    Parameters
+    ----------
+    net : ClisNet
+        The network, in eval mode, on the device where the work should run.
+    normalized : (3, H, W) float32
+        Output of :func:`napari_clis.preprocessing.normalize_image`.
+    task : int
+        Which task's kernel masks to use.
+    n_samples : int
+        Monte-Carlo samples ``T``; 0 gives the deterministic pass only (zero uncertainty).
+    seed : int
+        Seed of the sampling, so that the same image gives the same map.
+    tile, margin : int
+        Images larger than ``tile`` pixels on a side run in tiles of ``tile`` with ``margin`` of context.
+    working_long_side : int, optional
+        If given, the image is resized so its longer side has this many pixels for the network, and the
+        outputs are resized back (models trained on downscaled images, e.g. dermoscopy).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each tile.
+    """
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32)).to(device)[None]
+    full_hw = x.shape[-2:]
+    if working_long_side is not None and max(full_hw) != working_long_side:
+        f = working_long_side / max(full_hw)
+        size = (max(8, round(full_hw[0] * f)), max(8, round(full_hw[1] * f)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+
+    h, w = x.shape[-2:]
+    k = net.config.n_classes
+    if h <= tile and w <= tile:
+        xp, _ = _pad_to_multiple(x)
+        out = _predict_tile(net, xp, task, n_samples, generator)
+        out = [o[..., :h, :w] for o in out]
+        if progress:
+            progress(1, 1)
+    else:
+        out = [torch.zeros((k, h, w), device=device)] + [torch.zeros((h, w), device=device) for _ in range(3)]
+        ys = list(range(0, h, tile))
+        xs = list(range(0, w, tile))
+        total = len(ys) * len(xs)
+        for i, (y0, x0) in enumerate((y, xx) for y in ys for xx in xs):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ya, xa = max(0, y0 - margin), max(0, x0 - margin)
+            yb, xb = min(h, y1 + margin), min(w, x1 + margin)
+            xp, _ = _pad_to_multiple(x[..., ya:yb, xa:xb])
+            res = _predict_tile(net, xp, task, n_samples, generator)
+            for dst, src in zip(out, res):
+                dst[..., y0:y1, x0:x1] = src[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+            del res, xp
+            if progress:
+                progress(i + 1, total)
+    if (h, w) != tuple(full_hw):
+        out = [_resize(o, tuple(full_hw)) for o in out]
+        out[0] = out[0] / out[0].sum(0, keepdim=True)
+    probs, epi, alea, ent = (o.float().cpu().numpy() for o in out)
+    return NetworkOutput(np.ascontiguousarray(probs), epi, alea, ent)
