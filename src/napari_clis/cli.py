@@ -1,4 +1,4 @@
-"""The ``napari-clis`` command: ``pretrain`` and ``bench``. Thin: it parses arguments and calls the core."""
+"""The ``napari-clis`` command: ``demo``, ``pretrain`` and ``bench``. Thin: it parses arguments and calls the core."""
 
 from __future__ import annotations
 
@@ -42,6 +42,21 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    import napari
+
+    from ._sample_data import nuclei_sample, skin_lesion_sample
+
+    viewer = napari.Viewer(title="napari-clis")
+    sample = nuclei_sample() if args.sample == "nuclei" else skin_lesion_sample()
+    for data, kwargs, _ in sample:
+        viewer.add_image(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    widget._model_combo.value = "nuclei" if args.sample == "nuclei" else "skin-lesion"
+    napari.run()
+    return 0
+
+
 def _bench(args) -> int:
     from . import benchmarks
 
@@ -62,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--log", help="also append progress lines to this file")
     pt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     pt.set_defaults(func=_pretrain)
+
+    dm = sub.add_parser("demo", help="open napari with a sample image and the segmentation widget")
+    dm.add_argument("--sample", choices=["nuclei", "skin-lesion"], default="nuclei")
+    dm.set_defaults(func=_demo)
 
     from . import benchmarks
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install napari-clis and everything it needs into the current Python environment.
+#   bash scripts/setup.sh          the plugin with napari and PyQt5
+#   bash scripts/setup.sh --test   also the test tools and, on Debian/Ubuntu as root, Xvfb with Mesa OpenGL
+# PyTorch: without a GPU the CPU build pinned in TORCH_SPEC is installed first (a bare "torch" would pull a
+# CUDA build of several GB). With a GPU, install your own build first, or set TORCH_SPEC (e.g. TORCH_SPEC=torch);
+# an already installed torch is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+PYTHON="${PYTHON:-python3}"
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+
+if [ "$with_tests" = 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! command -v xvfb-run >/dev/null 2>&1; then
+    echo "== installing Xvfb and Mesa OpenGL (napari needs OpenGL to draw) =="
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 \
+        libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
+        libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1 >/dev/null
+fi
+
+if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    echo "== installing PyTorch ($TORCH_SPEC) =="
+    "$PYTHON" -m pip install -q "$TORCH_SPEC"
+fi
+
+echo "== installing napari-clis =="
+if [ "$with_tests" = 1 ]; then
+    "$PYTHON" -m pip install -q -e ".[testing]"
+else
+    "$PYTHON" -m pip install -q -e ".[qt]"
+fi
+"$PYTHON" -c "import torch, napari_clis; print('napari-clis', napari_clis.__version__, '| torch', torch.__version__, '| CUDA', torch.cuda.is_available())"

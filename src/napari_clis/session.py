@@ -1,0 +1,208 @@
+"""``ClisSession``: the one object that holds the model and the current image's state.
+
+Widgets and the command line drive this object; nothing else keeps model state. No Qt, no napari.
+
+Examples
+--------
+>>> from napari_clis import ClisSession
+>>> s = ClisSession.from_pretrained("nuclei", device="cpu")
+>>> import numpy as np
+>>> r = s.segment(np.zeros((64, 64), np.uint8))
+>>> r.labels.shape, r.probabilities.shape
+((64, 64), (2, 64, 64))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model, shipped_model_path, shipped_models
+from .network import ClisNet
+from .preprocessing import ImageError, normalize_image
+from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
+from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, predict
+
+__all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError"]
+
+
+@dataclass
+class SegmentationResult:
+    """What :meth:`ClisSession.segment` returns for one 2D image of shape (H, W).
+
+    Attributes
+    ----------
+    labels : (H, W) int32
+        Class id per pixel, 0 = background.
+    probabilities : (K, H, W) float32
+        Mean predictive class probabilities; they sum to 1 over K.
+    uncertainty : (H, W) float32
+        Total predictive variance, ``epistemic + aleatoric``, in ``[0, 1 - 1/K]``: the map shown to the user.
+    epistemic, aleatoric : (H, W) float32
+        Its model (MC) and data (logit-noise) parts.
+    entropy : (H, W) float32
+        Softmax entropy of one deterministic pass (nats), kept as the plain baseline uncertainty.
+    superpixels : (H, W) int32
+        SLIC superpixel ids starting at 1.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray
+    epistemic: np.ndarray
+    aleatoric: np.ndarray
+    entropy: np.ndarray
+    superpixels: np.ndarray
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks the CUDA GPU when there is one, else the CPU; ``"cuda"`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "CUDA was asked for, but this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False). "
+                "Use device='auto' or 'cpu', or install a CUDA build of PyTorch on a machine with an NVIDIA GPU."
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} was asked for, but there are only {torch.cuda.device_count()} CUDA device(s).")
+        return dev
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+class ClisSession:
+    """A CLIS model and the state of the image being worked on.
+
+    Create one with :meth:`from_pretrained` (a model shipped in the package) or :meth:`from_checkpoint`
+    (a model file of your own). Widgets and scripts share the same object.
+
+    Parameters
+    ----------
+    net : ClisNet
+        The network.
+    metadata : dict
+        The model file's metadata (name, class names, working resolution, training, tasks).
+    device : str
+        ``"auto"`` (CUDA if present, else CPU), ``"cpu"`` or ``"cuda"``.
+    n_samples : int
+        Monte-Carlo samples ``T`` for the uncertainty (default 8).
+    seed : int
+        Seed of the Monte-Carlo sampling: the same image gives the same maps.
+    superpixel_size : int
+        Mean side of a SLIC superpixel in pixels.
+    """
+
+    def __init__(self, net: ClisNet, metadata: dict | None = None, *, device: str = "auto", n_samples: int = 8,
+                 seed: int = 0, superpixel_size: int = DEFAULT_SUPERPIXEL_SIZE, source: str | None = None):
+        if n_samples < 0:
+            raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.metadata = dict(metadata or {})
+        self.n_samples = int(n_samples)
+        self.seed = int(seed)
+        self.superpixel_size = int(superpixel_size)
+        self.source = source
+        self.task = 0
+        self.result: SegmentationResult | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name: str = "nuclei", *, device: str = "auto", **kwargs) -> ClisSession:
+        """A session with a model shipped inside the package: ``"nuclei"`` or ``"skin-lesion"``."""
+        if name not in shipped_models():
+            raise ValueError(f"Unknown model {name!r}; the shipped models are {', '.join(shipped_models())}. "
+                             "For a model file of your own use ClisSession.from_checkpoint(path).")
+        resolve_device(device)  # fail on a bad device before reading anything
+        net, metadata, _ = load_model(shipped_model_path(name))
+        return cls(net, metadata, device=device, source=name, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", **kwargs) -> ClisSession:
+        """A session with the model in ``path`` (a file written by napari-clis)."""
+        resolve_device(device)
+        net, metadata, _ = load_model(path)
+        return cls(net, metadata, device=device, source=str(path), **kwargs)
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return str(self.metadata.get("name", self.source or "model"))
+
+    @property
+    def class_names(self) -> list[str]:
+        k = self.n_classes
+        names = list(self.metadata.get("class_names", []))
+        return names if len(names) == k else ["background"] + [f"class {i}" for i in range(1, k)]
+
+    @property
+    def n_classes(self) -> int:
+        return self.net.config.n_classes
+
+    @property
+    def working_long_side(self) -> int | None:
+        return self.metadata.get("working_long_side")
+
+    # -- segmentation -----------------------------------------------------------------------------
+    def segment(self, image, *, n_samples: int | None = None, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN,
+                progress=None) -> SegmentationResult:
+        """Segment one 2D image and estimate its uncertainty.
+
+        Parameters
+        ----------
+        image : array-like
+            ``(H, W)`` grey or ``(H, W, 3|4)`` colour (alpha is ignored), any integer or float dtype.
+        n_samples : int, optional
+            Monte-Carlo samples; defaults to the session's ``n_samples``.
+        tile, margin : int
+            Images larger than ``tile`` pixels on a side are processed in overlapping tiles.
+        progress : callable, optional
+            ``progress(done, total)`` after each tile.
+
+        Returns
+        -------
+        SegmentationResult
+        """
+        _refuse_labels_layer(image)
+        if hasattr(image, "data") and not isinstance(image, np.ndarray):
+            image = image.data
+        normalized = normalize_image(image)
+        t = self.n_samples if n_samples is None else int(n_samples)
+        out = predict(self.net, normalized, task=self.task, n_samples=t, seed=self.seed, tile=tile, margin=margin,
+                      working_long_side=self.working_long_side, progress=progress)
+        labels = out.probabilities.argmax(0).astype(np.int32)
+        superpixels = compute_superpixels(normalized, size=self.superpixel_size)
+        self.result = SegmentationResult(
+            labels=labels,
+            probabilities=out.probabilities,
+            uncertainty=out.uncertainty,
+            epistemic=out.epistemic,
+            aleatoric=out.aleatoric,
+            entropy=out.entropy,
+            superpixels=superpixels,
+        )
+        return self.result
+
+    def __repr__(self) -> str:
+        return f"ClisSession(model={self.model_name!r}, device={str(self.device)!r}, n_samples={self.n_samples})"
+
+
+def _refuse_labels_layer(obj) -> None:
+    # The core never imports napari; recognise a Labels layer by its class name to give a useful message.
+    if type(obj).__name__ == "Labels" and hasattr(obj, "data"):
+        raise ImageError(
+            f"'{getattr(obj, 'name', 'this layer')}' is a Labels layer (a segmentation), not an image. "
+            "Choose the image layer to segment."
+        )

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from napari_clis.preprocessing import ImageError, as_2d_image, normalize_image
+
+
+def test_uint8_uint16_and_float_versions_of_an_image_normalise_alike(nuclei_fluo):
+    image, _ = nuclei_fluo
+    a = normalize_image(image)
+    b = normalize_image(image.astype(np.uint16) * 257)
+    c = normalize_image(image.astype(np.float64) / 255.0 * 7.5 - 3.0)
+    assert a.shape == (3,) + image.shape and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+    assert a.min() >= -0.5 and a.max() <= 0.5
+
+
+def test_grey_is_repeated_over_three_channels_and_rgba_drops_alpha(nuclei_he):
+    image, _ = nuclei_he
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 7, np.uint8)], -1)
+    np.testing.assert_array_equal(normalize_image(rgba), normalize_image(image))
+    grey = normalize_image(image[..., 0])
+    np.testing.assert_array_equal(grey[0], grey[2])
+
+
+def test_constant_image_gives_zeros():
+    assert not normalize_image(np.full((16, 16), 3.0)).any()
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        (np.zeros((0, 5)), "too small"),
+        (np.zeros((1, 1)), "too small"),
+        (np.zeros((4, 32, 32)), "channel-first"),
+        (np.zeros((32, 32, 5)), "Expected a 2D image"),
+        (np.zeros((3, 8, 32, 32)), "Expected a 2D image"),
+        (np.array([["a", "b"], ["c", "d"]]), "numbers"),
+        (np.zeros((8, 8), complex), "complex"),
+    ],
+)
+def test_bad_shapes_and_types_are_refused_with_a_reason(image, words):
+    with pytest.raises(ImageError, match=words):
+        normalize_image(image)
+
+
+def test_nan_and_inf_are_counted_in_the_message():
+    image = np.ones((8, 8), np.float32)
+    image[0, 0] = np.nan
+    image[1, 1] = np.inf
+    with pytest.raises(ImageError, match="1 NaN and 1 infinite"):
+        normalize_image(image)
+
+
+def test_single_channel_last_axis_is_grey():
+    assert as_2d_image(np.zeros((5, 6, 1))).shape == (5, 6)

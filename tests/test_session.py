@@ -1,0 +1,191 @@
+"""The public API with the shipped models on real images."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_clis import ClisSession
+from napari_clis.checkpoint import FORMAT, CheckpointError, save_model, shipped_model_path
+from napari_clis.metrics import dice, roc_auc
+from napari_clis.preprocessing import ImageError
+
+
+def _check_result(r, shape):
+    assert r.labels.shape == shape and r.labels.dtype == np.int32
+    assert r.probabilities.shape == (2,) + shape and r.probabilities.dtype == np.float32
+    np.testing.assert_allclose(r.probabilities.sum(0), 1.0, atol=1e-4)
+    for m in (r.uncertainty, r.epistemic, r.aleatoric):
+        assert m.shape == shape and m.dtype == np.float32 and np.isfinite(m).all()
+    np.testing.assert_allclose(r.uncertainty, r.epistemic + r.aleatoric, atol=1e-6)
+    assert r.superpixels.shape == shape and r.superpixels.dtype == np.int32 and r.superpixels.min() >= 1
+    assert set(np.unique(r.labels)) <= {0, 1}
+
+
+def test_nuclei_model_finds_the_nuclei_of_a_fluorescence_image(nuclei_session, nuclei_fluo):
+    image, truth = nuclei_fluo
+    r = nuclei_session.segment(image)
+    _check_result(r, image.shape)
+    assert dice(r.labels > 0, truth) > 0.85
+
+
+def test_nuclei_model_segments_a_colour_h_and_e_image(nuclei_session, nuclei_he):
+    image, truth = nuclei_he
+    r = nuclei_session.segment(image)
+    _check_result(r, image.shape[:2])
+    assert dice(r.labels > 0, truth) > 0.7
+
+
+def test_lesion_model_outlines_the_lesion(lesion_session, lesion):
+    image, truth = lesion
+    r = lesion_session.segment(image)
+    _check_result(r, image.shape[:2])
+    assert dice(r.labels > 0, truth) > 0.8
+
+
+def test_uncertainty_is_higher_where_the_segmentation_is_wrong(nuclei_session, nuclei_he):
+    image, truth = nuclei_he
+    r = nuclei_session.segment(image)
+    wrong = (r.labels > 0) != truth
+    assert wrong.any()
+    assert roc_auc(r.uncertainty, wrong) > 0.75
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_any_integer_or_float_dtype_gives_the_same_segmentation(nuclei_session, nuclei_fluo, dtype):
+    image, _ = nuclei_fluo
+    ref = nuclei_session.segment(image).labels
+    scaled = image.astype(np.float64) * (257 if dtype == np.uint16 else 1)
+    out = nuclei_session.segment(scaled.astype(dtype)).labels
+    assert (out == ref).mean() > 0.999
+
+
+def test_segmenting_the_same_image_twice_gives_the_same_maps(nuclei_session, nuclei_fluo):
+    image, _ = nuclei_fluo
+    a = nuclei_session.segment(image)
+    b = nuclei_session.segment(image)
+    np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
+    np.testing.assert_array_equal(a.superpixels, b.superpixels)
+
+
+def test_from_checkpoint_loads_a_saved_model_identically(tmp_path, nuclei_session, nuclei_fluo):
+    path = tmp_path / "mine.pt"
+    save_model(path, nuclei_session.net, nuclei_session.metadata)
+    mine = ClisSession.from_checkpoint(path, device="cpu")
+    image, _ = nuclei_fluo
+    np.testing.assert_array_equal(mine.segment(image).probabilities, nuclei_session.segment(image).probabilities)
+    assert mine.class_names == ["background", "nucleus"]
+
+
+def test_unknown_model_name_lists_the_shipped_ones():
+    with pytest.raises(ValueError, match="nuclei, skin-lesion"):
+        ClisSession.from_pretrained("mitochondria")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_asking_for_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        ClisSession.from_pretrained("nuclei", device="cuda")
+
+
+def test_auto_device_uses_the_gpu_only_when_there_is_one(nuclei_session):
+    s = ClisSession.from_pretrained("nuclei", device="auto")
+    assert s.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_labels_layer_is_not_an_image(nuclei_session):
+    class Labels:  # what napari's Labels layer looks like to the core, which never imports napari
+        name = "segmentation"
+        data = np.zeros((32, 32), np.int32)
+
+    with pytest.raises(ImageError, match="Labels layer"):
+        nuclei_session.segment(Labels())
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0)), np.zeros((1, 1)), np.full((16, 16), np.nan), np.zeros((4, 64, 64))])
+def test_bad_images_raise_and_keep_the_previous_result(nuclei_session, nuclei_fluo, bad):
+    image, _ = nuclei_fluo
+    good = nuclei_session.segment(image)
+    with pytest.raises(ImageError):
+        nuclei_session.segment(bad)
+    assert nuclei_session.result is good
+
+
+def test_a_constant_image_segments_to_something_valid(nuclei_session):
+    r = nuclei_session.segment(np.full((40, 40), 100, np.uint16))
+    _check_result(r, (40, 40))
+
+
+# -- model files ----------------------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "photo.pt"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(CheckpointError, match="not a readable napari-clis model"):
+        ClisSession.from_checkpoint(path)
+
+
+def test_a_truncated_model_file_is_refused(tmp_path):
+    data = shipped_model_path("nuclei").read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        ClisSession.from_checkpoint(path)
+
+
+def test_a_torch_file_of_another_program_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    with pytest.raises(CheckpointError, match="not a napari-clis model file"):
+        ClisSession.from_checkpoint(path)
+
+
+def test_a_model_of_another_format_version_is_refused_with_both_versions(tmp_path):
+    payload = torch.load(shipped_model_path("nuclei"), weights_only=True)
+    payload["format_version"] = 99
+    path = tmp_path / "future.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="format version 99.*reads version 1"):
+        ClisSession.from_checkpoint(path)
+    assert payload["format"] == FORMAT
+
+
+def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("import pathlib; pathlib.Path('" + str(tmp_path / "ran") + "').touch()",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": FORMAT, "x": Evil()}))
+    with pytest.raises(CheckpointError):
+        ClisSession.from_checkpoint(path)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_missing_model_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ClisSession.from_checkpoint(tmp_path / "nope.pt")
+
+
+def test_saving_into_a_missing_folder_fails_and_writes_nothing(tmp_path, nuclei_session):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        save_model(tmp_path / "no" / "m.pt", nuclei_session.net)
+
+
+def test_an_interrupted_save_leaves_the_previous_file_intact(tmp_path, nuclei_session, monkeypatch):
+    import os
+
+    path = tmp_path / "m.pt"
+    save_model(path, nuclei_session.net, {"name": "first"})
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_model(path, nuclei_session.net, {"name": "second"})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

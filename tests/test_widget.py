@@ -1,0 +1,167 @@
+"""The dock widget in a real napari viewer (run under Xvfb)."""
+
+import numpy as np
+import pytest
+
+from napari_clis._widget import SegmentWidget
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages the widget shows as napari error notifications."""
+    shown = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
+    return shown
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def _run(widget, qtbot, layer=None, timeout=60_000):
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def test_segment_adds_segmentation_uncertainty_and_superpixels_layers(viewer_and_widget, qtbot, nuclei_fluo, errors):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    layer = viewer.add_image(image, name="nuclei", scale=(0.5, 0.25), translate=(10, 20))
+    widget._image_combo.value = layer
+    _run(widget, qtbot)
+    assert not errors
+    seg, unc, sp = viewer.layers["segmentation"], viewer.layers["uncertainty"], viewer.layers["superpixels"]
+    assert type(seg).__name__ == "Labels" and type(unc).__name__ == "Image" and type(sp).__name__ == "Labels"
+    assert seg.data.shape == unc.data.shape == sp.data.shape == image.shape
+    np.testing.assert_array_equal(seg.data, widget.session.result.labels)
+    assert seg.data.max() == 1 and unc.data.max() > 0
+    assert not sp.visible
+    for lyr in (seg, unc, sp):
+        np.testing.assert_allclose(lyr.scale, layer.scale)
+        np.testing.assert_allclose(lyr.translate, layer.translate)
+    assert "Segmented" in widget._status.value
+
+
+def test_running_again_updates_the_layers_instead_of_adding_more(viewer_and_widget, qtbot, nuclei_fluo, nuclei_he):
+    viewer, widget = viewer_and_widget
+    a = viewer.add_image(nuclei_fluo[0], name="fluo")
+    _run(widget, qtbot, a)
+    b = viewer.add_image(nuclei_he[0], name="he", rgb=True)
+    _run(widget, qtbot, b)
+    assert len(viewer.layers) == 5
+    assert viewer.layers["segmentation"].data.shape == nuclei_he[0].shape[:2]
+
+
+def test_a_stack_segments_the_slice_on_screen_only(viewer_and_widget, qtbot, nuclei_fluo):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    stack = np.stack([np.zeros_like(image), image, image[::-1]])
+    layer = viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    _run(widget, qtbot, layer)
+    seg = viewer.layers["segmentation"].data
+    assert seg.shape == stack.shape
+    assert seg[1].any() and not seg[0].any() and not seg[2].any()
+
+
+def test_all_slices_of_a_time_series_are_segmented_with_progress(viewer_and_widget, qtbot, nuclei_fluo):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    layer = viewer.add_image(stack, name="movie")
+    widget._all_slices.value = True
+    _run(widget, qtbot, layer)
+    seg = viewer.layers["segmentation"].data
+    assert all(seg[t].any() for t in range(3))
+    np.testing.assert_array_equal(seg[1], widget.session.segment(stack[1]).labels)
+    assert "3/3" in widget._status.value
+
+
+def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qtbot, nuclei_fluo):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    layer = viewer.add_image(np.stack([image] * 30), name="long")
+    widget._all_slices.value = True
+    widget.run(layer)
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=60_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    seg = viewer.layers["segmentation"].data
+    done = [t for t in range(30) if seg[t].any()]
+    assert 1 <= len(done) < 30 and done == list(range(len(done)))
+
+
+def test_rgb_image_keeps_its_scale(viewer_and_widget, qtbot, lesion):
+    viewer, widget = viewer_and_widget
+    image, _ = lesion
+    layer = viewer.add_image(image, name="lesion", rgb=True, scale=(2.0, 2.0))
+    widget._model_combo.value = "skin-lesion"
+    _run(widget, qtbot, layer)
+    seg = viewer.layers["segmentation"]
+    assert seg.data.shape == image.shape[:2] and seg.data.any()
+    np.testing.assert_allclose(seg.scale, (2.0, 2.0))
+
+
+def test_a_labels_layer_chosen_as_the_image_is_refused_with_a_message(viewer_and_widget, nuclei_fluo, errors):
+    viewer, widget = viewer_and_widget
+    labels = viewer.add_labels(np.zeros((32, 32), np.int32), name="my labels")
+    widget.run(labels)
+    assert not widget.busy
+    assert errors and "'my labels' is a Labels layer" in errors[0]
+    assert "segmentation" not in [lyr.name for lyr in viewer.layers]
+
+
+def test_nan_image_is_reported_and_earlier_results_survive(viewer_and_widget, qtbot, nuclei_fluo, errors):
+    viewer, widget = viewer_and_widget
+    good = viewer.add_image(nuclei_fluo[0], name="good")
+    _run(widget, qtbot, good)
+    before = viewer.layers["segmentation"].data.copy()
+    bad = np.full((64, 64), np.nan, np.float32)
+    viewer.add_image(bad, name="bad")
+    _run(widget, qtbot, viewer.layers["bad"])
+    assert errors and "NaN" in errors[-1]
+    # the failed run did not touch the earlier result
+    lyr = viewer.layers["segmentation"]
+    assert lyr.metadata["source"] == "good"
+    np.testing.assert_array_equal(lyr.data, before)
+
+
+def test_a_foreign_model_file_is_reported(viewer_and_widget, tmp_path, nuclei_fluo, errors):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(nuclei_fluo[0])
+    path = tmp_path / "notamodel.pt"
+    path.write_text("hello")
+    widget._model_combo.value = "Model file…"
+    widget._checkpoint.value = path
+    assert not widget._checkpoint.native.isHidden()
+    widget.run(layer)
+    assert not widget.busy
+    assert errors and "not a readable napari-clis model" in errors[0], errors
+
+
+def test_cuda_asked_for_without_a_gpu_is_reported(viewer_and_widget, nuclei_fluo, errors):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(nuclei_fluo[0])
+    widget._device.value = "cuda"
+    widget.run(layer)
+    assert errors and "no CUDA GPU" in errors[0]
+
+
+def test_the_manifest_contributes_the_widget_and_the_samples(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    assert isinstance(widget, SegmentWidget)
+    viewer.open_sample("napari-clis", "nuclei")
+    viewer.open_sample("napari-clis", "skin_lesion")
+    assert viewer.layers["nuclei"].data.ndim == 2
+    assert viewer.layers["skin lesion"].rgb
