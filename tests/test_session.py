@@ -189,3 +189,14 @@ def test_an_interrupted_save_leaves_the_previous_file_intact(tmp_path, nuclei_se
         save_model(path, nuclei_session.net, {"name": "second"})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_a_large_image_is_segmented_in_tiles_with_progress(nuclei_session, nuclei_fluo):
+    image, truth = nuclei_fluo
+    big = np.tile(image, (3, 4))  # 768 x 1024
+    calls = []
+    r = nuclei_session.segment(big, tile=400, n_samples=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (6, 6) and len(calls) == 6
+    _check_result(r, big.shape)
+    small = nuclei_session.segment(image, n_samples=2)
+    assert (r.labels[:256, :256] == small.labels).mean() > 0.99

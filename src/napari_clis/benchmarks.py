@@ -1,9 +1,262 @@
-"""Benchmarks (``napari-clis bench ...``): filled in below."""
+"""Benchmarks: ``napari-clis bench speed`` and ``napari-clis bench quality``.
+
+Each prints a Markdown table; ``docs/benchmarks.md`` and ``docs/models.md`` record the results with the
+machine and the date. Speed is always reported beside a baseline measured in the same run (one plain
+forward pass; the naive T-pass Monte-Carlo run), as ratios, because shared machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_parser", "run", "speed", "quality", "otsu_foreground"]
+
+SPEED_SIZES = (256, 512, 1024, 4096)
 
 
-def add_parser(sub):
-    pass
+# -- shared helpers -------------------------------------------------------------------------------
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}, {date.today().isoformat()}")
 
 
-def run(args):
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _speed_image(size: int, data_root: str | None) -> np.ndarray:
+    """A real colour image tiled to ``size`` x ``size``: an H&E nuclei image from dsb2018 if the data is there,
+    else the dermoscopy sample shipped with the package."""
+    from skimage.io import imread
+
+    from .data import default_data_root
+
+    root = Path(data_root) if data_root else default_data_root()
+    candidate = root / "dsb2018" / "images" / "0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6.png"
+    if candidate.exists():
+        base = imread(candidate)[..., :3]
+    else:
+        from ._sample_data import skin_lesion_sample
+
+        base = skin_lesion_sample()[0][0]
+    reps = (-(-size // base.shape[0]), -(-size // base.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(base, reps)[:size, :size])
+
+
+def _naive_mc(net, x, n_samples: int, seed: int = 0):
+    """The baseline: ``n_samples`` full forward passes, each with its own gates and dropout."""
+    import torch
+
+    from .uncertainty import _pad_to_multiple
+
+    g = torch.Generator().manual_seed(seed)
+    xt, (h, w) = _pad_to_multiple(torch.from_numpy(x)[None])
+    last = net.B3.conv2
+    keep = 1 - net.config.dropout
+    probs = []
+    with torch.no_grad():
+        for _ in range(n_samples):
+            feats = net.trunk(xt)  # recomputed every time: that is what makes the naive way slow
+            gates = last.gates.sample(0, 1, g)[0]
+            drop = (torch.rand(gates.shape, generator=g) < keep).float() / keep
+            z, _ = net.heads(feats, gates, drop)
+            probs.append(torch.softmax(z, 1)[0, :, :h, :w])
+    return torch.stack(probs).var(0).sum(0).numpy()
+
+
+def _speed_one(size: int, model: str, n_samples: int, repeats: int, data_root: str | None, naive: bool) -> dict:
+    """Time one size in this process; the caller runs it in a fresh process so peak memory is its own."""
+    from .preprocessing import normalize_image
+    from .session import ClisSession
+    from .superpixels import compute_superpixels
+    from .uncertainty import predict
+
+    session = ClisSession.from_pretrained(model, device="cpu", n_samples=n_samples)
+    image = _speed_image(size, data_root)
+    base_rss = _rss_mb()
+    x = normalize_image(image)
+    wls = session.working_long_side
+    predict(session.net, x[:, :64, :64], n_samples=1)  # warm-up
+    t_fwd, t_unc, t_naive, t_sp, t_seg = [], [], [], [], []
+    for _ in range(repeats):  # interleaved, so a slow spell of the machine hits every column alike
+        t = time.perf_counter()
+        predict(session.net, x, n_samples=0, working_long_side=wls)
+        t_fwd.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        predict(session.net, x, n_samples=n_samples, working_long_side=wls)
+        t_unc.append(time.perf_counter() - t)
+        if naive:
+            t = time.perf_counter()
+            _naive_mc(session.net, x, n_samples)
+            t_naive.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        compute_superpixels(x, size=session.superpixel_size)
+        t_sp.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        session.segment(image)
+        t_seg.append(time.perf_counter() - t)
+    med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
+    return {
+        "size": size, "forward_s": med(t_fwd), "uncertainty_s": med(t_unc), "naive_s": med(t_naive),
+        "superpixels_s": med(t_sp), "segment_s": med(t_seg), "base_rss_mb": base_rss, "peak_rss_mb": _peak_rss_mb(),
+        "repeats": repeats,
+    }
+
+
+def speed(args) -> int:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for size in sizes:
+        repeats = args.repeats if size <= 1024 else 1
+        naive = size <= 1024
+        cmd = [sys.executable, "-m", "napari_clis.benchmarks", "_speed_one", json.dumps(
+            dict(size=size, model=args.model, n_samples=args.samples, repeats=repeats, data_root=args.data, naive=naive))]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return out.returncode
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {size}x{size} done", file=sys.stderr)
+    print(f"\nSpeed of `segment` ({args.model} model, T={args.samples} MC samples), {_machine()}\n")
+    print("| image | one forward pass (s) | network + uncertainty (s) | ratio to forward | naive T-pass MC (s) | "
+          "naive ratio | superpixels (s) | whole `segment()` (s) | peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        naive = f"{r['naive_s']:.3f}" if np.isfinite(r["naive_s"]) else "not run"
+        naive_ratio = f"{r['naive_s'] / r['forward_s']:.2f}" if np.isfinite(r["naive_s"]) else "-"
+        print(f"| {r['size']}x{r['size']} RGB | {r['forward_s']:.3f} | {r['uncertainty_s']:.3f} | "
+              f"{r['uncertainty_s'] / r['forward_s']:.2f} | {naive} | {naive_ratio} | {r['superpixels_s']:.3f} | "
+              f"{r['segment_s']:.3f} | {r['peak_rss_mb']:.0f} (before: {r['base_rss_mb']:.0f}) |")
+    print(f"\nMedian of {args.repeats} interleaved repeats (1 for 4096x4096); peak memory is the process's "
+          "maximum resident set, model and torch included.")
     return 0
+
+
+# -- quality ----------------------------------------------------------------------------------------
+
+def otsu_foreground(image: np.ndarray, dataset: str) -> np.ndarray:
+    """The classical baseline: Otsu's threshold on the grey image.
+
+    dsb2018: nuclei are the minority side of the threshold (bright on dark or dark on bright);
+    isic2017: the lesion is the darker side.
+    """
+    from skimage.filters import threshold_otsu
+
+    grey = image.astype(np.float64).mean(-1) if image.ndim == 3 else image.astype(np.float64)
+    if np.ptp(grey) == 0:
+        return np.zeros(grey.shape, bool)
+    fg = grey > threshold_otsu(grey)
+    if dataset == "isic2017":
+        return ~fg
+    return ~fg if fg.mean() > 0.5 else fg
+
+
+def quality(args) -> int:
+    from .data import load_dataset
+    from .metrics import dice, iou, roc_auc
+    from .session import ClisSession
+
+    models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
+    rng = np.random.default_rng(0)
+    summary = {}
+    for model in models:
+        samples = load_dataset(model, "heldout", args.data, limit=args.limit)
+        session = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
+        dataset = "dsb2018" if model == "nuclei" else "isic2017"
+        rec = {k: [] for k in ("dice", "iou", "otsu_dice", "otsu_iou", "auc_unc", "auc_ent")}
+        pooled_unc, pooled_ent, pooled_wrong = [], [], []
+        t0 = time.time()
+        for i, s in enumerate(samples):
+            r = session.segment(s.image)
+            truth = s.mask > 0
+            pred = r.labels > 0
+            rec["dice"].append(dice(pred, truth))
+            rec["iou"].append(iou(pred, truth))
+            base = otsu_foreground(s.image, dataset)
+            rec["otsu_dice"].append(dice(base, truth))
+            rec["otsu_iou"].append(iou(base, truth))
+            wrong = pred != truth
+            rec["auc_unc"].append(roc_auc(r.uncertainty, wrong))
+            rec["auc_ent"].append(roc_auc(r.entropy, wrong))
+            pick = rng.choice(wrong.size, size=min(wrong.size, 20000), replace=False)
+            pooled_unc.append(r.uncertainty.ravel()[pick])
+            pooled_ent.append(r.entropy.ravel()[pick])
+            pooled_wrong.append(wrong.ravel()[pick])
+            if (i + 1) % 50 == 0:
+                print(f"  {model}: {i + 1}/{len(samples)} images ({time.time() - t0:.0f}s)", file=sys.stderr)
+        wrong_all = np.concatenate(pooled_wrong)
+        summary[model] = {
+            "dataset": dataset, "split": "pool of dsb2018.json" if model == "nuclei" else "isic2017/test",
+            "n": len(samples),
+            **{k: float(np.nanmean(v)) for k, v in rec.items()},
+            "dice_sd": float(np.std(rec["dice"])),
+            "auc_unc_pooled": roc_auc(np.concatenate(pooled_unc), wrong_all),
+            "auc_ent_pooled": roc_auc(np.concatenate(pooled_ent), wrong_all),
+            "seconds": time.time() - t0,
+        }
+    print(f"\nHeld-out quality (T={args.samples} MC samples), {_machine()}\n")
+    print("| model | held-out images | Dice (sd) | IoU | Otsu Dice | Otsu IoU | AUROC uncertainty->errors "
+          "(pooled / per image) | AUROC softmax entropy (pooled / per image) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, m in summary.items():
+        print(f"| {model} | {m['n']} ({m['dataset']} {m['split']}) | {m['dice']:.3f} ({m['dice_sd']:.3f}) | "
+              f"{m['iou']:.3f} | {m['otsu_dice']:.3f} | {m['otsu_iou']:.3f} | {m['auc_unc_pooled']:.3f} / "
+              f"{m['auc_unc']:.3f} | {m['auc_ent_pooled']:.3f} / {m['auc_ent']:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality")
+    b.set_defaults(func=run)
+    bsub = b.add_subparsers(dest="bench", required=True)
+    sp = bsub.add_parser("speed", help="time and memory of segment() for 256 to 4096 px images")
+    sp.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
+    sp.add_argument("--sizes", default=",".join(map(str, SPEED_SIZES)))
+    sp.add_argument("--samples", type=int, default=8, help="MC samples T")
+    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
+    sp.set_defaults(bench_func=speed)
+    q = bsub.add_parser("quality", help="held-out Dice/IoU beside Otsu, and uncertainty AUROC beside entropy")
+    q.add_argument("--model", default="all", choices=["all", "nuclei", "skin-lesion"])
+    q.add_argument("--samples", type=int, default=8)
+    q.add_argument("--limit", type=int, help="only the first N held-out images (quick check)")
+    q.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+    q.add_argument("--json", help="also write the numbers to this JSON file")
+    q.set_defaults(bench_func=quality)
+
+
+def run(args) -> int:
+    return args.bench_func(args)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "_speed_one":
+    print(json.dumps(_speed_one(**json.loads(sys.argv[2]))))

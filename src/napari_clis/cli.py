@@ -57,12 +57,6 @@ def _demo(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from . import benchmarks
-
-    return benchmarks.run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="napari-clis", description="CLIS interactive segmentation: training and benchmarks.")
     sub = p.add_subparsers(dest="command", required=True)

@@ -69,35 +69,47 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, generator: torch.Generator):
-    """``x``: (1, 3, h, w) already padded. Returns tensors (K,h,w), (h,w), (h,w), (h,w)."""
+    """``x``: (1, 3, h, w) already padded. Returns tensors (K,h,w), (h,w), (h,w), (h,w).
+
+    The trunk runs once. The gates and dropout of a sample act on the channels of the last features, so
+    they are folded into the weights of the 1x1 heads: all samples' logits come from one matrix product.
+    The logit noise ``eps`` is drawn once and shared by the samples (common random numbers: each
+    sample's estimate stays unbiased, and the noise is not regenerated T times).
+    """
     feats = net.trunk(x, task)
+    _, c, h, w = feats.shape
+    k = net.config.n_classes
     last = net.B3.conv2
-    logits, logvar = net.heads(feats, last.gates.hard(task))
-    p_det = torch.softmax(logits, 1)[0]
+    gate_rows = [last.gates.hard(task)[None]]
+    if n_samples > 0:
+        keep = 1.0 - net.config.dropout
+        gates = last.gates.sample(task, n_samples, generator)
+        drop = (torch.rand(gates.shape, generator=generator, device=gates.device) < keep).to(gates.dtype) / keep
+        gate_rows.append(gates * drop)
+    g = torch.cat(gate_rows)  # (1 + T, C): row 0 is the deterministic pass
+    f = feats.reshape(c, h * w)
+    w_logit = (g[:, None, :] * net.logit_head.weight.view(1, k, c)).reshape(-1, c)
+    w_logvar = (g[:, None, :] * net.logvar_head.weight.view(1, k, c)).reshape(-1, c)
+    z = torch.addmm(net.logit_head.bias.repeat(len(g))[:, None], w_logit, f).view(len(g), k, h * w)
+    p_det = torch.softmax(z[0], 0)
     entropy = -(p_det * p_det.clamp_min(1e-12).log()).sum(0)
     if n_samples <= 0:
         zeros = torch.zeros_like(entropy)
-        return p_det, zeros, zeros, entropy
-    keep = 1.0 - net.config.dropout
-    gates = last.gates.sample(task, n_samples, generator)
-    drop = (torch.rand(gates.shape, generator=generator, device=gates.device) < keep).to(gates.dtype) / keep
-    sum_m = torch.zeros_like(p_det)
-    sum_sq = torch.zeros_like(entropy)
+        return p_det.view(k, h, w), zeros.view(h, w), zeros.view(h, w), entropy.view(h, w)
+    sigma = torch.addmm(net.logvar_head.bias.repeat(len(g) - 1)[:, None], w_logvar[k:], f)
+    sigma = sigma.mul_(0.5).exp_().view(n_samples, k, h * w)
+    eps = torch.randn((LOGIT_NOISE_SAMPLES, k, h * w), generator=generator, device=f.device, dtype=f.dtype)
+    sum_m = torch.zeros((k, h * w), device=f.device, dtype=f.dtype)
+    sum_sq = torch.zeros(h * w, device=f.device, dtype=f.dtype)
     for t in range(n_samples):
-        z, s = net.heads(feats, gates[t], drop[t])
-        sigma = (0.5 * s[0]).exp()
-        m_t = torch.zeros_like(p_det)
-        for _ in range(LOGIT_NOISE_SAMPLES):
-            eps = torch.randn(z.shape[1:], generator=generator, device=z.device, dtype=z.dtype)
-            m_t += torch.softmax(z[0] + sigma * eps, 0)
-        m_t /= LOGIT_NOISE_SAMPLES
+        m_t = torch.softmax(torch.addcmul(z[1 + t], sigma[t], eps), 1).mean(0)
         sum_m += m_t
         sum_sq += (m_t * m_t).sum(0)
     p_bar = sum_m / n_samples
     mean_sq = sum_sq / n_samples
     epistemic = (mean_sq - (p_bar * p_bar).sum(0)).clamp_min(0)
     aleatoric = (1.0 - mean_sq).clamp_min(0)
-    return p_bar, epistemic, aleatoric, entropy
+    return p_bar.view(k, h, w), epistemic.view(h, w), aleatoric.view(h, w), entropy.view(h, w)
 
 
 def predict(

@@ -1,0 +1,48 @@
+"""The napari-clis command line: pretraining end to end on a tiny data folder, and the speed benchmark."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from napari_clis import ClisSession
+from napari_clis.cli import main
+
+from .conftest import DATA
+
+
+def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_path):
+    root = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for kind, ext in (("images", "jpg"), ("masks", "png")):
+            (root / "isic2017" / split / kind).mkdir(parents=True)
+            for k in (1, 2):
+                shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / split / kind / f"{k}.{ext}")
+    out = tmp_path / "lesion.pt"
+    log = tmp_path / "log.txt"
+    assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "2", "--output", str(out),
+                 "--log", str(log), "--threads", "1"]) == 0
+    s = ClisSession.from_checkpoint(out, device="cpu")
+    assert s.metadata["training"]["step"] == 2 and s.working_long_side == 128
+    r = s.segment(np.zeros((50, 70, 3), np.uint8))
+    assert r.labels.shape == (50, 70)
+    # a longer run picks up the checkpoint instead of starting again
+    assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "3", "--output", str(out),
+                 "--log", str(log), "--threads", "1"]) == 0
+    assert "resumed" in log.read_text()
+    assert ClisSession.from_checkpoint(out).metadata["training"]["step"] == 3
+
+
+def test_pretrain_without_the_data_folder_names_it(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="isic2017"):
+        main(["pretrain", "skin-lesion", "--data", str(tmp_path), "--steps", "1", "--output", str(tmp_path / "m.pt")])
+
+
+def test_speed_benchmark_prints_a_table_with_the_ratio_to_one_forward_pass():
+    out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "speed", "--sizes", "64",
+                          "--repeats", "1", "--samples", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| 64x64 RGB |" in out.stdout and "ratio to forward" in out.stdout
