@@ -165,3 +165,14 @@ def test_the_manifest_contributes_the_widget_and_the_samples(make_napari_viewer)
     viewer.open_sample("napari-clis", "skin_lesion")
     assert viewer.layers["nuclei"].data.ndim == 2
     assert viewer.layers["skin lesion"].rgb
+
+
+def test_shift_s_in_the_viewer_segments_the_chosen_image(viewer_and_widget, qtbot, nuclei_fluo):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(nuclei_fluo[0], name="fluo")
+    widget._image_combo.value = layer
+    from app_model.types import KeyBinding
+
+    viewer.keymap[KeyBinding.from_str("Shift-S")](viewer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert viewer.layers["segmentation"].data.any()
