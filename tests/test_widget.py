@@ -34,7 +34,8 @@ def test_segment_adds_segmentation_uncertainty_and_superpixels_layers(viewer_and
     image, _ = nuclei_fluo
     layer = viewer.add_image(image, name="nuclei", scale=(0.5, 0.25), translate=(10, 20))
     widget._image_combo.value = layer
-    _run(widget, qtbot)
+    widget._run_button.native.click()  # as a person would
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not errors
     seg, unc, sp = viewer.layers["segmentation"], viewer.layers["uncertainty"], viewer.layers["superpixels"]
     assert type(seg).__name__ == "Labels" and type(unc).__name__ == "Image" and type(sp).__name__ == "Labels"

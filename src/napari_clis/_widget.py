@@ -94,7 +94,7 @@ class SegmentWidget(Container):
         self._status = Label(value="Choose an image and press Segment.")
 
         self._model_combo.changed.connect(self._on_model_changed)
-        self._run_button.changed.connect(self.run)
+        self._run_button.changed.connect(lambda: self.run())  # the button's value is not a layer
         self._cancel_button.changed.connect(self.cancel)
         self.extend([self._image_combo, self._model_combo, self._checkpoint, self._device, self._samples,
                      self._all_slices, self._run_button, self._cancel_button, self._progress, self._status])
