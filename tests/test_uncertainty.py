@@ -65,3 +65,15 @@ def test_working_resolution_resizes_and_returns_full_size():
     out = predict(net, normalize_image(np.random.default_rng(4).random((96, 160))), n_samples=2, working_long_side=64)
     assert out.probabilities.shape == (2, 96, 160)
     np.testing.assert_allclose(out.probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def test_flips_average_the_four_flipped_passes():
+    net = _net()
+    x = normalize_image(np.random.default_rng(5).random((24, 32)))
+    out = predict(net, x, n_samples=0, flips=True)
+    xt = torch.from_numpy(x)[None]
+    probs = [torch.softmax(net(xt.flip(d) if d else xt)[0], 1).flip(d) if d else torch.softmax(net(xt)[0], 1)
+             for d in ((), (-1,), (-2,), (-2, -1))]
+    np.testing.assert_allclose(out.probabilities, torch.stack(probs).mean(0)[0].detach().numpy(), atol=1e-5)
+    sampled = predict(net, x, n_samples=8, flips=True)
+    np.testing.assert_allclose(sampled.epistemic + sampled.aleatoric, 1 - (sampled.probabilities**2).sum(0), atol=1e-5)

@@ -100,15 +100,15 @@ def _speed_one(size: int, model: str, n_samples: int, repeats: int, data_root: s
     image = _speed_image(size, data_root)
     base_rss = _rss_mb()
     x = normalize_image(image)
-    wls = session.working_long_side
+    wls, flips = session.working_long_side, session.test_time_flips
     predict(session.net, x[:, :64, :64], n_samples=1)  # warm-up
     t_fwd, t_unc, t_naive, t_sp, t_seg = [], [], [], [], []
     for _ in range(repeats):  # interleaved, so a slow spell of the machine hits every column alike
         t = time.perf_counter()
-        predict(session.net, x, n_samples=0, working_long_side=wls)
+        predict(session.net, x, n_samples=0, working_long_side=wls, flips=flips)
         t_fwd.append(time.perf_counter() - t)
         t = time.perf_counter()
-        predict(session.net, x, n_samples=n_samples, working_long_side=wls)
+        predict(session.net, x, n_samples=n_samples, working_long_side=wls, flips=flips)
         t_unc.append(time.perf_counter() - t)
         if naive:
             t = time.perf_counter()

@@ -155,6 +155,10 @@ class ClisSession:
     def working_long_side(self) -> int | None:
         return self.metadata.get("working_long_side")
 
+    @property
+    def test_time_flips(self) -> bool:
+        return bool(self.metadata.get("test_time_flips", False))
+
     # -- segmentation -----------------------------------------------------------------------------
     def segment(self, image, *, n_samples: int | None = None, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN,
                 progress=None) -> SegmentationResult:
@@ -181,7 +185,7 @@ class ClisSession:
         normalized = normalize_image(image)
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=self.task, n_samples=t, seed=self.seed, tile=tile, margin=margin,
-                      working_long_side=self.working_long_side, progress=progress)
+                      working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
         labels = out.probabilities.argmax(0).astype(np.int32)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         self.result = SegmentationResult(

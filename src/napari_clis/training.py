@@ -35,7 +35,8 @@ MODEL_PRESETS = {
     # nuclei are small: native resolution, random crops
     "nuclei": dict(crop=128, batch=12, working_long_side=None, steps=4000, width=16),
     # lesions are large, smooth objects: the network sees the image with its long side at 128 px
-    "skin-lesion": dict(crop=None, batch=16, working_long_side=128, steps=3500, width=24),
+    # the four flips of the image are part of its predictive distribution (cheap at 128 px)
+    "skin-lesion": dict(crop=None, batch=16, working_long_side=128, steps=3500, width=24, test_time_flips=True),
 }
 CLASS_NAMES = {"nuclei": ["background", "nucleus"], "skin-lesion": ["background", "lesion"]}
 
@@ -47,6 +48,7 @@ class PretrainSettings:
     batch: int = 12
     crop: int | None = 128
     working_long_side: int | None = None
+    test_time_flips: bool = False
     lr: float = 3e-3
     gate_lr: float = 1e-2
     kl_weight: float = 1e-4
@@ -121,11 +123,6 @@ def _batch(data, settings: PretrainSettings, rng: np.random.Generator):
             x, y = x[:, y0 : y0 + c, x0 : x0 + c], y[y0 : y0 + c, x0 : x0 + c]
             if rng.random() < 0.5:
                 x, y = x.transpose(-1, -2), y.transpose(-1, -2)
-        else:
-            # shift by up to 8 px with reflection
-            dy, dx = (int(v) for v in rng.integers(-8, 9, 2))
-            x = torch.roll(x, (dy, dx), (-2, -1))
-            y = torch.roll(y, (dy, dx), (-2, -1))
         if rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         if rng.random() < 0.5:
@@ -136,7 +133,31 @@ def _batch(data, settings: PretrainSettings, rng: np.random.Generator):
         x = ((x + 0.5) * gain - 0.5 + shift).clamp(-0.5, 0.5)
         xs.append(x)
         ys.append(y)
-    return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()
+    x, y = torch.stack(xs), torch.stack(ys)
+    if settings.crop is None:
+        x, y = _random_affine(x, y, rng)
+    return x.contiguous(), y.contiguous()
+
+
+def _random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
+    """Whole-image models: random rotation (any angle), scale 0.8-1.25, shift up to 10%, saturation."""
+    n = x.shape[0]
+    angle = torch.from_numpy(rng.uniform(-np.pi, np.pi, n)).float()
+    scale = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), n))).float()
+    shift = torch.from_numpy(rng.uniform(-0.2, 0.2, (n, 2))).float()
+    h, w = x.shape[-2:]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * h / w
+    theta[:, 1, 0], theta[:, 1, 1] = sin * w / h, cos
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    grey = x.mean(1, keepdim=True)
+    sat = torch.from_numpy(rng.uniform(0.7, 1.3, (n, 1, 1, 1))).float()
+    x = (grey + sat * (x - grey)).clamp(-0.5, 0.5)
+    return x, y[:, 0].long()
 
 
 def _lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
@@ -148,12 +169,14 @@ def _lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def evaluate(net: ClisNet, samples: list[Sample], working_long_side: int | None, n_samples: int = 0) -> dict:
+def evaluate(net: ClisNet, samples: list[Sample], working_long_side: int | None, n_samples: int = 0,
+             flips: bool = False) -> dict:
     """Mean foreground Dice and IoU of ``net`` on ``samples`` (deterministic pass by default)."""
     net.eval()
     dices, ious = [], []
     for s in samples:
-        out = predict(net, normalize_image(s.image), n_samples=n_samples, working_long_side=working_long_side)
+        out = predict(net, normalize_image(s.image), n_samples=n_samples, working_long_side=working_long_side,
+                      flips=flips)
         pred = out.probabilities.argmax(0) > 0
         dices.append(dice(pred, s.mask > 0))
         ious.append(iou(pred, s.mask > 0))
@@ -208,6 +231,7 @@ def pretrain(
             "name": settings.model,
             "class_names": CLASS_NAMES[settings.model],
             "working_long_side": settings.working_long_side,
+            "test_time_flips": settings.test_time_flips,
             "ibp_alpha_per_kernel": settings.ibp_alpha_per_kernel,
             "training": {
                 "settings": asdict(settings),
@@ -241,7 +265,7 @@ def pretrain(
         if progress:
             progress(step, settings.steps, loss.item())
         if step % settings.eval_every == 0 or step == settings.steps:
-            scores = evaluate(net, monitor, settings.working_long_side)
+            scores = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)
             net.train()
             on = sum(int(c.gates.hard(0).sum()) for c in net.masked_convs().values())
             tot = sum(c.gates.n_kernels for c in net.masked_convs().values())

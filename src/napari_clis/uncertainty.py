@@ -67,49 +67,77 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return r[0] if t.dim() == 3 else r[0, 0]
 
 
+_FLIPS = ((), (-1,), (-2,), (-2, -1))
+
+
 @torch.no_grad()
-def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, generator: torch.Generator):
+def _head_rows(net: ClisNet, feats: torch.Tensor, g: torch.Tensor, flip: tuple[int, ...]):
+    """Logits and log-variances ``(rows, K, h, w)`` for gate rows ``g`` ``(rows, C)`` on shared features.
+
+    A sample's gates and dropout act on the channels of the last features, so they are folded into the
+    weights of the 1x1 heads: all rows come from one matrix product. ``flip`` undoes a flipped input.
+    """
+    _, c, h, w = feats.shape
+    k = net.config.n_classes
+    f = feats.reshape(c, h * w)
+    rows = len(g)
+    out = []
+    for head in (net.logit_head, net.logvar_head):
+        weight = (g[:, None, :] * head.weight.view(1, k, c)).reshape(-1, c)
+        y = torch.addmm(head.bias.repeat(rows)[:, None], weight, f).view(rows, k, h, w)
+        out.append(y.flip(flip) if flip else y)
+    return out
+
+
+@torch.no_grad()
+def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, generator: torch.Generator,
+                  flips: bool = False):
     """``x``: (1, 3, h, w) already padded. Returns tensors (K,h,w), (h,w), (h,w), (h,w).
 
-    The trunk runs once. The gates and dropout of a sample act on the channels of the last features, so
-    they are folded into the weights of the 1x1 heads: all samples' logits come from one matrix product.
+    The trunk runs once (once per flip when ``flips``: the four flips of the image are then part of the
+    predictive distribution, sample ``t`` using flip ``t % 4``, and the deterministic pass is their mean).
     The logit noise ``eps`` is drawn once and shared by the samples (common random numbers: each
     sample's estimate stays unbiased, and the noise is not regenerated T times).
     """
-    feats = net.trunk(x, task)
-    _, c, h, w = feats.shape
+    variants = _FLIPS if flips else ((),)
     k = net.config.n_classes
+    h, w = x.shape[-2:]
     last = net.B3.conv2
-    gate_rows = [last.gates.hard(task)[None]]
+    g_det = last.gates.hard(task)[None]
     if n_samples > 0:
         keep = 1.0 - net.config.dropout
         gates = last.gates.sample(task, n_samples, generator)
         drop = (torch.rand(gates.shape, generator=generator, device=gates.device) < keep).to(gates.dtype) / keep
-        gate_rows.append(gates * drop)
-    g = torch.cat(gate_rows)  # (1 + T, C): row 0 is the deterministic pass
-    f = feats.reshape(c, h * w)
-    w_logit = (g[:, None, :] * net.logit_head.weight.view(1, k, c)).reshape(-1, c)
-    w_logvar = (g[:, None, :] * net.logvar_head.weight.view(1, k, c)).reshape(-1, c)
-    z = torch.addmm(net.logit_head.bias.repeat(len(g))[:, None], w_logit, f).view(len(g), k, h * w)
-    p_det = torch.softmax(z[0], 0)
+        gates = gates * drop
+    p_det = torch.zeros((k, h, w), device=x.device)
+    z = [None] * n_samples
+    logvar = [None] * n_samples
+    for v, flip in enumerate(variants):
+        feats = net.trunk(x.flip(flip) if flip else x, task)
+        mine = list(range(v, n_samples, len(variants)))
+        g = torch.cat([g_det, gates[mine]]) if mine else g_det
+        zv, sv = _head_rows(net, feats, g, flip)
+        p_det += torch.softmax(zv[0], 0)
+        for j, t in enumerate(mine):
+            z[t], logvar[t] = zv[1 + j], sv[1 + j]
+        del feats
+    p_det /= len(variants)
     entropy = -(p_det * p_det.clamp_min(1e-12).log()).sum(0)
     if n_samples <= 0:
         zeros = torch.zeros_like(entropy)
-        return p_det.view(k, h, w), zeros.view(h, w), zeros.view(h, w), entropy.view(h, w)
-    sigma = torch.addmm(net.logvar_head.bias.repeat(len(g) - 1)[:, None], w_logvar[k:], f)
-    sigma = sigma.mul_(0.5).exp_().view(n_samples, k, h * w)
-    eps = torch.randn((LOGIT_NOISE_SAMPLES, k, h * w), generator=generator, device=f.device, dtype=f.dtype)
-    sum_m = torch.zeros((k, h * w), device=f.device, dtype=f.dtype)
-    sum_sq = torch.zeros(h * w, device=f.device, dtype=f.dtype)
+        return p_det, zeros, zeros, entropy
+    eps = torch.randn((LOGIT_NOISE_SAMPLES, k, h, w), generator=generator, device=x.device, dtype=x.dtype)
+    sum_m = torch.zeros((k, h, w), device=x.device, dtype=x.dtype)
+    sum_sq = torch.zeros((h, w), device=x.device, dtype=x.dtype)
     for t in range(n_samples):
-        m_t = torch.softmax(torch.addcmul(z[1 + t], sigma[t], eps), 1).mean(0)
+        m_t = torch.softmax(torch.addcmul(z[t], logvar[t].mul(0.5).exp_(), eps), 1).mean(0)
         sum_m += m_t
         sum_sq += (m_t * m_t).sum(0)
     p_bar = sum_m / n_samples
     mean_sq = sum_sq / n_samples
     epistemic = (mean_sq - (p_bar * p_bar).sum(0)).clamp_min(0)
     aleatoric = (1.0 - mean_sq).clamp_min(0)
-    return p_bar.view(k, h, w), epistemic.view(h, w), aleatoric.view(h, w), entropy.view(h, w)
+    return p_bar, epistemic, aleatoric, entropy
 
 
 def predict(
@@ -122,6 +150,7 @@ def predict(
     tile: int = DEFAULT_TILE,
     margin: int = DEFAULT_MARGIN,
     working_long_side: int | None = None,
+    flips: bool = False,
     progress=None,
 ) -> NetworkOutput:
     """Probabilities and uncertainty for one normalised image.
@@ -143,6 +172,9 @@ def predict(
     working_long_side : int, optional
         If given, the image is resized so its longer side has this many pixels for the network, and the
         outputs are resized back (models trained on downscaled images, e.g. dermoscopy).
+    flips : bool
+        Also run the trunk on the three flips of the image and treat the four as part of the predictive
+        distribution (models that declare ``test_time_flips``: cheap at a small working resolution).
     progress : callable, optional
         Called as ``progress(done, total)`` after each tile.
     """
@@ -162,7 +194,7 @@ def predict(
     k = net.config.n_classes
     if h <= tile and w <= tile:
         xp, _ = _pad_to_multiple(x)
-        out = _predict_tile(net, xp, task, n_samples, generator)
+        out = _predict_tile(net, xp, task, n_samples, generator, flips)
         out = [o[..., :h, :w] for o in out]
         if progress:
             progress(1, 1)
@@ -176,7 +208,7 @@ def predict(
             ya, xa = max(0, y0 - margin), max(0, x0 - margin)
             yb, xb = min(h, y1 + margin), min(w, x1 + margin)
             xp, _ = _pad_to_multiple(x[..., ya:yb, xa:xb])
-            res = _predict_tile(net, xp, task, n_samples, generator)
+            res = _predict_tile(net, xp, task, n_samples, generator, flips)
             for dst, src in zip(out, res):
                 dst[..., y0:y1, x0:x1] = src[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa]
             del res, xp
