@@ -36,7 +36,7 @@ MODEL_PRESETS = {
     "nuclei": dict(crop=128, batch=12, working_long_side=None, steps=4000, width=16),
     # lesions are large, smooth objects: the network sees the image with its long side at 128 px
     # the four flips of the image are part of its predictive distribution (cheap at 128 px)
-    "skin-lesion": dict(crop=None, batch=16, working_long_side=128, steps=3500, width=24, test_time_flips=True),
+    "skin-lesion": dict(crop=None, batch=16, working_long_side=128, steps=4500, width=24, test_time_flips=True),
 }
 CLASS_NAMES = {"nuclei": ["background", "nucleus"], "skin-lesion": ["background", "lesion"]}
 
