@@ -54,3 +54,10 @@ def test_nan_and_inf_are_counted_in_the_message():
 
 def test_single_channel_last_axis_is_grey():
     assert as_2d_image(np.zeros((5, 6, 1))).shape == (5, 6)
+
+
+def test_a_four_channel_image_that_is_not_rgba_is_refused(nuclei_he):
+    image, _ = nuclei_he
+    four = np.concatenate([image, image[..., :1]], -1)  # a 4th channel that varies: not an alpha channel
+    with pytest.raises(ImageError, match="4-channel microscopy image rather than RGBA"):
+        normalize_image(four)

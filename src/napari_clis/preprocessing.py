@@ -24,7 +24,8 @@ class ImageError(ValueError):
 def as_2d_image(image) -> np.ndarray:
     """Validate ``image`` and return it as ``(H, W)`` grey or ``(H, W, 3)`` colour, dtype unchanged.
 
-    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) and ``(H, W, 4)`` (RGBA: alpha is dropped).
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) and ``(H, W, 4)`` (RGBA with a constant alpha
+    channel, which is dropped; a varying 4th channel means a 4-channel image and is refused).
     Raises :class:`ImageError` naming the problem for anything else.
     """
     arr = np.asarray(image)
@@ -35,6 +36,13 @@ def as_2d_image(image) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] == 4:
+        alpha = arr[..., 3]
+        if alpha.size and alpha.min() != alpha.max():
+            raise ImageError(
+                "The image has 4 channels and the 4th is not a constant (opaque) alpha channel, so it looks like "
+                "a 4-channel microscopy image rather than RGBA. Segment one channel, or an RGB composite; if it "
+                "is RGBA with transparency, drop the alpha channel first (image[..., :3])."
+            )
         arr = arr[..., :3]
     if arr.ndim == 2:
         pass
