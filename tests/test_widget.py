@@ -177,3 +177,13 @@ def test_shift_s_in_the_viewer_segments_the_chosen_image(viewer_and_widget, qtbo
     viewer.keymap[KeyBinding.from_str("Shift-S")](viewer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert viewer.layers["segmentation"].data.any()
+
+
+def test_a_four_channel_non_rgba_image_is_reported(viewer_and_widget, qtbot, nuclei_he, errors):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_he
+    four = np.concatenate([image, image[..., :1]], -1)
+    layer = viewer.add_image(four, rgb=True, name="four channels")
+    _run(widget, qtbot, layer)
+    assert errors and "4-channel" in errors[-1]
+    assert "segmentation" not in [lyr.name for lyr in viewer.layers]
