@@ -91,7 +91,7 @@ class SegmentWidget(Container):
         self._run_button = PushButton(text="Segment", tooltip=tips.RUN)
         self._cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
         self._progress = ProgressBar(value=0, min=0, max=1, visible=False)
-        self._status = Label(value="Choose an image and press Segment.")
+        self._status = Label(value="Choose an image and press Segment.", tooltip=tips.UNCERTAINTY_LAYER)
 
         self._model_combo.changed.connect(self._on_model_changed)
         self._run_button.changed.connect(lambda: self.run())  # the button's value is not a layer
@@ -227,9 +227,7 @@ class SegmentWidget(Container):
         session = self._session
         specs = {
             SEGMENTATION: (np.int32, "add_labels", {}),
-            UNCERTAINTY: (np.float32, "add_image", dict(
-                colormap="inferno", blending="additive", opacity=0.7,
-                contrast_limits=(0.0, 1.0 - 1.0 / session.n_classes))),
+            UNCERTAINTY: (np.float32, "add_image", dict(colormap="inferno", blending="additive", opacity=0.7)),
             SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
         }
         for role, (dtype, adder, kwargs) in specs.items():
@@ -244,6 +242,8 @@ class SegmentWidget(Container):
             lyr.translate = image_layer.translate
             if role == SUPERPIXELS:
                 lyr.contour = 1
+            if role == UNCERTAINTY:  # the map's full range: 0 to 1 - 1/K
+                lyr.contrast_limits = (0.0, 1.0 - 1.0 / session.n_classes)
         seg = self._find_layer(SEGMENTATION)
         seg.metadata["class_names"] = session.class_names
         self._viewer.layers.selection.active = seg
