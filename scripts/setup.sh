@@ -2,12 +2,18 @@
 # Install napari-clis and everything it needs into the current Python environment.
 #   bash scripts/setup.sh          the plugin with napari and PyQt5
 #   bash scripts/setup.sh --test   also the test tools and, on Debian/Ubuntu as root, Xvfb with Mesa OpenGL
-# PyTorch: without a GPU the CPU build pinned in TORCH_SPEC is installed first (a bare "torch" would pull a
-# CUDA build of several GB). With a GPU, install your own build first, or set TORCH_SPEC (e.g. TORCH_SPEC=torch);
-# an already installed torch is kept.
+# PyTorch: an already installed torch is kept. Otherwise, without an NVIDIA GPU the CPU build pinned here is
+# installed first (a bare "torch" would pull a CUDA build of several GB); with one (nvidia-smi works) the
+# default PyTorch build, which includes CUDA. Set TORCH_SPEC to choose yourself, e.g. TORCH_SPEC="torch==2.13.0".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+if [ -z "${TORCH_SPEC:-}" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+        TORCH_SPEC="torch>=2.2,<3"
+    else
+        TORCH_SPEC="torch==2.13.0"
+    fi
+fi
 PYTHON="${PYTHON:-python3}"
 with_tests=0
 [ "${1:-}" = "--test" ] && with_tests=1
