@@ -58,6 +58,7 @@ class PretrainSettings:
     width: int = 16
     dropout: float = 0.2
     eval_every: int = 250
+    precise_bn_batches: int = 100
     monitor_images: int = 24
     extra: dict = field(default_factory=dict)
 
@@ -158,6 +159,28 @@ def _random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
     sat = torch.from_numpy(rng.uniform(0.7, 1.3, (n, 1, 1, 1))).float()
     x = (grey + sat * (x - grey)).clamp(-0.5, 0.5)
     return x, y[:, 0].long()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batches: int = 100, seed: int = 1) -> None:
+    """Recompute BatchNorm statistics as exact averages over ``n_batches`` training batches ("precise BN").
+
+    During training the running statistics trail the weights (and kernel gates that switch off change the
+    features abruptly); recomputing them with the final weights and the inference gates removes that lag.
+    """
+    rng = np.random.default_rng(seed)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    for _ in range(n_batches):
+        x, _ = _batch(data, settings, rng)
+        net.trunk(x, 0, relaxed=False)
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    net.eval()
 
 
 def _lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
@@ -276,7 +299,8 @@ def pretrain(
                 f"iou {scores['iou']:.4f} kernels on {on}/{tot} ({train_seconds / 60:.1f} min)")
             save_model(ckpt_path, net, metadata(False),
                        extra={"optimizer": opt.state_dict()})
-    net.eval()
+    recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches)
+    log(f"recomputed BatchNorm statistics over {settings.precise_bn_batches} training batches")
     save_model(output, net, metadata(True))
     log(f"saved {output} (format {FORMAT})")
     return output
