@@ -22,14 +22,14 @@ def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_pa
     out = tmp_path / "lesion.pt"
     log = tmp_path / "log.txt"
     assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "2", "--output", str(out),
-                 "--log", str(log), "--threads", "1"]) == 0
+                 "--log", str(log), "--threads", "1", "--bn-batches", "2"]) == 0
     s = ClisSession.from_checkpoint(out, device="cpu")
     assert s.metadata["training"]["step"] == 2 and s.working_long_side == 128
     r = s.segment(np.zeros((50, 70, 3), np.uint8))
     assert r.labels.shape == (50, 70)
     # a longer run picks up the checkpoint instead of starting again
     assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "3", "--output", str(out),
-                 "--log", str(log), "--threads", "1"]) == 0
+                 "--log", str(log), "--threads", "1", "--bn-batches", "2"]) == 0
     assert "resumed" in log.read_text()
     assert ClisSession.from_checkpoint(out).metadata["training"]["step"] == 3
 

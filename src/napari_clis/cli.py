@@ -20,7 +20,7 @@ def _pretrain(args) -> int:
     preset = dict(MODEL_PRESETS[args.model])
     if args.steps:
         preset["steps"] = args.steps
-    settings = PretrainSettings(model=args.model, seed=args.seed, **preset)
+    settings = PretrainSettings(model=args.model, seed=args.seed, precise_bn_batches=args.bn_batches, **preset)
     output = Path(args.output or f"{args.model}.pt")
     log_file = open(args.log, "a") if args.log else None
 
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--output", help="model file to write (default MODEL.pt)")
     pt.add_argument("--steps", type=int, help="optimisation steps (default: the model's preset)")
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--bn-batches", type=int, default=100,
+                    help="training batches over which BatchNorm statistics are recomputed at the end")
     pt.add_argument("--threads", type=int, help="CPU threads for torch")
     pt.add_argument("--log", help="also append progress lines to this file")
     pt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
