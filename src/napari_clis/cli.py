@@ -20,6 +20,11 @@ def _pretrain(args) -> int:
     preset = dict(MODEL_PRESETS[args.model])
     if args.steps:
         preset["steps"] = args.steps
+    for key in ("lr", "fg_crop_fraction", "init"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    if args.area_weighted:
+        preset["area_weighted"] = True
     settings = PretrainSettings(model=args.model, seed=args.seed, precise_bn_batches=args.bn_batches, **preset)
     output = Path(args.output or f"{args.model}.pt")
     log_file = open(args.log, "a") if args.log else None
@@ -67,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--output", help="model file to write (default MODEL.pt)")
     pt.add_argument("--steps", type=int, help="optimisation steps (default: the model's preset)")
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--init", help="start from this model file (a second training phase) instead of from scratch")
+    pt.add_argument("--lr", type=float, help="peak learning rate of the weights (default 3e-3)")
+    pt.add_argument("--fg-crop-fraction", type=float,
+                    help="fraction of crops centred on a random foreground pixel (default: the model's preset)")
+    pt.add_argument("--area-weighted", action="store_true", help="draw images by the square root of their area")
     pt.add_argument("--bn-batches", type=int, default=100,
                     help="training batches over which BatchNorm statistics are recomputed at the end")
     pt.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -59,6 +59,9 @@ class PretrainSettings:
     dropout: float = 0.2
     eval_every: int = 250
     precise_bn_batches: int = 100
+    fg_crop_fraction: float = 0.0
+    area_weighted: bool = False
+    init: str | None = None
     monitor_images: int = 24
     extra: dict = field(default_factory=dict)
 
@@ -108,10 +111,28 @@ def _prepare(samples: list[Sample], working_long_side: int | None):
     return out
 
 
-def _batch(data, settings: PretrainSettings, rng: np.random.Generator):
+def _image_weights(data, settings: PretrainSettings) -> np.ndarray:
+    """Probability of drawing each image: uniform, or by the square root of its area."""
+    if not settings.area_weighted:
+        return np.full(len(data), 1.0 / len(data))
+    w = np.sqrt([float(y.numel()) for _, y in data])
+    return w / w.sum()
+
+
+def _batch(data, settings: PretrainSettings, rng: np.random.Generator, weights: np.ndarray | None = None):
     xs, ys = [], []
     for _ in range(settings.batch):
-        x, y = data[rng.integers(len(data))]
+        x, y = data[rng.choice(len(data), p=weights) if weights is not None else rng.integers(len(data))]
+        if settings.crop and settings.fg_crop_fraction > 0 and rng.random() < settings.fg_crop_fraction:
+            # centre the crop on a random foreground pixel, so rare image types with few objects are seen
+            fg = torch.nonzero(y > 0)
+            if len(fg):
+                cy, cx = (int(v) for v in fg[rng.integers(len(fg))])
+                c = settings.crop
+                h, w = y.shape
+                y0 = int(np.clip(cy - c // 2 + rng.integers(-c // 4, c // 4 + 1), 0, max(0, h - c)))
+                x0 = int(np.clip(cx - c // 2 + rng.integers(-c // 4, c // 4 + 1), 0, max(0, w - c)))
+                x, y = x[:, y0 : y0 + c, x0 : x0 + c], y[y0 : y0 + c, x0 : x0 + c]
         if settings.crop:
             c = settings.crop
             h, w = y.shape
@@ -176,7 +197,7 @@ def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batc
         m.momentum = None  # cumulative average
     net.train()
     for _ in range(n_batches):
-        x, _ = _batch(data, settings, rng)
+        x, _ = _batch(data, settings, rng, _image_weights(data, settings))
         net.trunk(x, 0, relaxed=False)
     for m, mom in zip(norms, saved):
         m.momentum = mom
@@ -224,10 +245,18 @@ def pretrain(
     monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
                            limit=settings.monitor_images)
     data = _prepare(train, settings.working_long_side)
+    weights = _image_weights(data, settings)
     log(f"loaded {len(train)} training images in {time.time() - t0:.1f}s")
 
     config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout)
     net = ClisNet(config)
+    earlier_phases = []
+    if settings.init:  # a second phase that starts from an existing model (fresh optimiser and schedule)
+        init_net, init_meta, _ = load_model(settings.init)
+        net.load_state_dict(init_net.state_dict())
+        earlier = init_meta.get("training", {})
+        earlier_phases = earlier.get("earlier_phases", []) + [{k: earlier.get(k) for k in ("settings", "step", "seconds", "history")}]
+        log(f"starting from {settings.init}")
     priors = {name: ibp_stick_breaking_prior(conv.gates.n_kernels, settings.ibp_alpha_per_kernel * conv.gates.n_kernels)
               for name, conv in net.masked_convs().items()}
     gate_params = [p for n, p in net.named_parameters() if ".gates." in n]
@@ -261,6 +290,7 @@ def pretrain(
                 "step": step,
                 "seconds": train_seconds,
                 "history": history,
+                "earlier_phases": earlier_phases,
                 "final": final,
                 "n_train_images": len(train),
                 "torch": str(torch.__version__),
@@ -274,7 +304,7 @@ def pretrain(
         ts = time.time()
         for group, base in zip(opt.param_groups, (settings.lr, settings.gate_lr)):
             group["lr"] = base * _lr_factor(step, settings.steps)
-        x, y = _batch(data, settings, rng)
+        x, y = _batch(data, settings, rng, weights)
         logits, logvar = net(x, relaxed=True)
         loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
         loss_dice = soft_dice_loss(logits, y)

@@ -8,7 +8,8 @@ then draws
 * a channel-dropout mask on the same features (rate ``config.dropout``),
 
 and applies the 1x1 heads. For each sample ``t`` the logits are perturbed ``S`` times with the predicted
-aleatoric variance, ``z + sigma * eps``, and pushed through the softmax: ``p_ts``. With
+aleatoric variance, ``z + sigma * eps`` (``eps``: a Latin hypercube of ``S`` standard normal draws per
+sample and class, shared by all pixels), and pushed through the softmax: ``p_ts``. With
 ``m_t = mean_s p_ts`` and ``p_bar = mean_t m_t``:
 
 * epistemic = ``sum_k Var_t(m_t,k)`` = ``mean_t sum_k m_t,k**2 - sum_k p_bar_k**2``
@@ -70,6 +71,21 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 _FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
+def _latin_hypercube_normal(n_samples: int, n_draws: int, k: int, generator, device, dtype) -> torch.Tensor:
+    """Standard normal logit noise ``(T, S, K, 1, 1)``: a Latin hypercube of ``S`` draws per MC sample.
+
+    For each sample and class the ``S`` draws fall one in each of ``S`` equal-probability strata (in a
+    random order and at a random place inside the stratum), so few draws cover the Gaussian evenly. The
+    draws are shared by all pixels: each pixel's estimate is then a smooth function of its own logits and
+    variance, and neighbouring pixels are not ranked apart by sampling noise.
+    """
+    order = torch.argsort(torch.rand((n_samples, k, n_draws), generator=generator, device=device), dim=-1)
+    u = (order.to(dtype) + torch.rand((n_samples, k, n_draws), generator=generator, device=device, dtype=dtype))
+    u = (u / n_draws).clamp(1e-6, 1 - 1e-6)
+    eps = torch.special.erfinv(2 * u - 1) * (2.0**0.5)
+    return eps.permute(0, 2, 1)[..., None, None]
+
+
 @torch.no_grad()
 def _head_rows(net: ClisNet, feats: torch.Tensor, g: torch.Tensor, flip: tuple[int, ...]):
     """Logits and log-variances ``(rows, K, h, w)`` for gate rows ``g`` ``(rows, C)`` on shared features.
@@ -96,8 +112,7 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
 
     The trunk runs once (once per flip when ``flips``: the four flips of the image are then part of the
     predictive distribution, sample ``t`` using flip ``t % 4``, and the deterministic pass is their mean).
-    The logit noise ``eps`` is drawn once and shared by the samples (common random numbers: each
-    sample's estimate stays unbiased, and the noise is not regenerated T times).
+    The logit noise is a Latin hypercube of ``S`` draws per sample, shared by all pixels.
     """
     variants = _FLIPS if flips else ((),)
     k = net.config.n_classes
@@ -126,11 +141,11 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
     if n_samples <= 0:
         zeros = torch.zeros_like(entropy)
         return p_det, zeros, zeros, entropy
-    eps = torch.randn((LOGIT_NOISE_SAMPLES, k, h, w), generator=generator, device=x.device, dtype=x.dtype)
+    eps = _latin_hypercube_normal(n_samples, LOGIT_NOISE_SAMPLES, k, generator, x.device, x.dtype)
     sum_m = torch.zeros((k, h, w), device=x.device, dtype=x.dtype)
     sum_sq = torch.zeros((h, w), device=x.device, dtype=x.dtype)
     for t in range(n_samples):
-        m_t = torch.softmax(torch.addcmul(z[t], logvar[t].mul(0.5).exp_(), eps), 1).mean(0)
+        m_t = torch.softmax(torch.addcmul(z[t], logvar[t].mul(0.5).exp_(), eps[t]), 1).mean(0)
         sum_m += m_t
         sum_sq += (m_t * m_t).sum(0)
     p_bar = sum_m / n_samples
