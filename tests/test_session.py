@@ -150,6 +150,7 @@ def test_a_model_of_another_format_version_is_refused_with_both_versions(tmp_pat
     assert payload["format"] == FORMAT
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_with_code_is_refused_without_running_it(tmp_path):
     import pickle
 
