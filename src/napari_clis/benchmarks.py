@@ -176,6 +176,16 @@ def otsu_foreground(image: np.ndarray, dataset: str) -> np.ndarray:
     return ~fg if fg.mean() > 0.5 else fg
 
 
+def image_kind(image: np.ndarray, dataset: str) -> str:
+    """A coarse modality label for per-kind results: fluorescence, brightfield or stained (colour)."""
+    if dataset == "isic2017":
+        return "dermoscopy"
+    grey = image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
+    if not grey:
+        return "stained (colour)"
+    return "brightfield (grey, bright)" if image.mean() > 128 else "fluorescence (grey, dark)"
+
+
 def quality(args) -> int:
     from .data import load_dataset
     from .metrics import dice, iou, roc_auc
@@ -190,12 +200,14 @@ def quality(args) -> int:
         dataset = "dsb2018" if model == "nuclei" else "isic2017"
         rec = {k: [] for k in ("dice", "iou", "otsu_dice", "otsu_iou", "auc_unc", "auc_ent")}
         pooled_unc, pooled_ent, pooled_wrong = [], [], []
+        kinds = {}
         t0 = time.time()
         for i, s in enumerate(samples):
             r = session.segment(s.image)
             truth = s.mask > 0
             pred = r.labels > 0
             rec["dice"].append(dice(pred, truth))
+            kinds.setdefault(image_kind(s.image, dataset), []).append(rec["dice"][-1])
             rec["iou"].append(iou(pred, truth))
             base = otsu_foreground(s.image, dataset)
             rec["otsu_dice"].append(dice(base, truth))
@@ -218,6 +230,7 @@ def quality(args) -> int:
             "auc_unc_pooled": roc_auc(np.concatenate(pooled_unc), wrong_all),
             "auc_ent_pooled": roc_auc(np.concatenate(pooled_ent), wrong_all),
             "seconds": time.time() - t0,
+            "dice_by_kind": {k: [float(np.mean(v)), len(v)] for k, v in sorted(kinds.items())},
         }
     print(f"\nHeld-out quality (T={args.samples} MC samples), {_machine()}\n")
     print("| model | held-out images | Dice (sd) | IoU | Otsu Dice | Otsu IoU | AUROC uncertainty->errors "
@@ -227,6 +240,10 @@ def quality(args) -> int:
         print(f"| {model} | {m['n']} ({m['dataset']} {m['split']}) | {m['dice']:.3f} ({m['dice_sd']:.3f}) | "
               f"{m['iou']:.3f} | {m['otsu_dice']:.3f} | {m['otsu_iou']:.3f} | {m['auc_unc_pooled']:.3f} / "
               f"{m['auc_unc']:.3f} | {m['auc_ent_pooled']:.3f} / {m['auc_ent']:.3f} |")
+    print("\n| model | kind of image | images | Dice |\n|---|---|---|---|")
+    for model, m in summary.items():
+        for kind, (d, n) in m["dice_by_kind"].items():
+            print(f"| {model} | {kind} | {n} | {d:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return 0
