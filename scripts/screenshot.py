@@ -1,6 +1,8 @@
 """Take the documentation screenshots: napari with the widget at work on a sample image.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py docs/screenshot_segment.png [nuclei|skin-lesion]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py OUT.png [nuclei|skin-lesion] [SHOW]
+
+SHOW is the output layer to show over the image: segmentation (default), uncertainty or superpixels.
 """
 
 import sys
@@ -24,8 +26,10 @@ t = time.time()
 while widget.busy and time.time() - t < 120:
     QApplication.processEvents()
     time.sleep(0.05)
-viewer.layers["superpixels"].visible = "--superpixels" in sys.argv
-viewer.layers.selection.active = viewer.layers["uncertainty"]
+show = sys.argv[3] if len(sys.argv) > 3 else "segmentation"
+for name in ("segmentation", "uncertainty", "superpixels"):
+    viewer.layers[name].visible = name == show
+viewer.layers.selection.active = viewer.layers[show]
 for _ in range(20):
     QApplication.processEvents()
     time.sleep(0.05)
