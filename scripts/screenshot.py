@@ -33,6 +33,10 @@ viewer.layers.selection.active = viewer.layers[show]
 for _ in range(20):
     QApplication.processEvents()
     time.sleep(0.05)
+viewer.reset_view()  # fit the whole image now that the docks have taken their room
+for _ in range(10):
+    QApplication.processEvents()
+    time.sleep(0.05)
 viewer.screenshot(out, canvas_only=False)
 print("wrote", out)
 viewer.close()

@@ -58,6 +58,7 @@ def _demo(args) -> int:
         viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     widget._model_combo.value = "nuclei" if args.sample == "nuclei" else "skin-lesion"
+    viewer.reset_view()  # fit the image into the room the dock widget leaves
     napari.run()
     return 0
 
