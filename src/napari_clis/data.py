@@ -133,7 +133,7 @@ def load_dataset(name: str, part: str, root: Path | str | None = None, limit: in
     ``monitor`` (val) and ``heldout`` (test).
     """
     if name == "nuclei":
-        return load_dsb2018(root, {"pretrain": "pretrain", "heldout": "pool", "monitor": "pretrain"}[part], limit)
+        return load_dsb2018(root, {"pretrain": "pretrain", "heldout": "pool"}[part], limit)
     if name == "skin-lesion":
         return load_isic2017(root, {"pretrain": "train", "monitor": "val", "heldout": "test"}[part], limit)
     raise ValueError(f"Unknown dataset {name!r}; expected 'nuclei' or 'skin-lesion'.")

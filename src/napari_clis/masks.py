@@ -18,8 +18,6 @@ This module is pure torch: no Qt, no napari.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -152,9 +150,3 @@ class KernelGates(nn.Module):
     def extra_repr(self) -> str:
         return f"n_kernels={self.n_kernels}, n_tasks={self.n_tasks}"
 
-
-def gate_entropy_bits(p: torch.Tensor) -> float:
-    """Mean binary entropy (bits) of gate probabilities; a diagnostic for the model card."""
-    p = p.clamp(1e-6, 1 - 1e-6)
-    h = -(p * p.log() + (1 - p) * (1 - p).log()) / math.log(2)
-    return float(h.mean())

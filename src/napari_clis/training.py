@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,6 @@ class PretrainSettings:
     area_weighted: bool = False
     init: str | None = None
     monitor_images: int = 24
-    extra: dict = field(default_factory=dict)
 
 
 def aleatoric_nll(logits: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, n_samples: int = 4) -> torch.Tensor:
