@@ -1,4 +1,4 @@
-"""Benchmarks: ``napari-clis bench speed`` and ``napari-clis bench quality``.
+"""Benchmarks: ``napari-clis bench speed | quality | interactive | clicks``.
 
 Each prints a Markdown table; ``docs/benchmarks.md`` and ``docs/models.md`` record the results with the
 machine and the date. Speed is always reported beside a baseline measured in the same run (one plain
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_parser", "run", "speed", "quality", "otsu_foreground"]
+__all__ = ["add_parser", "run", "speed", "quality", "interactive", "clicks", "otsu_foreground"]
 
 SPEED_SIZES = (256, 512, 1024, 4096)
 
@@ -249,6 +249,122 @@ def quality(args) -> int:
     return 0
 
 
+# -- interactive ------------------------------------------------------------------------------------
+
+def _pick(samples, n: int | None, seed: int = 0):
+    if n is None or n >= len(samples):
+        return samples
+    idx = np.sort(np.random.default_rng(seed).choice(len(samples), n, replace=False))
+    return [samples[i] for i in idx]
+
+
+def interactive(args) -> int:
+    """NoC@85/90 and IoU after k clicks for CLIS and two classical peers, both simulated-user protocols."""
+    from .data import load_dataset
+    from .session import ClisSession
+    from .simulated_user import ClisMethod, PixelClassifierPeer, RandomWalkerPeer, noc, run_protocol
+
+    models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
+    protocols = args.protocols.split(",")
+    peers = {"rw": RandomWalkerPeer, "rf": PixelClassifierPeer}
+    chosen_peers = [p for p in args.peers.split(",") if p]
+    rows, detail = [], {}
+    for model in models:
+        dataset = "dsb2018" if model == "nuclei" else "isic2017"
+        samples = _pick(load_dataset(model, args.part, args.data), args.images, args.seed)
+        session = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
+        if args.smoothness is not None:
+            session.smoothness = args.smoothness
+        if args.calibration is not None:
+            session.calibration = None if args.calibration < 0 else args.calibration
+        curves: dict[tuple[str, str], list[list[float]]] = {}
+        t0 = time.time()
+        for i, s in enumerate(samples):
+            session.segment(s.image)
+            inter = session.interaction
+            truth = (s.mask > 0).astype(np.int32) if session.n_classes == 2 else s.mask
+            methods = [ClisMethod(inter)]
+            for p in chosen_peers:
+                methods.append(peers[p](s.image, inter))
+            for protocol in protocols:
+                for m in methods:
+                    res = run_protocol(m, inter, truth, protocol, max_clicks=args.max_clicks)
+                    curves.setdefault((protocol, m.name), []).append(res.ious)
+            print(f"  {model}: {i + 1}/{len(samples)} images ({time.time() - t0:.0f}s)", file=sys.stderr)
+        for (protocol, name), ious in curves.items():
+            row = {
+                "dataset": dataset, "part": args.part, "protocol": protocol, "method": name, "images": len(ious),
+                "noc85": float(np.mean([noc(v, 0.85, args.max_clicks) for v in ious])),
+                "noc90": float(np.mean([noc(v, 0.90, args.max_clicks) for v in ious])),
+                "fail90": float(np.mean([max(v) < 0.90 for v in ious])),
+            }
+            for k in (0, 1, 3, 5):
+                row[f"iou@{k}"] = float(np.mean([v[min(k, len(v) - 1)] for v in ious]))
+            rows.append(row)
+        detail[model] = {f"{p} | {n}": v for (p, n), v in curves.items()}
+    print(f"\nInteractive segmentation, simulated user ({args.part} images, at most {args.max_clicks} clicks), "
+          f"{_machine()}\n")
+    print("| dataset | protocol | method | images | NoC@85 | NoC@90 | not at 90% | IoU @0 | @1 | @3 | @5 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['protocol']} | {r['method']} | {r['images']} | {r['noc85']:.2f} | "
+              f"{r['noc90']:.2f} | {100 * r['fail90']:.0f}% | {r['iou@0']:.3f} | {r['iou@1']:.3f} | "
+              f"{r['iou@3']:.3f} | {r['iou@5']:.3f} |")
+    print("\n| dataset | protocol | NoC@85 ours / best peer | NoC@90 ours / best peer |\n|---|---|---|---|")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for protocol in protocols:
+            sel = [r for r in rows if r["dataset"] == dataset and r["protocol"] == protocol]
+            ours = [r for r in sel if r["method"].startswith("CLIS")]
+            others = [r for r in sel if not r["method"].startswith("CLIS")]
+            if ours and others:
+                cells = []
+                for key in ("noc85", "noc90"):
+                    best = min(r[key] for r in others)
+                    cells.append(f"{ours[0][key]:.2f} / {best:.2f} = {ours[0][key] / best:.2f}" if best > 0 else "n/a")
+                print(f"| {dataset} | {protocol} | {cells[0]} | {cells[1]} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "curves": detail}, indent=1))
+    return 0
+
+
+def clicks(args) -> int:
+    """Latency of one click (click -> updated labels) beside a full re-segmentation of the same image."""
+    from .session import ClisSession
+
+    session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
+    rng = np.random.default_rng(0)
+    print(f"\nClick latency, {_machine()}\n")
+    print("| image | regions | segment() s | build graph ms (in segment) | click -> labels ms, median | p90 | "
+          "median / segment() |")
+    print("|---|---|---|---|---|---|---|")
+    from .interactive import build_region_graph  # noqa: F401  (timed through segment)
+
+    for size in [int(v) for v in args.sizes.split(",")]:
+        img = _speed_image(size, args.data)
+        t = time.perf_counter()
+        r = session.segment(img)
+        seg = time.perf_counter() - t
+        from .preprocessing import normalize_image
+
+        norm = normalize_image(img)
+        t = time.perf_counter()
+        build_region_graph(r.superpixels, r.probabilities, r.uncertainty, norm)
+        build = time.perf_counter() - t
+        truth = r.labels
+        times = []
+        for _ in range(args.clicks):
+            y, x = int(rng.integers(size)), int(rng.integers(size))
+            lab = int(1 - truth[y, x]) if rng.random() < 0.5 else int(truth[y, x])
+            t = time.perf_counter()
+            session.click(y, x, lab)
+            _ = session.labels
+            times.append(time.perf_counter() - t)
+        med = float(np.median(times))
+        print(f"| {size}x{size} | {session.interaction.graph.n} | {seg:.2f} | {1000 * build:.0f} | "
+              f"{1000 * med:.1f} | {1000 * np.percentile(times, 90):.1f} | {med / seg:.3f} |")
+    return 0
+
+
 # -- command line -------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
@@ -269,6 +385,29 @@ def add_parser(sub) -> None:
     q.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
     q.add_argument("--json", help="also write the numbers to this JSON file")
     q.set_defaults(bench_func=quality)
+    it = bsub.add_parser("interactive", help="simulated user: NoC@85/90 of CLIS beside random walker and a "
+                         "random-forest pixel classifier, both protocols")
+    it.add_argument("--model", default="all", choices=["all", "nuclei", "skin-lesion"])
+    it.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
+                    help="heldout: the interactive splits (dsb2018 pool, isic2017/test); others for tuning")
+    it.add_argument("--images", type=int, default=30, help="images per dataset, drawn with --seed (default 30)")
+    it.add_argument("--seed", type=int, default=0)
+    it.add_argument("--protocols", default="uncertain,click")
+    it.add_argument("--peers", default="rw,rf", help="comma-separated: rw (random walker), rf (pixel classifier)")
+    it.add_argument("--max-clicks", type=int, default=20)
+    it.add_argument("--samples", type=int, default=8)
+    it.add_argument("--smoothness", type=float, help="MRF smoothness lambda (default: the session's)")
+    it.add_argument("--calibration", type=float, help="click-calibration prior strength; negative turns it off")
+    it.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+    it.add_argument("--json", help="also write the numbers and IoU curves to this JSON file")
+    it.set_defaults(bench_func=interactive)
+    ck = bsub.add_parser("clicks", help="latency of click -> updated segmentation, beside segment()")
+    ck.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
+    ck.add_argument("--sizes", default="256,512,1024")
+    ck.add_argument("--clicks", type=int, default=50)
+    ck.add_argument("--samples", type=int, default=8)
+    ck.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
+    ck.set_defaults(bench_func=clicks)
 
 
 def run(args) -> int:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, shipped_model_path, shipped_models
+from .interactive import DEFAULT_CALIBRATION, DEFAULT_SMOOTHNESS, Interaction, InteractionError, build_region_graph
 from .network import ClisNet
 from .preprocessing import ImageError, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, predict
 
-__all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError"]
+__all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError"]
 
 
 @dataclass
@@ -117,6 +118,9 @@ class ClisSession:
         self.source = source
         self.task = 0
         self.result: SegmentationResult | None = None
+        self.interaction: Interaction | None = None
+        self.smoothness = DEFAULT_SMOOTHNESS
+        self.calibration: float | None = DEFAULT_CALIBRATION
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -188,7 +192,7 @@ class ClisSession:
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
         labels = out.probabilities.argmax(0).astype(np.int32)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
-        self.result = SegmentationResult(
+        result = SegmentationResult(
             labels=labels,
             probabilities=out.probabilities,
             uncertainty=out.uncertainty,
@@ -197,7 +201,52 @@ class ClisSession:
             entropy=out.entropy,
             superpixels=superpixels,
         )
-        return self.result
+        graph = build_region_graph(superpixels, out.probabilities, out.uncertainty, normalized)
+        self.result = result
+        self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration)
+        return result
+
+    # -- interaction -----------------------------------------------------------------------------------
+    def _require_interaction(self) -> Interaction:
+        if self.interaction is None:
+            raise InteractionError("There is no segmentation to correct yet: call segment(image) first.")
+        return self.interaction
+
+    def click(self, y, x, label: int) -> int:
+        """Annotate the region under pixel ``(y, x)`` with class ``label`` (0 = background) and propagate.
+
+        Returns the click's index (for :meth:`remove_click`). The region is the SLIC superpixel under the
+        click, or, where the network's segmentation crosses that superpixel, the part of it the click is on.
+        """
+        return self._require_interaction().click(y, x, label)
+
+    def set_clicks(self, points, labels) -> None:
+        """Replace all clicks at once, ``points`` (N, 2) as (y, x) and ``labels`` (N,): one propagation."""
+        self._require_interaction().set_clicks(points, labels)
+
+    def remove_click(self, index: int) -> None:
+        self._require_interaction().remove_click(index)
+
+    def clear_clicks(self) -> None:
+        self._require_interaction().clear_clicks()
+
+    def annotate(self, mask, label: int) -> None:
+        """A painted region (a boolean (H, W) mask) as an annotation; painted pixels keep class ``label``."""
+        self._require_interaction().annotate(mask, label)
+
+    @property
+    def clicks(self) -> list[tuple[int, int, int]]:
+        """The clicks as (y, x, label), in the order they were made."""
+        return list(self.interaction.clicks) if self.interaction is not None else []
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(H, W) int32: the current propagated segmentation."""
+        return self._require_interaction().labels
+
+    def suggest(self, n: int = 16) -> np.ndarray:
+        """(n, 2) int: (y, x) inside the ``n`` most uncertain regions that are not annotated yet."""
+        return self._require_interaction().suggest(n)
 
     def __repr__(self) -> str:
         return f"ClisSession(model={self.model_name!r}, device={str(self.device)!r}, n_samples={self.n_samples})"

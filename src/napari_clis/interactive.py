@@ -1,0 +1,313 @@
+"""The interactive learning module: clicks and painted edits become annotations of regions, propagated by an MRF.
+
+Regions are SLIC superpixels split where the network's segmentation crosses them, and where its confidence
+crosses ``CONFIDENT`` (0.75): a superpixel that straddles an object boundary the network sees, or is unsure
+about on one side, becomes several regions, and a click labels only the part it falls on. The labelling
+of the regions minimises (``docs/method.md`` writes it out)
+
+    E(y) = sum_r n_r * -log q_r(y_r)  +  lambda * sum_(r,s) c_rs [y_r != y_s]
+
+where ``n_r`` is the area of region ``r``, ``q_r`` its class probabilities (the network's mean log-probability
+over its pixels, shifted by a small click-calibration fitted to the annotated regions), and ``c_rs`` the sum over
+the pixel pairs on the border of ``r`` and ``s`` of ``exp(-beta |I_p - I_q|^2)``: the contrast-sensitive Potts
+energy of the pixel grid, restricted to labellings constant on regions. Annotated regions are fixed.
+Pure numpy/scipy; no Qt, no napari, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, optimize
+
+from .propagation import minimize_potts
+
+__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph"]
+
+DEFAULT_SMOOTHNESS = 2.0
+DEFAULT_CALIBRATION = 4.0
+CONFIDENT = 0.75
+_LOG_FLOOR = np.log(1e-4)
+
+
+class InteractionError(ValueError):
+    """A click or annotation the interactive module cannot use; the message says why."""
+
+
+@dataclass
+class RegionGraph:
+    """The regions of one image and their adjacency.
+
+    Attributes
+    ----------
+    regions : (H, W) int32
+        Region id per pixel, ``0 .. n - 1``.
+    superpixel : (n,) int32
+        The SLIC superpixel each region belongs to.
+    area : (n,) float64
+        Pixels per region.
+    logp : (n, K) float64
+        Mean log-probability of each class over the region's pixels.
+    colour : (n, 3) float64
+        Mean normalised colour.
+    uncertainty : (n,) float64
+        Mean of the uncertainty map.
+    edges : (E, 2) int64 and contrast : (E,) float64
+        Adjacent region pairs and the summed contrast weights of their shared border.
+    boxes : list of slices
+        Bounding box of each region (for interior points).
+    """
+
+    regions: np.ndarray
+    superpixel: np.ndarray
+    area: np.ndarray
+    logp: np.ndarray
+    colour: np.ndarray
+    uncertainty: np.ndarray
+    edges: np.ndarray
+    contrast: np.ndarray
+    boxes: list
+
+    @property
+    def n(self) -> int:
+        return len(self.area)
+
+    @property
+    def n_classes(self) -> int:
+        return self.logp.shape[1]
+
+
+def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncertainty: np.ndarray,
+                       normalized: np.ndarray) -> RegionGraph:
+    """Split superpixels by the network's labels and confidence, and build the region adjacency graph.
+
+    Parameters
+    ----------
+    superpixels : (H, W) int
+    probabilities : (K, H, W) float
+    uncertainty : (H, W) float
+    normalized : (3, H, W) float, the normalised image (colour for the contrast weights)
+    """
+    k, h, w = probabilities.shape
+    if superpixels.shape != (h, w) or uncertainty.shape != (h, w) or normalized.shape[-2:] != (h, w):
+        raise ValueError("superpixels, probabilities, uncertainty and image must have the same height and width")
+    part = probabilities.argmax(0).astype(np.int64) * 2 + (probabilities.max(0) >= CONFIDENT)
+    key = superpixels.astype(np.int64).ravel() * (2 * k) + part.ravel()
+    uniq, inv = np.unique(key, return_inverse=True)
+    n = len(uniq)
+    regions = inv.reshape(h, w).astype(np.int32)
+    flat = regions.ravel()
+    area = np.bincount(flat, minlength=n).astype(np.float64)
+
+    def mean(values):
+        return np.bincount(flat, values.ravel().astype(np.float64), minlength=n) / area
+
+    logp = np.stack([mean(np.maximum(np.log(np.maximum(probabilities[c], 1e-12)), _LOG_FLOOR)) for c in range(k)], 1)
+    colour = np.stack([mean(normalized[c]) for c in range(normalized.shape[0])], 1)
+    unc = mean(uncertainty)
+
+    # contrast-sensitive weights of the 4-neighbour pixel pairs, summed per pair of regions
+    img = normalized.astype(np.float32)
+    dh = ((img[:, :, 1:] - img[:, :, :-1]) ** 2).sum(0)
+    dv = ((img[:, 1:, :] - img[:, :-1, :]) ** 2).sum(0)
+    mean_d = (dh.sum() + dv.sum()) / max(1, dh.size + dv.size)
+    beta = 1.0 / (2.0 * mean_d) if mean_d > 0 else 0.0
+    a = np.concatenate([regions[:, :-1].ravel(), regions[:-1, :].ravel()])
+    b = np.concatenate([regions[:, 1:].ravel(), regions[1:, :].ravel()])
+    d = np.concatenate([dh.ravel(), dv.ravel()])
+    cut = a != b
+    a, b, d = a[cut].astype(np.int64), b[cut].astype(np.int64), d[cut]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    pair_key, pair_inv = np.unique(lo * n + hi, return_inverse=True)
+    contrast = np.bincount(pair_inv, np.exp(-beta * d), minlength=len(pair_key))
+    edges = np.stack([pair_key // n, pair_key % n], 1)
+    boxes = ndimage.find_objects(regions + 1)
+    return RegionGraph(regions, (uniq // (2 * k)).astype(np.int32), area, logp, colour, unc, edges, contrast, boxes)
+
+
+class Interaction:
+    """Clicks and painted annotations on one image, and the propagated segmentation they give.
+
+    Parameters
+    ----------
+    graph : RegionGraph
+    smoothness : float
+        ``lambda``: weight of the pairwise term per unit of border contrast.
+    calibration : float or None
+        Strength of the prior that keeps the click calibration near zero (larger: clicks move the network's
+        probabilities less); ``None`` turns calibration off (clicks act only through the MRF).
+    """
+
+    def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
+                 calibration: float | None = DEFAULT_CALIBRATION):
+        self.graph = graph
+        self.smoothness = float(smoothness)
+        self.calibration = calibration
+        self.clicks: list[tuple[int, int, int]] = []
+        self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
+        self._labels: np.ndarray | None = None
+        self._region_labels: np.ndarray | None = None
+        self.bias = np.zeros((graph.n_classes, 1 + graph.colour.shape[1]))
+
+    # -- input checks ---------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.graph.regions.shape
+
+    def _check_label(self, label) -> int:
+        k = self.graph.n_classes
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < k:
+            raise InteractionError(f"class {label!r} is not one of this model's classes 0..{k - 1}")
+        return int(label)
+
+    def _check_point(self, y, x) -> tuple[int, int]:
+        h, w = self.shape
+        try:
+            fy, fx = float(y), float(x)
+        except (TypeError, ValueError):
+            raise InteractionError(f"a click needs numeric (y, x) coordinates, got ({y!r}, {x!r})") from None
+        if not (np.isfinite(fy) and np.isfinite(fx)):
+            raise InteractionError(f"click ({y}, {x}) is not a finite position")
+        iy, ix = int(np.floor(fy + 0.5)), int(np.floor(fx + 0.5))
+        if not (0 <= iy < h and 0 <= ix < w):
+            raise InteractionError(f"click ({fy:g}, {fx:g}) is outside the image (height {h}, width {w})")
+        return iy, ix
+
+    # -- editing --------------------------------------------------------------------------------
+    def set_clicks(self, points, labels) -> None:
+        """Replace all clicks at once (one propagation): ``points`` (N, 2) as (y, x), ``labels`` (N,)."""
+        pts = np.asarray(points, float).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+        labs = list(labels)
+        if len(labs) != len(pts):
+            raise InteractionError(f"{len(pts)} click positions but {len(labs)} classes")
+        new = [(*self._check_point(y, x), self._check_label(lab)) for (y, x), lab in zip(pts, labs)]
+        self.clicks = new
+        self._invalidate()
+
+    def click(self, y, x, label) -> int:
+        """Annotate the region under ``(y, x)`` with class ``label``; returns the click's index."""
+        iy, ix = self._check_point(y, x)
+        self.clicks.append((iy, ix, self._check_label(label)))
+        self._invalidate()
+        return len(self.clicks) - 1
+
+    def remove_click(self, index: int) -> None:
+        if not -len(self.clicks) <= int(index) < len(self.clicks):
+            raise InteractionError(f"there is no click {index}; there are {len(self.clicks)}")
+        del self.clicks[int(index)]
+        self._invalidate()
+
+    def clear_clicks(self) -> None:
+        self.clicks = []
+        self._invalidate()
+
+    def annotate(self, mask, label) -> None:
+        """Paint class ``label`` on the pixels of ``mask`` (H, W); painted pixels keep their class."""
+        label = self._check_label(label)
+        mask = np.asarray(mask)
+        if mask.shape != self.shape:
+            raise InteractionError(f"the annotation mask has shape {mask.shape}, the image {self.shape}")
+        mask = mask.astype(bool)
+        if self.painted is None:
+            self.painted = np.full(self.shape, -1, np.int16)
+        self.painted[mask] = label
+        self._invalidate()
+
+    def clear_annotations(self) -> None:
+        self.painted = None
+        self._invalidate()
+
+    def _invalidate(self):
+        self._labels = None
+        self._region_labels = None
+
+    # -- propagation -----------------------------------------------------------------------------
+    def fixed_regions(self) -> np.ndarray:
+        """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; later clicks win."""
+        g = self.graph
+        fixed = np.full(g.n, -1, np.int64)
+        if self.painted is not None:
+            flat_r = g.regions.ravel()
+            flat_p = self.painted.ravel().astype(np.int64)
+            on = flat_p >= 0
+            # a region is painted when more than half of its pixels are; it takes the class painted most
+            counts = np.zeros((g.n, g.n_classes))
+            np.add.at(counts, (flat_r[on], flat_p[on]), 1.0)
+            painted = counts.sum(1) > 0.5 * g.area
+            fixed[painted] = counts[painted].argmax(1)
+        for y, x, lab in self.clicks:
+            fixed[g.regions[y, x]] = lab
+        return fixed
+
+    def region_log_probabilities(self, fixed: np.ndarray | None = None) -> np.ndarray:
+        """(n, K) log q: the network's, with the click calibration fitted to the annotated regions."""
+        g = self.graph
+        fixed = self.fixed_regions() if fixed is None else fixed
+        self.bias = np.zeros_like(self.bias)
+        ann = np.flatnonzero(fixed >= 0)
+        if self.calibration is None or len(ann) == 0:
+            return _log_softmax(g.logp)
+        feats = np.concatenate([np.ones((g.n, 1)), g.colour], 1)
+        self.bias = _fit_calibration(g.logp[ann], feats[ann], fixed[ann], float(self.calibration))
+        return _log_softmax(g.logp + feats @ self.bias.T)
+
+    def region_labels(self) -> np.ndarray:
+        if self._region_labels is None:
+            g = self.graph
+            fixed = self.fixed_regions()
+            unary = -g.area[:, None] * self.region_log_probabilities(fixed)
+            self._region_labels = minimize_potts(unary, g.edges, self.smoothness * g.contrast, fixed=fixed)
+        return self._region_labels
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(H, W) int32: the propagated segmentation, with painted pixels keeping their class."""
+        if self._labels is None:
+            out = self.region_labels()[self.graph.regions]
+            if self.painted is not None:
+                np.copyto(out, self.painted, where=self.painted >= 0, casting="unsafe")
+            self._labels = out
+        return self._labels
+
+    # -- guidance ---------------------------------------------------------------------------------
+    def suggest(self, n: int = 16, *, min_area: float | None = None) -> np.ndarray:
+        """(m, 2) int (y, x): interior points of the ``n`` most uncertain regions not annotated yet."""
+        g = self.graph
+        if n <= 0:
+            return np.zeros((0, 2), np.int64)
+        if min_area is None:
+            min_area = max(8.0, 0.15 * float(np.median(g.area)))
+        free = (self.fixed_regions() < 0) & (g.area >= min_area)
+        cand = np.flatnonzero(free)
+        order = cand[np.argsort(-g.uncertainty[cand], kind="stable")[:n]]
+        return np.array([self.interior_point(r) for r in order], np.int64).reshape(-1, 2)
+
+    def interior_point(self, region: int) -> tuple[int, int]:
+        """The pixel of ``region`` farthest from its border."""
+        box = self.graph.boxes[region]
+        mask = self.graph.regions[box] == region
+        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        iy, ix = np.unravel_index(int(dist.argmax()), mask.shape)
+        return int(box[0].start + iy), int(box[1].start + ix)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def _fit_calibration(logp: np.ndarray, feats: np.ndarray, target: np.ndarray, strength: float) -> np.ndarray:
+    """Class offsets ``B`` (K, F) minimising the annotated regions' cross-entropy of ``logp + feats @ B.T``
+    plus ``strength / 2 * |B|^2``: with no annotation of a class, or a weak one, the network's say stands."""
+    k, f = logp.shape[1], feats.shape[1]
+    onehot = np.eye(k)[target]
+
+    def loss(theta):
+        b = theta.reshape(k, f)
+        lq = _log_softmax(logp + feats @ b.T)
+        grad = (np.exp(lq) - onehot).T @ feats + strength * b
+        return -(onehot * lq).sum() + 0.5 * strength * (b**2).sum(), grad.ravel()
+
+    res = optimize.minimize(loss, np.zeros(k * f), jac=True, method="L-BFGS-B", options={"maxiter": 50})
+    return res.x.reshape(k, f)

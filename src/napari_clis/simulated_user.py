@@ -1,0 +1,228 @@
+"""A simulated user who annotates from ground truth, and the classical interactive peers it is run against.
+
+Two protocols, both on the foreground (any class > 0) for the scores:
+
+* ``"uncertain"`` (the CLIS paper's): per iteration, the 16 most uncertain regions that are wrong in the
+  current segmentation are annotated with their true class; the ranking is made at the start of each
+  iteration; one annotated region counts as one click.
+* ``"click"`` (the standard interactive-segmentation protocol): the next click goes to the interior point
+  farthest from the border of the largest error region, with the true class there.
+
+Every method receives the same information per click: the region under the click (the SLIC superpixel part
+that the CLIS region graph holds) with its true class. Peers that nobody here wrote:
+
+* ``RandomWalkerPeer``: scikit-image's ``random_walker`` seeded by the annotated regions;
+* ``PixelClassifierPeer``: ilastik-style, ``skimage.feature.multiscale_basic_features`` and a scikit-learn
+  random forest trained on the annotated pixels.
+
+Before it has seeds of two classes a peer predicts the one class it knows (or background with no seed).
+No Qt, no napari.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .interactive import Interaction
+
+__all__ = ["next_click", "wrong_regions", "noc", "run_protocol", "ClisMethod", "RandomWalkerPeer",
+           "PixelClassifierPeer", "ProtocolResult"]
+
+PER_ITERATION = 16
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = pred > 0, truth > 0
+    union = np.logical_or(p, t).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | None:
+    """The standard protocol's next click: the interior point of the largest error region, farthest from its
+    border, with the true class there; ``None`` when there is no error."""
+    err = pred != truth
+    if not err.any():
+        return None
+    comp, n = ndimage.label(err)
+    largest = int(np.argmax(np.bincount(comp.ravel())[1:])) + 1
+    region = np.pad(comp == largest, 1)
+    dist = ndimage.distance_transform_edt(region)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+    return int(y), int(x), int(truth[y, x])
+
+
+def wrong_regions(interaction: Interaction, pred: np.ndarray, truth: np.ndarray) -> list[tuple[int, int]]:
+    """(region, true class) of the regions whose majority class in ``pred`` differs from the truth, most
+    uncertain first (the CLIS network's uncertainty), annotated ones left out."""
+    g = interaction.graph
+    k = max(int(truth.max()), int(pred.max()), g.n_classes - 1) + 1
+    flat = g.regions.ravel()
+    true_major = _majority(flat, truth.ravel(), g.n, k)
+    pred_major = _majority(flat, pred.ravel(), g.n, k)
+    fixed = interaction.fixed_regions()
+    cand = np.flatnonzero((true_major != pred_major) & (fixed < 0))
+    cand = cand[np.argsort(-g.uncertainty[cand], kind="stable")]
+    return [(int(r), int(true_major[r])) for r in cand]
+
+
+def _majority(regions: np.ndarray, values: np.ndarray, n: int, k: int) -> np.ndarray:
+    counts = np.bincount(regions.astype(np.int64) * k + values.astype(np.int64), minlength=n * k).reshape(n, k)
+    return counts.argmax(1)
+
+
+def noc(ious: list[float], threshold: float, max_clicks: int = 20) -> int:
+    """Clicks needed to reach ``threshold`` (``ious[k]`` after k clicks), ``max_clicks`` if never."""
+    for k, v in enumerate(ious[: max_clicks + 1]):
+        if v >= threshold:
+            return k
+    return max_clicks
+
+
+# -- methods ---------------------------------------------------------------------------------------
+
+class ClisMethod:
+    """CLIS: the session's propagated segmentation; annotations are clicks on regions."""
+
+    name = "CLIS (ours)"
+
+    def __init__(self, interaction: Interaction):
+        self.interaction = interaction
+        self.interaction.clear_clicks()
+        self.interaction.clear_annotations()
+
+    def predict(self, seeds: list[tuple[int, int]]) -> np.ndarray:
+        pts = [self.interaction.interior_point(r) for r, _ in seeds]
+        self.interaction.set_clicks(pts, [lab for _, lab in seeds])
+        return self.interaction.labels
+
+
+class _SeededPeer:
+    def __init__(self, image: np.ndarray, interaction: Interaction):
+        self.image = image
+        self.regions = interaction.graph.regions
+
+    def seed_map(self, seeds):
+        lut = np.zeros(int(self.regions.max()) + 1, np.int32)  # 0 = unlabelled, class + 1 otherwise
+        for r, lab in seeds:
+            lut[r] = lab + 1
+        return lut[self.regions]
+
+    def predict(self, seeds):
+        classes = sorted({lab for _, lab in seeds})
+        if not classes:
+            return np.zeros(self.regions.shape, np.int32)
+        if len(classes) == 1:
+            return np.full(self.regions.shape, classes[0], np.int32)
+        return self._predict(self.seed_map(seeds))
+
+
+class RandomWalkerPeer(_SeededPeer):
+    """scikit-image's random walker (Grady 2006), beta 130 (its default), on the image scaled to [0, 1], with the
+    multigrid solver (pyamg) that scikit-image recommends for speed."""
+
+    name = "random walker (scikit-image)"
+
+    def _predict(self, seeds):
+        from skimage.segmentation import random_walker
+
+        img = self.image.astype(np.float32)
+        img = (img - img.min()) / max(float(np.ptp(img)), 1e-6)
+        colour = img.ndim == 3
+        out = random_walker(img, seeds, beta=130, mode="cg_mg", channel_axis=-1 if colour else None)
+        return (out - 1).astype(np.int32)
+
+
+class PixelClassifierPeer(_SeededPeer):
+    """ilastik-style pixel classification: multiscale intensity, edge and texture features (sigma 1 to 16)
+    and a random forest of 50 trees trained on (up to 4000 per class of) the annotated pixels."""
+
+    name = "pixel classifier (skimage features + random forest)"
+
+    def __init__(self, image, interaction, seed: int = 0):
+        super().__init__(image, interaction)
+        from skimage.feature import multiscale_basic_features
+
+        colour = image.ndim == 3
+        self.features = multiscale_basic_features(image.astype(np.float32), channel_axis=-1 if colour else None,
+                                                  sigma_min=1, sigma_max=16).astype(np.float32)
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+
+    def _predict(self, seeds):
+        from sklearn.ensemble import RandomForestClassifier
+
+        idx, ys = [], []
+        for c in np.unique(seeds[seeds > 0]):
+            where = np.flatnonzero(seeds.ravel() == c)
+            if len(where) > 4000:
+                where = self.rng.choice(where, 4000, replace=False)
+            idx.append(where)
+            ys.append(np.full(len(where), c - 1))
+        idx, ys = np.concatenate(idx), np.concatenate(ys)
+        feats = self.features.reshape(-1, self.features.shape[-1])
+        rf = RandomForestClassifier(n_estimators=50, n_jobs=1, random_state=self.seed)
+        rf.fit(feats[idx], ys)
+        return rf.classes_[rf.predict_proba(feats).argmax(1)].reshape(seeds.shape).astype(np.int32)
+
+
+# -- the protocols --------------------------------------------------------------------------------
+
+@dataclass
+class ProtocolResult:
+    """IoU after 0, 1, ... clicks (``ious[k]``) for one method on one image."""
+
+    method: str
+    ious: list[float] = field(default_factory=list)
+
+
+def run_protocol(method, interaction: Interaction, truth: np.ndarray, protocol: str, *, max_clicks: int = 20,
+                 min_clicks: int = 5, stop_at: float = 0.90) -> ProtocolResult:
+    """Run one simulated user on one method and image.
+
+    The run stops after ``max_clicks``, once IoU >= ``stop_at`` after at least ``min_clicks`` clicks (the
+    NoC measures are then decided; the IoU curve is reported only up to ``min_clicks``), or when the protocol
+    has nothing left to annotate (no error, or no wrong region that is not annotated yet).
+    """
+    if protocol not in ("uncertain", "click"):
+        raise ValueError(f"protocol must be 'uncertain' or 'click', got {protocol!r}")
+    seeds: list[tuple[int, int]] = []
+    pred = method.predict(seeds)
+    res = ProtocolResult(method.name, [iou(pred, truth)])
+    queue: list[tuple[int, int]] = []
+    while len(seeds) < max_clicks:
+        if res.ious[-1] >= stop_at and len(seeds) >= min_clicks:
+            break
+        if protocol == "click":
+            c = next_click(pred, truth)
+            if c is None:
+                break
+            seed = (int(interaction.graph.regions[c[0], c[1]]), c[2])
+        else:
+            if not queue:
+                taken = {r for r, _ in seeds}
+                queue = [s for s in wrong_regions(_Annotated(interaction, seeds), pred, truth) if s[0] not in taken]
+                queue = queue[:PER_ITERATION]
+            if not queue:
+                break  # nothing left that the protocol may annotate
+            seed = queue.pop(0)
+        seeds.append(seed)
+        pred = method.predict(seeds)
+        res.ious.append(iou(pred, truth))
+    return res
+
+
+class _Annotated:
+    """The interaction's graph with the method's own seeds as the annotated regions (for ``wrong_regions``)."""
+
+    def __init__(self, interaction: Interaction, seeds):
+        self.graph = interaction.graph
+        self._seeds = seeds
+
+    def fixed_regions(self):
+        fixed = np.full(self.graph.n, -1, np.int64)
+        for r, lab in self._seeds:
+            fixed[r] = lab
+        return fixed

@@ -1,0 +1,202 @@
+"""Clicks, painted annotations and their propagation (the interactive learning module)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_clis.interactive import Interaction, InteractionError, build_region_graph
+from napari_clis.simulated_user import ClisMethod, iou, next_click, noc, run_protocol, wrong_regions
+
+
+def _straddling_scene():
+    """A 40x40 image, dark left half (background) and bright right half (object), whose superpixels are
+    vertical 10-px stripes shifted so that stripe 2 (x 15..24) straddles the object border at x = 20.
+    The network is right about the border but unsure on the object."""
+    h, w = 40, 40
+    img = np.full((3, h, w), -0.4, np.float32)
+    img[:, :, 20:] = 0.4
+    sp = (np.arange(w)[None, :].repeat(h, 0) + 5) // 10 + 1
+    p1 = np.where(np.arange(w) >= 20, 0.45, 0.05).astype(np.float32)[None, :].repeat(h, 0)
+    probs = np.stack([1 - p1, p1])
+    unc = 1 - (probs**2).sum(0)
+    return img, sp.astype(np.int32), probs, unc
+
+
+def test_a_click_on_a_straddling_superpixel_labels_only_its_own_side():
+    img, sp, probs, unc = _straddling_scene()
+    g = build_region_graph(sp, probs, unc, img)
+    assert len(np.unique(g.superpixel)) < g.n  # the straddling superpixel was split
+    inter = Interaction(g, calibration=None)
+    assert inter.labels.sum() == 0  # the network says background everywhere (p = 0.45)
+    inter.click(20, 22, 1)  # right part of stripe 2: x 20..24
+    lab = inter.labels
+    assert lab[:, 20:25].all()
+    assert not lab[:, 15:20].any(), "the click spread across the object border"
+
+
+def test_a_click_does_not_cross_the_border_the_network_sees_inside_a_superpixel():
+    img, sp, probs, unc = _straddling_scene()
+    probs = probs.copy()
+    probs[1][:, 20:] = 0.9
+    probs[0] = 1 - probs[1]
+    inter = Interaction(build_region_graph(sp, probs, unc, img), calibration=None)
+    np.testing.assert_array_equal(inter.labels, probs.argmax(0))
+    inter.click(10, 17, 0)  # background side of the straddling stripe
+    inter.click(10, 23, 1)  # object side
+    np.testing.assert_array_equal(inter.labels, probs.argmax(0))
+    inter.clear_clicks()
+    inter.click(10, 17, 1)  # the user says the dark part belongs to the object: only that part changes
+    assert inter.labels[:, 15:25].all() and not inter.labels[:, :15].any()
+
+
+def test_clicks_fix_their_regions_and_remove_click_restores_the_segmentation():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img), calibration=None)
+    before = inter.labels.copy()
+    i = inter.click(5, 3, 1)
+    assert inter.labels[5, 3] == 1
+    inter.remove_click(i)
+    np.testing.assert_array_equal(inter.labels, before)
+    inter.click(5, 3, 1)
+    inter.click(5, 33, 0)
+    inter.clear_clicks()
+    np.testing.assert_array_equal(inter.labels, before)
+
+
+def test_the_pairwise_term_spreads_a_click_over_similar_unsure_neighbours_but_not_across_an_edge():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img), smoothness=20.0, calibration=None)
+    inter.click(20, 37, 1)
+    lab = inter.labels
+    assert lab[:, 20:].all(), "the unsure object (p = 0.45) should follow the click along its uniform colour"
+    assert not lab[:, :20].any(), "the contrast edge at x = 20 should stop the propagation"
+
+
+def test_calibration_lets_one_click_correct_every_similar_region():
+    img, sp, probs, unc = _straddling_scene()
+    plain = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0, calibration=None)
+    calib = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0)
+    for inter in (plain, calib):
+        inter.click(20, 37, 1)
+    assert plain.labels[:, 20:35].sum() == 0
+    assert calib.labels[:, 20:].all() and not calib.labels[:, :20].any()
+
+
+def test_painted_pixels_are_never_overwritten_by_propagation():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    mask = np.zeros((40, 40), bool)
+    mask[10:13, 2:4] = True  # a few pixels inside a background region
+    inter.annotate(mask, 1)
+    inter.click(11, 30, 0)  # a later click elsewhere
+    assert inter.labels[mask].all()
+    assert inter.labels[~mask][:100].max() == 0
+
+
+def test_suggestions_are_the_most_uncertain_unannotated_regions():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    pts = inter.suggest(3)
+    assert pts.shape == (3, 2)
+    assert all(p1 >= 20 for _, p1 in pts), "the object (p = 0.45) is the uncertain part"
+    y, x = pts[0]
+    inter.click(y, x, 1)
+    assert not any((inter.graph.regions[a, b] == inter.graph.regions[y, x]) for a, b in inter.suggest(16))
+
+
+@pytest.mark.parametrize("point, label, message", [
+    ((-1, 3), 1, "outside the image"),
+    ((3, 40), 1, "outside the image"),
+    ((np.nan, 3), 1, "not a finite"),
+    ((3, 3), 2, "not one of this model's classes"),
+    ((3, 3), -1, "not one of this model's classes"),
+    ((3, 3), 1.5, "not one of this model's classes"),
+    (("a", 3), 1, "numeric"),
+])
+def test_bad_clicks_are_refused_and_lose_nothing(point, label, message):
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    inter.click(20, 30, 1)
+    before = inter.labels.copy()
+    with pytest.raises(InteractionError, match=message):
+        inter.click(*point, label)
+    assert len(inter.clicks) == 1
+    np.testing.assert_array_equal(inter.labels, before)
+
+
+def test_thousands_of_clicks_at_once_are_one_propagation():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 39, (5000, 2))
+    labs = (pts[:, 1] >= 20).astype(int)
+    inter.set_clicks(pts, labs)
+    assert len(inter.clicks) == 5000
+    assert (inter.labels[:, 21:] == 1).all() and (inter.labels[:, :19] == 0).all()
+    with pytest.raises(InteractionError, match="3 click positions but 2 classes"):
+        inter.set_clicks(pts[:3], labs[:2])
+    assert len(inter.clicks) == 5000
+
+
+# -- on the real model ----------------------------------------------------------------------------
+
+def test_session_clicks_need_a_segmentation_first():
+    from napari_clis import ClisSession
+
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    with pytest.raises(InteractionError, match="segment"):
+        s.click(1, 1, 1)
+    with pytest.raises(InteractionError, match="segment"):
+        _ = s.labels
+
+
+def test_session_click_loop_on_a_real_image(nuclei_session, nuclei_he):
+    image, truth = nuclei_he
+    s = nuclei_session
+    r = s.segment(image)
+    start = iou(s.labels, truth)
+    assert abs(start - iou(r.labels, truth)) < 0.05  # with no clicks the MRF keeps the network's answer
+    for _ in range(5):
+        y, x, lab = next_click(s.labels, truth.astype(np.int32))
+        s.click(y, x, lab)
+        assert s.labels[y, x] == lab
+    assert iou(s.labels, truth) > start
+    pts = s.suggest(16)
+    assert pts.shape == (16, 2)
+    assert (pts >= 0).all() and (pts[:, 0] < image.shape[0]).all() and (pts[:, 1] < image.shape[1]).all()
+    s.segment(image)  # a new segmentation starts with no clicks
+    assert s.clicks == []
+
+
+def test_simulated_user_protocols_improve_the_segmentation(nuclei_session, nuclei_he):
+    image, truth = nuclei_he
+    s = nuclei_session
+    s.segment(image)
+    truth = truth.astype(np.int32)
+    for protocol in ("uncertain", "click"):
+        res = run_protocol(ClisMethod(s.interaction), s.interaction, truth, protocol, max_clicks=6, stop_at=1.1)
+        assert len(res.ious) == 7
+        assert res.ious[-1] > res.ious[0]
+    wrong = wrong_regions(s.interaction, s.interaction.labels, truth)
+    unc = [s.interaction.graph.uncertainty[r] for r, _ in wrong]
+    assert unc == sorted(unc, reverse=True)
+    assert noc([0.5, 0.86, 0.95], 0.85) == 1 and noc([0.5, 0.6], 0.9, 20) == 20
+
+
+def test_peers_follow_their_seeds(nuclei_he, nuclei_session):
+    from napari_clis.simulated_user import PixelClassifierPeer, RandomWalkerPeer
+
+    image, truth = nuclei_he
+    nuclei_session.segment(image)
+    inter = nuclei_session.interaction
+    truth = truth.astype(np.int32)
+    for peer in (RandomWalkerPeer(image, inter), PixelClassifierPeer(image, inter)):
+        assert peer.predict([]).sum() == 0
+        res = run_protocol(peer, inter, truth, "click", max_clicks=4, stop_at=1.1)
+        assert len(res.ious) == 5 and res.ious[-1] > 0.05, peer.name
+        fy, fx = np.argwhere(truth)[truth.sum() // 2]
+        seeds = [(int(inter.graph.regions[30, 30]), int(truth[30, 30])), (int(inter.graph.regions[fy, fx]), 1)]
+        pred = peer.predict(seeds)
+        for r, lab in seeds:
+            assert (pred[inter.graph.regions == r] == lab).mean() > 0.9, peer.name
