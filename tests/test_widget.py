@@ -55,7 +55,7 @@ def test_running_again_updates_the_layers_instead_of_adding_more(viewer_and_widg
     _run(widget, qtbot, a)
     b = viewer.add_image(nuclei_he[0], name="he", rgb=True)
     _run(widget, qtbot, b)
-    assert len(viewer.layers) == 5
+    assert len(viewer.layers) == 7  # two images; segmentation, uncertainty, superpixels, clicks, suggestions
     assert viewer.layers["segmentation"].data.shape == nuclei_he[0].shape[:2]
 
 

@@ -18,3 +18,14 @@ CANCEL = "Stop after the current slice. Slices already segmented are kept."
 UNCERTAINTY_LAYER = (
     "Bright = the model is unsure there (epistemic + aleatoric variance). Check and correct these places first."
 )
+CLASS = (
+    "The class a new click gives (Shift-B background, Shift-F the first object class, Shift-C the next class). "
+    "Select clicks and change the class to relabel them."
+)
+CLICKS = (
+    "Click on the 'clicks' layer (Points, add mode) where the segmentation is wrong: the superpixel under the "
+    "click takes the chosen class and the segmentation follows. Delete or move points to undo. Paint on "
+    "'segmentation' for pixel edits; they are kept."
+)
+SUGGEST = "Show the 16 most uncertain places not annotated yet ('suggestions' layer): click there first."
+CLEAR = "Remove all clicks on the slice being corrected (painted edits stay)."

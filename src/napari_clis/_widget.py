@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 CUSTOM_MODEL = "Model file…"
 LAYER_TAG = "napari_clis"  # key in layer.metadata marking the layers this widget owns
 SEGMENTATION, UNCERTAINTY, SUPERPIXELS = "segmentation", "uncertainty", "superpixels"
+CLICKS, SUGGESTIONS = "clicks", "suggestions"
+BACKGROUND_CLICK_COLOUR = "#e0e0e0"
+ASYNC_PIXELS = 2**21  # planes larger than this propagate clicks in a worker thread
 
 
 def _notify_error(message: str) -> None:
@@ -92,16 +95,38 @@ class SegmentWidget(Container):
         self._cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
         self._progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self._status = Label(value="Choose an image and press Segment.", tooltip=tips.UNCERTAINTY_LAYER)
+        self._class_combo = ComboBox(label="Click class", choices=[("background", 0), ("object", 1)], value=1,
+                                     tooltip=tips.CLASS)
+        self._suggest = CheckBox(text="Suggest where to click", value=True, tooltip=tips.SUGGEST)
+        self._clear_button = PushButton(text="Clear clicks", tooltip=tips.CLEAR)
+        self._click_status = Label(value="", tooltip=tips.CLICKS)
+        # the slice the clicks correct: (image layer, plane index); set when a segmentation arrives
+        self._target = None
+        self._written_base = None  # the propagated labels last written to the segmentation layer
+        self._click_worker = None
+        self._click_pending = False
 
         self._model_combo.changed.connect(self._on_model_changed)
         self._run_button.changed.connect(lambda: self.run())  # the button's value is not a layer
         self._cancel_button.changed.connect(self.cancel)
+        self._class_combo.changed.connect(self._on_class_changed)
+        self._suggest.changed.connect(lambda _v: self._update_suggestions())
+        self._clear_button.changed.connect(lambda: self.clear_clicks())
         self.extend([self._image_combo, self._model_combo, self._checkpoint, self._device, self._samples,
-                     self._all_slices, self._run_button, self._cancel_button, self._progress, self._status])
+                     self._all_slices, self._run_button, self._cancel_button, self._progress, self._status,
+                     Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
+                     self._click_status])
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
         viewer.bind_key("Shift-S", lambda _viewer: self.run(), overwrite=True)
+        viewer.bind_key("Shift-B", lambda _viewer: self.set_click_class(0), overwrite=True)
+        viewer.bind_key("Shift-F", lambda _viewer: self.set_click_class(1), overwrite=True)
+        viewer.bind_key("Shift-C", lambda _viewer: self.next_click_class(), overwrite=True)
+
+    def reset_choices(self, *_args) -> None:
+        """Refresh the image list when layers change (the class list belongs to the model, not the layers)."""
+        self._image_combo.reset_choices()
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -199,6 +224,11 @@ class SegmentWidget(Container):
         if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
             self._prepare_layers(layer)
         self._write_plane(layer, idx, result)
+        self._target = (layer, idx)
+        self._written_base = result.labels.copy()
+        if i == n - 1:
+            self._prepare_click_layers(layer)
+            self._propagate_clicks()
         self._progress.max = n if n > 1 else 1
         self._progress.value = i + 1
         self._set_status(f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
@@ -260,3 +290,237 @@ class SegmentWidget(Container):
                 lyr.refresh()
             else:
                 lyr.data = values
+
+    # -- corrections: clicks, painted edits, suggestions ---------------------------------------------
+    def _class_colour(self, label: int):
+        if label == 0:
+            return BACKGROUND_CLICK_COLOUR
+        seg = self._find_layer(SEGMENTATION)
+        return tuple(seg.get_color(label)) if seg is not None else "cyan"
+
+    @property
+    def click_class(self) -> int:
+        return int(self._class_combo.value)
+
+    def set_click_class(self, label: int) -> None:
+        """Choose the class new clicks get (and that selected clicks are changed to)."""
+        if label in self._class_values():
+            self._class_combo.value = label
+
+    def _class_values(self) -> list[int]:
+        return [int(c) for c in self._class_combo.choices]  # magicgui lists the values of (text, value) choices
+
+    def next_click_class(self) -> None:
+        values = self._class_values()
+        self.set_click_class(values[(values.index(self.click_class) + 1) % len(values)])
+
+    def _on_class_changed(self, label) -> None:
+        clicks = self._find_layer(CLICKS)
+        if clicks is None:
+            return
+        label = int(label)
+        # napari selects a point right after adding it: relabel selected clicks only in select mode
+        selected = sorted(clicks.selected_data) if str(clicks.mode) == "select" else []
+        if not selected:
+            clicks.selected_data = set()
+        clicks.feature_defaults = {"class": label}
+        with clicks.events.current_face_color.blocker():
+            clicks.current_face_color = self._class_colour(label)
+        if selected:  # relabel the selected clicks
+            classes = clicks.features["class"].to_numpy().copy()
+            classes[selected] = label
+            clicks.features = {"class": classes}
+            self._recolour_clicks(clicks)
+            self._propagate_clicks()
+
+    def _recolour_clicks(self, clicks) -> None:
+        if len(clicks.data):
+            clicks.face_color = [self._class_colour(int(c)) for c in clicks.features["class"]]
+
+    def _prepare_click_layers(self, image_layer) -> None:
+        """Create (or adopt) the 'clicks' Points layer and the 'suggestions' layer for the image."""
+        session = self._session
+        names = session.class_names
+        current = self.click_class
+        with self._class_combo.changed.blocked():
+            self._class_combo.choices = [(f"{i}: {name}", i) for i, name in enumerate(names)]
+            self._class_combo.value = current if current < len(names) else min(1, len(names) - 1)
+        ndim = len(_spatial_shape(image_layer))
+        clicks = self._find_layer(CLICKS)
+        if clicks is not None and (clicks.ndim != ndim or clicks.metadata.get("source") != image_layer.name):
+            self._viewer.layers.remove(clicks)
+            clicks = None
+        if clicks is None:
+            size = max(4.0, 0.6 * session.superpixel_size)
+            clicks = self._viewer.add_points(np.zeros((0, ndim)), name=CLICKS, ndim=ndim, size=size,
+                                             features={"class": np.zeros(0, int)},
+                                             border_color="black", border_width=0.1)
+            clicks.metadata[LAYER_TAG] = CLICKS
+            clicks.events.data.connect(self._on_clicks_event)
+            clicks.events.features.connect(lambda _e: self._propagate_clicks())
+        clicks.metadata["source"] = image_layer.name
+        clicks.scale, clicks.translate = image_layer.scale, image_layer.translate
+        clicks.feature_defaults = {"class": self.click_class}
+        clicks.current_face_color = self._class_colour(self.click_class)
+        self._recolour_clicks(clicks)
+        seg = self._find_layer(SEGMENTATION)
+        if not seg.metadata.get("clis_paint_connected"):
+            seg.events.paint.connect(lambda _e: self._propagate_clicks())
+            seg.metadata["clis_paint_connected"] = True
+        self._viewer.layers.selection.active = clicks
+        clicks.mode = "add"
+
+    def _on_clicks_event(self, event) -> None:
+        action = str(getattr(event, "action", "")).lower()
+        if action.endswith(("adding", "removing", "changing")):
+            return  # the matching 'added' / 'removed' / 'changed' event follows
+        self._propagate_clicks()
+
+    def clear_clicks(self) -> None:
+        clicks = self._find_layer(CLICKS)
+        if clicks is None or self._target is None:
+            return
+        keep = [i for i, p in enumerate(clicks.data) if not self._on_target_plane(p)]
+        classes = clicks.features["class"].to_numpy()[keep] if len(keep) else np.zeros(0, int)
+        with clicks.events.data.blocker():
+            clicks.data = clicks.data[keep]
+            clicks.features = {"class": classes}
+        self._recolour_clicks(clicks)
+        self._propagate_clicks()
+
+    def _on_target_plane(self, point) -> bool:
+        _, idx = self._target
+        lead = np.round(np.asarray(point[: len(idx)], float)).astype(int)
+        return tuple(lead) == tuple(idx)
+
+    def _gather_inputs(self):
+        """Clicks on the target plane (y, x, class) and the painted map, read from the layers; user messages
+        for what is ignored. Raises ValueError when the layers cannot be used."""
+        layer, idx = self._target
+        clicks = self._find_layer(CLICKS)
+        seg = self._find_layer(SEGMENTATION)
+        notes = []
+        pts, labs = np.zeros((0, 2)), []
+        if clicks is not None and len(clicks.data):
+            data = np.asarray(clicks.data, float)
+            if data.shape[1] != len(_spatial_shape(layer)):
+                raise ValueError(f"the 'clicks' layer is {data.shape[1]}D but '{layer.name}' is "
+                                 f"{len(_spatial_shape(layer))}D; delete it and segment again.")
+            classes = clicks.features["class"].to_numpy().astype(int)
+            on_plane = np.array([self._on_target_plane(p) for p in data], bool)
+            if (~on_plane).any():
+                notes.append(f"{int((~on_plane).sum())} click(s) on other slices wait until you segment those")
+            h, w = self._written_base.shape
+            yx = data[on_plane, -2:]
+            inside = (yx[:, 0] > -0.5) & (yx[:, 0] < h - 0.5) & (yx[:, 1] > -0.5) & (yx[:, 1] < w - 0.5)
+            if (~inside).any():
+                notes.append(f"{int((~inside).sum())} click(s) outside the image are ignored")
+            n_classes = self._session.n_classes
+            cls = classes[on_plane][inside]
+            known = (cls >= 0) & (cls < n_classes)
+            if (~known).any():
+                notes.append(f"{int((~known).sum())} click(s) with an unknown class are ignored")
+            pts, labs = yx[inside][known], cls[known].tolist()
+        painted = None
+        if seg is not None:
+            plane = np.asarray(seg.data[idx] if idx else seg.data)
+            if plane.shape == self._written_base.shape:
+                diff = plane != self._written_base
+                painted = np.where(diff, plane, -1)
+                bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
+                if bad.any():
+                    notes.append(f"{int(bad.sum())} painted pixel(s) with a label that is not a class are ignored")
+                    painted[bad] = -1
+        return pts, labs, painted, notes
+
+    def _propagate_clicks(self) -> None:
+        """Apply the clicks and painted edits of the target plane and update 'segmentation' (and suggestions)."""
+        session = self._session
+        if self._target is None or session is None or session.interaction is None:
+            clicks = self._find_layer(CLICKS)
+            if clicks is not None and len(clicks.data):
+                self._click_status.value = "Segment the image first (Shift-S); your clicks are kept."
+            return
+        if self._click_worker is not None:
+            self._click_pending = True
+            return
+        try:
+            pts, labs, painted, notes = self._gather_inputs()
+            inter = session.interaction
+            inter.set_clicks(pts, labs)
+            if painted is not None:
+                inter.set_painted(painted)
+        except Exception as e:  # the layers keep the user's clicks and edits; nothing is overwritten
+            _notify_error(f"Cannot apply the corrections: {e}")
+            self._click_status.value = f"Not applied: {e}"
+            return
+        msg = f"{len(labs)} click(s) applied" + ("; " + "; ".join(notes) if notes else "") + "."
+        if notes:
+            from napari.utils.notifications import show_warning
+
+            show_warning("; ".join(notes).capitalize() + ".")
+        if self._written_base.size > ASYNC_PIXELS:
+            self._propagate_in_worker(inter, msg)
+        else:
+            self._write_corrections(inter.propagated, inter.labels, msg)
+
+    def _propagate_in_worker(self, inter, msg) -> None:
+        from napari.qt.threading import thread_worker
+
+        @thread_worker(ignore_errors=True)
+        def work():
+            return inter.propagated, inter.labels
+
+        worker = work()
+        worker.returned.connect(lambda out: self._write_corrections(*out, msg))
+        worker.errored.connect(lambda e: _notify_error(f"Propagation failed: {e}"))
+        worker.finished.connect(self._on_click_worker_finished)
+        self._click_worker = worker
+        self._click_status.value = "Propagating…"
+        worker.start()
+
+    def _on_click_worker_finished(self) -> None:
+        self._click_worker = None
+        if self._click_pending:
+            self._click_pending = False
+            self._propagate_clicks()
+
+    def _write_corrections(self, base, labels, msg) -> None:
+        layer, idx = self._target
+        seg = self._find_layer(SEGMENTATION)
+        if seg is None:
+            self._click_status.value = "The 'segmentation' layer was deleted; press Segment to make it again."
+            return
+        if idx:
+            seg.data[idx] = labels
+        else:
+            seg.data[...] = labels
+        seg.refresh()
+        self._written_base = base.copy()
+        self._click_status.value = msg
+        self._update_suggestions()
+
+    def _update_suggestions(self) -> None:
+        sugg = self._find_layer(SUGGESTIONS)
+        session = self._session
+        if not self._suggest.value or self._target is None or session is None or session.interaction is None:
+            if sugg is not None:
+                sugg.data = np.zeros((0, sugg.ndim))
+            return
+        layer, idx = self._target
+        yx = session.interaction.suggest(16).astype(float)
+        pts = np.concatenate([np.tile(np.asarray(idx, float), (len(yx), 1)), yx], 1) if idx else yx
+        if sugg is None or sugg.ndim != pts.shape[1]:
+            if sugg is not None:
+                self._viewer.layers.remove(sugg)
+            size = max(6.0, 1.2 * session.superpixel_size)
+            sugg = self._viewer.add_points(pts, name=SUGGESTIONS, ndim=pts.shape[1], size=size, symbol="ring",
+                                           face_color="yellow", border_width=0, opacity=0.9)
+            sugg.metadata[LAYER_TAG] = SUGGESTIONS
+            sugg.editable = False
+            clicks = self._find_layer(CLICKS)
+            if clicks is not None:  # keep the clicks layer on top and selected
+                self._viewer.layers.selection.active = clicks
+        else:
+            sugg.data = pts
+        sugg.scale, sugg.translate = layer.scale, layer.translate

@@ -26,7 +26,7 @@ from .propagation import minimize_potts
 __all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph"]
 
 DEFAULT_SMOOTHNESS = 2.0
-DEFAULT_CALIBRATION = 4.0
+DEFAULT_CALIBRATION = 1.0  # chosen on pretraining / validation images (docs/method.md)
 CONFIDENT = 0.75
 _LOG_FLOOR = np.log(1e-4)
 
@@ -214,6 +214,18 @@ class Interaction:
         self.painted[mask] = label
         self._invalidate()
 
+    def set_painted(self, painted) -> None:
+        """Replace all painted annotations: ``painted`` (H, W) int, a class per pixel or -1 where unpainted."""
+        painted = np.asarray(painted)
+        if painted.shape != self.shape:
+            raise InteractionError(f"the painted map has shape {painted.shape}, the image {self.shape}")
+        on = painted >= 0
+        if on.any() and int(painted[on].max()) >= self.graph.n_classes:
+            raise InteractionError(f"painted class {int(painted[on].max())} is not one of this model's classes "
+                                   f"0..{self.graph.n_classes - 1}")
+        self.painted = painted.astype(np.int16) if on.any() else None
+        self._invalidate()
+
     def clear_annotations(self) -> None:
         self.painted = None
         self._invalidate()
@@ -259,6 +271,11 @@ class Interaction:
             unary = -g.area[:, None] * self.region_log_probabilities(fixed)
             self._region_labels = minimize_potts(unary, g.edges, self.smoothness * g.contrast, fixed=fixed)
         return self._region_labels
+
+    @property
+    def propagated(self) -> np.ndarray:
+        """(H, W) int32: the MRF's labelling of the regions, before painted pixels are laid over it."""
+        return self.region_labels()[self.graph.regions]
 
     @property
     def labels(self) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""The click loop in a real napari viewer: Points clicks, painted edits, suggestions, saving (under Xvfb)."""
+
+import numpy as np
+import pytest
+
+from napari_clis._widget import SegmentWidget
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    shown = {"error": [], "warning": []}
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_error", lambda msg: shown["error"].append(str(msg)))
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown["warning"].append(str(msg)))
+    return shown
+
+
+@pytest.fixture
+def segmented(make_napari_viewer, qtbot, nuclei_he):
+    """A viewer with the widget, the H&E nuclei image (with a scale) segmented."""
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, truth = nuclei_he
+    layer = viewer.add_image(image, name="he", rgb=True, scale=(0.5, 0.5))
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    return viewer, widget, truth
+
+
+def _wrong_pixel(seg, truth, want):
+    """A pixel deep inside a region where the segmentation says not-``want`` and the truth says ``want``."""
+    from scipy import ndimage
+
+    wrong = (truth == want) & (seg != want)
+    dist = ndimage.distance_transform_edt(np.pad(wrong, 1))[1:-1, 1:-1]
+    return np.unravel_index(int(dist.argmax()), dist.shape)
+
+
+def test_segmenting_creates_the_clicks_and_suggestions_layers(segmented):
+    viewer, widget, _ = segmented
+    clicks, sugg = viewer.layers["clicks"], viewer.layers["suggestions"]
+    assert type(clicks).__name__ == "Points" and clicks.mode == "add"
+    assert viewer.layers.selection.active is clicks
+    assert len(sugg.data) == 16
+    np.testing.assert_allclose(clicks.scale, (0.5, 0.5))
+    assert widget._class_combo.value == 1
+
+
+def test_a_click_on_the_points_layer_updates_the_segmentation_layer(segmented, messages):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    before_sugg = viewer.layers["suggestions"].data.copy()
+    y, x = _wrong_pixel(seg.data, truth, 1)
+    by, bx = _wrong_pixel(seg.data, truth, 0)
+    regions = widget.session.interaction.graph.regions
+    assert regions[y, x] != regions[by, bx]
+    clicks.add([y, x])  # data coordinates, as a mouse click in add mode gives
+    assert seg.data[y, x] == 1
+    assert clicks.features["class"].tolist() == [1]
+    widget.set_click_class(0)
+    clicks.add([by, bx])
+    assert seg.data[by, bx] == 0 and seg.data[y, x] == 1
+    assert clicks.features["class"].tolist() == [1, 0]
+    assert not np.array_equal(viewer.layers["suggestions"].data, before_sugg) or len(before_sugg) == 16
+    # deleting the first click gives its region back to the network
+    clicks.selected_data = {0}
+    clicks.remove_selected()
+    np.testing.assert_array_equal(seg.data, widget.session.labels)
+    assert widget.session.clicks == [(by, bx, 0)]
+    assert not messages["error"]
+
+
+def test_relabelling_a_selected_click_changes_its_class(segmented):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    y, x = _wrong_pixel(seg.data, truth, 1)
+    clicks.add([y, x])
+    clicks.mode = "select"
+    clicks.selected_data = {0}
+    widget.set_click_class(0)
+    assert clicks.features["class"].tolist() == [0]
+    assert seg.data[y, x] == 0
+
+
+def test_keyboard_shortcuts_switch_the_click_class(segmented):
+    viewer, widget, _ = segmented
+    viewer.layers["clicks"].selected_data = set()
+    widget.next_click_class()
+    assert widget.click_class == 0
+    widget.next_click_class()
+    assert widget.click_class == 1
+    widget.set_click_class(0)
+    assert viewer.layers["clicks"].feature_defaults["class"][0] == 0
+
+
+def test_painted_edits_are_annotations_that_propagation_keeps_and_undo_still_works(segmented):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    py, px = _wrong_pixel(seg.data, truth, 0)  # paint background where the network put a nucleus
+    seg.brush_size = 3
+    seg.selected_label = 0
+    seg.paint((py, px), 0)
+    assert seg.data[py, px] == 0
+    y, x = _wrong_pixel(seg.data, truth, 1)
+    clicks.add([y, x])  # a later click propagates again
+    assert seg.data[py, px] == 0, "a painted edit was overwritten by propagation"
+    assert seg.data[y, x] == 1
+    assert widget.session.interaction.painted[py, px] == 0
+    before = seg.data.copy()
+    seg.undo()  # napari's undo takes the paint stroke back
+    assert (seg.data != before).any()
+
+
+def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and_kept(
+        make_napari_viewer, qtbot, nuclei_fluo, messages):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    image, truth = nuclei_fluo
+    stack = np.stack([image, image[::-1]])
+    layer = viewer.add_image(stack, name="stack")
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    assert clicks.ndim == 3 and viewer.layers["suggestions"].data[:, 0].tolist() == [0] * 16
+    before = seg.data.copy()
+    clicks.add([1, 10, 10])  # the other slice
+    clicks.add([0, 10, 5000])  # outside
+    assert len(clicks.data) == 2
+    assert any("other slices" in w for w in messages["warning"])
+    assert any("outside the image" in w for w in messages["warning"])
+    np.testing.assert_array_equal(seg.data, before)
+    assert not messages["error"]
+
+
+def test_clicks_before_any_segmentation_say_what_to_do(make_napari_viewer, nuclei_fluo):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.add_image(nuclei_fluo[0], name="img")
+    widget._propagate_clicks()
+    assert widget._click_status.value == ""
+    assert widget.session is None
+
+
+def test_clear_clicks_restores_the_network_segmentation(segmented):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    start = seg.data.copy()
+    for want in (1, 0, 1):
+        widget.set_click_class(want)
+        clicks.add(list(_wrong_pixel(seg.data, truth, want)))
+    assert (seg.data != start).any()
+    widget._clear_button.native.click()
+    assert len(clicks.data) == 0
+    assert (seg.data != start).mean() < 0.001  # the MRF without clicks: the network's answer
+
+
+def test_a_saved_and_reloaded_segmentation_is_the_same(segmented, tmp_path):
+    import napari
+
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    path = napari.save_layers(str(tmp_path / "segmentation.tif"), [seg])[0]
+    back = viewer.open(path, plugin="napari", layer_type="labels")[0]
+    assert type(back).__name__ == "Labels"
+    np.testing.assert_array_equal(np.asarray(back.data), seg.data)
