@@ -94,15 +94,30 @@ def test_painted_pixels_are_never_overwritten_by_propagation():
     assert inter.labels[~mask][:100].max() == 0
 
 
-def test_suggestions_are_the_most_uncertain_unannotated_regions():
+def test_suggestions_are_the_most_uncertain_unannotated_regions_spread_apart():
     img, sp, probs, unc = _straddling_scene()
+    probs = probs.copy()
+    probs[1][:, 20:] = np.linspace(0.3, 0.45, 20)[None, :]  # most uncertain at the right edge
+    probs[0] = 1 - probs[1]
+    unc = 1 - (probs**2).sum(0)
     inter = Interaction(build_region_graph(sp, probs, unc, img))
     pts = inter.suggest(3)
-    assert pts.shape == (3, 2)
-    assert all(p1 >= 20 for _, p1 in pts), "the object (p = 0.45) is the uncertain part"
+    assert 1 <= len(pts) <= 3
+    assert pts[0][1] >= 35, "the most uncertain region comes first"
+    if len(pts) > 1:
+        assert np.hypot(*(pts[0] - pts[1]).T) >= 2 * np.sqrt(40 * 40 / 5)
     y, x = pts[0]
     inter.click(y, x, 1)
     assert not any((inter.graph.regions[a, b] == inter.graph.regions[y, x]) for a, b in inter.suggest(16))
+
+
+def test_suggestions_on_a_real_image_are_apart_and_inside(nuclei_session, nuclei_he):
+    image, _ = nuclei_he
+    nuclei_session.segment(image)
+    pts = nuclei_session.suggest(16)
+    assert pts.shape == (16, 2)
+    d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+    assert d[~np.eye(16, dtype=bool)].min() >= 2 * nuclei_session.superpixel_size * 0.8
 
 
 @pytest.mark.parametrize("point, label, message", [

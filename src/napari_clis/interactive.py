@@ -289,7 +289,8 @@ class Interaction:
 
     # -- guidance ---------------------------------------------------------------------------------
     def suggest(self, n: int = 16, *, min_area: float | None = None) -> np.ndarray:
-        """(m, 2) int (y, x): interior points of the ``n`` most uncertain regions not annotated yet."""
+        """(m, 2) int (y, x): interior points of the ``n`` most uncertain regions not annotated yet, at least
+        about two superpixels apart (a less uncertain region gives way to a nearby more uncertain one)."""
         g = self.graph
         if n <= 0:
             return np.zeros((0, 2), np.int64)
@@ -297,8 +298,17 @@ class Interaction:
             min_area = max(8.0, 0.15 * float(np.median(g.area)))
         free = (self.fixed_regions() < 0) & (g.area >= min_area)
         cand = np.flatnonzero(free)
-        order = cand[np.argsort(-g.uncertainty[cand], kind="stable")[:n]]
-        return np.array([self.interior_point(r) for r in order], np.int64).reshape(-1, 2)
+        order = cand[np.argsort(-g.uncertainty[cand], kind="stable")]
+        # spread the suggestions: none closer than about two superpixels to a more uncertain one
+        spacing = 2.0 * np.sqrt(g.regions.size / max(1, len(np.unique(g.superpixel))))
+        chosen: list[tuple[int, int]] = []
+        for r in order[: 50 * n]:
+            p = self.interior_point(int(r))
+            if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= spacing**2 for q in chosen):
+                chosen.append(p)
+                if len(chosen) == n:
+                    break
+        return np.array(chosen, np.int64).reshape(-1, 2)
 
     def interior_point(self, region: int) -> tuple[int, int]:
         """The pixel of ``region`` farthest from its border."""
