@@ -46,3 +46,29 @@ def test_speed_benchmark_prints_a_table_with_the_ratio_to_one_forward_pass():
                           "--repeats", "1", "--samples", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "| 64x64 RGB |" in out.stdout and "ratio to forward" in out.stdout
+
+
+def test_interactive_benchmark_compares_clis_with_both_peers_on_a_tiny_data_folder(tmp_path):
+    root = tmp_path / "data"
+    for kind, ext in (("images", "jpg"), ("masks", "png")):
+        (root / "isic2017" / "test" / kind).mkdir(parents=True)
+        for k in (1, 2):
+            shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / "test" / kind / f"{k}.{ext}")
+    out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "interactive", "--model", "skin-lesion",
+                          "--data", str(root), "--images", "1", "--max-clicks", "3", "--samples", "2",
+                          "--json", str(tmp_path / "i.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for text in ("CLIS (ours)", "random walker", "pixel classifier", "| isic2017 | uncertain |",
+                 "| isic2017 | click |", "NoC@85 ours / best peer"):
+        assert text in out.stdout
+    import json
+
+    rows = json.loads((tmp_path / "i.json").read_text())["rows"]
+    assert len(rows) == 6 and all(0 <= r["noc85"] <= 3 for r in rows)
+
+
+def test_click_latency_benchmark_prints_the_ratio_to_segment():
+    out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "clicks", "--sizes", "96",
+                          "--clicks", "3", "--samples", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| 96x96 |" in out.stdout and "median / segment()" in out.stdout

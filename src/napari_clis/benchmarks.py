@@ -329,32 +329,29 @@ def interactive(args) -> int:
 
 def clicks(args) -> int:
     """Latency of one click (click -> updated labels) beside a full re-segmentation of the same image."""
+    from .interactive import build_region_graph
+    from .preprocessing import normalize_image
     from .session import ClisSession
 
     session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
     rng = np.random.default_rng(0)
     print(f"\nClick latency, {_machine()}\n")
-    print("| image | regions | segment() s | build graph ms (in segment) | click -> labels ms, median | p90 | "
-          "median / segment() |")
+    print("| image | regions | segment() s | region graph ms (part of segment) | click -> labels ms, median | "
+          "p90 | median / segment() |")
     print("|---|---|---|---|---|---|---|")
-    from .interactive import build_region_graph  # noqa: F401  (timed through segment)
-
     for size in [int(v) for v in args.sizes.split(",")]:
         img = _speed_image(size, args.data)
         t = time.perf_counter()
         r = session.segment(img)
         seg = time.perf_counter() - t
-        from .preprocessing import normalize_image
-
         norm = normalize_image(img)
         t = time.perf_counter()
         build_region_graph(r.superpixels, r.probabilities, r.uncertainty, norm)
         build = time.perf_counter() - t
-        truth = r.labels
         times = []
-        for _ in range(args.clicks):
+        for _ in range(args.clicks):  # half the clicks contradict the network, half agree with it
             y, x = int(rng.integers(size)), int(rng.integers(size))
-            lab = int(1 - truth[y, x]) if rng.random() < 0.5 else int(truth[y, x])
+            lab = int(1 - r.labels[y, x]) if rng.random() < 0.5 else int(r.labels[y, x])
             t = time.perf_counter()
             session.click(y, x, lab)
             _ = session.labels
