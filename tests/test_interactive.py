@@ -50,6 +50,23 @@ def test_a_click_does_not_cross_the_border_the_network_sees_inside_a_superpixel(
     assert inter.labels[:, 15:25].all() and not inter.labels[:, :15].any()
 
 
+def test_clicks_of_two_classes_in_one_region_split_it_along_the_colour_edge():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, np.full_like(img, 0.0) + img), calibration=None)
+    probs_flat = probs.copy()
+    probs_flat[1] = 0.3  # the network sees no border: stripe 2 (x 15..24) is one region
+    probs_flat[0] = 0.7
+    inter = Interaction(build_region_graph(sp, probs_flat, unc, img), calibration=None)
+    r = inter.graph.regions
+    assert r[10, 16] == r[10, 23]
+    inter.click(10, 16, 0)
+    inter.click(30, 23, 1)
+    lab = inter.labels
+    assert lab[10, 16] == 0 and lab[30, 23] == 1, "each click keeps its class"
+    assert not lab[:, 15:20].any() and lab[:, 20:25].all(), "the split follows the colour edge at x = 20"
+    assert sorted(inter.split_regions()) == [int(r[10, 16])]
+
+
 def test_clicks_fix_their_regions_and_remove_click_restores_the_segmentation():
     img, sp, probs, unc = _straddling_scene()
     inter = Interaction(build_region_graph(sp, probs, unc, img), calibration=None)

@@ -57,6 +57,8 @@ class RegionGraph:
         Adjacent region pairs and the summed contrast weights of their shared border.
     boxes : list of slices
         Bounding box of each region (for interior points).
+    image : (3, H, W) float32
+        The normalised image (for splitting a region between clicks of different classes).
     """
 
     regions: np.ndarray
@@ -68,6 +70,7 @@ class RegionGraph:
     edges: np.ndarray
     contrast: np.ndarray
     boxes: list
+    image: np.ndarray
 
     @property
     def n(self) -> int:
@@ -123,7 +126,8 @@ def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncer
     contrast = np.bincount(pair_inv, np.exp(-beta * d), minlength=len(pair_key))
     edges = np.stack([pair_key // n, pair_key % n], 1)
     boxes = ndimage.find_objects(regions + 1)
-    return RegionGraph(regions, (uniq // (2 * k)).astype(np.int32), area, logp, colour, unc, edges, contrast, boxes)
+    return RegionGraph(regions, (uniq // (2 * k)).astype(np.int32), area, logp, colour, unc, edges, contrast, boxes,
+                       normalized.astype(np.float32, copy=False))
 
 
 class Interaction:
@@ -148,6 +152,7 @@ class Interaction:
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
         self._labels: np.ndarray | None = None
         self._region_labels: np.ndarray | None = None
+        self._annotation_cache = None
         self.bias = np.zeros((graph.n_classes, 1 + graph.colour.shape[1]))
 
     # -- input checks ---------------------------------------------------------------------------
@@ -233,10 +238,23 @@ class Interaction:
     def _invalidate(self):
         self._labels = None
         self._region_labels = None
+        self._annotation_cache = None
 
     # -- propagation -----------------------------------------------------------------------------
     def fixed_regions(self) -> np.ndarray:
-        """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; later clicks win."""
+        """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; a region clicked with
+        several classes is split between its clicks (:meth:`split_regions`) and takes its majority class."""
+        return self._annotations()[0]
+
+    def split_regions(self) -> dict[int, np.ndarray]:
+        """Regions clicked with more than one class: region -> (h, w) class per pixel of its bounding box
+        (-1 outside the region). Each pixel takes the class of the nearest click of that region, nearness
+        measured in position and colour, so two clicks split a region along its colour edge."""
+        return self._annotations()[1]
+
+    def _annotations(self):
+        if getattr(self, "_annotation_cache", None) is not None:
+            return self._annotation_cache
         g = self.graph
         fixed = np.full(g.n, -1, np.int64)
         if self.painted is not None:
@@ -248,9 +266,37 @@ class Interaction:
             np.add.at(counts, (flat_r[on], flat_p[on]), 1.0)
             painted = counts.sum(1) > 0.5 * g.area
             fixed[painted] = counts[painted].argmax(1)
+        by_region: dict[int, list[tuple[int, int, int]]] = {}
         for y, x, lab in self.clicks:
-            fixed[g.regions[y, x]] = lab
-        return fixed
+            r = int(g.regions[y, x])
+            by_region.setdefault(r, []).append((y, x, lab))
+        split = {}
+        for r, cl in by_region.items():
+            labs = {lab for _, _, lab in cl}
+            if len(labs) == 1:
+                fixed[r] = cl[0][2]
+                continue
+            split[r] = self._split(r, cl)
+            inside = split[r][split[r] >= 0]
+            fixed[r] = int(np.bincount(inside, minlength=g.n_classes).argmax())
+        self._annotation_cache = (fixed, split)
+        return self._annotation_cache
+
+    def _split(self, region: int, clicks) -> np.ndarray:
+        g = self.graph
+        box = g.boxes[region]
+        mask = g.regions[box] == region
+        yy, xx = np.mgrid[box[0], box[1]]
+        img = g.image[(slice(None), *box)]
+        scale2 = max(1.0, float(mask.sum()))  # positions in units of the region's size
+        best = np.full(mask.shape, np.inf)
+        out = np.full(mask.shape, -1, np.int64)
+        for y, x, lab in clicks:
+            d = ((yy - y) ** 2 + (xx - x) ** 2) / scale2 + ((img - g.image[:, y, x][:, None, None]) ** 2).sum(0) / 0.01
+            closer = mask & (d < best)
+            best[closer] = d[closer]
+            out[closer] = lab
+        return out
 
     def region_log_probabilities(self, fixed: np.ndarray | None = None) -> np.ndarray:
         """(n, K) log q: the network's, with the click calibration fitted to the annotated regions."""
@@ -274,14 +320,20 @@ class Interaction:
 
     @property
     def propagated(self) -> np.ndarray:
-        """(H, W) int32: the MRF's labelling of the regions, before painted pixels are laid over it."""
-        return self.region_labels()[self.graph.regions]
+        """(H, W) int32: the MRF's labelling of the regions (regions split between clicks pixel by pixel),
+        before painted pixels are laid over it."""
+        out = self.region_labels()[self.graph.regions]
+        for r, cls in self.split_regions().items():
+            box = self.graph.boxes[r]
+            view = out[box]
+            np.copyto(view, cls, where=cls >= 0, casting="unsafe")
+        return out
 
     @property
     def labels(self) -> np.ndarray:
         """(H, W) int32: the propagated segmentation, with painted pixels keeping their class."""
         if self._labels is None:
-            out = self.region_labels()[self.graph.regions]
+            out = self.propagated
             if self.painted is not None:
                 np.copyto(out, self.painted, where=self.painted >= 0, casting="unsafe")
             self._labels = out
