@@ -275,6 +275,8 @@ def interactive(args) -> int:
         session = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
         if args.smoothness is not None:
             session.smoothness = args.smoothness
+        if args.superpixel_size is not None:
+            session.superpixel_size = args.superpixel_size
         if args.calibration is not None:
             session.calibration = None if args.calibration < 0 else args.calibration
         curves: dict[tuple[str, str], list[list[float]]] = {}
@@ -282,6 +284,7 @@ def interactive(args) -> int:
         for i, s in enumerate(samples):
             session.segment(s.image)
             inter = session.interaction
+            inter.refine = not args.no_refine
             truth = (s.mask > 0).astype(np.int32) if session.n_classes == 2 else s.mask
             methods = [ClisMethod(inter)]
             for p in chosen_peers:
@@ -395,6 +398,8 @@ def add_parser(sub) -> None:
     it.add_argument("--samples", type=int, default=8)
     it.add_argument("--smoothness", type=float, help="MRF smoothness lambda (default: the session's)")
     it.add_argument("--calibration", type=float, help="click-calibration prior strength; negative turns it off")
+    it.add_argument("--no-refine", action="store_true", help="no pixel-level refinement of single clicks (ablation)")
+    it.add_argument("--superpixel-size", type=int, help="mean superpixel side in pixels (default: the session's)")
     it.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
     it.add_argument("--json", help="also write the numbers and IoU curves to this JSON file")
     it.set_defaults(bench_func=interactive)

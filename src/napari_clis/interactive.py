@@ -148,6 +148,7 @@ class Interaction:
         self.graph = graph
         self.smoothness = float(smoothness)
         self.calibration = calibration
+        self.refine = True  # pixel-level refinement of a region whose clicks contradict the network
         self.clicks: list[tuple[int, int, int]] = []
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
         self._labels: np.ndarray | None = None
@@ -274,13 +275,61 @@ class Interaction:
         for r, cl in by_region.items():
             labs = {lab for _, _, lab in cl}
             if len(labs) == 1:
-                fixed[r] = cl[0][2]
-                continue
-            split[r] = self._split(r, cl)
+                one = self._refine_single(r, cl) if self.refine else None
+                if one is None:
+                    fixed[r] = cl[0][2]
+                    continue
+                split[r] = one
+            else:
+                split[r] = self._split(r, cl)
             inside = split[r][split[r] >= 0]
             fixed[r] = int(np.bincount(inside, minlength=g.n_classes).argmax())
         self._annotation_cache = (fixed, split)
         return self._annotation_cache
+
+    def _refine_single(self, region: int, clicks) -> np.ndarray | None:
+        """Pixel-level refinement where clicks of one class contradict the network's label of their region and
+        the region's colours fall into two well-separated groups (it straddles an edge): two-means on colour,
+        started from the click's colour and the colour farthest from it; the pixels of the click's group that are
+        connected to a click take the clicked class, the rest keep the network's. ``None``: the whole region
+        takes the clicked class."""
+        g = self.graph
+        lab = clicks[0][2]
+        net = int(g.logp[region].argmax())
+        if net == lab:
+            return None
+        box = g.boxes[region]
+        mask = g.regions[box] == region
+        pix = g.image[(slice(None), *box)][:, mask].astype(np.float64)  # (3, m)
+        if pix.shape[1] < 4:
+            return None
+        m1 = np.mean([self._click_colour(y, x) for y, x, _ in clicks], 0)
+        m2 = pix[:, int(((pix - m1[:, None]) ** 2).sum(0).argmax())]
+        for _ in range(5):
+            near = ((pix - m1[:, None]) ** 2).sum(0) <= ((pix - m2[:, None]) ** 2).sum(0)
+            if near.all() or not near.any():
+                return None
+            m1, m2 = pix[:, near].mean(1), pix[:, ~near].mean(1)
+        spread = (((pix[:, near] - m1[:, None]) ** 2).sum() + ((pix[:, ~near] - m2[:, None]) ** 2).sum()) / pix.shape[1]
+        if ((m1 - m2) ** 2).sum() < 4.0 * spread:  # one colour group: no edge inside the region
+            return None
+        grid = np.zeros(mask.shape, bool)
+        grid[mask] = near
+        for y, x, _ in clicks:  # the clicked pixel itself always takes the clicked class
+            grid[y - box[0].start, x - box[1].start] = True
+        mine, _ = ndimage.label(grid)
+        keep = np.unique([mine[y - box[0].start, x - box[1].start] for y, x, _ in clicks])
+        out = np.where(mask, net, -1)
+        out[np.isin(mine, keep[keep > 0])] = lab
+        return out
+
+    def _click_colour(self, y: int, x: int) -> np.ndarray:
+        """Mean colour of the click's region within 2 px of it (one pixel's colour is too noisy)."""
+        g = self.graph
+        h, w = g.regions.shape
+        win = (slice(max(0, y - 2), min(h, y + 3)), slice(max(0, x - 2), min(w, x + 3)))
+        same = g.regions[win] == g.regions[y, x]
+        return g.image[(slice(None), *win)][:, same].mean(1)
 
     def _split(self, region: int, clicks) -> np.ndarray:
         g = self.graph
@@ -292,7 +341,7 @@ class Interaction:
         best = np.full(mask.shape, np.inf)
         out = np.full(mask.shape, -1, np.int64)
         for y, x, lab in clicks:
-            d = ((yy - y) ** 2 + (xx - x) ** 2) / scale2 + ((img - g.image[:, y, x][:, None, None]) ** 2).sum(0) / 0.01
+            d = ((yy - y) ** 2 + (xx - x) ** 2) / scale2 + ((img - self._click_colour(y, x)[:, None, None]) ** 2).sum(0) / 0.01
             closer = mask & (d < best)
             best[closer] = d[closer]
             out[closer] = lab

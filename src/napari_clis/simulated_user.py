@@ -93,10 +93,21 @@ class ClisMethod:
         self.interaction.clear_clicks()
         self.interaction.clear_annotations()
 
-    def predict(self, seeds: list[tuple[int, int]]) -> np.ndarray:
-        pts = [self.interaction.interior_point(r) for r, _ in seeds]
-        self.interaction.set_clicks(pts, [lab for _, lab in seeds])
-        return self.interaction.labels
+    def predict(self, seeds) -> np.ndarray:
+        """``seeds``: (region, class, (y, x) or None): a click where the position is given, else the whole
+        region annotated (the paper's superpixel annotation)."""
+        inter = self.interaction
+        clicks = [(pos, lab) for _, lab, pos in seeds if pos is not None]
+        inter.set_clicks([p for p, _ in clicks], [lab for _, lab in clicks])
+        regions = [(r, lab) for r, lab, pos in seeds if pos is None]
+        if regions:
+            lut = np.full(inter.graph.n, -1, np.int64)
+            for r, lab in regions:
+                lut[r] = lab
+            inter.set_painted(lut[inter.graph.regions])
+        else:
+            inter.clear_annotations()
+        return inter.labels
 
 
 class _SeededPeer:
@@ -106,12 +117,12 @@ class _SeededPeer:
 
     def seed_map(self, seeds):
         lut = np.zeros(int(self.regions.max()) + 1, np.int32)  # 0 = unlabelled, class + 1 otherwise
-        for r, lab in seeds:
+        for r, lab, _ in seeds:
             lut[r] = lab + 1
         return lut[self.regions]
 
     def predict(self, seeds):
-        classes = sorted({lab for _, lab in seeds})
+        classes = sorted({lab for _, lab, _ in seeds})
         if not classes:
             return np.zeros(self.regions.shape, np.int32)
         if len(classes) == 1:
@@ -188,7 +199,7 @@ def run_protocol(method, interaction: Interaction, truth: np.ndarray, protocol: 
     """
     if protocol not in ("uncertain", "click"):
         raise ValueError(f"protocol must be 'uncertain' or 'click', got {protocol!r}")
-    seeds: list[tuple[int, int]] = []
+    seeds: list[tuple[int, int, tuple[int, int] | None]] = []
     pred = method.predict(seeds)
     res = ProtocolResult(method.name, [iou(pred, truth)])
     queue: list[tuple[int, int]] = []
@@ -199,12 +210,12 @@ def run_protocol(method, interaction: Interaction, truth: np.ndarray, protocol: 
             c = next_click(pred, truth)
             if c is None:
                 break
-            seed = (int(interaction.graph.regions[c[0], c[1]]), c[2])
+            seed = (int(interaction.graph.regions[c[0], c[1]]), c[2], (c[0], c[1]))
         else:
             if not queue:
-                taken = {r for r, _ in seeds}
-                queue = [s for s in wrong_regions(_Annotated(interaction, seeds), pred, truth) if s[0] not in taken]
-                queue = queue[:PER_ITERATION]
+                taken = {r for r, _, _ in seeds}
+                queue = [(r, lab, None) for r, lab in wrong_regions(_Annotated(interaction, seeds), pred, truth)
+                         if r not in taken][:PER_ITERATION]
             if not queue:
                 break  # nothing left that the protocol may annotate
             seed = queue.pop(0)
@@ -223,6 +234,6 @@ class _Annotated:
 
     def fixed_regions(self):
         fixed = np.full(self.graph.n, -1, np.int64)
-        for r, lab in self._seeds:
+        for r, lab, _ in self._seeds:
             fixed[r] = lab
         return fixed
