@@ -166,3 +166,20 @@ def test_a_saved_and_reloaded_segmentation_is_the_same(segmented, tmp_path):
     back = viewer.open(path, plugin="napari", layer_type="labels")[0]
     assert type(back).__name__ == "Labels"
     np.testing.assert_array_equal(np.asarray(back.data), seg.data)
+
+
+def test_the_plugin_tiff_writer_keeps_scale_and_translate(segmented, tmp_path):
+    import napari
+
+    from napari_clis._writer import read_labels_metadata
+
+    viewer, widget, truth = segmented
+    seg = viewer.layers["segmentation"]
+    seg.translate = (3.0, 4.0)
+    path = napari.save_layers(str(tmp_path / "seg.tif"), [seg], plugin="napari-clis")[0]
+    meta = read_labels_metadata(path)
+    assert meta["scale"] == [0.5, 0.5] and meta["translate"] == [3.0, 4.0]
+    assert meta["class_names"] == widget.session.class_names
+    back = viewer.open(path, plugin="napari", layer_type="labels")[0]  # any TIFF reader gives the same labels
+    np.testing.assert_array_equal(np.asarray(back.data), seg.data)
+    assert not list(tmp_path.glob(".tmp-*"))
