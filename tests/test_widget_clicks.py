@@ -183,3 +183,42 @@ def test_the_plugin_tiff_writer_keeps_scale_and_translate(segmented, tmp_path):
     back = viewer.open(path, plugin="napari", layer_type="labels")[0]  # any TIFF reader gives the same labels
     np.testing.assert_array_equal(np.asarray(back.data), seg.data)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_moving_a_click_moves_its_correction(segmented):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    y, x = _wrong_pixel(seg.data, truth, 1)
+    clicks.add([y, x])
+    assert seg.data[y, x] == 1
+    target = np.argwhere((truth == 0) & (seg.data == 0))[0]
+    clicks.data = np.array([target], float)  # a drag in select mode ends in the same data event
+    assert widget.session.clicks == [(int(target[0]), int(target[1]), 1)]
+    assert seg.data[target[0], target[1]] == 1
+    np.testing.assert_array_equal(seg.data, widget.session.labels)
+
+
+def test_thousands_of_clicks_at_once_update_once_without_error(segmented, messages):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    rng = np.random.default_rng(0)
+    pts = np.column_stack([rng.integers(0, truth.shape[0], 3000), rng.integers(0, truth.shape[1], 3000)])
+    widget.set_click_class(1)
+    clicks.add(pts)
+    assert len(widget.session.clicks) == 3000
+    assert seg.data[tuple(pts.T)].all()
+    assert not messages["error"]
+
+
+def test_a_points_layer_of_the_wrong_dimensionality_is_reported_and_nothing_is_lost(segmented, messages):
+    viewer, widget, truth = segmented
+    seg = viewer.layers["segmentation"]
+    before = seg.data.copy()
+    viewer.layers.remove(viewer.layers["clicks"])
+    wrong = viewer.add_points(np.array([[0, 5, 5]], float), name="clicks", ndim=3,
+                              features={"class": np.array([1])})
+    wrong.metadata["napari_clis"] = "clicks"
+    widget._propagate_clicks()
+    assert any("3D" in m for m in messages["error"])
+    np.testing.assert_array_equal(seg.data, before)
+    assert len(wrong.data) == 1
