@@ -154,6 +154,7 @@ class Interaction:
         self._labels: np.ndarray | None = None
         self._region_labels: np.ndarray | None = None
         self._annotation_cache = None
+        self._split_memo: dict = {}
         self.bias = np.zeros((graph.n_classes, 1 + graph.colour.shape[1]))
 
     # -- input checks ---------------------------------------------------------------------------
@@ -273,15 +274,17 @@ class Interaction:
             by_region.setdefault(r, []).append((y, x, lab))
         split = {}
         for r, cl in by_region.items():
-            labs = {lab for _, _, lab in cl}
-            if len(labs) == 1:
-                one = self._refine_single(r, cl) if self.refine else None
-                if one is None:
-                    fixed[r] = cl[0][2]
-                    continue
-                split[r] = one
-            else:
-                split[r] = self._split(r, cl)
+            key = (r, self.refine, tuple(sorted(cl)))
+            if key not in self._split_memo:  # the same clicks in a region always split it the same way
+                if len({lab for _, _, lab in cl}) == 1:
+                    self._split_memo[key] = self._refine_single(r, cl) if self.refine else None
+                else:
+                    self._split_memo[key] = self._split(r, cl)
+            part = self._split_memo[key]
+            if part is None:
+                fixed[r] = cl[0][2]
+                continue
+            split[r] = part
             inside = split[r][split[r] >= 0]
             fixed[r] = int(np.bincount(inside, minlength=g.n_classes).argmax())
         self._annotation_cache = (fixed, split)
