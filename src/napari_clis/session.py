@@ -14,20 +14,27 @@ Examples
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import load_model, shipped_model_path, shipped_models
+from .checkpoint import CheckpointError, load_model, save_model, shipped_model_path, shipped_models
+from .continual import LearnCancelled, LearnSettings, TaskRecord, fingerprint, learn_task, select_task
 from .interactive import DEFAULT_CALIBRATION, DEFAULT_SMOOTHNESS, Interaction, InteractionError, build_region_graph
 from .network import ClisNet
 from .preprocessing import ImageError, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, predict
 
-__all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError"]
+__all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError", "LearnRejected",
+           "LearnCancelled"]
+
+
+class LearnRejected(RuntimeError):
+    """A learn step would have made the model worse on the current image; it was rolled back."""
 
 
 @dataclass
@@ -106,7 +113,8 @@ class ClisSession:
     """
 
     def __init__(self, net: ClisNet, metadata: dict | None = None, *, device: str = "auto", n_samples: int = 8,
-                 seed: int = 0, superpixel_size: int = DEFAULT_SUPERPIXEL_SIZE, source: str | None = None):
+                 seed: int = 0, superpixel_size: int = DEFAULT_SUPERPIXEL_SIZE, source: str | None = None,
+                 autosave: str | Path | None = None):
         if n_samples < 0:
             raise ValueError(f"n_samples must be >= 0, got {n_samples}")
         self.device = resolve_device(device)
@@ -119,6 +127,12 @@ class ClisSession:
         self.task = 0
         self.result: SegmentationResult | None = None
         self.interaction: Interaction | None = None
+        self.tasks: list[TaskRecord] = [TaskRecord.from_dict(d) for d in self.metadata.get("learned_tasks", [])]
+        self.annotations: dict[int, np.ndarray] = {}  # task -> painted map (int8, -1 = none) at learn time
+        self.autosave = Path(autosave) if autosave else None
+        self.learn_settings = LearnSettings()
+        self._fingerprint: np.ndarray | None = None
+        self._normalized: np.ndarray | None = None
         self.smoothness = DEFAULT_SMOOTHNESS
         self.calibration: float | None = DEFAULT_CALIBRATION
 
@@ -165,7 +179,7 @@ class ClisSession:
 
     # -- segmentation -----------------------------------------------------------------------------
     def segment(self, image, *, n_samples: int | None = None, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN,
-                progress=None) -> SegmentationResult:
+                progress=None, task: int | None = None) -> SegmentationResult:
         """Segment one 2D image and estimate its uncertainty.
 
         Parameters
@@ -178,6 +192,9 @@ class ClisSession:
             Images larger than ``tile`` pixels on a side are processed in overlapping tiles.
         progress : callable, optional
             ``progress(done, total)`` after each tile.
+        task : int, optional
+            The task (kernel mask) to segment with; by default the task-aware module picks the learned task
+            whose images look most like this one (task 0, the pretrained model, before anything is learned).
 
         Returns
         -------
@@ -187,6 +204,10 @@ class ClisSession:
         if hasattr(image, "data") and not isinstance(image, np.ndarray):
             image = image.data
         normalized = normalize_image(image)
+        self._fingerprint = self._image_fingerprint(normalized)
+        if task is not None and not 0 <= int(task) < self.net.n_tasks:
+            raise ValueError(f"task {task} does not exist; this model has tasks 0..{self.net.n_tasks - 1}")
+        self.task = select_task(self._fingerprint, self.tasks) if task is None else int(task)
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=self.task, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
@@ -203,6 +224,7 @@ class ClisSession:
         )
         graph = build_region_graph(superpixels, out.probabilities, out.uncertainty, normalized)
         self.result = result
+        self._normalized = normalized
         self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration)
         return result
 
@@ -247,6 +269,102 @@ class ClisSession:
     def suggest(self, n: int = 16) -> np.ndarray:
         """(n, 2) int: (y, x) inside the ``n`` most uncertain regions that are not annotated yet."""
         return self._require_interaction().suggest(n)
+
+    # -- continual learning -------------------------------------------------------------------------
+    def _working(self, normalized: np.ndarray, labels: np.ndarray | None = None, max_side: int | None = None):
+        """The image (and labels) at the network's working resolution, cut to multiples of 8, as tensors."""
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(normalized))[None]
+        y = None if labels is None else torch.from_numpy(labels.astype(np.int64))[None, None].float()
+        side = self.working_long_side or max_side
+        # lesion models always work at their long side (as predict() does); others only shrink large images
+        if self.working_long_side or (side is not None and max(x.shape[-2:]) > side):
+            f = side / max(x.shape[-2:])
+            size = (max(8, round(x.shape[-2] * f)), max(8, round(x.shape[-1] * f)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
+            if y is not None:
+                y = F.interpolate(y, size=size, mode="nearest")
+        h, w = x.shape[-2] - x.shape[-2] % 8, x.shape[-1] - x.shape[-1] % 8
+        x = x[0, :, :h, :w].to(self.device)
+        return (x, None) if y is None else (x, y[0, 0, :h, :w].long().to(self.device))
+
+    def _image_fingerprint(self, normalized: np.ndarray) -> np.ndarray:
+        x, _ = self._working(normalized, max_side=512)
+        return fingerprint(self.net, x[None])
+
+    def learn(self, *, steps: int | None = None, progress=None) -> TaskRecord:
+        """Learn from the current image (its propagated labels) as a new task.
+
+        The model changes only if the new task segments the current image at least as well as the task that
+        segmented it (foreground Dice against the propagated labels); otherwise :class:`LearnRejected` says so
+        and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
+        ``autosave`` set, the session is saved after each learned task.
+
+        Parameters
+        ----------
+        steps : int, optional
+            Optimisation steps (default ``learn_settings.steps``).
+        progress : callable, optional
+            ``progress(step, total)``; returning ``False`` cancels (:class:`LearnCancelled`, nothing changes).
+        """
+        inter = self._require_interaction()
+        labels = inter.labels
+        if not (labels > 0).any():
+            raise InteractionError("The segmentation is empty (all background): there is nothing to learn. "
+                                   "Correct it with clicks first, or skip this image.")
+        settings = LearnSettings(**{**self.learn_settings.__dict__, **({"steps": int(steps)} if steps else {})})
+        x, y = self._working(self._normalized, labels)
+        t0 = time.perf_counter()
+        new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
+        if not info["dice_after"] >= info["dice_before"]:
+            raise LearnRejected(
+                f"Learning was rolled back: the new task would segment this image worse than the current model "
+                f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on your corrected "
+                "segmentation). The model is unchanged."
+            )
+        record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
+                            image_shape=list(labels.shape), clicks=[list(c) for c in inter.clicks],
+                            kernels_on=info["kernels_on"], kernels_new=info["kernels_new"],
+                            dice_before=float(info["dice_before"]), dice_after=float(info["dice_after"]),
+                            seconds=time.perf_counter() - t0)
+        old_net = self.net
+        self.net = new_net.eval()
+        self.tasks.append(record)
+        if inter.painted is not None:
+            self.annotations[task] = inter.painted.astype(np.int8)
+        self.task = task
+        if self.autosave is not None:
+            try:
+                self.save(self.autosave)
+            except Exception:
+                self.net = old_net  # an autosave that fails must not leave a learned task unsaved
+                self.tasks.pop()
+                self.annotations.pop(task, None)
+                self.task = record.parent
+                raise
+        return record
+
+    def save(self, path: str | Path) -> None:
+        """Save the model, its kernel masks, the task history and every task's clicks and annotations, atomically
+        (a failure leaves an existing file as it was)."""
+        metadata = dict(self.metadata)
+        metadata["learned_tasks"] = [r.to_dict() for r in self.tasks]
+        extra = {"annotations": {str(t): torch.from_numpy(a) for t, a in self.annotations.items()}}
+        try:
+            save_model(path, self.net, metadata, extra=extra)
+        except OSError as e:
+            raise CheckpointError(f"Could not save the session to {path}: {e.strerror or e}. The file on disk, "
+                                  "if any, is unchanged.") from e
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", **kwargs) -> ClisSession:
+        """A session saved by :meth:`save`: model, masks, task history and annotations."""
+        resolve_device(device)
+        net, metadata, payload = load_model(path)
+        s = cls(net, metadata, device=device, source=str(path), **kwargs)
+        s.annotations = {int(t): a.numpy() for t, a in payload.get("annotations", {}).items()}
+        return s
 
     def __repr__(self) -> str:
         return f"ClisSession(model={self.model_name!r}, device={str(self.device)!r}, n_samples={self.n_samples})"

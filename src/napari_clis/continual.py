@@ -1,0 +1,233 @@
+"""Continual learning across images: a new task per accepted image, with kernel masks under the IBP prior.
+
+``learn_task`` adds task ``t`` to the network and trains, on one image and its propagated labels:
+
+* the new task's gate logits (binary concrete, straight-through), under the IBP restaurant prior built from
+  how many earlier tasks use each kernel (``masks.ibp_restaurant_prior``);
+* the weights of the kernels that **no earlier task uses** (convolution rows and their BatchNorm affine
+  parameters). Kernels an earlier task uses, the shared 1x1 heads and the BatchNorm statistics stay frozen,
+  so every earlier task's output, computed with its own mask, is exactly what it was: backward transfer on
+  the tasks' own masks is zero by construction, and ``learn_task`` checks it by fingerprinting the protected
+  parameters.
+
+``fingerprint`` summarises an image by the pooled bottleneck (A4) features under task 0; the task-aware module
+(``select_task``) picks, for an unseen image, the learned task whose fingerprint is nearest (cosine), or task 0
+when nothing has been learned. Pure torch/numpy: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .masks import bernoulli_kl, ibp_restaurant_prior
+from .network import ClisNet
+
+__all__ = ["LearnSettings", "TaskRecord", "learn_task", "fingerprint", "select_task", "LearnCancelled",
+           "kernel_usage"]
+
+
+class LearnCancelled(RuntimeError):
+    """Learning was cancelled; the model is as it was before."""
+
+
+@dataclass
+class LearnSettings:
+    steps: int = 30
+    batch: int = 4
+    crop: int = 128
+    lr: float = 2e-3
+    gate_lr: float = 5e-2
+    kl_weight: float = 1e-3
+    ibp_alpha_per_kernel: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TaskRecord:
+    """What the session remembers of one learned task."""
+
+    task: int
+    parent: int
+    fingerprint: list[float]
+    image_shape: list[int]
+    clicks: list[list[int]]
+    kernels_on: dict[str, int]
+    kernels_new: int
+    dice_before: float
+    dice_after: float
+    seconds: float
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TaskRecord:
+        return cls(**d)
+
+
+def kernel_usage(net: ClisNet, tasks: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Per layer, how many of ``tasks`` (default: all) switch each kernel on."""
+    tasks = list(range(net.n_tasks)) if tasks is None else tasks
+    return {name: sum((conv.gates.hard(t) for t in tasks), torch.zeros(conv.gates.n_kernels))
+            for name, conv in net.masked_convs().items()}
+
+
+@torch.no_grad()
+def fingerprint(net: ClisNet, x: torch.Tensor) -> np.ndarray:
+    """(C,) unit vector: the bottleneck features of task 0, averaged over the image."""
+    a1 = net.A1(x, 0, False)
+    a2 = net.A2(F.max_pool2d(a1, 2), 0, False)
+    a3 = net.A3(F.max_pool2d(a2, 2), 0, False)
+    a4 = net.A4(F.max_pool2d(a3, 2), 0, False)
+    v = a4.mean((0, 2, 3)).double().cpu().numpy()
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
+def select_task(fp: np.ndarray, records: list[TaskRecord]) -> int:
+    """The learned task whose fingerprint is nearest to ``fp`` (cosine), or 0 when none has been learned."""
+    if not records:
+        return 0
+    sims = [float(np.dot(fp, np.asarray(r.fingerprint))) for r in records]
+    return records[int(np.argmax(sims))].task
+
+
+def _protected_digest(net: ClisNet, masks: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name, conv in net.masked_convs().items():
+        used = masks[name] > 0
+        h.update(conv.conv.weight[used].detach().cpu().numpy().tobytes())
+        h.update(conv.norm.weight[used].detach().cpu().numpy().tobytes())
+        h.update(conv.norm.bias[used].detach().cpu().numpy().tobytes())
+    for head in (net.logit_head, net.logvar_head):
+        for p in head.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _dice_fg(pred: torch.Tensor, target: torch.Tensor) -> float:
+    p, t = pred > 0, target > 0
+    denom = int(p.sum() + t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+def _crops(x: torch.Tensor, y: torch.Tensor, s: LearnSettings, rng: np.random.Generator):
+    """A batch of augmented crops: random position, flips, transposition, rotation by multiples of 90 degrees."""
+    _, h, w = x.shape
+    c = min(s.crop, h - h % 8, w - w % 8)
+    xs, ys = [], []
+    for _ in range(s.batch):
+        y0, x0 = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        xc, yc = x[:, y0:y0 + c, x0:x0 + c], y[y0:y0 + c, x0:x0 + c]
+        k = int(rng.integers(4))
+        xc, yc = torch.rot90(xc, k, (1, 2)), torch.rot90(yc, k, (0, 1))
+        if rng.random() < 0.5:
+            xc, yc = xc.flip(-1), yc.flip(-1)
+        xs.append(xc)
+        ys.append(yc)
+    return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()
+
+
+def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int, settings: LearnSettings | None = None,
+               progress=None) -> tuple[ClisNet, int, dict]:
+    """Learn one image as a new task on a copy of ``net``.
+
+    Parameters
+    ----------
+    net : ClisNet
+        The current model; it is not modified.
+    x : (3, H, W) float tensor
+        The normalised image at the network's working resolution (H, W divisible by 8).
+    target : (H, W) int64 tensor
+        The propagated labels.
+    parent : int
+        The task whose mask the new task starts from (the one that segmented the image).
+    progress : callable, optional
+        ``progress(step, total)``; returning ``False`` cancels (``LearnCancelled``; ``net`` is untouched).
+
+    Returns
+    -------
+    (new_net, task, info): the copy with the new task, its index, and ``dice_before`` / ``dice_after`` (the
+    parent's and the new task's foreground Dice against ``target``), ``kernels_new`` (kernels no earlier task
+    used that the new task switches on), ``kernels_on`` per layer.
+    """
+    s = settings or LearnSettings()
+    device = next(net.parameters()).device
+    new = copy.deepcopy(net).to(device).eval()  # eval: BatchNorm statistics stay frozen
+    earlier = list(range(new.n_tasks))
+    usage = kernel_usage(new, earlier)
+    digest = _protected_digest(new, usage)
+    task = new.add_task(init_from=parent)
+    priors = {name: ibp_restaurant_prior(usage[name], len(earlier), s.ibp_alpha_per_kernel * conv.gates.n_kernels)
+              .to(device)
+              for name, conv in new.masked_convs().items()}
+
+    # train only what no earlier task uses: the free kernels' weights and BatchNorm affine, the new gates
+    for p in new.parameters():
+        p.requires_grad_(False)
+    weights, gates, hooks = [], [], []
+    for name, conv in new.masked_convs().items():
+        free = (usage[name] == 0).to(device)
+        conv.gates.logits[task].requires_grad_(True)
+        gates.append(conv.gates.logits[task])
+        if free.any():
+            for p, shape in ((conv.conv.weight, (-1, 1, 1, 1)), (conv.norm.weight, (-1,)), (conv.norm.bias, (-1,))):
+                p.requires_grad_(True)
+                m = free.to(p.dtype).reshape(shape)
+                hooks.append(p.register_hook(lambda g, m=m: g * m))
+                weights.append(p)
+    groups = [{"params": gates, "lr": s.gate_lr}]
+    if weights:
+        groups.append({"params": weights, "lr": s.lr, "weight_decay": 0.0})
+    opt = torch.optim.Adam(groups)
+
+    x = x.to(device)
+    target = target.to(device)
+    with torch.no_grad():
+        before = _dice_fg(new(x[None], parent)[0].argmax(1)[0], target)
+    rng = np.random.default_rng(s.seed)
+    torch.manual_seed(s.seed)
+    k = new.config.n_classes
+    for step in range(s.steps):
+        xb, yb = _crops(x, target, s, rng)
+        logits, _ = new(xb, task, relaxed=True)
+        ce = F.cross_entropy(logits, yb)
+        p = torch.softmax(logits, 1)
+        onehot = F.one_hot(yb, k).permute(0, 3, 1, 2).to(p.dtype)
+        inter, denom = (p * onehot).sum((0, 2, 3)), (p + onehot).sum((0, 2, 3))
+        dice = 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()
+        kl = sum(bernoulli_kl(conv.gates.probabilities(task), priors[name])
+                 for name, conv in new.masked_convs().items())
+        loss = ce + dice + s.kl_weight * kl / max(1, target.numel() / 1e4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress is not None and progress(step + 1, s.steps) is False:
+            for h in hooks:
+                h.remove()
+            raise LearnCancelled("Learning was cancelled; the model is as it was before.")
+    for h in hooks:
+        h.remove()
+    for p in new.parameters():
+        p.requires_grad_(False)
+    new.eval()
+    if _protected_digest(new, usage) != digest:  # would be a bug: earlier tasks must not change
+        raise RuntimeError("learning changed parameters that earlier tasks use; nothing was kept")
+    with torch.no_grad():
+        after = _dice_fg(new(x[None], task)[0].argmax(1)[0], target)
+    on = {name: int(conv.gates.hard(task).sum()) for name, conv in new.masked_convs().items()}
+    fresh = int(sum(int(((conv.gates.hard(task) > 0) & (usage[name] == 0)).sum())
+                    for name, conv in new.masked_convs().items()))
+    for p in new.parameters():
+        p.requires_grad_(True)
+    info = {"dice_before": before, "dice_after": after, "kernels_on": on, "kernels_new": fresh,
+            "steps": s.steps, "lr": s.lr, "finite": bool(math.isfinite(after))}
+    return new, task, info

@@ -1,0 +1,151 @@
+"""Continual learning on real images: forward transfer, untouched earlier tasks, save/load, cancel, rollback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_clis import ClisSession
+from napari_clis.checkpoint import CheckpointError
+from napari_clis.metrics import dice
+from napari_clis.session import InteractionError, LearnCancelled, LearnRejected
+
+
+def _halves(image, truth):
+    w = image.shape[1] // 2
+    return (image[:, :w], truth[:, :w].astype(np.int32)), (image[:, w:], truth[:, w:].astype(np.int32))
+
+
+@pytest.fixture(scope="module")
+def learned(nuclei_he):
+    """A session that learned the left half of the H&E image (its ground truth painted in) as task 1."""
+    (a, ta), b = _halves(*nuclei_he)
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    before_b = s.segment(b[0]).labels
+    s.segment(a)
+    s.annotate(ta > 0, 1)
+    s.annotate(ta == 0, 0)
+    record = s.learn()
+    return s, record, (a, ta), b, before_b
+
+
+def test_learning_one_half_improves_the_other_half_of_the_slide(learned):
+    s, record, _, (b, tb), before_b = learned
+    assert record.task == 1 and record.parent == 0 and s.tasks == [record]
+    assert record.dice_after >= record.dice_before
+    r = s.segment(b)
+    assert s.task == 1, "the task-aware module should pick the task learned on the same slide"
+    assert dice(r.labels > 0, tb > 0) > dice(before_b > 0, tb > 0)
+
+
+def test_the_pretrained_task_is_untouched_by_learning(learned, nuclei_he):
+    s, _, (a, _), _, _ = learned
+    fresh = ClisSession.from_pretrained("nuclei", device="cpu")
+    np.testing.assert_array_equal(s.segment(a, task=0).probabilities, fresh.segment(a).probabilities)
+
+
+def test_a_second_task_leaves_the_first_exactly_as_it_was(learned, nuclei_fluo):
+    s, _, (a, _), _, _ = learned
+    first = s.segment(a, task=1).probabilities
+    image, truth = nuclei_fluo
+    s2 = _copy(s)
+    s2.segment(image)
+    s2.annotate(truth, 1)
+    s2.annotate(~truth, 0)
+    rec = s2.learn(steps=5)
+    assert rec.task == 2
+    np.testing.assert_array_equal(s2.segment(a, task=1).probabilities, first)
+
+
+def _copy(s):
+    import copy
+
+    t = ClisSession(copy.deepcopy(s.net), s.metadata, device="cpu")
+    t.tasks = list(s.tasks)
+    return t
+
+
+def test_save_and_load_round_trip_exactly(learned, tmp_path):
+    s, record, (a, _), _, _ = learned
+    path = tmp_path / "session.pt"
+    s.save(path)
+    t = ClisSession.load(path, device="cpu")
+    assert [r.to_dict() for r in t.tasks] == [r.to_dict() for r in s.tasks]
+    assert set(t.annotations) == {1}
+    np.testing.assert_array_equal(t.annotations[1], s.annotations[1])
+    for task in (0, 1):
+        np.testing.assert_array_equal(t.segment(a, task=task).probabilities, s.segment(a, task=task).probabilities)
+
+
+def test_cancel_leaves_the_model_as_it_was(learned):
+    s, _, (a, ta), _, _ = learned
+    t = _copy(s)
+    t.segment(a)
+    net, tasks = t.net, list(t.tasks)
+    with pytest.raises(LearnCancelled):
+        t.learn(steps=10, progress=lambda step, total: step < 3)
+    assert t.net is net and t.tasks == tasks and t.net.n_tasks == 2
+
+
+def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learned, monkeypatch):
+    import napari_clis.session as session_module
+
+    s, _, (a, _), _, _ = learned
+    t = _copy(s)
+    t.segment(a)
+    real = session_module.learn_task
+
+    def worse(*args, **kwargs):
+        new, task, info = real(*args, **kwargs)
+        return new, task, {**info, "dice_after": info["dice_before"] - 0.1}
+
+    monkeypatch.setattr(session_module, "learn_task", worse)
+    net = t.net
+    with pytest.raises(LearnRejected, match="rolled back"):
+        t.learn(steps=2)
+    assert t.net is net and len(t.tasks) == 1
+
+
+def test_learning_needs_a_segmentation_with_something_in_it(nuclei_fluo):
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    with pytest.raises(InteractionError, match="segment"):
+        s.learn()
+    s.segment(np.zeros((64, 64), np.uint8))
+    s.annotate(np.ones((64, 64), bool), 0)
+    with pytest.raises(InteractionError, match="empty"):
+        s.learn()
+
+
+def test_a_failed_autosave_keeps_the_last_good_file_and_the_model(learned, tmp_path, monkeypatch):
+    import napari_clis.checkpoint as checkpoint
+    import napari_clis.session as session_module
+
+    real = session_module.learn_task
+
+    def accepted(*args, **kwargs):  # this test is about saving: let the learn step count as an improvement
+        new, task, info = real(*args, **kwargs)
+        return new, task, {**info, "dice_after": info["dice_before"] + 0.01}
+
+    monkeypatch.setattr(session_module, "learn_task", accepted)
+    s, _, (a, ta), _, _ = learned
+    t = _copy(s)
+    path = tmp_path / "auto.pt"
+    t.save(path)
+    good = path.read_bytes()
+    t.autosave = path
+    t.segment(a)
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    with pytest.raises(CheckpointError, match="No space left"):
+        t.learn(steps=2)
+    assert path.read_bytes() == good
+    assert len(t.tasks) == 1 and t.net.n_tasks == 2
+
+
+def test_saving_where_it_cannot_be_written_says_so(learned, tmp_path):
+    s, *_ = learned
+    with pytest.raises((CheckpointError, OSError)):
+        s.save(tmp_path / "missing-folder" / "s.pt")
