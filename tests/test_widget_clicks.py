@@ -222,3 +222,48 @@ def test_a_points_layer_of_the_wrong_dimensionality_is_reported_and_nothing_is_l
     assert any("3D" in m for m in messages["error"])
     np.testing.assert_array_equal(seg.data, before)
     assert len(wrong.data) == 1
+
+
+def test_learn_from_this_image_then_save_and_reload_the_model(segmented, qtbot, tmp_path, messages, monkeypatch):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    widget._session.learn_settings.steps = 4
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    infos = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
+    widget._learn_button.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    outcome = infos + messages["warning"]
+    assert any("Learned task 1" in m for m in outcome) or any("rolled back" in m for m in outcome), outcome
+    assert not messages["error"]
+    path = tmp_path / "mine.pt"
+    widget.save_model(path)
+    assert path.exists()
+    widget._model_combo.value = "Model file…"
+    widget._checkpoint.value = path
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.session.source == str(path)
+    assert len(widget.session.tasks) == len([m for m in infos if "Learned task" in m])
+
+
+def test_cancel_while_learning_keeps_the_model(segmented, qtbot, messages):
+    viewer, widget, truth = segmented
+    widget._session.learn_settings.steps = 200
+    net = widget.session.net
+    widget.learn()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert any("cancelled" in m for m in messages["warning"])
+    assert widget.session.net is net and widget.session.tasks == []
+
+
+def test_learning_before_segmenting_says_what_to_do(make_napari_viewer, messages):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.learn()
+    assert any("segment an image" in m for m in messages["error"])
+    widget.save_model()
+    assert any("no model to save" in m for m in messages["error"])

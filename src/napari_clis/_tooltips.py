@@ -29,3 +29,8 @@ CLICKS = (
 )
 SUGGEST = "Show the 16 most uncertain places not annotated yet ('suggestions' layer): click there first."
 CLEAR = "Remove all clicks on the slice being corrected (painted edits stay)."
+LEARN = (
+    "Learn from this image (Shift-L): the model adds a task from the corrected segmentation, so similar images "
+    "start better. Earlier tasks are never changed; a step that would make this image worse is rolled back."
+)
+SAVE_MODEL = "Save the model with everything it learned (tasks, their clicks and annotations) to a .pt file."

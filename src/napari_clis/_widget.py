@@ -100,11 +100,16 @@ class SegmentWidget(Container):
         self._suggest = CheckBox(text="Suggest where to click", value=True, tooltip=tips.SUGGEST)
         self._clear_button = PushButton(text="Clear clicks", tooltip=tips.CLEAR)
         self._click_status = Label(value="", tooltip=tips.CLICKS)
+        self._learn_button = PushButton(text="Learn from this image", tooltip=tips.LEARN)
+        self._save_path = FileEdit(label="Save model to", mode="w", filter="*.pt", tooltip=tips.SAVE_MODEL)
+        self._save_button = PushButton(text="Save model", tooltip=tips.SAVE_MODEL)
+        self._tasks_label = Label(value="No task learned yet.")
         # the slice the clicks correct: (image layer, plane index); set when a segmentation arrives
         self._target = None
         self._written_base = None  # the propagated labels last written to the segmentation layer
         self._click_worker = None
         self._click_pending = False
+        self._cancel_requested = False
 
         self._model_combo.changed.connect(self._on_model_changed)
         self._run_button.changed.connect(lambda: self.run())  # the button's value is not a layer
@@ -112,10 +117,13 @@ class SegmentWidget(Container):
         self._class_combo.changed.connect(self._on_class_changed)
         self._suggest.changed.connect(lambda _v: self._update_suggestions())
         self._clear_button.changed.connect(lambda: self.clear_clicks())
+        self._learn_button.changed.connect(lambda: self.learn())
+        self._save_button.changed.connect(lambda: self.save_model())
         self.extend([self._image_combo, self._model_combo, self._checkpoint, self._device, self._samples,
                      self._all_slices, self._run_button, self._cancel_button, self._progress, self._status,
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
-                     self._click_status])
+                     self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
+                     self._save_path, self._save_button])
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
@@ -123,6 +131,7 @@ class SegmentWidget(Container):
         viewer.bind_key("Shift-B", lambda _viewer: self.set_click_class(0), overwrite=True)
         viewer.bind_key("Shift-F", lambda _viewer: self.set_click_class(1), overwrite=True)
         viewer.bind_key("Shift-C", lambda _viewer: self.next_click_class(), overwrite=True)
+        viewer.bind_key("Shift-L", lambda _viewer: self.learn(), overwrite=True)
 
     def reset_choices(self, *_args) -> None:
         """Refresh the image list when layers change (the class list belongs to the model, not the layers)."""
@@ -217,8 +226,9 @@ class SegmentWidget(Container):
 
     def cancel(self) -> None:
         if self._worker is not None:
+            self._cancel_requested = True
             self._worker.quit()
-            self._set_status("Cancelling after the current slice…")
+            self._set_status("Cancelling…")
 
     def _on_plane(self, layer, n, i, idx, result) -> None:
         if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
@@ -524,3 +534,91 @@ class SegmentWidget(Container):
         else:
             sugg.data = pts
         sugg.scale, sugg.translate = layer.scale, layer.translate
+
+    # -- learning and saving ------------------------------------------------------------------------------
+    def learn(self) -> None:
+        """Learn from the corrected segmentation of the slice being corrected, off the GUI thread."""
+        from napari.qt.threading import thread_worker
+
+        session = self._session
+        if self.busy:
+            self._set_status("Busy; wait or cancel.")
+            return
+        if session is None or session.interaction is None or self._target is None:
+            _notify_error("Nothing to learn yet: segment an image and correct it first.")
+            return
+        try:  # the layers are the truth: take the latest clicks and paint before learning
+            pts, labs, painted, _ = self._gather_inputs()
+            session.interaction.set_clicks(pts, labs)
+            if painted is not None:
+                session.interaction.set_painted(painted)
+        except Exception as e:
+            _notify_error(f"Cannot learn: {e}")
+            return
+        self._cancel_requested = False
+        total = session.learn_settings.steps
+
+        @thread_worker(ignore_errors=True)
+        def work():
+            return session.learn(progress=lambda step, n: not self._cancel_requested)
+
+        worker = work()
+        worker.returned.connect(self._on_learned)
+        worker.errored.connect(self._on_learn_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._run_button.enabled = False
+        self._cancel_button.enabled = True
+        self._progress.visible = True
+        self._progress.max = 0
+        self._set_status(f"Learning from this image ({total} steps)…")
+        worker.start()
+
+    def _on_learned(self, record) -> None:
+        from napari.utils.notifications import show_info
+
+        msg = (f"Learned task {record.task}: Dice on this image {record.dice_before:.3f} -> {record.dice_after:.3f} "
+               f"({record.seconds:.0f} s, {record.kernels_new} new kernels).")
+        show_info(msg)
+        self._set_status(msg)
+        self._show_tasks()
+
+    def _on_learn_error(self, error: Exception) -> None:
+        from napari.utils.notifications import show_warning
+
+        from .session import LearnCancelled, LearnRejected
+
+        if isinstance(error, (LearnCancelled, LearnRejected)):
+            show_warning(str(error))
+            self._set_status(str(error))
+        else:
+            _notify_error(f"Learning failed, the model is unchanged: {error}")
+            self._set_status(f"Learning failed: {error}")
+
+    def _show_tasks(self) -> None:
+        session = self._session
+        if session is None or not session.tasks:
+            self._tasks_label.value = "No task learned yet."
+            return
+        lines = [f"task {r.task}: Dice {r.dice_before:.2f} -> {r.dice_after:.2f}" for r in session.tasks[-8:]]
+        self._tasks_label.value = "\n".join(lines)
+
+    def save_model(self, path=None) -> None:
+        """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box)."""
+        session = self._session
+        path = str(path or self._save_path.value or "")
+        if session is None:
+            _notify_error("There is no model to save yet: segment an image first.")
+            return
+        if not path or path == ".":
+            _notify_error("Choose a file to save the model to ('Save model to').")
+            return
+        try:
+            session.save(path)
+        except Exception as e:
+            _notify_error(f"Could not save the model: {e}")
+            return
+        from napari.utils.notifications import show_info
+
+        show_info(f"Saved the model with {len(session.tasks)} learned task(s) to {path}.")
+        self._set_status(f"Saved to {path}.")

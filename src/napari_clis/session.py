@@ -149,10 +149,13 @@ class ClisSession:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", **kwargs) -> ClisSession:
-        """A session with the model in ``path`` (a file written by napari-clis)."""
+        """A session with the model in ``path`` (a file written by napari-clis: a pretrained model, or a
+        session saved by :meth:`save` with its learned tasks and their annotations)."""
         resolve_device(device)
-        net, metadata, _ = load_model(path)
-        return cls(net, metadata, device=device, source=str(path), **kwargs)
+        net, metadata, payload = load_model(path)
+        s = cls(net, metadata, device=device, source=str(path), **kwargs)
+        s.annotations = {int(t): a.numpy() for t, a in payload.get("annotations", {}).items()}
+        return s
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -359,12 +362,9 @@ class ClisSession:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", **kwargs) -> ClisSession:
-        """A session saved by :meth:`save`: model, masks, task history and annotations."""
-        resolve_device(device)
-        net, metadata, payload = load_model(path)
-        s = cls(net, metadata, device=device, source=str(path), **kwargs)
-        s.annotations = {int(t): a.numpy() for t, a in payload.get("annotations", {}).items()}
-        return s
+        """A session saved by :meth:`save`: model, masks, task history and annotations (as
+        :meth:`from_checkpoint`)."""
+        return cls.from_checkpoint(path, device=device, **kwargs)
 
     def __repr__(self) -> str:
         return f"ClisSession(model={self.model_name!r}, device={str(self.device)!r}, n_samples={self.n_samples})"
