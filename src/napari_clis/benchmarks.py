@@ -365,6 +365,30 @@ def clicks(args) -> int:
     return 0
 
 
+def learn_speed(args) -> int:
+    """Time of ``learn()`` for one image, beside ``segment()`` of the same image in the same run."""
+    from .session import ClisSession
+
+    print(f"\nLearning speed ({args.steps} steps), {_machine()}\n")
+    print("| image | segment() s | learn() s | learn / segment | Dice before -> after (its own labels) | "
+          "new kernels |")
+    print("|---|---|---|---|---|---|")
+    for size in [int(v) for v in args.sizes.split(",")]:
+        session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
+        session.learn_settings.steps = args.steps
+        img = _speed_image(size, args.data)
+        t = time.perf_counter()
+        session.segment(img)
+        seg = time.perf_counter() - t
+        t = time.perf_counter()  # the user accepts the segmentation as it is
+
+        rec = session.learn()
+        dt = time.perf_counter() - t
+        print(f"| {size}x{size} | {seg:.2f} | {dt:.1f} | {dt / seg:.1f} | {rec.dice_before:.3f} -> "
+              f"{rec.dice_after:.3f} | {rec.kernels_new} |")
+    return 0
+
+
 # -- command line -------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
@@ -410,6 +434,13 @@ def add_parser(sub) -> None:
     ck.add_argument("--samples", type=int, default=8)
     ck.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
     ck.set_defaults(bench_func=clicks)
+    lr = bsub.add_parser("learn", help="time of learn() for one image, beside segment()")
+    lr.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
+    lr.add_argument("--sizes", default="256,512")
+    lr.add_argument("--steps", type=int, default=20)
+    lr.add_argument("--samples", type=int, default=8)
+    lr.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
+    lr.set_defaults(bench_func=learn_speed)
 
 
 def run(args) -> int:

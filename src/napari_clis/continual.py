@@ -40,7 +40,7 @@ class LearnCancelled(RuntimeError):
 
 @dataclass
 class LearnSettings:
-    steps: int = 30
+    steps: int = 20
     batch: int = 4
     crop: int = 128
     lr: float = 2e-3
