@@ -367,7 +367,7 @@ def clicks(args) -> int:
 
 def learn_speed(args) -> int:
     """Time of ``learn()`` for one image, beside ``segment()`` of the same image in the same run."""
-    from .session import ClisSession
+    from .session import ClisSession, LearnRejected
 
     print(f"\nLearning speed ({args.steps} steps), {_machine()}\n")
     print("| image | segment() s | learn() s | learn / segment | Dice before -> after (its own labels) | "
@@ -381,11 +381,13 @@ def learn_speed(args) -> int:
         session.segment(img)
         seg = time.perf_counter() - t
         t = time.perf_counter()  # the user accepts the segmentation as it is
-
-        rec = session.learn()
+        try:
+            rec = session.learn()
+            outcome, kernels = f"{rec.dice_before:.3f} -> {rec.dice_after:.3f}", str(rec.kernels_new)
+        except LearnRejected as e:
+            outcome, kernels = "rolled back: " + str(e).split("(")[1].split(" on ")[0], "-"
         dt = time.perf_counter() - t
-        print(f"| {size}x{size} | {seg:.2f} | {dt:.1f} | {dt / seg:.1f} | {rec.dice_before:.3f} -> "
-              f"{rec.dice_after:.3f} | {rec.kernels_new} |")
+        print(f"| {size}x{size} | {seg:.2f} | {dt:.1f} | {dt / seg:.1f} | {outcome} | {kernels} |")
     return 0
 
 

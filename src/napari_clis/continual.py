@@ -45,6 +45,7 @@ class LearnSettings:
     crop: int = 128
     lr: float = 2e-3
     gate_lr: float = 5e-2
+    idle_scale: float = 1e-2
     kl_weight: float = 1e-3
     ibp_alpha_per_kernel: float = 1.0
     seed: int = 0
@@ -174,8 +175,14 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     for p in new.parameters():
         p.requires_grad_(False)
     weights, gates, hooks = [], [], []
+    free_masks = {}
     for name, conv in new.masked_convs().items():
         free = (usage[name] == 0).to(device)
+        free_masks[name] = free
+        with torch.no_grad():  # switch the free kernels on, with a zero scale: no effect until they learn one
+            conv.gates.logits[task][free] = conv.gates.init_logit
+            conv.norm.weight[free] = 0.0
+            conv.norm.bias[free] = 1e-3
         conv.gates.logits[task].requires_grad_(True)
         gates.append(conv.gates.logits[task])
         if free.any():
@@ -218,6 +225,10 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         h.remove()
     for p in new.parameters():
         p.requires_grad_(False)
+    with torch.no_grad():  # free kernels that learned nothing stay free for later tasks
+        for name, conv in new.masked_convs().items():
+            idle = free_masks[name] & (conv.norm.weight.abs() < s.idle_scale)
+            conv.gates.logits[task][idle] = -conv.gates.init_logit
     new.eval()
     if _protected_digest(new, usage) != digest:  # would be a bug: earlier tasks must not change
         raise RuntimeError("learning changed parameters that earlier tasks use; nothing was kept")
