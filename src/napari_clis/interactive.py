@@ -244,8 +244,9 @@ class Interaction:
 
     # -- propagation -----------------------------------------------------------------------------
     def fixed_regions(self) -> np.ndarray:
-        """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; a region clicked with
-        several classes is split between its clicks (:meth:`split_regions`) and takes its majority class."""
+        """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; a clicked region takes
+        the clicked class (its pixels may be refined, :meth:`split_regions`); a region clicked with several
+        classes is split between its clicks and takes its majority class."""
         return self._annotations()[0]
 
     def split_regions(self) -> dict[int, np.ndarray]:
@@ -281,12 +282,14 @@ class Interaction:
                 else:
                     self._split_memo[key] = self._split(r, cl)
             part = self._split_memo[key]
-            if part is None:
+            labs = {lab for _, _, lab in cl}
+            if part is not None:
+                split[r] = part
+            if len(labs) == 1:  # the user's class, for the MRF and the calibration, however little is refined
                 fixed[r] = cl[0][2]
-                continue
-            split[r] = part
-            inside = split[r][split[r] >= 0]
-            fixed[r] = int(np.bincount(inside, minlength=g.n_classes).argmax())
+            else:
+                inside = part[part >= 0]
+                fixed[r] = int(np.bincount(inside, minlength=g.n_classes).argmax())
         self._annotation_cache = (fixed, split)
         return self._annotation_cache
 
