@@ -20,11 +20,13 @@ def _pretrain(args) -> int:
     preset = dict(MODEL_PRESETS[args.model])
     if args.steps:
         preset["steps"] = args.steps
-    for key in ("lr", "fg_crop_fraction", "init"):
+    for key in ("lr", "fg_crop_fraction", "init", "kind_balance"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     if args.area_weighted:
         preset["area_weighted"] = True
+    if args.working_long_side is not None:  # 0: the image's own resolution
+        preset["working_long_side"] = args.working_long_side or None
     settings = PretrainSettings(model=args.model, seed=args.seed, precise_bn_batches=args.bn_batches, **preset)
     output = Path(args.output or f"{args.model}.pt")
     log_file = open(args.log, "a") if args.log else None
@@ -78,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--fg-crop-fraction", type=float,
                     help="fraction of crops centred on a random foreground pixel (default: the model's preset)")
     pt.add_argument("--area-weighted", action="store_true", help="draw images by the square root of their area")
+    pt.add_argument("--kind-balance", type=float, metavar="B",
+                    help="0 (default) to 1: draw each kind of image (fluorescence, brightfield, stained) in proportion "
+                         "to its number of images to the power 1 - B; 1 draws every kind equally often")
+    pt.add_argument("--working-long-side", type=int, metavar="PX",
+                    help="resize images so their longer side is PX pixels (0: their own size; default: the "
+                         "model's preset)")
     pt.add_argument("--bn-batches", type=int, default=100,
                     help="training batches over which BatchNorm statistics are recomputed at the end")
     pt.add_argument("--threads", type=int, help="CPU threads for torch")

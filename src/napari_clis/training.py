@@ -61,6 +61,7 @@ class PretrainSettings:
     precise_bn_batches: int = 100
     fg_crop_fraction: float = 0.0
     area_weighted: bool = False
+    kind_balance: float = 0.0
     init: str | None = None
     monitor_images: int = 24
 
@@ -110,11 +111,32 @@ def _prepare(samples: list[Sample], working_long_side: int | None):
     return out
 
 
-def _image_weights(data, settings: PretrainSettings) -> np.ndarray:
-    """Probability of drawing each image: uniform, or by the square root of its area."""
-    if not settings.area_weighted:
-        return np.full(len(data), 1.0 / len(data))
-    w = np.sqrt([float(y.numel()) for _, y in data])
+def image_kinds(samples: list[Sample], model: str) -> list[str]:
+    """The kind of each image, as ``bench quality`` reports it (nuclei: fluorescence, brightfield or stained)."""
+    from .benchmarks import image_kind
+
+    dataset = "dsb2018" if model == "nuclei" else "isic2017"
+    return [image_kind(s.image, dataset) for s in samples]
+
+
+def _image_weights(data, settings: PretrainSettings, kinds: list[str] | None = None) -> np.ndarray:
+    """Probability of drawing each image.
+
+    Within a kind of image: uniform, or by the square root of its area (``area_weighted``). Across kinds
+    (``kinds`` given and ``kind_balance`` b > 0): a kind with n images is drawn in proportion to n ** (1 - b),
+    so b = 0 keeps the share of each kind (the default), and b = 1 draws every kind equally often, however
+    few images it has.
+    """
+    w = np.sqrt([float(y.numel()) for _, y in data]) if settings.area_weighted else np.ones(len(data))
+    if not 0.0 <= settings.kind_balance <= 1.0:
+        raise ValueError(f"kind_balance must be between 0 and 1, got {settings.kind_balance}")
+    if kinds is not None and settings.kind_balance > 0:
+        if len(kinds) != len(data):
+            raise ValueError(f"{len(kinds)} kinds for {len(data)} images")
+        kinds = np.asarray(kinds)
+        for k in np.unique(kinds):
+            sel = kinds == k
+            w[sel] *= float(sel.sum()) ** (1.0 - settings.kind_balance) / w[sel].sum()
     return w / w.sum()
 
 
@@ -182,13 +204,16 @@ def _random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batches: int = 100, seed: int = 1) -> None:
+def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batches: int = 100, seed: int = 1,
+                          weights: np.ndarray | None = None) -> None:
     """Recompute BatchNorm statistics as exact averages over ``n_batches`` training batches ("precise BN").
 
     During training the running statistics trail the weights (and kernel gates that switch off change the
     features abruptly); recomputing them with the final weights and the inference gates removes that lag.
     """
     rng = np.random.default_rng(seed)
+    if weights is None:
+        weights = _image_weights(data, settings)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -196,7 +221,7 @@ def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batc
         m.momentum = None  # cumulative average
     net.train()
     for _ in range(n_batches):
-        x, _ = _batch(data, settings, rng, _image_weights(data, settings))
+        x, _ = _batch(data, settings, rng, weights)
         net.trunk(x, 0, relaxed=False)
     for m, mom in zip(norms, saved):
         m.momentum = mom
@@ -244,8 +269,13 @@ def pretrain(
     monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
                            limit=settings.monitor_images)
     data = _prepare(train, settings.working_long_side)
-    weights = _image_weights(data, settings)
+    kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
+    weights = _image_weights(data, settings, kinds)
     log(f"loaded {len(train)} training images in {time.time() - t0:.1f}s")
+    if kinds is not None:
+        shares = {k: float(weights[np.asarray(kinds) == k].sum()) for k in sorted(set(kinds))}
+        log("kinds of image drawn: " + ", ".join(f"{k} {kinds.count(k)} images, {p:.0%} of draws"
+                                                 for k, p in shares.items()))
 
     config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout)
     net = ClisNet(config)
@@ -328,7 +358,7 @@ def pretrain(
                 f"iou {scores['iou']:.4f} kernels on {on}/{tot} ({train_seconds / 60:.1f} min)")
             save_model(ckpt_path, net, metadata(False),
                        extra={"optimizer": opt.state_dict()})
-    recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches)
+    recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches, weights=weights)
     log(f"recomputed BatchNorm statistics over {settings.precise_bn_batches} training batches")
     save_model(output, net, metadata(True))
     log(f"saved {output} (format {FORMAT})")
