@@ -201,3 +201,14 @@ def test_a_large_image_is_segmented_in_tiles_with_progress(nuclei_session, nucle
     _check_result(r, big.shape)
     small = nuclei_session.segment(image, n_samples=2)
     assert (r.labels[:200, :200] == small.labels[:200, :200]).mean() > 0.98  # away from the seams
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (5, 7), (3, 40)])
+def test_tiny_images_segment_and_take_clicks(shape):
+    from napari_clis import ClisSession
+
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    r = s.segment(np.random.default_rng(0).random(shape))
+    assert r.labels.shape == shape and s.labels.shape == shape
+    s.click(shape[0] - 1, shape[1] - 1, 1)
+    assert s.labels[shape[0] - 1, shape[1] - 1] == 1

@@ -288,6 +288,11 @@ class ClisSession:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
             if y is not None:
                 y = F.interpolate(y, size=size, mode="nearest")
+        ph, pw = max(0, 8 - x.shape[-2]), max(0, 8 - x.shape[-1])
+        if ph or pw:  # images under 8 px on a side: repeat the border (the network needs 8)
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            if y is not None:
+                y = F.pad(y, (0, pw, 0, ph), mode="replicate")
         h, w = x.shape[-2] - x.shape[-2] % 8, x.shape[-1] - x.shape[-1] % 8
         x = x[0, :, :h, :w].to(self.device)
         return (x, None) if y is None else (x, y[0, 0, :h, :w].long().to(self.device))
