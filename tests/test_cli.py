@@ -72,3 +72,21 @@ def test_click_latency_benchmark_prints_the_ratio_to_segment():
                           "--clicks", "3", "--samples", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "| 96x96 |" in out.stdout and "median / segment()" in out.stdout
+
+
+def test_continual_benchmark_reports_basic_forward_and_backward_transfer(tmp_path):
+    root = tmp_path / "data"
+    for kind, ext in (("images", "jpg"), ("masks", "png")):
+        (root / "isic2017" / "test" / kind).mkdir(parents=True)
+        for k in (1, 2):
+            shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / "test" / kind / f"{k}.{ext}")
+    out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "continual", "--model", "skin-lesion",
+                          "--data", str(root), "--sequences", "1", "--tasks", "2", "--steps", "2", "--samples", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for text in ("| isic2017 | CLIS (ours) |", "| isic2017 | no update (pretrained) |", "| isic2017 | plain fine-tuning |",
+                 "backward: Dice change"):
+        assert text in out.stdout
+    clis = next(line for line in out.stdout.splitlines() if "CLIS (ours)" in line)
+    basic = float(clis.split("|")[3].split()[0])
+    assert 0.0 <= basic <= 1.0

@@ -391,6 +391,65 @@ def learn_speed(args) -> int:
     return 0
 
 
+def continual(args) -> int:
+    """The paper's transfer protocol (a first version: CLIS beside no update and plain fine-tuning)."""
+    from .continual import finetune
+    from .data import load_dataset
+    from .metrics import dice
+    from .session import ClisSession, LearnRejected
+    from .simulated_user import ClisMethod, run_protocol
+
+    models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
+    methods = args.methods.split(",")
+    rows = []
+    for model in models:
+        dataset = "dsb2018" if model == "nuclei" else "isic2017"
+        pool = load_dataset(model, "heldout", args.data)
+        per = {m: {"basic": [], "forward": [], "backward": []} for m in methods}
+        t0 = time.time()
+        for q in range(args.sequences):
+            rng = np.random.default_rng(1000 + q)
+            seq = [pool[i] for i in rng.choice(len(pool), args.tasks, replace=False)]
+            for method in methods:
+                s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
+                s.learn_settings.steps = args.steps
+                learned_dice = []
+                for t, smp in enumerate(seq):
+                    truth = (smp.mask > 0).astype(np.int32)
+                    s.segment(smp.image)
+                    if t >= args.tasks // 2:  # unseen image, after at least half the tasks: forward transfer
+                        per[method]["forward"].append(dice(s.result.labels > 0, truth > 0))
+                    run_protocol(ClisMethod(s.interaction), s.interaction, truth, "uncertain",
+                                 max_clicks=2 * 16, min_clicks=2 * 16, stop_at=2.0)
+                    per[method]["basic"].append(dice(s.labels > 0, truth > 0))
+                    if method == "clis":
+                        try:
+                            s.learn()
+                        except LearnRejected:
+                            pass
+                    elif method == "finetune":
+                        x, y = s._working(s._normalized, s.labels)
+                        s.net = finetune(s.net, x, y, 0, s.learn_settings)
+                    learned_dice.append(dice(s.segment(smp.image).labels > 0, truth > 0))
+                for smp, then in zip(seq, learned_dice):  # backward transfer: earlier images after all tasks
+                    truth = smp.mask > 0
+                    per[method]["backward"].append(dice(s.segment(smp.image).labels > 0, truth) - then)
+            print(f"  {model}: sequence {q + 1}/{args.sequences} ({time.time() - t0:.0f}s)", file=sys.stderr)
+        for method in methods:
+            r = {k: (float(np.mean(v)), float(np.std(v))) for k, v in per[method].items()}
+            rows.append((dataset, method, r))
+    names = {"clis": "CLIS (ours)", "none": "no update (pretrained)", "finetune": "plain fine-tuning"}
+    print(f"\nContinual learning, {args.sequences} sequence(s) of {args.tasks} tasks, {args.steps} learning steps, "
+          f"{_machine()}\n")
+    print("| dataset | method | basic: Dice after 2 iterations | forward: initial Dice, unseen images after "
+          f"{args.tasks // 2}+ tasks | backward: Dice change of earlier images after {args.tasks} tasks |")
+    print("|---|---|---|---|---|")
+    for dataset, method, r in rows:
+        print(f"| {dataset} | {names.get(method, method)} | {r['basic'][0]:.3f} (sd {r['basic'][1]:.3f}) | "
+              f"{r['forward'][0]:.3f} (sd {r['forward'][1]:.3f}) | {r['backward'][0]:+.4f} (sd {r['backward'][1]:.4f}) |")
+    return 0
+
+
 # -- command line -------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
@@ -436,6 +495,15 @@ def add_parser(sub) -> None:
     ck.add_argument("--samples", type=int, default=8)
     ck.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
     ck.set_defaults(bench_func=clicks)
+    cl = bsub.add_parser("continual", help="the paper's transfer protocol: basic, forward and backward transfer")
+    cl.add_argument("--model", default="all", choices=["all", "nuclei", "skin-lesion"])
+    cl.add_argument("--sequences", type=int, default=20)
+    cl.add_argument("--tasks", type=int, default=8)
+    cl.add_argument("--steps", type=int, default=20, help="learning steps per task (every method)")
+    cl.add_argument("--methods", default="clis,none,finetune")
+    cl.add_argument("--samples", type=int, default=8)
+    cl.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+    cl.set_defaults(bench_func=continual)
     lr = bsub.add_parser("learn", help="time of learn() for one image, beside segment()")
     lr.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
     lr.add_argument("--sizes", default="256,512")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .masks import bernoulli_kl, ibp_restaurant_prior
 from .network import ClisNet
 
-__all__ = ["LearnSettings", "TaskRecord", "learn_task", "fingerprint", "select_task", "LearnCancelled",
+__all__ = ["LearnSettings", "TaskRecord", "learn_task", "finetune", "fingerprint", "select_task", "LearnCancelled",
            "kernel_usage"]
 
 
@@ -202,18 +202,12 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         before = _dice_fg(new(x[None], parent)[0].argmax(1)[0], target)
     rng = np.random.default_rng(s.seed)
     torch.manual_seed(s.seed)
-    k = new.config.n_classes
     for step in range(s.steps):
         xb, yb = _crops(x, target, s, rng)
         logits, _ = new(xb, task, relaxed=True)
-        ce = F.cross_entropy(logits, yb)
-        p = torch.softmax(logits, 1)
-        onehot = F.one_hot(yb, k).permute(0, 3, 1, 2).to(p.dtype)
-        inter, denom = (p * onehot).sum((0, 2, 3)), (p + onehot).sum((0, 2, 3))
-        dice = 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()
         kl = sum(bernoulli_kl(conv.gates.probabilities(task), priors[name])
                  for name, conv in new.masked_convs().items())
-        loss = ce + dice + s.kl_weight * kl / max(1, target.numel() / 1e4)
+        loss = _seg_loss(logits, yb) + s.kl_weight * kl / max(1, target.numel() / 1e4)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -242,3 +236,37 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     info = {"dice_before": before, "dice_after": after, "kernels_on": on, "kernels_new": fresh,
             "steps": s.steps, "lr": s.lr, "finite": bool(math.isfinite(after))}
     return new, task, info
+
+
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    k = logits.shape[1]
+    p = torch.softmax(logits, 1)
+    onehot = F.one_hot(target, k).permute(0, 3, 1, 2).to(p.dtype)
+    inter, denom = (p * onehot).sum((0, 2, 3)), (p + onehot).sum((0, 2, 3))
+    return F.cross_entropy(logits, target) + 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()
+
+
+def finetune(net: ClisNet, x: torch.Tensor, target: torch.Tensor, task: int = 0,
+             settings: LearnSettings | None = None) -> ClisNet:
+    """The plain fine-tuning baseline: every weight (not the gates, not the BatchNorm statistics) trained on the
+    image with ``task``'s mask, with the same crops, augmentation, loss and steps as :func:`learn_task`."""
+    s = settings or LearnSettings()
+    device = next(net.parameters()).device
+    new = copy.deepcopy(net).to(device).eval()
+    params = [p for n, p in new.named_parameters() if "gates" not in n]
+    for n, p in new.named_parameters():
+        p.requires_grad_("gates" not in n)
+    opt = torch.optim.Adam(params, lr=s.lr)
+    rng = np.random.default_rng(s.seed)
+    torch.manual_seed(s.seed)
+    x, target = x.to(device), target.to(device)
+    for _ in range(s.steps):
+        xb, yb = _crops(x, target, s, rng)
+        logits, _ = new(xb, task)
+        loss = _seg_loss(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in new.parameters():
+        p.requires_grad_(True)
+    return new.eval()
