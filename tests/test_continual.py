@@ -71,7 +71,7 @@ def test_save_and_load_round_trip_exactly(learned, tmp_path):
     s.save(path)
     t = ClisSession.load(path, device="cpu")
     assert [r.to_dict() for r in t.tasks] == [r.to_dict() for r in s.tasks]
-    assert set(t.annotations) == {1}
+    assert set(t.annotations) == {1} and t.remembered == s.remembered
     np.testing.assert_array_equal(t.annotations[1], s.annotations[1])
     for task in (0, 1):
         np.testing.assert_array_equal(t.segment(a, task=task).probabilities, s.segment(a, task=task).probabilities)
@@ -101,9 +101,13 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
 
     monkeypatch.setattr(session_module, "learn_task", worse)
     net = t.net
+    t.segment(a, task=0)
     with pytest.raises(LearnRejected, match="rolled back"):
         t.learn(steps=2)
     assert t.net is net and len(t.tasks) == 1
+    # the image keeps the task that segmented it, even though a learned task is near it
+    t.segment(a)
+    assert t.task == 0 and t.remembered[-1][1] == 0
 
 
 def test_learning_needs_a_segmentation_with_something_in_it(nuclei_fluo):

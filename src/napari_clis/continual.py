@@ -93,12 +93,17 @@ def fingerprint(net: ClisNet, x: torch.Tensor) -> np.ndarray:
     return v / max(np.linalg.norm(v), 1e-12)
 
 
-def select_task(fp: np.ndarray, records: list[TaskRecord]) -> int:
-    """The learned task whose fingerprint is nearest to ``fp`` (cosine), or 0 when none has been learned."""
-    if not records:
+def select_task(fp: np.ndarray, records: list[TaskRecord], remembered: list | None = None) -> int:
+    """The task of the nearest known image (cosine of fingerprints), or 0 when nothing is known.
+
+    Known images are the learned tasks' own and ``remembered``: (fingerprint, task) of images whose learn step
+    was rolled back, which keep the task that segmented them. Among equally near ones the latest wins."""
+    known = [(np.asarray(r.fingerprint), r.task) for r in records]
+    known += [(np.asarray(f), int(t)) for f, t in (remembered or [])]
+    if not known:
         return 0
-    sims = [float(np.dot(fp, np.asarray(r.fingerprint))) for r in records]
-    return records[int(np.argmax(sims))].task
+    sims = np.array([float(np.dot(fp, f)) for f, _ in known])
+    return known[int(np.flatnonzero(sims >= sims.max() - 1e-12)[-1])][1]  # ties: the latest
 
 
 def _protected_digest(net: ClisNet, masks: dict[str, torch.Tensor]) -> str:

@@ -129,6 +129,9 @@ class ClisSession:
         self.interaction: Interaction | None = None
         self.tasks: list[TaskRecord] = [TaskRecord.from_dict(d) for d in self.metadata.get("learned_tasks", [])]
         self.annotations: dict[int, np.ndarray] = {}  # task -> painted map (int8, -1 = none) at learn time
+        # (fingerprint, task) of images whose learn step was rolled back: they keep the task that segmented them
+        self.remembered: list[tuple[list[float], int]] = [(list(f), int(t)) for f, t in
+                                                          self.metadata.get("remembered_images", [])]
         self.autosave = Path(autosave) if autosave else None
         self.learn_settings = LearnSettings()
         self._fingerprint: np.ndarray | None = None
@@ -210,7 +213,7 @@ class ClisSession:
         self._fingerprint = self._image_fingerprint(normalized)
         if task is not None and not 0 <= int(task) < self.net.n_tasks:
             raise ValueError(f"task {task} does not exist; this model has tasks 0..{self.net.n_tasks - 1}")
-        self.task = select_task(self._fingerprint, self.tasks) if task is None else int(task)
+        self.task = select_task(self._fingerprint, self.tasks, self.remembered) if task is None else int(task)
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=self.task, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
@@ -326,6 +329,7 @@ class ClisSession:
         t0 = time.perf_counter()
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
         if not info["dice_after"] >= info["dice_before"]:
+            self.remembered.append(([float(v) for v in self._fingerprint], int(self.task)))
             raise LearnRejected(
                 f"Learning was rolled back: the new task would segment this image worse than the current model "
                 f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on your corrected "
@@ -358,6 +362,7 @@ class ClisSession:
         (a failure leaves an existing file as it was)."""
         metadata = dict(self.metadata)
         metadata["learned_tasks"] = [r.to_dict() for r in self.tasks]
+        metadata["remembered_images"] = [[list(f), t] for f, t in self.remembered]
         extra = {"annotations": {str(t): torch.from_numpy(a) for t, a in self.annotations.items()}}
         try:
             save_model(path, self.net, metadata, extra=extra)
