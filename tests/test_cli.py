@@ -12,13 +12,19 @@ from napari_clis.cli import main
 from .conftest import DATA
 
 
-def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_path):
+def _isic_folder(tmp_path, splits=("train", "val", "test")):
+    """A tiny data folder: the two isic2017 test images of tests/data in each of ``splits``."""
     root = tmp_path / "data"
-    for split in ("train", "val", "test"):
+    for split in splits:
         for kind, ext in (("images", "jpg"), ("masks", "png")):
             (root / "isic2017" / split / kind).mkdir(parents=True)
             for k in (1, 2):
                 shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / split / kind / f"{k}.{ext}")
+    return root
+
+
+def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_path):
+    root = _isic_folder(tmp_path)
     out = tmp_path / "lesion.pt"
     log = tmp_path / "log.txt"
     assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "2", "--output", str(out),
@@ -49,11 +55,7 @@ def test_speed_benchmark_prints_a_table_with_the_ratio_to_one_forward_pass():
 
 
 def test_interactive_benchmark_compares_clis_with_both_peers_on_a_tiny_data_folder(tmp_path):
-    root = tmp_path / "data"
-    for kind, ext in (("images", "jpg"), ("masks", "png")):
-        (root / "isic2017" / "test" / kind).mkdir(parents=True)
-        for k in (1, 2):
-            shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / "test" / kind / f"{k}.{ext}")
+    root = _isic_folder(tmp_path, ("test",))
     out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "interactive", "--model", "skin-lesion",
                           "--data", str(root), "--images", "1", "--max-clicks", "3", "--samples", "2",
                           "--json", str(tmp_path / "i.json")], capture_output=True, text=True, timeout=600)
@@ -75,11 +77,7 @@ def test_click_latency_benchmark_prints_the_ratio_to_segment():
 
 
 def test_continual_benchmark_reports_basic_forward_and_backward_transfer(tmp_path):
-    root = tmp_path / "data"
-    for kind, ext in (("images", "jpg"), ("masks", "png")):
-        (root / "isic2017" / "test" / kind).mkdir(parents=True)
-        for k in (1, 2):
-            shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / "test" / kind / f"{k}.{ext}")
+    root = _isic_folder(tmp_path, ("test",))
     out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "continual", "--model", "skin-lesion",
                           "--data", str(root), "--sequences", "1", "--tasks", "2", "--steps", "2", "--samples", "2"],
                          capture_output=True, text=True, timeout=600)

@@ -425,7 +425,7 @@ def continual(args) -> int:
                     if method == "clis":
                         try:
                             s.learn()
-                        except LearnRejected:
+                        except LearnRejected:  # counted as it is: the model stays, the image keeps its task
                             pass
                     elif method == "finetune":
                         x, y = s._working(s._normalized, s.labels)
@@ -452,27 +452,31 @@ def continual(args) -> int:
 
 # -- command line -------------------------------------------------------------------------------
 
+def _model_args(p, *, default: str, allow_all: bool, image_only: bool) -> None:
+    """The arguments every benchmark shares: model, MC samples, data folder."""
+    p.add_argument("--model", default=default, choices=(["all"] if allow_all else []) + ["nuclei", "skin-lesion"])
+    p.add_argument("--samples", type=int, default=8, help="MC samples T")
+    p.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image" if image_only
+                   else "data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+
+
 def add_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality")
+    b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality, clicks, learning")
     b.set_defaults(func=run)
     bsub = b.add_subparsers(dest="bench", required=True)
     sp = bsub.add_parser("speed", help="time and memory of segment() for 256 to 4096 px images")
-    sp.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
+    _model_args(sp, default="nuclei", allow_all=False, image_only=True)
     sp.add_argument("--sizes", default=",".join(map(str, SPEED_SIZES)))
-    sp.add_argument("--samples", type=int, default=8, help="MC samples T")
     sp.add_argument("--repeats", type=int, default=5)
-    sp.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
     sp.set_defaults(bench_func=speed)
     q = bsub.add_parser("quality", help="held-out Dice/IoU beside Otsu, and uncertainty AUROC beside entropy")
-    q.add_argument("--model", default="all", choices=["all", "nuclei", "skin-lesion"])
-    q.add_argument("--samples", type=int, default=8)
+    _model_args(q, default="all", allow_all=True, image_only=False)
     q.add_argument("--limit", type=int, help="only the first N held-out images (quick check)")
-    q.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
     q.add_argument("--json", help="also write the numbers to this JSON file")
     q.set_defaults(bench_func=quality)
     it = bsub.add_parser("interactive", help="simulated user: NoC@85/90 of CLIS beside random walker and a "
                          "random-forest pixel classifier, both protocols")
-    it.add_argument("--model", default="all", choices=["all", "nuclei", "skin-lesion"])
+    _model_args(it, default="all", allow_all=True, image_only=False)
     it.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
                     help="heldout: the interactive splits (dsb2018 pool, isic2017/test); others for tuning")
     it.add_argument("--images", type=int, default=30, help="images per dataset, drawn with --seed (default 30)")
@@ -480,36 +484,28 @@ def add_parser(sub) -> None:
     it.add_argument("--protocols", default="uncertain,click")
     it.add_argument("--peers", default="rw,rf", help="comma-separated: rw (random walker), rf (pixel classifier)")
     it.add_argument("--max-clicks", type=int, default=20)
-    it.add_argument("--samples", type=int, default=8)
     it.add_argument("--smoothness", type=float, help="MRF smoothness lambda (default: the session's)")
     it.add_argument("--calibration", type=float, help="click-calibration prior strength; negative turns it off")
     it.add_argument("--no-refine", action="store_true", help="no pixel-level refinement of single clicks (ablation)")
     it.add_argument("--superpixel-size", type=int, help="mean superpixel side in pixels (default: the session's)")
-    it.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
     it.add_argument("--json", help="also write the numbers and IoU curves to this JSON file")
     it.set_defaults(bench_func=interactive)
     ck = bsub.add_parser("clicks", help="latency of click -> updated segmentation, beside segment()")
-    ck.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
+    _model_args(ck, default="nuclei", allow_all=False, image_only=True)
     ck.add_argument("--sizes", default="256,512,1024")
     ck.add_argument("--clicks", type=int, default=50)
-    ck.add_argument("--samples", type=int, default=8)
-    ck.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
     ck.set_defaults(bench_func=clicks)
     cl = bsub.add_parser("continual", help="the paper's transfer protocol: basic, forward and backward transfer")
-    cl.add_argument("--model", default="all", choices=["all", "nuclei", "skin-lesion"])
+    _model_args(cl, default="all", allow_all=True, image_only=False)
     cl.add_argument("--sequences", type=int, default=20)
     cl.add_argument("--tasks", type=int, default=8)
     cl.add_argument("--steps", type=int, default=20, help="learning steps per task (every method)")
     cl.add_argument("--methods", default="clis,none,finetune")
-    cl.add_argument("--samples", type=int, default=8)
-    cl.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
     cl.set_defaults(bench_func=continual)
     lr = bsub.add_parser("learn", help="time of learn() for one image, beside segment()")
-    lr.add_argument("--model", default="nuclei", choices=["nuclei", "skin-lesion"])
+    _model_args(lr, default="nuclei", allow_all=False, image_only=True)
     lr.add_argument("--sizes", default="256,512")
     lr.add_argument("--steps", type=int, default=20)
-    lr.add_argument("--samples", type=int, default=8)
-    lr.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image")
     lr.set_defaults(bench_func=learn_speed)
 
 

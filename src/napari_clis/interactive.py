@@ -152,6 +152,7 @@ class Interaction:
         self.clicks: list[tuple[int, int, int]] = []
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
         self._labels: np.ndarray | None = None
+        self._propagated: np.ndarray | None = None
         self._region_labels: np.ndarray | None = None
         self._annotation_cache = None
         self._split_memo: dict = {}
@@ -239,6 +240,7 @@ class Interaction:
 
     def _invalidate(self):
         self._labels = None
+        self._propagated = None
         self._region_labels = None
         self._annotation_cache = None
 
@@ -377,18 +379,18 @@ class Interaction:
     def propagated(self) -> np.ndarray:
         """(H, W) int32: the MRF's labelling of the regions (regions split between clicks pixel by pixel),
         before painted pixels are laid over it."""
-        out = self.region_labels()[self.graph.regions]
-        for r, cls in self.split_regions().items():
-            box = self.graph.boxes[r]
-            view = out[box]
-            np.copyto(view, cls, where=cls >= 0, casting="unsafe")
-        return out
+        if self._propagated is None:
+            out = self.region_labels()[self.graph.regions]
+            for r, cls in self.split_regions().items():
+                np.copyto(out[self.graph.boxes[r]], cls, where=cls >= 0, casting="unsafe")
+            self._propagated = out
+        return self._propagated
 
     @property
     def labels(self) -> np.ndarray:
         """(H, W) int32: the propagated segmentation, with painted pixels keeping their class."""
         if self._labels is None:
-            out = self.propagated
+            out = self.propagated.copy()
             if self.painted is not None:
                 np.copyto(out, self.painted, where=self.painted >= 0, casting="unsafe")
             self._labels = out
