@@ -76,15 +76,23 @@ def test_click_latency_benchmark_prints_the_ratio_to_segment():
     assert "| 96x96 |" in out.stdout and "median / segment()" in out.stdout
 
 
-def test_continual_benchmark_reports_basic_forward_and_backward_transfer(tmp_path):
-    root = _isic_folder(tmp_path, ("test",))
+def test_continual_benchmark_reports_every_method_and_the_mask_usage_figure(tmp_path):
+    root = _isic_folder(tmp_path, ("train", "test"))
+    figure = tmp_path / "usage.png"
     out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "continual", "--model", "skin-lesion",
-                          "--data", str(root), "--sequences", "1", "--tasks", "2", "--steps", "2", "--samples", "2"],
-                         capture_output=True, text=True, timeout=600)
+                          "--data", str(root), "--sequences", "1", "--tasks", "2", "--steps", "2", "--samples", "2",
+                          "--packnet-retrain", "2", "--packnet-images", "2", "--figure", str(figure)],
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
-    for text in ("| isic2017 | CLIS (ours) |", "| isic2017 | no update (pretrained) |", "| isic2017 | plain fine-tuning |",
-                 "backward: Dice change"):
-        assert text in out.stdout
-    clis = next(line for line in out.stdout.splitlines() if "CLIS (ours)" in line)
-    basic = float(clis.split("|")[3].split()[0])
-    assert 0.0 <= basic <= 1.0
+    rows = {line.split("|")[2].strip(): line.split("|")[3:-1] for line in out.stdout.splitlines()
+            if line.startswith("| isic2017 |")}
+    assert set(rows) == {"CLIS (ours)", "no update (pretrained)", "plain fine-tuning", "LwF", "EWC", "PackNet"}
+    for name, cells in rows.items():
+        assert 0.0 <= float(cells[0].split()[0]) <= 1.0, name
+    for name in ("CLIS (ours)", "PackNet", "no update (pretrained)"):  # earlier tasks are kept exactly
+        assert cells_backward(rows[name]) == (0.0, 0.0), name
+    assert figure.stat().st_size > 10_000
+
+
+def cells_backward(cells) -> tuple[float, float]:
+    return float(cells[4].split()[0]), float(cells[5].split()[0])

@@ -57,6 +57,10 @@ def test_running_again_updates_the_layers_instead_of_adding_more(viewer_and_widg
     _run(widget, qtbot, b)
     assert len(viewer.layers) == 7  # two images; segmentation, uncertainty, superpixels, clicks, suggestions
     assert viewer.layers["segmentation"].data.shape == nuclei_he[0].shape[:2]
+    layers = viewer.layers  # the image opened later went on top; the results must not hide under it
+    qtbot.waitUntil(lambda: all(layers.index(layers[name]) > layers.index(b)
+                                for name in ("segmentation", "clicks", "suggestions")), timeout=5_000)
+    assert [c for c in widget._image_combo.choices] == [a, b]  # the uncertainty map is not offered as an image
 
 
 def test_a_stack_segments_the_slice_on_screen_only(viewer_and_widget, qtbot, nuclei_fluo):

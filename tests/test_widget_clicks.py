@@ -249,6 +249,41 @@ def test_learn_from_this_image_then_save_and_reload_the_model(segmented, qtbot, 
     assert len(widget.session.tasks) == len([m for m in infos if "Learned task" in m])
 
 
+def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(segmented, qtbot, tmp_path, monkeypatch,
+                                                                              messages):
+    from napari_clis.session import LearnRejected
+
+    viewer, widget, truth = segmented
+    monkeypatch.setenv("NAPARI_CLIS_MODELS", str(tmp_path / "models"))
+    assert widget._mask_plot.usage and widget._task_plot.after == []  # the pretrained task's mask, no task yet
+    assert sum(new for _, _, new, _ in widget._mask_plot.usage) == 0
+    session = widget.session
+    session.annotate(truth, 1)  # the user corrects the whole image, so learning has something to gain
+    session.annotate(~truth, 0)
+    try:
+        record = session.learn(steps=6)
+    except LearnRejected:
+        pytest.skip("this learn step was rolled back; the plot has nothing to show")
+    widget._on_learned(record)
+    assert widget._task_plot.after == [record.dice_after] and widget._task_plot.before == [record.dice_before]
+    assert widget._mask_plot.task == record.task
+    image = widget._task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
+    blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
+            if image.pixelColor(x, y).name() == "#42a5f5"]
+    assert blue
+    widget._save_path.line_edit.value = ""
+    widget.save_model()  # no path given: a new file in the models folder, listed and chosen in the Model list
+    saved = list((tmp_path / "models").glob("nuclei-*.pt"))
+    assert len(saved) == 1 and not messages["error"]
+    assert widget._model_combo.value == str(saved[0])
+    other = SegmentWidget(viewer)
+    assert str(saved[0]) in other._model_combo.choices
+    other._model_combo.value = str(saved[0])
+    other.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not other.busy, timeout=60_000)
+    assert len(other.session.tasks) == 1 and other.session.source == str(saved[0])
+
+
 def test_cancel_while_learning_keeps_the_model(segmented, qtbot, messages):
     viewer, widget, truth = segmented
     widget._session.learn_settings.steps = 200

@@ -20,8 +20,7 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     SpinBox,
-    create_widget,
-)
+    )
 
 from . import _tooltips as tips
 
@@ -36,6 +35,14 @@ SEGMENTATION, UNCERTAINTY, SUPERPIXELS = "segmentation", "uncertainty", "superpi
 CLICKS, SUGGESTIONS = "clicks", "suggestions"
 BACKGROUND_CLICK_COLOUR = "#e0e0e0"
 ASYNC_PIXELS = 2**21  # planes larger than this propagate clicks in a worker thread
+
+
+def _model_choices(_widget=None) -> list[tuple[str, str]]:
+    """The Model list: the shipped models, the models saved in the models folder, and 'Model file…'."""
+    from .checkpoint import saved_models, shipped_models
+
+    saved = [(f"{name} (saved)", str(path)) for name, path in saved_models().items()]
+    return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
 def _notify_error(message: str) -> None:
@@ -76,17 +83,15 @@ class SegmentWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
-        from .checkpoint import shipped_models
+        from ._plots import MaskUsagePlot, TaskPlot
 
         self._viewer = viewer
         self._session = None
         self._session_key = None
         self._worker = None
 
-        self._image_combo = create_widget(label="Image", annotation="napari.layers.Image")
-        self._image_combo.tooltip = tips.IMAGE
-        self._model_combo = ComboBox(label="Model", choices=[*shipped_models(), CUSTOM_MODEL], value="nuclei",
-                                     tooltip=tips.MODEL)
+        self._image_combo = ComboBox(label="Image", choices=self._image_choices, tooltip=tips.IMAGE)
+        self._model_combo = ComboBox(label="Model", choices=_model_choices, value="nuclei", tooltip=tips.MODEL)
         self._checkpoint = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False, tooltip=tips.CHECKPOINT)
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=tips.DEVICE)
         self._samples = SpinBox(label="MC samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
@@ -104,6 +109,7 @@ class SegmentWidget(Container):
         self._save_path = FileEdit(label="Save model to", mode="w", filter="*.pt", tooltip=tips.SAVE_MODEL)
         self._save_button = PushButton(text="Save model", tooltip=tips.SAVE_MODEL)
         self._tasks_label = Label(value="No task learned yet.")
+        self._task_plot, self._mask_plot = TaskPlot(), MaskUsagePlot()
         # the slice the clicks correct: (image layer, plane index); set when a segmentation arrives
         self._target = None
         self._written_base = None  # the propagated labels last written to the segmentation layer
@@ -124,6 +130,12 @@ class SegmentWidget(Container):
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
                      self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
                      self._save_path, self._save_button])
+        layout = self.native.layout()  # the plots sit under the task list (magicgui wraps it in a row)
+        at = 1 + next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None and
+                      (layout.itemAt(i).widget() is self._tasks_label.native
+                       or layout.itemAt(i).widget().isAncestorOf(self._tasks_label.native)))
+        layout.insertWidget(at, self._task_plot)
+        layout.insertWidget(at + 1, self._mask_plot)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
@@ -133,9 +145,18 @@ class SegmentWidget(Container):
         viewer.bind_key("Shift-C", lambda _viewer: self.next_click_class(), overwrite=True)
         viewer.bind_key("Shift-L", lambda _viewer: self.learn(), overwrite=True)
 
+    def _image_choices(self, _widget=None) -> list:
+        """The viewer's image layers, without this widget's own outputs (the uncertainty map)."""
+        from napari.layers import Image
+
+        return [(lyr.name, lyr) for lyr in self._viewer.layers
+                if isinstance(lyr, Image) and LAYER_TAG not in lyr.metadata]
+
     def reset_choices(self, *_args) -> None:
-        """Refresh the image list when layers change (the class list belongs to the model, not the layers)."""
+        """Refresh the image list when layers change (the class list belongs to the model, not the layers),
+        and the model list (models saved meanwhile)."""
         self._image_combo.reset_choices()
+        self._model_combo.reset_choices()
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -155,6 +176,7 @@ class SegmentWidget(Container):
 
     def _get_session(self):
         """Load (or reuse) the session for the chosen model and device; raises with a user message."""
+        from .checkpoint import shipped_models
         from .session import ClisSession
 
         model = self._model_combo.value
@@ -165,8 +187,10 @@ class SegmentWidget(Container):
                 if not path or path in (".", ""):
                     raise ValueError("Choose a model file first (Model file).")
                 session = ClisSession.from_checkpoint(path, device=self._device.value)
-            else:
+            elif model in shipped_models():
                 session = ClisSession.from_pretrained(model, device=self._device.value)
+            else:  # a saved model, listed by its path
+                session = ClisSession.from_checkpoint(model, device=self._device.value)
             self._session, self._session_key = session, key
         self._session.n_samples = int(self._samples.value)
         return self._session
@@ -239,6 +263,10 @@ class SegmentWidget(Container):
         if i == n - 1:
             self._prepare_click_layers(layer)
             self._propagate_clicks()
+            self._show_tasks()
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: self._raise_above(layer))
         self._progress.max = n if n > 1 else 1
         self._progress.value = i + 1
         self._set_status(f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
@@ -287,6 +315,15 @@ class SegmentWidget(Container):
         seg = self._find_layer(SEGMENTATION)
         seg.metadata["class_names"] = session.class_names
         self._viewer.layers.selection.active = seg
+
+    def _raise_above(self, image_layer) -> None:
+        """Keep this widget's layers above the image they belong to (an image opened later goes on top)."""
+        layers = self._viewer.layers
+        ours = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, SUGGESTIONS, CLICKS)
+                if (lyr := self._find_layer(role)) is not None]
+        lowest = min((layers.index(lyr) for lyr in ours), default=None)
+        if lowest is not None and lowest < layers.index(image_layer):  # one move: the image goes under them
+            layers.move(layers.index(image_layer), lowest)
 
     def _write_plane(self, image_layer, idx, result) -> None:
         for role, values in ((SEGMENTATION, result.labels), (UNCERTAINTY, result.uncertainty),
@@ -534,6 +571,7 @@ class SegmentWidget(Container):
         else:
             sugg.data = pts
         sugg.scale, sugg.translate = layer.scale, layer.translate
+        sugg.metadata["source"] = layer.name
 
     # -- learning and saving ------------------------------------------------------------------------------
     def learn(self) -> None:
@@ -596,23 +634,45 @@ class SegmentWidget(Container):
             self._set_status(f"Learning failed: {error}")
 
     def _show_tasks(self) -> None:
+        """The task list, its plot, and the mask usage of the task that segmented the current image."""
+        from .continual import mask_usage
+
         session = self._session
+        self._task_plot.set_tasks(session.tasks if session is not None else [])
+        self._mask_plot.set_usage(mask_usage(session.net, session.task) if session is not None else [], 
+                                  session.task if session is not None else 0)
         if session is None or not session.tasks:
             self._tasks_label.value = "No task learned yet."
             return
-        lines = [f"task {r.task}: Dice {r.dice_before:.2f} -> {r.dice_after:.2f}" for r in session.tasks[-8:]]
+        lines = [f"task {r.task}: Dice {r.dice_before:.2f} -> {r.dice_after:.2f}" for r in session.tasks[-4:]]
+        if len(session.tasks) > 4:
+            lines.insert(0, f"({len(session.tasks)} tasks; the last 4:)")
         self._tasks_label.value = "\n".join(lines)
 
     def save_model(self, path=None) -> None:
-        """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box)."""
+        """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box, or
+        when that is empty a new file in the models folder, which the Model list shows)."""
+        import time
+        from pathlib import Path
+
+        from .checkpoint import models_dir
+
         session = self._session
-        path = str(path or self._save_path.value or "")
         if session is None:
             _notify_error("There is no model to save yet: segment an image first.")
             return
+        path = str(path or self._save_path.line_edit.value or "").strip()
+        name = f"{Path(session.model_name).stem or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
         if not path or path == ".":
-            _notify_error("Choose a file to save the model to ('Save model to').")
-            return
+            path = str(models_dir() / name)
+            try:
+                models_dir().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                _notify_error(f"Could not create the models folder {models_dir()}: {e.strerror or e}. Choose a "
+                              "file in 'Save model to'.")
+                return
+        elif Path(path).is_dir():  # a folder: a new file in it
+            path = str(Path(path) / name)
         try:
             session.save(path)
         except Exception as e:
@@ -620,5 +680,9 @@ class SegmentWidget(Container):
             return
         from napari.utils.notifications import show_info
 
+        self._model_combo.reset_choices()
+        if Path(path).parent.resolve() == models_dir().resolve():  # list it, and keep this session for it
+            self._model_combo.value = str(Path(path))
+            self._session_key = (str(Path(path)), None, self._device.value)
         show_info(f"Saved the model with {len(session.tasks)} learned task(s) to {path}.")
         self._set_status(f"Saved to {path}.")

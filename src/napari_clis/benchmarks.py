@@ -7,6 +7,7 @@ forward pass; the naive T-pass Monte-Carlo run), as ratios, because shared machi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -391,63 +392,170 @@ def learn_speed(args) -> int:
     return 0
 
 
-def continual(args) -> int:
-    """The paper's transfer protocol (a first version: CLIS beside no update and plain fine-tuning)."""
-    from .continual import finetune
+CONTINUAL_NAMES = {"clis": "CLIS (ours)", "none": "no update (pretrained)", "finetune": "plain fine-tuning",
+                   "lwf": "LwF", "ewc": "EWC", "packnet": "PackNet"}
+
+
+def _baseline(method: str, session, settings, args, model: str):
+    """The learner of a baseline method, built on the session's pretrained network (None: CLIS or no update)."""
+    from .baselines import make_learner
     from .data import load_dataset
-    from .metrics import dice
+    from .preprocessing import normalize_image
+
+    if method in ("clis", "none"):
+        return None
+    kwargs = {}
+    if method == "ewc":
+        kwargs["strength"] = args.ewc_strength
+    if method == "packnet":  # pruning and retraining the pretrained model is the same for every sequence: once
+        cache = args.__dict__.setdefault("_packnet", {})
+        if model not in cache:
+            samples = _pick(load_dataset(model, "pretrain", args.data), args.packnet_images, seed=0)
+            pretrain = [session._working(normalize_image(smp.image), (smp.mask > 0).astype(np.int32))
+                        for smp in samples]
+            cache[model] = make_learner(method, session.net, settings, pretrain=pretrain, prune=args.packnet_prune,
+                                        retrain_steps=args.packnet_retrain)
+        return copy.deepcopy(cache[model])
+    return make_learner(method, session.net, settings, **kwargs)
+
+
+def _mask_usage_figure(histories: dict, path: str) -> None:
+    """Per-kernel mask usage across tasks, one panel per dataset: which kernels each CLIS task switches on,
+    coloured by the task that first used them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    fig, axes = plt.subplots(len(histories), 1, figsize=(12, 1.2 + 1.3 * len(histories) * 2), squeeze=False)
+    for ax, (dataset, (gates, layers)) in zip(axes[:, 0], histories.items()):
+        first = np.where(gates.any(0), gates.argmax(0), -1)  # the task that first switched each kernel on
+        img = np.where(gates, first[None, :] + 1, 0)
+        n = gates.shape[0]
+        cmap = ListedColormap(["#f4f4f4"] + [plt.cm.viridis(v) for v in np.linspace(0, 0.95, n)])
+        ax.imshow(img, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5, vmax=n + 0.5)
+        edges = np.cumsum([k for _, k in layers])[:-1]
+        for e in edges:
+            ax.axvline(e - 0.5, color="k", lw=0.5)
+        ax.set_xticks([e - k / 2 for e, (_, k) in zip(np.cumsum([k for _, k in layers]), layers)])
+        ax.set_xticklabels([name.replace(".conv", "c") for name, _ in layers], fontsize=7)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(["0 (pretrained)"] + [str(t) for t in range(1, n)], fontsize=7)
+        ax.set_ylabel("task")
+        ax.set_title(f"{dataset}: kernels each task switches on (colour: the task that first used the kernel; "
+                     "grey: off)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def continual(args) -> int:
+    """The paper's transfer protocol: CLIS beside no update, fine-tuning, LwF, EWC and PackNet."""
+    import torch
+
+    from .continual import kernel_usage
+    from .data import load_dataset
+    from .metrics import dice, iou
     from .session import ClisSession, LearnRejected
     from .simulated_user import ClisMethod, run_protocol
 
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
     methods = args.methods.split(",")
-    rows = []
+    unknown = set(methods) - set(CONTINUAL_NAMES)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(CONTINUAL_NAMES)}")
+    measures = ("basic", "forward", "backward")
+    rows, histories, seconds = [], {}, {m: 0.0 for m in methods}
     for model in models:
         dataset = "dsb2018" if model == "nuclei" else "isic2017"
-        pool = load_dataset(model, "heldout", args.data)
-        per = {m: {"basic": [], "forward": [], "backward": []} for m in methods}
+        pool = load_dataset(model, args.part, args.data)
+        per = {m: {k: {"dice": [], "iou": []} for k in measures} for m in methods}
         t0 = time.time()
         for q in range(args.sequences):
             rng = np.random.default_rng(1000 + q)
-            seq = [pool[i] for i in rng.choice(len(pool), args.tasks, replace=False)]
+            seq = [pool[i] for i in rng.choice(len(pool), min(args.tasks, len(pool)), replace=False)]
             for method in methods:
+                tm = time.time()
                 s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
                 s.learn_settings.steps = args.steps
-                learned_dice = []
+                settings = copy_settings(s.learn_settings, lr=args.baseline_lr) if method != "clis" else None
+                learner = _baseline(method, s, settings, args, model)
+                vals = {k: [] for k in measures}  # per image: (dice, iou)
+                then = []
                 for t, smp in enumerate(seq):
-                    truth = (smp.mask > 0).astype(np.int32)
+                    truth = smp.mask > 0
+                    if learner is not None:
+                        s.net = learner.net_for(None)
                     s.segment(smp.image)
-                    if t >= args.tasks // 2:  # unseen image, after at least half the tasks: forward transfer
-                        per[method]["forward"].append(dice(s.result.labels > 0, truth > 0))
-                    run_protocol(ClisMethod(s.interaction), s.interaction, truth, "uncertain",
+                    if t >= len(seq) // 2:  # unseen image, after at least half the tasks: forward transfer
+                        vals["forward"].append(_scores(s.result.labels, truth, dice, iou))
+                    run_protocol(ClisMethod(s.interaction), s.interaction, truth.astype(np.int32), "uncertain",
                                  max_clicks=2 * 16, min_clicks=2 * 16, stop_at=2.0)
-                    per[method]["basic"].append(dice(s.labels > 0, truth > 0))
+                    vals["basic"].append(_scores(s.labels, truth, dice, iou))
                     if method == "clis":
                         try:
                             s.learn()
                         except LearnRejected:  # counted as it is: the model stays, the image keeps its task
                             pass
-                    elif method == "finetune":
-                        x, y = s._working(s._normalized, s.labels)
-                        s.net = finetune(s.net, x, y, 0, s.learn_settings)
-                    learned_dice.append(dice(s.segment(smp.image).labels > 0, truth > 0))
-                for smp, then in zip(seq, learned_dice):  # backward transfer: earlier images after all tasks
-                    truth = smp.mask > 0
-                    per[method]["backward"].append(dice(s.segment(smp.image).labels > 0, truth) - then)
+                    elif learner is not None:
+                        learner.learn(*s._working(s._normalized, s.labels))
+                        s.net = learner.net_for(t + 1)
+                    then.append(_scores(s.segment(smp.image).labels, truth, dice, iou))
+                for t, smp in enumerate(seq):  # backward transfer: earlier images after all tasks
+                    if learner is not None:
+                        s.net = learner.net_for(t + 1)
+                    now = _scores(s.segment(smp.image).labels, smp.mask > 0, dice, iou)
+                    vals["backward"].append((now[0] - then[t][0], now[1] - then[t][1]))
+                for k in measures:
+                    per[method][k]["dice"].append(float(np.mean([v[0] for v in vals[k]])))
+                    per[method][k]["iou"].append(float(np.mean([v[1] for v in vals[k]])))
+                if method == "clis" and q == 0:
+                    usage = [torch.stack([c.gates.hard(t) for t in range(s.net.n_tasks)]).numpy() > 0
+                             for c in s.net.masked_convs().values()]
+                    histories[dataset] = (np.concatenate(usage, 1),
+                                          [(n, c.gates.n_kernels) for n, c in s.net.masked_convs().items()])
+                seconds[method] += time.time() - tm
             print(f"  {model}: sequence {q + 1}/{args.sequences} ({time.time() - t0:.0f}s)", file=sys.stderr)
         for method in methods:
-            r = {k: (float(np.mean(v)), float(np.std(v))) for k, v in per[method].items()}
-            rows.append((dataset, method, r))
-    names = {"clis": "CLIS (ours)", "none": "no update (pretrained)", "finetune": "plain fine-tuning"}
-    print(f"\nContinual learning, {args.sequences} sequence(s) of {args.tasks} tasks, {args.steps} learning steps, "
-          f"{_machine()}\n")
-    print("| dataset | method | basic: Dice after 2 iterations | forward: initial Dice, unseen images after "
-          f"{args.tasks // 2}+ tasks | backward: Dice change of earlier images after {args.tasks} tasks |")
-    print("|---|---|---|---|---|")
+            rows.append((dataset, method, per[method]))
+    print(f"\nContinual learning on the {args.part} part, {args.sequences} sequence(s) of {args.tasks} tasks, "
+          f"{args.steps} learning steps per task, {_machine()}\n")
+    print("Per sequence the mean over its images; then mean (sd over sequences). Basic: Dice / IoU of the current "
+          "image after 2 iterations of the simulated user. Forward: initial segmentation of unseen images after "
+          f"{args.tasks // 2}+ tasks. Backward: change of earlier images' segmentation after all {args.tasks} "
+          "tasks (>= 0 is no forgetting).\n")
+    print("| dataset | method | basic Dice | basic IoU | forward Dice | forward IoU | backward Dice | backward IoU |")
+    print("|---|---|---|---|---|---|---|---|")
     for dataset, method, r in rows:
-        print(f"| {dataset} | {names.get(method, method)} | {r['basic'][0]:.3f} (sd {r['basic'][1]:.3f}) | "
-              f"{r['forward'][0]:.3f} (sd {r['forward'][1]:.3f}) | {r['backward'][0]:+.4f} (sd {r['backward'][1]:.4f}) |")
+        cells = []
+        for k in measures:
+            for m in ("dice", "iou"):
+                v = np.asarray(r[k][m])
+                cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward" else f"{v.mean():.3f} ({v.std():.3f})")
+        print(f"| {dataset} | {CONTINUAL_NAMES[method]} | " + " | ".join(cells) + " |")
+    print("\nSeconds per method (all sequences, both datasets): " +
+          ", ".join(f"{CONTINUAL_NAMES[m]} {seconds[m]:.0f}" for m in methods))
+    if args.figure and histories:
+        _mask_usage_figure(histories, args.figure)
+        print(f"\nMask usage figure: {args.figure}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "seconds": seconds,
+                                               "args": {k: v for k, v in vars(args).items()
+                                                        if not k.startswith("_") and
+                                                        isinstance(v, (int, float, str, type(None)))}}))
     return 0
+
+
+def copy_settings(settings, **changes):
+    """A copy of ``settings`` with ``changes`` (None values are ignored)."""
+    import dataclasses
+
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _scores(labels, truth, dice, iou) -> tuple[float, float]:
+    return float(dice(labels > 0, truth)), float(iou(labels > 0, truth))
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -500,7 +608,18 @@ def add_parser(sub) -> None:
     cl.add_argument("--sequences", type=int, default=20)
     cl.add_argument("--tasks", type=int, default=8)
     cl.add_argument("--steps", type=int, default=20, help="learning steps per task (every method)")
-    cl.add_argument("--methods", default="clis,none,finetune")
+    cl.add_argument("--methods", default="clis,none,finetune,lwf,ewc,packnet")
+    cl.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
+                    help="heldout: the non-pretraining images (dsb2018 pool, isic2017/test); monitor to tune")
+    cl.add_argument("--baseline-lr", type=float, help="learning rate of the weight-training baselines "
+                    "(default: CLIS's)")
+    cl.add_argument("--ewc-strength", type=float, default=1e6, help="EWC's lambda")
+    cl.add_argument("--packnet-prune", type=float, default=0.5, help="PackNet's pruning fraction per task")
+    cl.add_argument("--packnet-retrain", type=int, default=100, help="PackNet: steps retraining the pruned "
+                    "pretrained model on its own training images")
+    cl.add_argument("--packnet-images", type=int, default=16, help="PackNet: how many training images for that")
+    cl.add_argument("--figure", help="write the per-kernel mask usage of CLIS's first sequence to this PNG")
+    cl.add_argument("--json", help="also write the numbers to this JSON file")
     cl.set_defaults(bench_func=continual)
     lr = bsub.add_parser("learn", help="time of learn() for one image, beside segment()")
     _model_args(lr, default="nuclei", allow_all=False, image_only=True)

@@ -33,11 +33,15 @@ __all__ = [
     "load_model",
     "shipped_models",
     "shipped_model_path",
+    "models_dir",
+    "saved_models",
+    "MODELS_DIR_ENV",
 ]
 
 FORMAT = "napari-clis-model"
 FORMAT_VERSION = 1
 _SHIPPED = {"nuclei": "nuclei.pt", "skin-lesion": "skin-lesion.pt"}
+MODELS_DIR_ENV = "NAPARI_CLIS_MODELS"
 
 
 class CheckpointError(ValueError):
@@ -147,3 +151,23 @@ def shipped_model_path(name: str) -> Path:
         raise ValueError(f"Unknown model {name!r}; shipped models are {', '.join(_SHIPPED)}. "
                          "For your own model file use ClisSession.from_checkpoint(path).")
     return Path(str(resources.files("napari_clis").joinpath("weights").joinpath(_SHIPPED[name])))
+
+
+def models_dir() -> Path:
+    """The folder where the widget saves models and looks for them: ``$NAPARI_CLIS_MODELS`` if set, else
+    ``~/.napari-clis/models``. It may not exist yet."""
+    env = os.environ.get(MODELS_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".napari-clis" / "models"
+
+
+def saved_models(folder: Path | str | None = None) -> dict[str, Path]:
+    """The model files (``*.pt``) in ``folder`` (default :func:`models_dir`) by name, newest first.
+
+    Only names and paths: nothing is loaded, so a broken file is reported when it is chosen, not here."""
+    folder = Path(folder) if folder is not None else models_dir()
+    try:
+        files = [p for p in folder.glob("*.pt") if p.is_file()]
+    except OSError:
+        return {}
+    files.sort(key=lambda p: (-p.stat().st_mtime, p.name))
+    return {p.stem: p for p in files}

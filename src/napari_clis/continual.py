@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from .masks import bernoulli_kl, ibp_restaurant_prior
 from .network import ClisNet
 
-__all__ = ["LearnSettings", "TaskRecord", "learn_task", "finetune", "fingerprint", "select_task", "LearnCancelled",
-           "kernel_usage"]
+__all__ = ["LearnSettings", "TaskRecord", "learn_task", "finetune", "fit", "fingerprint", "select_task", "LearnCancelled",
+           "kernel_usage", "mask_usage"]
 
 
 class LearnCancelled(RuntimeError):
@@ -80,6 +80,17 @@ def kernel_usage(net: ClisNet, tasks: list[int] | None = None) -> dict[str, torc
     tasks = list(range(net.n_tasks)) if tasks is None else tasks
     return {name: sum((conv.gates.hard(t) for t in tasks), torch.zeros(conv.gates.n_kernels))
             for name, conv in net.masked_convs().items()}
+
+
+def mask_usage(net: ClisNet, task: int) -> list[tuple[str, int, int, int]]:
+    """Per layer ``(name, on, on_not_pretrained, n_kernels)``: how many kernels ``task``'s mask switches on, and
+    how many of those the pretrained task 0 does not use (what learning added)."""
+    out = []
+    for name, conv in net.masked_convs().items():
+        on = conv.gates.hard(task) > 0
+        new = on & ~(conv.gates.hard(0) > 0)
+        out.append((name, int(on.sum()), int(new.sum()), conv.gates.n_kernels))
+    return out
 
 
 @torch.no_grad()
@@ -251,27 +262,56 @@ def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target) + 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()
 
 
+def fit(net: ClisNet, x: torch.Tensor | None, target: torch.Tensor | None, settings: LearnSettings | None = None,
+        task: int = 0, *, penalty=None, only: dict[str, torch.Tensor] | None = None, batches=None) -> ClisNet:
+    """Train a copy of ``net`` with ``task``'s mask: the loop every weight-training method shares.
+
+    The same crops, augmentation, loss and steps as :func:`learn_task`; the gates and the BatchNorm statistics
+    stay as they are.
+
+    Parameters
+    ----------
+    penalty : callable, optional
+        ``penalty(net, xb, logits)`` added to the loss (LwF's distillation, EWC's quadratic term).
+    only : dict, optional
+        Parameter name -> boolean mask of the entries that may change; then only those parameters train
+        (PackNet's free weights). Default: every weight.
+    batches : callable, optional
+        ``batches(rng) -> (xb, yb)`` instead of crops of ``x`` and ``target``.
+    """
+    s = settings or LearnSettings()
+    device = next(net.parameters()).device
+    new = copy.deepcopy(net).to(device).eval()
+    named = dict(new.named_parameters())
+    names = list(only) if only is not None else [n for n in named if "gates" not in n]
+    for n, p in named.items():
+        p.requires_grad_(n in names)
+    hooks = [named[n].register_hook(lambda g, m=m.to(device=device, dtype=named[n].dtype): g * m)
+             for n, m in (only or {}).items()]
+    opt = torch.optim.Adam([named[n] for n in names], lr=s.lr)
+    rng = np.random.default_rng(s.seed)
+    torch.manual_seed(s.seed)
+    if batches is None:
+        x, target = x.to(device), target.to(device)
+        batches = lambda r: _crops(x, target, s, r)  # noqa: E731
+    for _ in range(s.steps):
+        xb, yb = batches(rng)
+        logits, _ = new(xb.to(device), task)
+        loss = _seg_loss(logits, yb.to(device))
+        if penalty is not None:
+            loss = loss + penalty(new, xb, logits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for h in hooks:
+        h.remove()
+    for p in new.parameters():
+        p.requires_grad_(True)
+    return new.eval()
+
+
 def finetune(net: ClisNet, x: torch.Tensor, target: torch.Tensor, task: int = 0,
              settings: LearnSettings | None = None) -> ClisNet:
     """The plain fine-tuning baseline: every weight (not the gates, not the BatchNorm statistics) trained on the
     image with ``task``'s mask, with the same crops, augmentation, loss and steps as :func:`learn_task`."""
-    s = settings or LearnSettings()
-    device = next(net.parameters()).device
-    new = copy.deepcopy(net).to(device).eval()
-    params = [p for n, p in new.named_parameters() if "gates" not in n]
-    for n, p in new.named_parameters():
-        p.requires_grad_("gates" not in n)
-    opt = torch.optim.Adam(params, lr=s.lr)
-    rng = np.random.default_rng(s.seed)
-    torch.manual_seed(s.seed)
-    x, target = x.to(device), target.to(device)
-    for _ in range(s.steps):
-        xb, yb = _crops(x, target, s, rng)
-        logits, _ = new(xb, task)
-        loss = _seg_loss(logits, yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in new.parameters():
-        p.requires_grad_(True)
-    return new.eval()
+    return fit(net, x, target, settings, task)
