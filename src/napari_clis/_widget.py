@@ -113,6 +113,8 @@ class SegmentWidget(Container):
         # the slice the clicks correct: (image layer, plane index); set when a segmentation arrives
         self._target = None
         self._written_base = None  # the propagated labels last written to the segmentation layer
+        self._written_labels = None  # what was last written there (propagation with the painted edits)
+        self._painted = None  # every painted edit since the segmentation, -1 where none: they accumulate
         self._click_worker = None
         self._click_pending = False
         self._cancel_requested = False
@@ -260,6 +262,8 @@ class SegmentWidget(Container):
         self._write_plane(layer, idx, result)
         self._target = (layer, idx)
         self._written_base = result.labels.copy()
+        self._written_labels = self._written_base.copy()
+        self._painted = np.full(self._written_base.shape, -1, np.int32)
         if i == n - 1:
             self._prepare_click_layers(layer)
             self._propagate_clicks()
@@ -472,12 +476,14 @@ class SegmentWidget(Container):
         if seg is not None:
             plane = np.asarray(seg.data[idx] if idx else seg.data)
             if plane.shape == self._written_base.shape:
-                diff = plane != self._written_base
-                painted = np.where(diff, plane, -1)
+                # new edits are what differs from what was last written; earlier edits stay annotations even
+                # where the propagation has come to agree with them
+                diff = plane != self._written_labels
                 bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
                 if bad.any():
                     notes.append(f"{int(bad.sum())} painted pixel(s) with a label that is not a class are ignored")
-                    painted[bad] = -1
+                self._painted[diff & ~bad] = plane[diff & ~bad]
+                painted = self._painted
         return pts, labs, painted, notes
 
     def _propagate_clicks(self) -> None:
@@ -544,6 +550,7 @@ class SegmentWidget(Container):
             seg.data[...] = labels
         seg.refresh()
         self._written_base = base.copy()
+        self._written_labels = np.asarray(labels).copy()
         self._click_status.value = msg
         self._update_suggestions()
 
