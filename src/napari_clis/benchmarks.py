@@ -479,6 +479,7 @@ def continual(args) -> int:
                 tm = time.time()
                 s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
                 s.learn_settings.steps = args.steps
+                s.transfer = args.transfer
                 settings = copy_settings(s.learn_settings, lr=args.baseline_lr) if method != "clis" else None
                 learner = _baseline(method, s, settings, args, model)
                 vals = {k: [] for k in measures}  # per image: (dice, iou)
@@ -618,6 +619,8 @@ def add_parser(sub) -> None:
     cl.add_argument("--packnet-retrain", type=int, default=100, help="PackNet: steps retraining the pruned "
                     "pretrained model on its own training images")
     cl.add_argument("--packnet-images", type=int, default=16, help="PackNet: how many training images for that")
+    cl.add_argument("--transfer", default="nearest", choices=["nearest", "ensemble"],
+                    help="CLIS on an unseen image: the nearest learned task, or its mixture with task 0")
     cl.add_argument("--figure", help="write the per-kernel mask usage of CLIS's first sequence to this PNG")
     cl.add_argument("--json", help="also write the numbers to this JSON file")
     cl.set_defaults(bench_func=continual)
