@@ -113,6 +113,20 @@ def test_painted_edits_are_annotations_that_propagation_keeps_and_undo_still_wor
     assert (seg.data != before).any()
 
 
+def test_an_edit_stays_an_annotation_after_the_propagation_comes_to_agree_with_it(segmented):
+    viewer, widget, truth = segmented
+    seg = viewer.layers["segmentation"]
+    first = np.nonzero(((seg.data > 0) != truth) & truth)  # paint the missed nucleus pixels, as one stroke
+    with seg.block_history():
+        seg.data_setitem(first, 1)
+    then = np.nonzero(((seg.data > 0) != truth) & ~truth)  # a second stroke, of background
+    with seg.block_history():
+        seg.data_setitem(then, 0)
+    painted = widget.session.interaction.painted
+    assert (painted[first] == 1).all() and (painted[then] == 0).all()
+    assert (seg.data[first] == 1).all() and (seg.data[then] == 0).all()
+
+
 def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and_kept(
         make_napari_viewer, qtbot, nuclei_fluo, messages):
     viewer = make_napari_viewer()

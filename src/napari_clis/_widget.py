@@ -20,7 +20,7 @@ from magicgui.widgets import (
     ProgressBar,
     PushButton,
     SpinBox,
-    )
+)
 
 from . import _tooltips as tips
 
@@ -646,7 +646,7 @@ class SegmentWidget(Container):
 
         session = self._session
         self._task_plot.set_tasks(session.tasks if session is not None else [])
-        self._mask_plot.set_usage(mask_usage(session.net, session.task) if session is not None else [], 
+        self._mask_plot.set_usage(mask_usage(session.net, session.task) if session is not None else [],
                                   session.task if session is not None else 0)
         if session is None or not session.tasks:
             self._tasks_label.value = "No task learned yet."
