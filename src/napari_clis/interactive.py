@@ -248,13 +248,15 @@ class Interaction:
     def fixed_regions(self) -> np.ndarray:
         """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; a clicked region takes
         the clicked class (its pixels may be refined, :meth:`split_regions`); a region clicked with several
-        classes is split between its clicks and takes its majority class."""
+        classes is split between its clicks and takes its majority class. A clicked pixel always ends up with
+        its click's class (the latest click's, if the same pixel was clicked more than once) unless painted."""
         return self._annotations()[0]
 
     def split_regions(self) -> dict[int, np.ndarray]:
         """Regions clicked with more than one class: region -> (h, w) class per pixel of its bounding box
         (-1 outside the region). Each pixel takes the class of the nearest click of that region, nearness
-        measured in position and colour, so two clicks split a region along its colour edge."""
+        measured in position and colour, so two clicks split a region along its colour edge; each clicked
+        pixel takes its own click's class."""
         return self._annotations()[1]
 
     def _annotations(self):
@@ -272,7 +274,8 @@ class Interaction:
             painted = counts.sum(1) > 0.5 * g.area
             fixed[painted] = counts[painted].argmax(1)
         by_region: dict[int, list[tuple[int, int, int]]] = {}
-        for y, x, lab in self.clicks:
+        latest = {(y, x): lab for y, x, lab in self.clicks}  # a later click on the same pixel replaces an earlier
+        for (y, x), lab in latest.items():
             r = int(g.regions[y, x])
             by_region.setdefault(r, []).append((y, x, lab))
         split = {}
@@ -353,6 +356,8 @@ class Interaction:
             closer = mask & (d < best)
             best[closer] = d[closer]
             out[closer] = lab
+        for y, x, lab in clicks:  # a clicked pixel is nearest its own click even where its colour is not
+            out[y - box[0].start, x - box[1].start] = lab
         return out
 
     def region_log_probabilities(self, fixed: np.ndarray | None = None) -> np.ndarray:
