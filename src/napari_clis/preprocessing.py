@@ -83,18 +83,25 @@ def normalize_image(image) -> np.ndarray:
                 f"The image contains {n_nan} NaN and {n_inf} infinite values; replace them "
                 "(e.g. numpy.nan_to_num) before segmenting."
             )
-    flat = arr.reshape(-1)
+    # 64-bit values keep their precision in float64. Values near a float type's limits are first scaled by a power
+    # of two (exact), so that their differences and reciprocals cannot overflow to inf and give NaN or a flat image.
+    out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
+    peak = max(-float(out.min()), float(out.max()))
+    if peak > 0 and not 2.0**-100 < peak < 2.0**100:
+        np.ldexp(out, -int(np.frexp(peak)[1]), out=out)
+    flat = out.reshape(-1)
     step = max(1, flat.size // _MAX_PERCENTILE_SAMPLES)
     lo, hi = np.percentile(flat[::step].astype(np.float64), [_LOW_PERCENTILE, _HIGH_PERCENTILE])
     if not hi > lo:
         lo, hi = float(flat.min()), float(flat.max())
-    out = arr.astype(np.float32)
     if hi > lo:
-        out = (out - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        out -= out.dtype.type(lo)
+        out *= out.dtype.type(1.0 / (hi - lo))
         np.clip(out, 0.0, 1.0, out=out)
         out -= 0.5
+        out = out.astype(np.float32, copy=False)
     else:
-        out = np.zeros_like(out)
+        out = np.zeros(out.shape, np.float32)
     if out.ndim == 2:
         return np.broadcast_to(out, (3,) + out.shape).copy()
     return np.ascontiguousarray(np.moveaxis(out, -1, 0))
