@@ -17,6 +17,7 @@ import io
 import os
 import re
 import tempfile
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -93,11 +94,43 @@ def save_model(path: Path | str, net: ClisNet, metadata: dict | None = None, ext
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _check_checksums(path: Path) -> None:
+    """Refuse a model file whose parts do not match their CRC-32 checksums.
+
+    ``torch.save`` writes a zip archive whose members carry checksums, but ``torch.load`` does not check them:
+    without this, a file damaged on disk or in a copy would load as a silently different model.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip archive: torch.load says what it is
+    except Exception as e:  # a damaged archive directory: zipfile raises several other types
+        raise _damaged(path, e) from e
+    with archive:
+        if not any(m.CRC for m in archive.infolist()):
+            return  # written with torch's checksums switched off: nothing to compare with
+        try:
+            bad = archive.testzip()
+        except Exception as e:
+            raise _damaged(path, e) from e
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged: its part {bad!r} does not match the checksum written with it, so the file was "
+            "corrupted or changed after it was saved. Use a backup copy, or save the model again."
+        )
+
+
+def _damaged(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged (its archive structure is corrupt: {type(e).__name__}: {e}). Use a "
+                           "backup copy, or save the model again.")
+
+
 def _read_payload(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"Model file {path} does not exist.")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file.")
+    _check_checksums(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files; all mean the same to the user
