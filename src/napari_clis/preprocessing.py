@@ -29,10 +29,10 @@ def as_2d_image(image) -> np.ndarray:
     Raises :class:`ImageError` naming the problem for anything else.
     """
     arr = np.asarray(image)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
-    if np.iscomplexobj(arr):
+    if arr.dtype.kind == "c":
         raise ImageError("The image holds complex numbers; take its magnitude or real part first.")
+    if arr.dtype.kind not in "biuf":  # numpy counts time differences (timedelta64) as numbers; they are not pixels
+        raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] == 4:
@@ -83,12 +83,14 @@ def normalize_image(image) -> np.ndarray:
                 f"The image contains {n_nan} NaN and {n_inf} infinite values; replace them "
                 "(e.g. numpy.nan_to_num) before segmenting."
             )
-    # 64-bit values keep their precision in float64. Values near a float type's limits are first scaled by a power
-    # of two (exact), so that their differences and reciprocals cannot overflow to inf and give NaN or a flat image.
-    out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
-    peak = max(-float(out.min()), float(out.max()))
-    if peak > 0 and not 2.0**-100 < peak < 2.0**100:
-        np.ldexp(out, -int(np.frexp(peak)[1]), out=out)
+    if arr.dtype.kind == "f":
+        # Values near a float type's limits are first scaled by a power of two (exact), in the image's own type, so
+        # that their differences and reciprocals cannot overflow to inf and give NaN or a flat image.
+        peak = max(-arr.min(), arr.max())
+        exponent = int(np.frexp(peak)[1])  # peak = m * 2**exponent, 0.5 <= m < 1
+        if peak > 0 and not -100 < exponent < 100:
+            arr = np.ldexp(arr, -exponent)
+    out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
     flat = out.reshape(-1)
     step = max(1, flat.size // _MAX_PERCENTILE_SAMPLES)
     lo, hi = np.percentile(flat[::step].astype(np.float64), [_LOW_PERCENTILE, _HIGH_PERCENTILE])
