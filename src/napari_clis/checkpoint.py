@@ -13,6 +13,7 @@ Pure torch: no Qt, no napari.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -49,16 +50,22 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
     The bytes go to a temporary file in the same folder, are flushed to disk, and replace ``path``
-    in one rename. On any error the temporary file is removed and ``path`` is untouched.
+    in one rename, which is then flushed too (the folder's entry). On any error the temporary file is
+    removed and ``path`` is untouched.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise CheckpointError(f"Cannot save to {path}: the folder {folder} does not exist.")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(f"Cannot save to {path}: the folder {folder} {what}.")
+    if path.is_dir():
+        raise CheckpointError(f"Cannot save to {path}: it is a folder. Give a file name, e.g. {path / 'model.pt'}.")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.") from e
+        advice = (" Choose a folder you can write to." if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                  else "")
+        raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.{advice}") from e
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -76,6 +83,21 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         if isinstance(e, OSError):
             raise CheckpointError(f"Could not save {path}: {e.strerror or e}. The previous file is unchanged.") from e
         raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries, so that a rename in it survives a power cut, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot flush a folder; the file itself is complete on disk
+    finally:
+        os.close(fd)
 
 
 def save_model(path: Path | str, net: ClisNet, metadata: dict | None = None, extra: dict | None = None) -> None:
