@@ -18,6 +18,7 @@ import io
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -147,6 +148,18 @@ def _damaged(path: Path, e: Exception) -> CheckpointError:
                            "backup copy, or save the model again.")
 
 
+def _load_failure(e: Exception) -> str:
+    """torch.load's error in a few words. Its own texts are long and written for developers (they stay chained to
+    the CheckpointError), and some advise loading with ``weights_only=False``, which would run the file's code."""
+    text = str(e)
+    zip_error = re.search(r"failed reading zip archive: ([^.]+)", text)
+    if zip_error:
+        return f"its archive is damaged or incomplete ({zip_error.group(1)})"
+    if isinstance(e, EOFError) or not text:
+        return "the file ends too early"
+    return f"its contents are not in the model file format ({type(e).__name__}; anything else is refused, never run)"
+
+
 def _read_payload(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"Model file {path} does not exist.")
@@ -154,11 +167,13 @@ def _read_payload(path: Path) -> dict:
         raise CheckpointError(f"{path} is a folder, not a model file.")
     _check_checksums(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is not news to the user: it is refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files; all mean the same to the user
         raise CheckpointError(
             f"{path} is not a readable napari-clis model file (it may be truncated, corrupt or of another "
-            f"program): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"program): {_load_failure(e)}."
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a napari-clis model file (no '{FORMAT}' format marker).")
