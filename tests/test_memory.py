@@ -78,3 +78,15 @@ def test_the_check_catches_results_kept_in_a_list(samples):
     problems, _, _ = _cycle_growth(samples, 5, keep=kept)
     assert len(kept) == 5
     assert any("live torch tensors" in p for p in problems) and any("heap" in p for p in problems), problems
+
+
+def test_bench_memory_prints_the_table_and_the_growth_net_of_the_tasks(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "napari_clis.cli", "bench", "memory", "--cycles", "3", "--steps", "1",
+                          "--size", "64", "--images", "2", "--samples", "2", "--data", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| cycle 3 |" in out.stdout and "crops of one image" in out.stdout  # no data there: the fallback image
+    assert "Growth net of them" in out.stdout and "within the margin of 50 MB" in out.stdout
