@@ -1,4 +1,4 @@
-"""Benchmarks: ``napari-clis bench speed | quality | interactive | clicks``.
+"""Benchmarks: ``napari-clis bench speed | quality | interactive | clicks | learn | continual | memory``.
 
 Each prints a Markdown table; ``docs/benchmarks.md`` and ``docs/models.md`` record the results with the
 machine and the date. Speed is always reported beside a baseline measured in the same run (one plain
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_parser", "run", "speed", "quality", "interactive", "clicks", "otsu_foreground"]
+__all__ = ["add_parser", "run", "speed", "quality", "interactive", "clicks", "memory", "memory_cycles",
+           "otsu_foreground"]
 
 SPEED_SIZES = (256, 512, 1024, 4096)
 
@@ -450,6 +451,177 @@ def _mask_usage_figure(histories: dict, path: str) -> None:
     plt.close(fig)
 
 
+# -- memory over repeated cycles --------------------------------------------------------------------
+
+MEMORY_CHECKPOINTS = (1, 10, 25, 50)
+# Allowed RSS growth from cycle 10 to the last, net of the per-task state. Once the allocator has reached its
+# working set (by cycle 10), RSS still moves by some MB with the images' sizes; a leak of one cycle's result at
+# 256 px (maps, superpixels, region graph: about 1.5 MB) would add 60 MB over 40 cycles, and one network per
+# cycle (2 MB) 80 MB, so 50 MB separates a leak from the noise.
+MEMORY_MARGIN_MB = 50.0
+
+
+def _live_tensor_bytes() -> int:
+    """Bytes of the torch storages that Python objects reach, each storage counted once."""
+    import gc
+    import warnings
+
+    import torch
+
+    seen, total = set(), 0
+    with warnings.catch_warnings():  # isinstance() on some of torch's deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor):
+                try:
+                    storage = obj.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+    return total
+
+
+def _memory_samples(model: str, data: str | None, size: int, n: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``n`` real images, centre crops of at most ``size`` px, with their ground truth: held-out images of the
+    model's dataset; without the data, crops of the speed benchmark's image (no ground truth: clicks then
+    contradict the network)."""
+    from .data import load_dataset
+
+    def crop(a):
+        y0, x0 = max(0, (a.shape[0] - size) // 2), max(0, (a.shape[1] - size) // 2)
+        return np.ascontiguousarray(a[y0:y0 + size, x0:x0 + size])
+
+    try:
+        return [(crop(s.image), crop((s.mask > 0).astype(np.int32))) for s in load_dataset(model, "heldout", data,
+                                                                                            limit=n)]
+    except FileNotFoundError:
+        base = _speed_image(2 * size, data)
+        return [(base[o:o + size, o:o + size], None) for o in np.linspace(0, size, n).astype(int)]
+
+
+def memory_cycles(session, samples, cycles: int, *, clicks: int = 3, at=MEMORY_CHECKPOINTS, seed: int = 0) -> list[dict]:
+    """Run ``cycles`` cycles of segment, a few clicks and learn on ``samples`` (image, truth or None), in turn.
+
+    Returns one record before the first cycle (``cycle`` 0) and one after each cycle in ``at``: RSS (MB), the
+    bytes of live torch tensors, the traced Python and numpy heap (bytes, when ``tracemalloc`` is tracing), and
+    the counts of learned tasks, rolled-back and skipped learn steps. The garbage collector runs before each.
+    """
+    import gc
+    import tracemalloc
+
+    from .interactive import InteractionError
+    from .session import LearnRejected
+    from .simulated_user import next_click
+
+    rng = np.random.default_rng(seed)
+    counts = {"learned": 0, "rolled_back": 0, "skipped": 0}
+
+    def record(cycle):
+        gc.collect()
+        heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+        return {"cycle": cycle, "rss_mb": _rss_mb(), "tensor_bytes": _live_tensor_bytes(), "heap_bytes": heap,
+                "tasks": len(session.tasks), **counts}
+
+    out = [record(0)]
+    for cycle in range(1, cycles + 1):
+        image, truth = samples[(cycle - 1) % len(samples)]
+        session.segment(image)
+        for _ in range(clicks):
+            if truth is not None:  # the simulated user: the largest error, corrected
+                click = next_click(session.labels, truth)
+                if click is None:
+                    break
+            else:
+                y, x = int(rng.integers(image.shape[0])), int(rng.integers(image.shape[1]))
+                click = (y, x, 1 - int(session.labels[y, x]))
+            session.click(*click)
+        try:
+            session.learn()
+            counts["learned"] += 1
+        except LearnRejected:
+            counts["rolled_back"] += 1
+        except InteractionError:  # nothing in the segmentation to learn from
+            counts["skipped"] += 1
+        if cycle in at:
+            out.append(record(cycle))
+    return out
+
+
+def _per_task_bytes(session) -> tuple[int, int, int]:
+    """What one more learned task keeps: the bytes of its gate logits (torch), of their Python objects (traced
+    while adding 100 tasks to a copy of the network), and of a task record (fingerprint, clicks, kernel counts;
+    traced on 100 copies) with its painted annotation, if any."""
+    import copy
+    import tracemalloc
+
+    gates = sum(conv.gates.logits[0].numel() * conv.gates.logits[0].element_size()
+                for conv in session.net.masked_convs().values())
+    net = copy.deepcopy(session.net)
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    t0 = tracemalloc.get_traced_memory()[0]
+    for _ in range(100):
+        net.add_task()
+    objects = (tracemalloc.get_traced_memory()[0] - t0) // 100
+    record = 0
+    if session.tasks:
+        t0 = tracemalloc.get_traced_memory()[0]
+        copies = [copy.deepcopy(session.tasks[-1]) for _ in range(100)]
+        record = (tracemalloc.get_traced_memory()[0] - t0) // len(copies)
+        record += int(np.mean([a.nbytes for a in session.annotations.values()])) if session.annotations else 0
+    if started:
+        tracemalloc.stop()
+    return gates, objects, record
+
+
+def memory(args) -> int:
+    """RSS over repeated segment / click / learn cycles, against a margin net of the per-task state."""
+    import tracemalloc
+
+    from .session import ClisSession
+
+    session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
+    session.learn_settings.steps = args.steps
+    samples = _memory_samples(args.model, args.data, args.size, args.images)
+    at = sorted({c for c in MEMORY_CHECKPOINTS if c <= args.cycles} | {args.cycles})
+    tracemalloc.start()
+    t0 = time.time()
+    rows = memory_cycles(session, samples, args.cycles, clicks=args.clicks, at=at)
+    tracemalloc.stop()
+    seconds = time.time() - t0
+    gates, per_objects, per_record = _per_task_bytes(session)
+    with_truth = samples[0][1] is not None
+    print(f"\nMemory over {args.cycles} cycles ({args.model} model, {len(samples)} "
+          f"{'held-out images with their ground truth' if with_truth else 'crops of one image'}, at most "
+          f"{args.size} px, T={args.samples}; per cycle: segment(), {args.clicks} clicks "
+          f"{'of the simulated user' if with_truth else 'against the network'}, learn() with {args.steps} steps; "
+          f"{seconds / 60:.1f} min), {_machine()}\n")
+    print("| after | RSS (MB) | live torch tensors (MB) | Python + numpy heap (MB) | tasks learned | rolled back | "
+          "skipped |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        name = "start (model loaded)" if r["cycle"] == 0 else f"cycle {r['cycle']}"
+        print(f"| {name} | {r['rss_mb']:.1f} | {r['tensor_bytes'] / 2**20:.2f} | {r['heap_bytes'] / 2**20:.2f} | "
+              f"{r['learned']} | {r['rolled_back']} | {r['skipped']} |")
+    base = next((r for r in rows if r["cycle"] == 10), rows[1] if len(rows) > 1 else rows[0])
+    last = rows[-1]
+    new_tasks = last["tasks"] - base["tasks"]
+    per_task = gates + per_objects + per_record
+    growth = last["rss_mb"] - base["rss_mb"]
+    net = growth - new_tasks * per_task / 2**20
+    verdict = "within" if net <= args.margin else "OVER"
+    print(f"\nFrom cycle {base['cycle']} to {last['cycle']}: RSS {growth:+.1f} MB, live torch tensors "
+          f"{(last['tensor_bytes'] - base['tensor_bytes']) / 2**10:+.1f} KB, Python + numpy heap "
+          f"{(last['heap_bytes'] - base['heap_bytes']) / 2**10:+.1f} KB, for {new_tasks} new tasks. One task keeps "
+          f"{per_task / 2**10:.1f} KB: {gates} B of gate logits, {per_objects / 2**10:.1f} KB of their Python objects, "
+          f"{per_record / 2**10:.1f} KB of task record; {new_tasks * per_task / 2**20:.2f} MB for the new tasks. "
+          f"Growth net of them: **{net:+.1f} MB**, {verdict} the margin of {args.margin:.0f} MB.")
+    return 0 if net <= args.margin else 1
+
+
 def continual(args) -> int:
     """The paper's transfer protocol: CLIS beside no update, fine-tuning, LwF, EWC and PackNet."""
     import torch
@@ -629,6 +801,16 @@ def add_parser(sub) -> None:
     lr.add_argument("--sizes", default="256,512")
     lr.add_argument("--steps", type=int, default=20)
     lr.set_defaults(bench_func=learn_speed)
+    me = bsub.add_parser("memory", help="RSS over 50 segment / click / learn cycles, net of what each task keeps")
+    _model_args(me, default="nuclei", allow_all=False, image_only=False)
+    me.add_argument("--cycles", type=int, default=50)
+    me.add_argument("--steps", type=int, default=20, help="learning steps per cycle (fewer: a quicker run)")
+    me.add_argument("--clicks", type=int, default=3, help="clicks per cycle")
+    me.add_argument("--size", type=int, default=256, help="images are centre crops of at most this many px")
+    me.add_argument("--images", type=int, default=10, help="distinct images, used in turn")
+    me.add_argument("--margin", type=float, default=MEMORY_MARGIN_MB,
+                    help=f"allowed RSS growth (MB) after cycle 10, net of the tasks (default {MEMORY_MARGIN_MB:.0f})")
+    me.set_defaults(bench_func=memory)
 
 
 def run(args) -> int:

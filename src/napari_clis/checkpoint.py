@@ -13,10 +13,13 @@ Pure torch: no Qt, no napari.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
 import tempfile
+import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -52,16 +55,22 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
     The bytes go to a temporary file in the same folder, are flushed to disk, and replace ``path``
-    in one rename. On any error the temporary file is removed and ``path`` is untouched.
+    in one rename, which is then flushed too (the folder's entry). On any error the temporary file is
+    removed and ``path`` is untouched.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise CheckpointError(f"Cannot save to {path}: the folder {folder} does not exist.")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise CheckpointError(f"Cannot save to {path}: the folder {folder} {what}.")
+    if path.is_dir():
+        raise CheckpointError(f"Cannot save to {path}: it is a folder. Give a file name, e.g. {path / 'model.pt'}.")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.") from e
+        advice = (" Choose a folder you can write to." if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                  else "")
+        raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.{advice}") from e
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -79,6 +88,21 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         if isinstance(e, OSError):
             raise CheckpointError(f"Could not save {path}: {e.strerror or e}. The previous file is unchanged.") from e
         raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries, so that a rename in it survives a power cut, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot flush a folder; the file itself is complete on disk
+    finally:
+        os.close(fd)
 
 
 def save_model(path: Path | str, net: ClisNet, metadata: dict | None = None, extra: dict | None = None) -> None:
@@ -97,17 +121,63 @@ def save_model(path: Path | str, net: ClisNet, metadata: dict | None = None, ext
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _check_checksums(path: Path) -> None:
+    """Refuse a model file whose parts do not match their CRC-32 checksums.
+
+    ``torch.save`` writes a zip archive whose members carry checksums, but ``torch.load`` does not check them:
+    without this, a file damaged on disk or in a copy would load as a silently different model.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip archive: torch.load says what it is
+    except Exception as e:  # a damaged archive directory: zipfile raises several other types
+        raise _damaged(path, e) from e
+    with archive:
+        if not any(m.CRC for m in archive.infolist()):
+            return  # written with torch's checksums switched off: nothing to compare with
+        try:
+            bad = archive.testzip()
+        except Exception as e:
+            raise _damaged(path, e) from e
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged: its part {bad!r} does not match the checksum written with it, so the file was "
+            "corrupted or changed after it was saved. Use a backup copy, or save the model again."
+        )
+
+
+def _damaged(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged (its archive structure is corrupt: {type(e).__name__}: {e}). Use a "
+                           "backup copy, or save the model again.")
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's error in a few words. Its own texts are long and written for developers (they stay chained to
+    the CheckpointError), and some advise loading with ``weights_only=False``, which would run the file's code."""
+    text = str(e)
+    zip_error = re.search(r"failed reading zip archive: ([^.]+)", text)
+    if zip_error:
+        return f"its archive is damaged or incomplete ({zip_error.group(1)})"
+    if isinstance(e, EOFError) or not text:
+        return "the file ends too early"
+    return f"its contents are not in the model file format ({type(e).__name__}; anything else is refused, never run)"
+
+
 def _read_payload(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"Model file {path} does not exist.")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a model file.")
+    _check_checksums(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is not news to the user: it is refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files; all mean the same to the user
         raise CheckpointError(
             f"{path} is not a readable napari-clis model file (it may be truncated, corrupt or of another "
-            f"program): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"program): {_load_failure(e)}."
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a napari-clis model file (no '{FORMAT}' format marker).")

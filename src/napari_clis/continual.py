@@ -235,6 +235,7 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         h.remove()
     for p in new.parameters():
         p.requires_grad_(False)
+        p.grad = None  # the last step's gradients would otherwise stay with the session's model (1.7 MB for nuclei)
     with torch.no_grad():  # free kernels that learned nothing stay free for later tasks
         for name, conv in new.masked_convs().items():
             idle = free_masks[name] & (conv.norm.weight.abs() < s.idle_scale)

@@ -185,7 +185,20 @@ class Interaction:
     # -- editing --------------------------------------------------------------------------------
     def set_clicks(self, points, labels) -> None:
         """Replace all clicks at once (one propagation): ``points`` (N, 2) as (y, x), ``labels`` (N,)."""
-        pts = np.asarray(points, float).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+        try:
+            pts = np.asarray(points, float)
+        except (TypeError, ValueError):
+            raise InteractionError(f"click positions must be numbers, (N, 2) as (y, x); got {points!r:.80}") from None
+        if pts.size == 0:
+            pts = pts.reshape(0, 2)
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise InteractionError(f"click positions must have shape (N, 2), (y, x) per click; got shape {pts.shape}")
+        try:
+            one_dimensional = not isinstance(labels, (str, bytes)) and np.ndim(labels) == 1
+        except ValueError:  # a ragged nesting
+            one_dimensional = False
+        if not one_dimensional:
+            raise InteractionError(f"click classes must be a sequence of N class ids, got {labels!r:.80}")
         labs = list(labels)
         if len(labs) != len(pts):
             raise InteractionError(f"{len(pts)} click positions but {len(labs)} classes")
@@ -201,6 +214,8 @@ class Interaction:
         return len(self.clicks) - 1
 
     def remove_click(self, index: int) -> None:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise InteractionError(f"a click is removed by its index, a whole number; got {index!r}")
         if not -len(self.clicks) <= int(index) < len(self.clicks):
             raise InteractionError(f"there is no click {index}; there are {len(self.clicks)}")
         del self.clicks[int(index)]
@@ -216,6 +231,10 @@ class Interaction:
         mask = np.asarray(mask)
         if mask.shape != self.shape:
             raise InteractionError(f"the annotation mask has shape {mask.shape}, the image {self.shape}")
+        if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
+            raise InteractionError(f"the annotation mask must be boolean (True where painted), got dtype {mask.dtype}")
+        if np.issubdtype(mask.dtype, np.floating) and not np.isfinite(mask).all():
+            raise InteractionError("the annotation mask contains NaN or infinite values; give a boolean mask")
         mask = mask.astype(bool)
         if self.painted is None:
             self.painted = np.full(self.shape, -1, np.int16)
@@ -227,6 +246,9 @@ class Interaction:
         painted = np.asarray(painted)
         if painted.shape != self.shape:
             raise InteractionError(f"the painted map has shape {painted.shape}, the image {self.shape}")
+        if not (painted.dtype == bool or np.issubdtype(painted.dtype, np.integer)):
+            raise InteractionError(f"the painted map must hold whole class numbers (-1 where unpainted), got dtype "
+                                   f"{painted.dtype}")
         on = painted >= 0
         if on.any() and int(painted[on].max()) >= self.graph.n_classes:
             raise InteractionError(f"painted class {int(painted[on].max())} is not one of this model's classes "
@@ -248,13 +270,15 @@ class Interaction:
     def fixed_regions(self) -> np.ndarray:
         """(n,) class of each annotated region, -1 for free ones. Clicks win over paint; a clicked region takes
         the clicked class (its pixels may be refined, :meth:`split_regions`); a region clicked with several
-        classes is split between its clicks and takes its majority class."""
+        classes is split between its clicks and takes its majority class. A clicked pixel always ends up with
+        its click's class (the latest click's, if the same pixel was clicked more than once) unless painted."""
         return self._annotations()[0]
 
     def split_regions(self) -> dict[int, np.ndarray]:
         """Regions clicked with more than one class: region -> (h, w) class per pixel of its bounding box
         (-1 outside the region). Each pixel takes the class of the nearest click of that region, nearness
-        measured in position and colour, so two clicks split a region along its colour edge."""
+        measured in position and colour, so two clicks split a region along its colour edge; each clicked
+        pixel takes its own click's class."""
         return self._annotations()[1]
 
     def _annotations(self):
@@ -272,7 +296,8 @@ class Interaction:
             painted = counts.sum(1) > 0.5 * g.area
             fixed[painted] = counts[painted].argmax(1)
         by_region: dict[int, list[tuple[int, int, int]]] = {}
-        for y, x, lab in self.clicks:
+        latest = {(y, x): lab for y, x, lab in self.clicks}  # a later click on the same pixel replaces an earlier
+        for (y, x), lab in latest.items():
             r = int(g.regions[y, x])
             by_region.setdefault(r, []).append((y, x, lab))
         split = {}
@@ -353,6 +378,8 @@ class Interaction:
             closer = mask & (d < best)
             best[closer] = d[closer]
             out[closer] = lab
+        for y, x, lab in clicks:  # a clicked pixel is nearest its own click even where its colour is not
+            out[y - box[0].start, x - box[1].start] = lab
         return out
 
     def region_log_probabilities(self, fixed: np.ndarray | None = None) -> np.ndarray:
@@ -401,6 +428,8 @@ class Interaction:
         """(m, 2) int (y, x): interior points of the ``n`` most uncertain regions not annotated yet, at least
         about two superpixels apart (a less uncertain region gives way to a nearby more uncertain one)."""
         g = self.graph
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+            raise InteractionError(f"the number of suggestions must be a whole number, got {n!r}")
         if n <= 0:
             return np.zeros((0, 2), np.int64)
         if min_area is None:

@@ -29,10 +29,10 @@ def as_2d_image(image) -> np.ndarray:
     Raises :class:`ImageError` naming the problem for anything else.
     """
     arr = np.asarray(image)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
-    if np.iscomplexobj(arr):
+    if arr.dtype.kind == "c":
         raise ImageError("The image holds complex numbers; take its magnitude or real part first.")
+    if arr.dtype.kind not in "biuf":  # numpy counts time differences (timedelta64) as numbers; they are not pixels
+        raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] == 4:
@@ -83,18 +83,27 @@ def normalize_image(image) -> np.ndarray:
                 f"The image contains {n_nan} NaN and {n_inf} infinite values; replace them "
                 "(e.g. numpy.nan_to_num) before segmenting."
             )
-    flat = arr.reshape(-1)
+    if arr.dtype.kind == "f":
+        # Values near a float type's limits are first scaled by a power of two (exact), in the image's own type, so
+        # that their differences and reciprocals cannot overflow to inf and give NaN or a flat image.
+        peak = max(-arr.min(), arr.max())
+        exponent = int(np.frexp(peak)[1])  # peak = m * 2**exponent, 0.5 <= m < 1
+        if peak > 0 and not -100 < exponent < 100:
+            arr = np.ldexp(arr, -exponent)
+    out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
+    flat = out.reshape(-1)
     step = max(1, flat.size // _MAX_PERCENTILE_SAMPLES)
     lo, hi = np.percentile(flat[::step].astype(np.float64), [_LOW_PERCENTILE, _HIGH_PERCENTILE])
     if not hi > lo:
         lo, hi = float(flat.min()), float(flat.max())
-    out = arr.astype(np.float32)
     if hi > lo:
-        out = (out - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        out -= out.dtype.type(lo)
+        out *= out.dtype.type(1.0 / (hi - lo))
         np.clip(out, 0.0, 1.0, out=out)
         out -= 0.5
+        out = out.astype(np.float32, copy=False)
     else:
-        out = np.zeros_like(out)
+        out = np.zeros(out.shape, np.float32)
     if out.ndim == 2:
         return np.broadcast_to(out, (3,) + out.shape).copy()
     return np.ascontiguousarray(np.moveaxis(out, -1, 0))

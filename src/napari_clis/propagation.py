@@ -110,17 +110,32 @@ def minimize_potts(unary, edges, weights, *, fixed=None, init=None, max_sweeps: 
     (n,) int32 labels: the exact minimum for K = 2, an alpha-expansion local minimum (within a factor 2 of
     the global one) for K > 2.
     """
-    unary = np.array(unary, float, copy=True)
+    unary = _as_finite(unary, "unary")
+    if unary.ndim != 2 or unary.shape[1] < 1:
+        raise ValueError(f"unary must have shape (n, K) with K >= 1 labels, got shape {unary.shape}")
     n, k = unary.shape
-    edges = np.asarray(edges, np.int64).reshape(-1, 2)
-    weights = np.asarray(weights, float).reshape(-1)
+    edges = _as_whole(edges, "edges")
+    if edges.size == 0:
+        edges = edges.reshape(0, 2)
+    if edges.ndim != 2 or edges.shape[1] != 2:
+        raise ValueError(f"edges must have shape (E, 2), a pair of node indices per edge, got shape {edges.shape}")
+    if len(edges) and (edges.min() < 0 or edges.max() >= n):
+        raise ValueError(f"edges must index nodes 0..{n - 1}, got indices {edges.min()}..{edges.max()}")
+    weights = _as_finite(weights, "weights").reshape(-1)
     if len(weights) != len(edges):
         raise ValueError(f"{len(edges)} edges but {len(weights)} weights")
     if np.any(weights < 0):
         raise ValueError("Potts weights must be >= 0")
-    fixed = np.full(n, -1, np.int64) if fixed is None else np.asarray(fixed, np.int64)
+    fixed = np.full(n, -1, np.int64) if fixed is None else _as_whole(fixed, "fixed")
     if fixed.shape != (n,) or np.any(fixed >= k) or np.any(fixed < -1):
         raise ValueError(f"fixed must hold, per node, a label in 0..{k - 1} or -1 (free)")
+    if init is not None:
+        init = _as_whole(init, "init")
+        if init.shape != (n,) or np.any(init < 0) or np.any(init >= k):
+            raise ValueError(f"init must hold, per node, a label in 0..{k - 1}")
+    peak = max(np.abs(unary).max(initial=0.0), weights.max(initial=0.0))
+    if peak > 2.0**500:  # sums of such terms would overflow to inf; one common scale changes no minimum
+        unary, weights = unary / peak, weights / peak
 
     # Eliminate fixed nodes: an edge to a fixed node becomes a unary term of its free neighbour.
     free = fixed < 0
@@ -152,6 +167,27 @@ def minimize_potts(unary, edges, weights, *, fixed=None, init=None, max_sweeps: 
             sub = _alpha_expansion(sub_unary, sub_edges, sub_w, start, max_sweeps)
         out[idx] = sub
     return out.astype(np.int32)
+
+
+def _as_finite(values, name: str) -> np.ndarray:
+    """A float64 copy of ``values``; ``ValueError`` naming ``name`` unless all are finite numbers."""
+    try:
+        arr = np.array(values, float, copy=True)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, got {values!r:.80}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite; it holds {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)")
+    return arr
+
+
+def _as_whole(values, name: str) -> np.ndarray:
+    """``values`` as int64; ``ValueError`` naming ``name`` unless all are whole numbers."""
+    arr = np.asarray(values)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must be whole numbers, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"{name} must be whole numbers, got non-integer values")
+    return arr.astype(np.int64)
 
 
 def _alpha_expansion(unary, edges, weights, f, max_sweeps):

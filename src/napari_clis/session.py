@@ -208,7 +208,7 @@ class ClisSession:
         SegmentationResult
         """
         _refuse_labels_layer(image)
-        if hasattr(image, "data") and not isinstance(image, np.ndarray):
+        if not isinstance(image, np.ndarray) and hasattr(image, "data"):  # ndarray.data fails for datetimes
             image = image.data
         normalized = normalize_image(image)
         self._fingerprint = self._image_fingerprint(normalized)
