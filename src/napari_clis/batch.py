@@ -722,14 +722,20 @@ def _check_workers(client) -> int:
         raise RuntimeError(f"The Dask scheduler at {client.scheduler.address} has no workers. Start some with "
                            f"`dask worker {client.scheduler.address}`.") from e
     try:
+        scheduler_version, _ = client.run_on_scheduler(_worker_facts)  # it unpickles the tasks: it needs us too
+    except Exception as e:
+        raise RuntimeError(f"The Dask scheduler at {client.scheduler.address} cannot read napari-clis tasks "
+                           f"({type(e).__name__}: {e}). Start it where napari-clis {__version__} is installed.") from e
+    try:
         facts = client.run(_worker_facts)
     except Exception as e:
         raise RuntimeError("The Dask workers cannot run napari-clis batch segmentation "
                            f"({type(e).__name__}: {e}). Install napari-clis {__version__} where they run.") from e
-    wrong = {w: v for w, (v, _) in facts.items() if v != __version__}
+    wrong = {w: v for w, (v, _) in {"scheduler": (scheduler_version, None), **facts}.items() if v != __version__}
     if wrong:
-        raise RuntimeError(f"These Dask workers run another napari-clis version than this one ({__version__}), so "
-                           f"their results could differ: {wrong}. Install napari-clis {__version__} there.")
+        raise RuntimeError(f"These parts of the Dask cluster run another napari-clis version than this one "
+                           f"({__version__}), so their results could differ: {wrong}. Install napari-clis "
+                           f"{__version__} there.")
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers by default; any explicit value also turns off
     # glibc's adaptive mmap threshold, and every large tensor is then mapped and faulted in afresh: PyTorch on
     # the CPU ran 2.5x slower (docs/batch.md). Our local cluster leaves it unset; a lab's cluster may not.

@@ -74,8 +74,8 @@ def _load_session(model: str, **kwargs):
     if model in shipped_models():
         return ClisSession.from_pretrained(model, **kwargs)
     if not Path(model).is_file():
-        raise SystemExit(f"napari-clis segment: --model {model!r} is neither a shipped model "
-                         f"({', '.join(shipped_models())}) nor a model file that exists.")
+        raise ValueError(f"--model {model!r} is neither a shipped model ({', '.join(shipped_models())}) nor a "
+                         "model file that exists.")
     return ClisSession.from_checkpoint(model, **kwargs)
 
 
@@ -92,7 +92,8 @@ def _segment(args) -> int:
         session = _load_session(args.model, device=args.device,
                                 **({"n_samples": args.samples} if args.samples is not None else {}))
     except (CheckpointError, ValueError) as e:
-        raise SystemExit(f"napari-clis segment: {e}") from e
+        print(f"napari-clis segment: {e}", file=sys.stderr)
+        return 2
     bar = tqdm(unit="image", desc="segment", file=sys.stderr)
 
     def progress(done, total, record):
