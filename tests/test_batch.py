@@ -166,6 +166,8 @@ def test_bad_inputs_are_reported_and_the_others_segmented(tmp_path, capsys):
     for stem in (NUCLEI_FLUO, NUCLEI_HE):
         assert all(p.exists() for p in _outputs(out, stem))
     assert read_batch_metadata(_outputs(out, NUCLEI_HE)[0])["checkpoint"] == str(model)
+    assert main(["segment", str(folder), "--model", str(tmp_path / "nuclei"), "--output", str(out)]) == 2
+    assert "neither a shipped model" in capsys.readouterr().err
 
 
 def test_a_failed_write_leaves_no_output_that_looks_complete(tmp_path, monkeypatch, nuclei_session):
