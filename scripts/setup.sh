@@ -35,6 +35,6 @@ echo "== installing napari-clis =="
 if [ "$with_tests" = 1 ]; then
     "$PYTHON" -m pip install -q -e ".[testing]"
 else
-    "$PYTHON" -m pip install -q -e ".[qt,bench]"
+    "$PYTHON" -m pip install -q -e ".[qt,bench,batch]"
 fi
 "$PYTHON" -c "import torch, napari_clis; print('napari-clis', napari_clis.__version__, '| torch', torch.__version__, '| CUDA', torch.cuda.is_available())"

@@ -1,4 +1,5 @@
-"""The ``napari-clis`` command: ``demo``, ``pretrain`` and ``bench``. Thin: it parses arguments and calls the core."""
+"""The ``napari-clis`` command: ``demo``, ``segment``, ``pretrain`` and ``bench``. Thin: it parses arguments and calls
+the core."""
 
 from __future__ import annotations
 
@@ -65,8 +66,98 @@ def _demo(args) -> int:
     return 0
 
 
+def _load_session(model: str, **kwargs):
+    """A session from a shipped model's name or a model file's path."""
+    from .checkpoint import shipped_models
+    from .session import ClisSession
+
+    if model in shipped_models():
+        return ClisSession.from_pretrained(model, **kwargs)
+    if not Path(model).is_file():
+        raise ValueError(f"--model {model!r} is neither a shipped model ({', '.join(shipped_models())}) nor a "
+                         "model file that exists.")
+    return ClisSession.from_checkpoint(model, **kwargs)
+
+
+def _segment(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .batch import OutputExistsError
+    from .checkpoint import CheckpointError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        session = _load_session(args.model, device=args.device,
+                                **({"n_samples": args.samples} if args.samples is not None else {}))
+    except (CheckpointError, ValueError) as e:
+        print(f"napari-clis segment: {e}", file=sys.stderr)
+        return 2
+    bar = tqdm(unit="image", desc="segment", file=sys.stderr)
+
+    def progress(done, total, record):
+        bar.total = total
+        bar.update(done - bar.n)
+        if record is not None and record.status == "failed":
+            bar.write(f"failed: {record.error}", file=sys.stderr)
+
+    try:
+        records = session.segment_many(args.inputs, args.output, overwrite=args.overwrite, scheduler=args.scheduler,
+                                       workers=args.workers, tile=args.tile, superpixels=args.superpixels,
+                                       progress=progress)
+    except (OutputExistsError, ValueError, OSError, RuntimeError, ImportError) as e:
+        bar.close()
+        print(f"napari-clis segment: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("napari-clis segment: interrupted. Run the same command again to go on: the files already written "
+              "are skipped.", file=sys.stderr)
+        return 130
+    bar.close()
+    return _report(records, args.output)
+
+
+def _report(records, output) -> int:
+    """A summary on stderr; 1 when a file failed."""
+    count = {s: sum(r.status == s for r in records) for s in ("segmented", "skipped", "failed")}
+    print(f"{count['segmented']} segmented, {count['skipped']} skipped (already done), {count['failed']} failed, "
+          f"of {len(records)}; outputs in {output}", file=sys.stderr)
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        print("These could not be segmented:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_segment_parser(sub) -> None:
+    from .batch import DEFAULT_BATCH_TILE
+
+    sg = sub.add_parser("segment", help="segment image files and folders into labels and uncertainty TIFFs "
+                                        "(resumable; in this process or on a Dask cluster)")
+    sg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (tif, png, jpg) or folders of them")
+    sg.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                    help="nuclei, skin-lesion, or a model file saved by napari-clis")
+    sg.add_argument("--output", required=True, metavar="DIR", help="folder for the TIFFs (created if needed)")
+    sg.add_argument("--overwrite", action="store_true",
+                    help="replace outputs that another run wrote (outputs of this same run are skipped anyway)")
+    sg.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="N > 1: start a local Dask cluster of N worker processes (needs napari-clis[batch])")
+    sg.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786")
+    sg.add_argument("--tile", type=int, default=DEFAULT_BATCH_TILE, metavar="PX",
+                    help=f"images larger than PX on a side go in tiles of at most PX (default {DEFAULT_BATCH_TILE})")
+    sg.add_argument("--superpixels", action="store_true", help="also write the superpixels (<name>_superpixels.tif)")
+    sg.add_argument("--samples", type=int, metavar="T", help="Monte-Carlo samples for the uncertainty (default 8)")
+    sg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sg.add_argument("--threads", type=int, help="CPU threads for torch in this process")
+    sg.set_defaults(func=_segment)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="napari-clis", description="CLIS interactive segmentation: training and benchmarks.")
+    p = argparse.ArgumentParser(prog="napari-clis", description="CLIS interactive segmentation: demo, batch "
+                                "segmentation, training and benchmarks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="train a model from scratch on the hold-out split of ../shared/data")
@@ -96,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="open napari with a sample image and the segmentation widget")
     dm.add_argument("--sample", choices=["nuclei", "skin-lesion"], default="nuclei")
     dm.set_defaults(func=_demo)
+
+    _add_segment_parser(sub)
 
     from . import benchmarks
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_2d_image", "normalize_image", "ImageError"]
+__all__ = ["as_2d_image", "normalize_image", "intensity_range", "ImageError"]
 
 # Percentiles that set the intensity range; robust to a few hot pixels and to dark backgrounds.
 _LOW_PERCENTILE = 1.0
@@ -64,13 +64,64 @@ def as_2d_image(image) -> np.ndarray:
     return arr
 
 
-def normalize_image(image) -> np.ndarray:
+def normalize_image(image, *, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Network input ``(3, H, W)`` float32 in ``[-0.5, 0.5]`` from a 2D grey or colour image.
 
     The intensity range is set by the 1st and 99.8th percentiles over all channels (colour balance is
     kept), so uint8, uint16 and float images of any range give the same input. Grey images are
     repeated over three channels. A constant image gives zeros. NaN or Inf raise :class:`ImageError`.
+
+    ``value_range``, the ``(low, high)`` of :func:`intensity_range` of a larger image, normalises a tile of
+    that image exactly as the whole image would be (batch tiling).
     """
+    arr = _as_numeric_2d(image)
+    if value_range is None:
+        arr = _tame(arr)
+        lo, hi = _percentile_range(arr)
+    else:
+        lo, hi = value_range
+    out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
+    if hi > lo:
+        out -= out.dtype.type(lo)
+        out *= out.dtype.type(1.0 / (hi - lo))
+        np.clip(out, 0.0, 1.0, out=out)
+        out -= 0.5
+        out = out.astype(np.float32, copy=False)
+    else:
+        out = np.zeros(out.shape, np.float32)
+    if out.ndim == 2:
+        return np.broadcast_to(out, (3,) + out.shape).copy()
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+
+
+def intensity_range(image) -> tuple[float, float]:
+    """``(low, high)``: the intensities :func:`normalize_image` maps to -0.5 and 0.5 (1st and 99.8th
+    percentiles over all channels; the minimum and maximum where those are equal)."""
+    return _percentile_range(_tame(_as_numeric_2d(image)))
+
+
+def _tame(arr: np.ndarray) -> np.ndarray:
+    """Values near a float type's limits scaled by a power of two (exact), in the image's own type, so that their
+    differences and reciprocals cannot overflow to inf and give NaN or a flat image."""
+    if arr.dtype.kind == "f" and arr.size:
+        peak = max(-arr.min(), arr.max())
+        exponent = int(np.frexp(peak)[1])  # peak = m * 2**exponent, 0.5 <= m < 1
+        if peak > 0 and not -100 < exponent < 100:
+            return np.ldexp(arr, -exponent)
+    return arr
+
+
+def _percentile_range(arr: np.ndarray) -> tuple[float, float]:
+    flat = arr.reshape(-1)
+    step = max(1, flat.size // _MAX_PERCENTILE_SAMPLES)
+    lo, hi = np.percentile(flat[::step].astype(np.float64), [_LOW_PERCENTILE, _HIGH_PERCENTILE])
+    if not hi > lo:
+        lo, hi = float(flat.min()), float(flat.max())
+    return float(lo), float(hi)
+
+
+def _as_numeric_2d(image) -> np.ndarray:
+    """:func:`as_2d_image`, booleans as uint8, and a refusal of NaN and Inf."""
     arr = as_2d_image(image)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -83,27 +134,4 @@ def normalize_image(image) -> np.ndarray:
                 f"The image contains {n_nan} NaN and {n_inf} infinite values; replace them "
                 "(e.g. numpy.nan_to_num) before segmenting."
             )
-    if arr.dtype.kind == "f":
-        # Values near a float type's limits are first scaled by a power of two (exact), in the image's own type, so
-        # that their differences and reciprocals cannot overflow to inf and give NaN or a flat image.
-        peak = max(-arr.min(), arr.max())
-        exponent = int(np.frexp(peak)[1])  # peak = m * 2**exponent, 0.5 <= m < 1
-        if peak > 0 and not -100 < exponent < 100:
-            arr = np.ldexp(arr, -exponent)
-    out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
-    flat = out.reshape(-1)
-    step = max(1, flat.size // _MAX_PERCENTILE_SAMPLES)
-    lo, hi = np.percentile(flat[::step].astype(np.float64), [_LOW_PERCENTILE, _HIGH_PERCENTILE])
-    if not hi > lo:
-        lo, hi = float(flat.min()), float(flat.max())
-    if hi > lo:
-        out -= out.dtype.type(lo)
-        out *= out.dtype.type(1.0 / (hi - lo))
-        np.clip(out, 0.0, 1.0, out=out)
-        out -= 0.5
-        out = out.astype(np.float32, copy=False)
-    else:
-        out = np.zeros(out.shape, np.float32)
-    if out.ndim == 2:
-        return np.broadcast_to(out, (3,) + out.shape).copy()
-    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+    return arr

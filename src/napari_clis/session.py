@@ -244,6 +244,27 @@ class ClisSession:
         known = [r.fingerprint for r in self.tasks] + [f for f, _ in self.remembered]
         return any(float(np.dot(self._fingerprint, np.asarray(f))) > 1 - 1e-6 for f in known)
 
+    def segment_many(self, paths, output=None, *, overwrite: bool = False, scheduler: str | None = None,
+                     workers: int = 1, tile: int | None = None, superpixels: bool = False, progress=None):
+        """Segment image files and folders into labels and uncertainty TIFFs, here or on a Dask cluster.
+
+        A resumable batch run: outputs complete from an earlier run of the same settings are skipped, others are
+        never replaced without ``overwrite``. Stacks go slice by slice; planes over ``tile`` px on a side go in
+        tiles. Identical results in one process and on a cluster. The session's current image and clicks are
+        left as they are. See :func:`napari_clis.batch.segment_many` for the parameters and ``docs/batch.md``
+        for the command line.
+
+        Returns
+        -------
+        list of napari_clis.batch.FileResult
+            One per input file, in order: ``status`` ("segmented", "skipped", "failed"), ``outputs``,
+            ``error``; with ``output=None`` nothing is written and each holds ``labels`` and ``uncertainty``.
+        """
+        from .batch import segment_many
+
+        return segment_many(self, paths, output, overwrite=overwrite, scheduler=scheduler, workers=workers,
+                            tile=tile, superpixels=superpixels, progress=progress)
+
     # -- interaction -----------------------------------------------------------------------------------
     def _require_interaction(self) -> Interaction:
         if self.interaction is None:

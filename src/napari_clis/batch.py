@@ -1,0 +1,784 @@
+"""Batch segmentation of image files and folders: in this process, or spread over a Dask cluster.
+
+Each file (tif, tiff, png, jpg, jpeg) becomes a labels TIFF (int32, class per pixel) and an uncertainty TIFF
+(float32), and on request a superpixels TIFF (int32), written next to each other in one output folder as
+``<stem>_labels.tif``, ``<stem>_uncertainty.tif``, ``<stem>_superpixels.tif``. A stack (``(Z, H, W)``,
+``(T, Z, H, W)`` grey or ``(Z, H, W, 3)`` colour) is segmented slice by slice and written with the same
+leading axes.
+
+What makes a run safe to repeat:
+
+* every output is written atomically (a temporary file in the output folder, then one rename), and its TIFF
+  description records, as JSON, the run that wrote it: input file (path, size, modification time), model
+  (name, file, a digest of its weights and tasks), napari-clis version and settings. An output whose record
+  matches the present run is complete and is skipped: an interrupted run resumes where it stopped;
+* an existing output that another run wrote (or any other file in its place) is never replaced unless
+  ``overwrite`` is given: the run refuses before segmenting anything, naming the files.
+
+Large images and the cluster: a plane larger than ``tile`` pixels on a side is cut into tiles (cores of at
+most ``tile`` px, aligned to 8 px, each seen with ``TILE_MARGIN`` px of context); each tile is segmented
+on its own and the cores are put back together, so the overlaps are cut in half. Every tile uses the session's
+seed, so it draws the same Monte-Carlo samples as one pass over the whole image (the samples are per channel,
+not per pixel), and with the context wider than the network's receptive field the tiled result equals that
+pass up to floating-point rounding (the network's arithmetic depends a little on the size of its input: the
+uncertainty differs by about 1e-7, and a label only where a probability is 0.5 to that precision). The same
+tiles are made whether the work runs here or on a cluster, so both give identical files.
+Superpixels are computed per tile core and renumbered by tile (ids stay unique within a plane).
+
+Pure numpy/torch and, for a cluster, ``distributed`` (the ``batch`` extra): no Qt, no napari.
+
+Examples
+--------
+>>> from napari_clis import ClisSession
+>>> s = ClisSession.from_pretrained("nuclei")
+>>> records = s.segment_many(["images/"], "results/")          # doctest: +SKIP
+>>> [r.status for r in records]                                  # doctest: +SKIP
+['segmented', 'segmented', 'skipped']
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .preprocessing import ImageError, as_2d_image, intensity_range, normalize_image
+
+__all__ = ["segment_many", "FileResult", "Tile", "plan_tiles", "find_images", "output_paths", "read_image",
+           "read_batch_metadata", "OutputExistsError", "SUPPORTED_SUFFIXES", "DEFAULT_BATCH_TILE"]
+
+SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+DEFAULT_BATCH_TILE = 2048  # planes up to this many pixels on a side are segmented in one piece
+MIN_TILE = 64
+TILE_MARGIN = 96  # context around each tile, as uncertainty.DEFAULT_MARGIN: wider than the network's receptive field
+KEY = "napari_clis"  # the key of our record in an output's TIFF description
+_DTYPES = {"labels": np.int32, "uncertainty": np.float32, "superpixels": np.int32}
+_DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
+_IMAGEJ_KEYS = ("spacing", "unit", "finterval", "fps", "xorigin", "yorigin", "zorigin")
+_TRIM_CONFIG = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
+class OutputExistsError(FileExistsError):
+    """Outputs exist that this run did not write; nothing was segmented."""
+
+
+@dataclass
+class FileResult:
+    """What :func:`segment_many` did with one input, in the order the inputs were given.
+
+    Attributes
+    ----------
+    source : Path
+        The input file (or a path given that is neither a file nor a folder of images).
+    status : str
+        ``"segmented"``, ``"skipped"`` (its outputs were complete from an earlier run) or ``"failed"``.
+    outputs : dict of str to Path
+        ``{"labels": ..., "uncertainty": ...[, "superpixels": ...]}``; empty without an output folder.
+    error : str or None
+        Why it failed, for a person to read.
+    shape : tuple of int or None
+        The segmented shape: leading axes, then ``(H, W)``.
+    tiles : int
+        Pieces segmented: tiles summed over slices.
+    seconds : float
+        Wall time from reading the file to writing its outputs.
+    labels, uncertainty, superpixels : ndarray or None
+        ``shape`` int32, float32, int32: the results themselves, kept only when no output folder is given.
+    """
+
+    source: Path
+    status: str
+    outputs: dict = field(default_factory=dict)
+    error: str | None = None
+    shape: tuple | None = None
+    tiles: int = 0
+    seconds: float = 0.0
+    labels: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    superpixels: np.ndarray | None = None
+
+
+# -- tiles ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tile:
+    """One piece of a plane: ``core`` (y0, y1, x0, x1) is what it contributes, ``crop`` (ya, yb, xa, xb) what
+    the network sees (the core and up to ``margin`` px of context on each side)."""
+
+    core: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+
+    @property
+    def core_in_crop(self) -> tuple[int, int, int, int]:
+        (y0, y1, x0, x1), (ya, _, xa, _) = self.core, self.crop
+        return y0 - ya, y1 - ya, x0 - xa, x1 - xa
+
+
+def plan_tiles(height: int, width: int, tile: int, margin: int = TILE_MARGIN) -> list[Tile]:
+    """The tiles of an ``(height, width)`` plane, row by row; one tile when neither side exceeds ``tile``.
+
+    A side longer than ``tile`` is split into ``ceil(side / tile)`` equal cores, rounded up to a multiple of 8
+    so that every crop starts on the network's 8-pixel grid (the tiled result then matches the untiled one).
+    """
+    if height <= tile and width <= tile:
+        return [Tile((0, height, 0, width), (0, height, 0, width))]
+    if tile < MIN_TILE:
+        raise ValueError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
+
+    def cores(side):
+        step = -(-side // math.ceil(side / tile))
+        step += -step % 8
+        return [(a, min(a + step, side)) for a in range(0, side, step)]
+
+    return [Tile((y0, y1, x0, x1), (max(0, y0 - margin), min(height, y1 + margin),
+                                     max(0, x0 - margin), min(width, x1 + margin)))
+            for y0, y1 in cores(height) for x0, x1 in cores(width)]
+
+
+# -- inputs and outputs -------------------------------------------------------------------------------------------
+def find_images(paths, *, output: str | Path | None = None) -> list[Path | FileResult]:
+    """The image files named by ``paths`` (files, or folders whose images are taken in name order).
+
+    A path that does not exist, a folder without images, or a file of another type comes back as a failed
+    :class:`FileResult` in its place, so the others still run. Files that look like this run's own outputs
+    (``*_labels.tif`` ...) in the ``output`` folder are left out, so a folder can be its own output folder.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out_dir = Path(output).resolve() if output is not None else None
+    found: list[Path | FileResult] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images = [p for p in sorted(path.iterdir()) if _is_input_image(p, out_dir)]
+            found += images or [FileResult(path, "failed", error=f"The folder {path} holds no images "
+                                                                  f"({', '.join(SUPPORTED_SUFFIXES)}).")]
+        elif not path.exists():
+            found.append(FileResult(path, "failed", error=f"{path} does not exist."))
+        elif path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            found.append(FileResult(path, "failed", error=f"{path} is not a supported image file: napari-clis "
+                                                          f"reads {', '.join(SUPPORTED_SUFFIXES)}."))
+        else:
+            found.append(path)
+    return found
+
+
+def _is_input_image(path: Path, out_dir: Path | None) -> bool:
+    if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        return False
+    is_output = any(path.name.endswith(f"_{kind}.tif") for kind in _DTYPES)
+    return not (is_output and out_dir is not None and path.parent.resolve() == out_dir)
+
+
+def output_paths(source: str | Path, folder: str | Path, kinds=("labels", "uncertainty")) -> dict[str, Path]:
+    """``{kind: folder / "<stem>_<kind>.tif"}`` for the outputs of ``source``."""
+    return {kind: Path(folder) / f"{Path(source).stem}_{kind}.tif" for kind in kinds}
+
+
+@dataclass
+class _SourceInfo:
+    """How a file was stored: its axes and the metadata worth keeping in the outputs."""
+
+    axes: str | None = None
+    resolution: tuple[float, float] | None = None
+    resolution_unit: int | None = None
+    imagej: dict = field(default_factory=dict)
+    description: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"axes": self.axes, "resolution": self.resolution, "resolution_unit": self.resolution_unit,
+             "imagej": self.imagej, "description": self.description}
+        return {k: v for k, v in d.items() if v}
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, _SourceInfo]:
+    """The pixels of an image file and what is kept of its metadata (resolution, ImageJ spacing, description).
+
+    TIFF files are read with tifffile (their first series, with its axes); PNG and JPEG with Pillow, through
+    imageio (as ``skimage.io.imread`` does).
+    Raises :class:`ImageError` naming the file when it cannot be read.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _read_tiff(path)
+        import imageio.v3 as iio
+
+        dpi = iio.immeta(path, plugin="pillow").get("dpi")
+        info = _SourceInfo(resolution=(float(dpi[0]), float(dpi[1])) if dpi else None,
+                           resolution_unit=2 if dpi else None)  # 2: inch
+        return np.asarray(iio.imread(path, plugin="pillow")), info
+    except ImageError:
+        raise
+    except Exception as e:  # every reader has its own errors; the user needs the file and the reason
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImageError(f"Could not read {path}: it is damaged or not a {path.suffix.lstrip('.').upper()} image "
+                         f"({reason}).") from e
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, _SourceInfo]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data, page = series.asarray(), tif.pages[0]
+        info = _SourceInfo(axes=series.axes)
+        if "XResolution" in page.tags and "YResolution" in page.tags:
+            info.resolution = tuple(float(v) for v in page.resolution)
+            info.resolution_unit = int(page.resolutionunit)
+        if tif.is_imagej:
+            info.imagej = {k: v for k, v in (tif.imagej_metadata or {}).items() if k in _IMAGEJ_KEYS}
+        elif not (tif.is_shaped or tif.is_ome) and page.description:
+            info.description = page.description
+    return data, info
+
+
+def _plane_stack(data: np.ndarray, axes: str | None) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """``(N, H, W)`` grey or ``(N, H, W, 3|4)`` colour planes, the leading shape and the output's axes."""
+    if axes is not None and len(axes) == data.ndim:
+        if "C" in axes:
+            raise ImageError(f"It has {data.shape[axes.index('C')]} channels (axes {axes}): napari-clis segments "
+                             "grey or RGB images. Save the channel to segment in a file of its own.")
+        colour = "S" in axes
+        if colour:
+            data = np.moveaxis(data, axes.index("S"), -1)
+            axes = axes.replace("S", "")
+    else:
+        if data.ndim >= 3 and data.shape[-1] == 1:
+            data = data[..., 0]
+        colour, axes = data.ndim >= 3 and data.shape[-1] in (3, 4), None
+    if data.ndim < 2 + colour or data.size == 0:
+        raise ImageError(f"It is not an image: its shape is {data.shape}.")
+    lead = data.shape[: data.ndim - 2 - colour]
+    if axes is None or len(axes) != len(lead) + 2:
+        axes = _DEFAULT_AXES.get(len(lead) + 2, "Q" * len(lead) + "YX")
+    return data.reshape((-1,) + data.shape[len(lead):]), tuple(lead), axes
+
+
+# -- what the workers run -----------------------------------------------------------------------------------------
+@dataclass
+class TileModel:
+    """What segmenting a tile needs: the network and the session's sampling settings. Sent to Dask workers.
+
+    ``superpixel_size`` 0 skips the superpixels. ``device`` is the session's kind of device; a worker without
+    a GPU uses its CPU.
+    """
+
+    net: object
+    n_samples: int
+    seed: int
+    working_long_side: int | None
+    flips: bool
+    superpixel_size: int
+    device: str = "cpu"
+    placed: bool = False
+
+    @classmethod
+    def from_session(cls, session, *, superpixels: bool, for_workers: bool) -> TileModel:
+        net = copy.deepcopy(session.net).cpu() if for_workers else session.net
+        return cls(net, session.n_samples, session.seed, session.working_long_side, session.test_time_flips,
+                   session.superpixel_size if superpixels else 0, session.device.type, placed=not for_workers)
+
+    def ready_net(self):
+        if not self.placed:
+            import torch
+
+            device = self.device if self.device != "cuda" or torch.cuda.is_available() else "cpu"
+            self.net = self.net.to(device).eval()
+            self.placed = True
+        return self.net
+
+
+def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, float], task: int,
+                 core: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """Segment one crop of a plane as :meth:`ClisSession.segment` would, and return its core.
+
+    Parameters
+    ----------
+    model : TileModel
+    raw : (h, w) or (h, w, 3|4) array
+        The crop, as read from the file.
+    value_range : (float, float)
+        :func:`~napari_clis.preprocessing.intensity_range` of the whole plane.
+    task : int
+        The task chosen for the whole plane.
+    core : (y0, y1, x0, x1)
+        The part of the crop to return.
+
+    Returns
+    -------
+    dict
+        ``labels`` (int32), ``uncertainty`` (float32) and, if asked for, ``superpixels`` (int32 from 1), each
+        ``(y1 - y0, x1 - x0)``.
+    """
+    from .superpixels import compute_superpixels
+    from .uncertainty import predict
+
+    normalized = normalize_image(raw, value_range=value_range)
+    out = predict(model.ready_net(), normalized, task=task, n_samples=model.n_samples, seed=model.seed,
+                  working_long_side=model.working_long_side, flips=model.flips)
+    y0, y1, x0, x1 = core
+    result = {"labels": out.probabilities.argmax(0).astype(np.int32)[y0:y1, x0:x1],
+              "uncertainty": out.uncertainty[y0:y1, x0:x1]}
+    if model.superpixel_size:
+        result["superpixels"] = compute_superpixels(normalized[:, y0:y1, x0:x1], size=model.superpixel_size)
+    return {k: np.ascontiguousarray(v) for k, v in result.items()}
+
+
+def _worker_facts() -> tuple[str, str | None]:
+    """This napari-clis version, and the malloc trim threshold set for the process (see ``_check_workers``)."""
+    return __version__, os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+# -- one file ------------------------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """One input file and where its outputs go (``outputs`` empty: keep the arrays)."""
+
+    source: Path
+    outputs: dict
+    record: dict  # what the outputs' descriptions say about the run, with its key "job"
+
+
+@dataclass
+class _Prepared:
+    """A file read and planned: its planes, and per plane the intensity range, task and tiles."""
+
+    job: _Job
+    planes: np.ndarray
+    lead: tuple
+    axes: str
+    info: _SourceInfo
+    plans: list  # [(value_range, task, [Tile, ...]), ...] per plane
+    t0: float
+    results: dict = field(default_factory=dict)  # (plane, tile) -> segment_tile's dict
+    error: str | None = None
+    remaining: int = 0  # tiles still out on the cluster
+
+    @property
+    def n_pieces(self) -> int:
+        return sum(len(tiles) for _, _, tiles in self.plans)
+
+    def pieces(self):
+        """``((plane, tile), (raw crop, value range, task, core in crop))`` for every tile of every plane."""
+        for p, (value_range, task, tiles) in enumerate(self.plans):
+            for t, tile in enumerate(tiles):
+                ya, yb, xa, xb = tile.crop
+                yield (p, t), (self.planes[p, ya:yb, xa:xb], value_range, task, tile.core_in_crop)
+
+
+def _prepare(job: _Job, session, tile: int) -> _Prepared | FileResult:
+    """Read ``job``'s file and plan its tiles; a failed :class:`FileResult` if it cannot be segmented."""
+    t0 = time.perf_counter()
+    try:
+        data, info = read_image(job.source)
+        planes, lead, axes = _plane_stack(data, info.axes)
+        plans = [_plan_plane(session, plane, tile) for plane in planes]
+    except ImageError as e:
+        message = str(e) if str(job.source) in str(e) else f"{job.source}: {e}"
+        return FileResult(job.source, "failed", error=message)
+    return _Prepared(job, planes, lead, axes, info, plans, t0)
+
+
+def _plan_plane(session, plane: np.ndarray, tile: int):
+    plane = as_2d_image(plane)  # refuses what segment() refuses, before any work is sent out
+    value_range = intensity_range(plane)
+    if session.working_long_side is not None:  # the network sees the whole image, resized: no tiles
+        tile = max(plane.shape[:2])
+    tiles = plan_tiles(*plane.shape[:2], tile)
+    return value_range, _plane_task(session, plane, value_range), tiles
+
+
+def _plane_task(session, plane: np.ndarray, value_range) -> int:
+    """The task :meth:`ClisSession.segment` would choose for this plane (0 while nothing is learned)."""
+    if not session.tasks and not session.remembered:
+        return 0
+    import torch
+
+    from .continual import select_task
+
+    with torch.no_grad():
+        fp = session._image_fingerprint(normalize_image(plane, value_range=value_range))
+    return select_task(fp, session.tasks, session.remembered)
+
+
+def _complete(state: _Prepared) -> FileResult:
+    """Stitch the tiles, write the outputs (or keep the arrays) and say what happened."""
+    job = state.job
+    if state.error is not None:
+        return FileResult(job.source, "failed", error=f"{job.source}: {state.error}")
+    arrays = _assemble(state)
+    shape = next(iter(arrays.values())).shape
+    done = dict(source=job.source, shape=shape, tiles=state.n_pieces)
+    if not job.outputs:
+        return FileResult(status="segmented", seconds=time.perf_counter() - state.t0, **done, **arrays)
+    try:
+        for kind, path in job.outputs.items():
+            _write_output(path, arrays[kind], kind, state)
+    except OSError as e:
+        return FileResult(job.source, "failed", error=f"Could not write {e.filename or 'the outputs'} for "
+                                                      f"{job.source}: {e.strerror or e}.")
+    return FileResult(status="segmented", outputs=dict(job.outputs), seconds=time.perf_counter() - state.t0, **done)
+
+
+def _assemble(state: _Prepared) -> dict[str, np.ndarray]:
+    n, h, w = state.planes.shape[:3]
+    kinds = state.results[(0, 0)].keys()
+    out = {kind: np.zeros((n, h, w), _DTYPES[kind]) for kind in kinds}
+    for p, (_, _, tiles) in enumerate(state.plans):
+        offset = 0  # superpixel ids stay unique: each tile's ids follow the previous tile's
+        for t, tile in enumerate(tiles):
+            res = state.results[(p, t)]
+            y0, y1, x0, x1 = tile.core
+            for kind in kinds:
+                out[kind][p, y0:y1, x0:x1] = res[kind] + (offset if kind == "superpixels" else 0)
+            if "superpixels" in res:
+                offset += int(res["superpixels"].max())
+    return {kind: a.reshape(state.lead + (h, w)) for kind, a in out.items()}
+
+
+def _write_output(path: Path, array: np.ndarray, kind: str, state: _Prepared) -> None:
+    info = state.info
+    record = {KEY: {"kind": kind, **state.job.record, "axes": state.axes, "source_metadata": info.to_dict()}}
+    shaped = {"axes": state.axes, **{k: v for k, v in info.imagej.items() if k in ("spacing", "unit")}}
+    kwargs = {}
+    if info.resolution:
+        kwargs = {"resolution": info.resolution, "resolutionunit": info.resolution_unit}
+    _write_tiff_atomic(path, array, description=json.dumps(record), metadata=shaped, photometric="minisblack",
+                      compression="zlib" if kind != "uncertainty" else None, **kwargs)
+
+
+def _write_tiff_atomic(path: Path, array: np.ndarray, **kwargs) -> None:
+    """``tifffile.imwrite`` to a temporary file in ``path``'s folder, flushed, then renamed onto ``path``: a
+    reader (or a resumed run) sees either no file or the whole file, never half of one."""
+    import tifffile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the output gets the usual permissions
+        tifffile.imwrite(tmp, array, **kwargs)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # on disk before the rename makes it the output
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_batch_metadata(path: str | Path) -> dict:
+    """The record :func:`segment_many` wrote into an output's description (empty for any other file)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return json.loads(tif.pages[0].description).get(KEY, {})
+    except Exception:  # not a TIFF, not ours, unreadable: not an output of a run
+        return {}
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def _model_digest(session) -> str:
+    """A digest of what decides the results: weights, kernel gates, learned tasks and task memory."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(session.net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().numpy().tobytes())
+    known = {"tasks": [r.to_dict() for r in session.tasks], "remembered": session.remembered,
+             "working_long_side": session.working_long_side, "flips": session.test_time_flips}
+    h.update(json.dumps(known, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _make_job(source: Path, folder: Path | None, kinds, run: dict) -> _Job:
+    st = source.stat()
+    record = {"source": str(source.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, **run}
+    # what decides the pixels; the model's name and file are not part of it (a model file may move)
+    decisive = {k: record[k] for k in ("source", "source_size", "source_mtime_ns", "version", "model_digest",
+                                       "settings")}
+    record["job"] = hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+    return _Job(source, output_paths(source, folder, kinds) if folder is not None else {}, record)
+
+
+def _check_collisions(jobs: list[_Job]) -> None:
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        path = job.outputs["labels"]
+        if path in seen:
+            raise ValueError(f"{seen[path]} and {job.source} would write the same outputs ({path.name} ...): "
+                             "rename one of them, or segment them into different output folders.")
+        seen[path] = job.source
+
+
+def _is_done(job: _Job, overwrite: bool, conflicts: list[Path]) -> bool:
+    """Whether ``job``'s outputs are all there from this same run; other files in their place go to
+    ``conflicts`` unless ``overwrite``."""
+    present = [p for p in job.outputs.values() if os.path.lexists(p)]
+    foreign = [p for p in present if read_batch_metadata(p).get("job") != job.record["job"]]
+    if not overwrite:
+        conflicts += foreign
+    return not foreign and len(present) == len(job.outputs)
+
+
+def _refuse(conflicts: list[Path]) -> None:
+    names = ", ".join(map(str, conflicts[:10])) + (f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
+    raise OutputExistsError(
+        f"{len(conflicts)} output file(s) already exist that this run did not write (another model, other "
+        f"settings, a changed input, or another program): {names}. Nothing was segmented. Use --overwrite "
+        "(overwrite=True in Python) to replace them, or choose another output folder."
+    )
+
+
+def segment_many(session, paths, output: str | Path | None = None, *, overwrite: bool = False,
+                 scheduler: str | None = None, workers: int = 1, tile: int | None = None,
+                 superpixels: bool = False, progress=None) -> list[FileResult]:
+    """Segment image files and folders with ``session``'s model, here or on a Dask cluster.
+
+    Parameters
+    ----------
+    session : ClisSession
+        The model and its settings (``n_samples``, ``seed``, ``superpixel_size``, learned tasks).
+    paths : path or list of paths
+        Image files (tif, tiff, png, jpg, jpeg) and folders of them. Stacks are segmented slice by slice.
+    output : path, optional
+        Folder for the TIFFs (created if needed). Without it nothing is written and each
+        :class:`FileResult` holds its arrays.
+    overwrite : bool
+        Replace outputs that another run wrote. Without it such files stop the run before any work
+        (:class:`OutputExistsError`); outputs of this same run are complete and skipped either way.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``"tcp://host:8786"``): the work goes to its workers.
+    workers : int
+        More than 1 starts a local Dask cluster of that many single-threaded worker processes.
+    tile : int
+        Planes larger than this on a side are cut into tiles (default :data:`DEFAULT_BATCH_TILE`).
+    superpixels : bool
+        Also write (or keep) the superpixels.
+    progress : callable, optional
+        ``progress(done, total, record)``: first ``(0, total, None)``, then after each input with its
+        :class:`FileResult`.
+
+    Returns
+    -------
+    list of FileResult
+        One per input file, in order; a failed input does not stop the others.
+    """
+    tile = DEFAULT_BATCH_TILE if tile is None else int(tile)
+    _check_arguments(tile, int(workers), scheduler)
+    folder = Path(output) if output is not None else None
+    found = find_images(paths, output=folder)
+    records: list[FileResult | None] = [f if isinstance(f, FileResult) else None for f in found]
+    kinds = ("labels", "uncertainty") + (("superpixels",) if superpixels else ())
+    run = _run_record(session, tile)
+    jobs = []
+    for i, source in enumerate(found):
+        if records[i] is None:
+            try:
+                jobs.append((i, _make_job(source, folder, kinds, run)))
+            except OSError as e:
+                records[i] = FileResult(source, "failed", error=f"{source}: {e.strerror or e}.")
+    todo = _select_todo(jobs, folder, overwrite, records)
+    report = _Reporter(records, progress)
+    for i, record in enumerate(list(records)):
+        if record is not None:  # failed or skipped before any work: reported first, in order
+            report(i, record)
+    _run(todo, session, tile, superpixels, scheduler, int(workers), report)
+    return records
+
+
+def _check_arguments(tile: int, workers: int, scheduler) -> None:
+    if tile < MIN_TILE:
+        raise ValueError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if scheduler and workers > 1:
+        raise ValueError("Give either a scheduler (its workers do the work) or a number of local workers, not both.")
+
+
+def _run_record(session, tile: int) -> dict:
+    """What every output of this run records about it (the input is added per file)."""
+    return {"version": __version__, "model": session.model_name, "checkpoint": session.source,
+            "model_digest": _model_digest(session), "class_names": session.class_names,
+            "settings": {"n_samples": session.n_samples, "seed": session.seed, "tile": tile,
+                         "margin": TILE_MARGIN, "superpixel_size": session.superpixel_size}}
+
+
+class _Reporter:
+    """Puts each input's record in its place and calls ``progress(done, total, record)``, first with
+    ``(0, total, None)``."""
+
+    def __init__(self, records: list, progress):
+        self.records, self.progress, self.done = records, progress, 0
+        if progress is not None:
+            progress(0, len(records), None)
+
+    def __call__(self, index: int, record: FileResult) -> None:
+        self.records[index] = record
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.records), record)
+
+
+def _select_todo(jobs: list, folder: Path | None, overwrite: bool, records: list) -> list:
+    """The jobs still to do; the complete ones become skipped records. Refuses on foreign outputs."""
+    if folder is None:
+        return jobs
+    _check_collisions([job for _, job in jobs])
+    conflicts: list[Path] = []
+    todo = []
+    for i, job in jobs:
+        if _is_done(job, overwrite, conflicts):
+            records[i] = FileResult(job.source, "skipped", outputs=dict(job.outputs))
+        else:
+            todo.append((i, job))
+    if conflicts:
+        _refuse(conflicts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return todo
+
+
+def _run(todo: list, session, tile: int, superpixels: bool, scheduler, workers: int, finish) -> None:
+    if not todo:
+        return
+    if scheduler is None and workers == 1:
+        _run_here(todo, session, tile, TileModel.from_session(session, superpixels=superpixels, for_workers=False),
+                  finish)
+        return
+    model = TileModel.from_session(session, superpixels=superpixels, for_workers=True)
+    with _dask_client(scheduler, workers) as client:
+        _run_on_cluster(todo, session, tile, model, client, finish)
+
+
+def _run_here(todo: list, session, tile: int, model: TileModel, finish) -> None:
+    for index, job in todo:
+        state = _prepare(job, session, tile)
+        if isinstance(state, _Prepared):
+            for key, args in state.pieces():
+                try:
+                    state.results[key] = segment_tile(model, *args)
+                except Exception as e:  # e.g. out of memory: this file fails, the others go on
+                    state.error = _describe(e)
+                    break
+            state = _complete(state)
+        finish(index, state)
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+
+# -- Dask ---------------------------------------------------------------------------------------------------------
+class _dask_client:
+    """A ``distributed.Client`` to ``scheduler``, or to a local cluster of ``workers`` processes that it
+    starts and closes."""
+
+    def __init__(self, scheduler: str | None, workers: int):
+        self.scheduler, self.workers = scheduler, workers
+        self.cluster = self.client = None
+
+    def __enter__(self):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as e:
+            raise ImportError("Running on a Dask cluster needs the 'distributed' package: "
+                              "pip install 'napari-clis[batch]'.") from e
+        if self.scheduler is None:
+            import dask
+
+            with dask.config.set({_TRIM_CONFIG: None}):  # see _check_workers
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(self.scheduler, timeout="30s")
+            except OSError as e:
+                raise ConnectionError(f"Could not reach the Dask scheduler at {self.scheduler}: {e}. Is "
+                                      "`dask scheduler` running there, and is the address right?") from e
+        return self.client
+
+    def __exit__(self, *exc):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def _check_workers(client) -> int:
+    """The number of workers, after checking they run this napari-clis; waits up to a minute for one."""
+    try:
+        client.wait_for_workers(1, timeout=60)
+    except TimeoutError as e:
+        raise RuntimeError(f"The Dask scheduler at {client.scheduler.address} has no workers. Start some with "
+                           f"`dask worker {client.scheduler.address}`.") from e
+    try:
+        scheduler_version, _ = client.run_on_scheduler(_worker_facts)  # it unpickles the tasks: it needs us too
+    except Exception as e:
+        raise RuntimeError(f"The Dask scheduler at {client.scheduler.address} cannot read napari-clis tasks "
+                           f"({type(e).__name__}: {e}). Start it where napari-clis {__version__} is installed.") from e
+    try:
+        facts = client.run(_worker_facts)
+    except Exception as e:
+        raise RuntimeError("The Dask workers cannot run napari-clis batch segmentation "
+                           f"({type(e).__name__}: {e}). Install napari-clis {__version__} where they run.") from e
+    wrong = {w: v for w, (v, _) in {"scheduler": (scheduler_version, None), **facts}.items() if v != __version__}
+    if wrong:
+        raise RuntimeError(f"These parts of the Dask cluster run another napari-clis version than this one "
+                           f"({__version__}), so their results could differ: {wrong}. Install napari-clis "
+                           f"{__version__} there.")
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers by default; any explicit value also turns off
+    # glibc's adaptive mmap threshold, and every large tensor is then mapped and faulted in afresh: PyTorch on
+    # the CPU ran 2.5x slower (docs/batch.md). Our local cluster leaves it unset; a lab's cluster may not.
+    if any(trim is not None for _, trim in facts.values()):
+        warnings.warn("The Dask workers run with MALLOC_TRIM_THRESHOLD_ set (Dask's default), which makes "
+                      "segmentation about 2x slower; docs/batch.md says how to start them without it.",
+                      RuntimeWarning, stacklevel=2)
+    return len(facts)
+
+
+def _run_on_cluster(todo: list, session, tile: int, model: TileModel, client, finish) -> None:
+    """Files are read and planned here, their tiles segmented on the workers, stitched and written here. A few
+    files' tiles are in flight at a time, so memory stays bounded whatever the number of files."""
+    from distributed import as_completed
+
+    window = 2 * _check_workers(client)
+    model_future = client.scatter(model, broadcast=True, hash=False)
+    queue, inflight, completed = deque(todo), {}, as_completed()
+
+    def submit_more():
+        while queue and len(inflight) < window:
+            index, job = queue.popleft()
+            state = _prepare(job, session, tile)
+            if isinstance(state, FileResult):
+                finish(index, state)
+                continue
+            state.remaining = state.n_pieces
+            for key, (raw, *args) in state.pieces():
+                data = client.scatter(np.ascontiguousarray(raw), hash=False)
+                future = client.submit(segment_tile, model_future, data, *args, pure=False)
+                inflight[future] = (index, state, key)
+                completed.add(future)
+
+    submit_more()
+    for future in completed:
+        index, state, key = inflight.pop(future)
+        if state.error is None:
+            try:
+                state.results[key] = future.result()
+            except Exception as e:  # raised on a worker (or the worker died): this file fails, the others go on
+                state.error = _describe(e)
+        future.release()
+        state.remaining -= 1
+        if state.remaining == 0:
+            finish(index, _complete(state))
+        submit_more()

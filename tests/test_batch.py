@@ -1,0 +1,264 @@
+"""Batch segmentation (`napari-clis segment`, `ClisSession.segment_many`) on the real images of tests/data."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.io import imread
+
+from napari_clis import __version__
+from napari_clis.batch import plan_tiles, read_batch_metadata
+from napari_clis.cli import main
+
+from .conftest import DATA, NUCLEI_FLUO, NUCLEI_HE
+
+NUCLEI_DIR = DATA / "dsb2018" / "images"
+
+
+def _outputs(folder, stem):
+    return folder / f"{stem}_labels.tif", folder / f"{stem}_uncertainty.tif"
+
+
+def _nuclei_folder(tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(NUCLEI_DIR, folder)
+    return folder
+
+
+def _stack_tiff(path, nuclei_fluo):
+    """A (3, H, W) grey ImageJ stack of real slices (the fluorescence image, flipped two ways), 0.5 um apart."""
+    image = nuclei_fluo[0]
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    tifffile.imwrite(path, stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    return stack
+
+
+def _large_image(nuclei_he):
+    """512x640 RGB: the H&E image tiled 2x2 (mirrored, so there are no seams in the image itself)."""
+    image = nuclei_he[0]
+    top = np.concatenate([image, image[:, ::-1]], axis=1)
+    return np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
+
+
+def test_cli_writes_labels_and_uncertainty_of_a_folder_as_segment_does(tmp_path, nuclei_session):
+    out = tmp_path / "out"
+    assert main(["segment", str(NUCLEI_DIR), "--model", "nuclei", "--output", str(out), "--device", "cpu"]) == 0
+    for stem in (NUCLEI_FLUO, NUCLEI_HE):
+        expected = nuclei_session.segment(imread(NUCLEI_DIR / f"{stem}.png"))
+        labels_path, uncertainty_path = _outputs(out, stem)
+        labels, uncertainty = tifffile.imread(labels_path), tifffile.imread(uncertainty_path)
+        assert labels.dtype == np.int32 and uncertainty.dtype == np.float32
+        np.testing.assert_array_equal(labels, expected.labels)
+        np.testing.assert_array_equal(uncertainty, expected.uncertainty)
+        with tifffile.TiffFile(labels_path) as tif:
+            record = json.loads(tif.pages[0].description)["napari_clis"]
+        assert record["model"] == "nuclei" and record["checkpoint"] == "nuclei"
+        assert record["version"] == __version__ and record["kind"] == "labels"
+        assert record["source"] == str((NUCLEI_DIR / f"{stem}.png").resolve())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for s in (NUCLEI_FLUO, NUCLEI_HE)
+                                                           for p in _outputs(out, s))
+
+
+def test_api_without_output_returns_the_arrays_of_segment(lesion, lesion_session):
+    path = DATA / "isic2017" / "images" / "2.jpg"
+    progress = []
+    records = lesion_session.segment_many([path], progress=lambda *a: progress.append(a[:2]))
+    expected = lesion_session.segment(lesion[0])
+    (r,) = records
+    assert r.status == "segmented" and r.outputs == {} and r.shape == lesion[0].shape[:2] and r.tiles == 1
+    np.testing.assert_array_equal(r.labels, expected.labels)
+    np.testing.assert_array_equal(r.uncertainty, expected.uncertainty)
+    assert progress == [(0, 1), (1, 1)]
+
+
+def test_stacks_are_segmented_slice_by_slice_keeping_their_spacing(tmp_path, nuclei_fluo, nuclei_he, nuclei_session):
+    grey = _stack_tiff(tmp_path / "grey.tif", nuclei_fluo)
+    colour = np.stack([nuclei_he[0], nuclei_he[0][::-1]])  # (Z, H, W, 3)
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
+    records = nuclei_session.segment_many([tmp_path / "grey.tif", tmp_path / "colour.tif"], tmp_path / "out",
+                                          superpixels=True)
+    assert [r.status for r in records] == ["segmented", "segmented"]
+    assert records[0].shape == grey.shape and records[1].shape == colour.shape[:3]
+    for stack, record in zip((grey, colour), records):
+        labels = tifffile.imread(record.outputs["labels"])
+        superpixels = tifffile.imread(record.outputs["superpixels"])
+        assert labels.shape == stack.shape[:3] and record.tiles == len(stack)
+        for z, plane in enumerate(stack):
+            expected = nuclei_session.segment(plane)
+            np.testing.assert_array_equal(labels[z], expected.labels)
+            np.testing.assert_array_equal(superpixels[z], expected.superpixels)
+    with tifffile.TiffFile(records[0].outputs["uncertainty"]) as tif:
+        page = tif.pages[0]
+        assert page.resolution == (4.0, 4.0)
+        assert tif.shaped_metadata[0]["spacing"] == 0.5 and tif.shaped_metadata[0]["axes"] == "ZYX"
+        kept = json.loads(page.description)["napari_clis"]["source_metadata"]
+        assert kept["imagej"] == {"spacing": 0.5, "unit": "um"}
+
+
+def test_an_interrupted_run_resumes_with_the_files_it_had_not_finished(tmp_path, nuclei_session):
+    folder = _nuclei_folder(tmp_path)  # the folder is its own output folder: outputs are not taken as inputs
+
+    def stop_after_first(done, total, record):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nuclei_session.segment_many(folder, folder, progress=stop_after_first)
+    first, second = _outputs(folder, NUCLEI_FLUO), _outputs(folder, NUCLEI_HE)
+    assert all(p.exists() for p in first) and not any(p.exists() for p in second)
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+    mtimes = [p.stat().st_mtime_ns for p in first]
+
+    records = nuclei_session.segment_many(folder, folder)
+    assert [r.status for r in records] == ["skipped", "segmented"]
+    assert [p.stat().st_mtime_ns for p in first] == mtimes
+    assert all(p.exists() for p in second)
+    assert [r.status for r in nuclei_session.segment_many(folder, folder)] == ["skipped", "skipped"]
+
+
+def test_outputs_of_another_run_are_not_replaced_without_overwrite(tmp_path, capsys):
+    image = NUCLEI_DIR / f"{NUCLEI_HE}.png"
+    out = tmp_path / "out"
+    assert main(["segment", str(image), "--model", "nuclei", "--output", str(out), "--samples", "2"]) == 0
+    labels_path, _ = _outputs(out, NUCLEI_HE)
+    before = labels_path.read_bytes()
+    capsys.readouterr()
+    # other settings: the files on disk are not this run's, so it refuses before doing anything
+    assert main(["segment", str(image), "--model", "nuclei", "--output", str(out), "--samples", "3"]) == 2
+    err = capsys.readouterr().err
+    assert str(labels_path) in err and "--overwrite" in err
+    assert labels_path.read_bytes() == before
+    assert main(["segment", str(image), "--model", "nuclei", "--output", str(out), "--samples", "3",
+                 "--overwrite"]) == 0
+    assert read_batch_metadata(labels_path)["settings"]["n_samples"] == 3
+
+
+def test_a_file_that_is_not_ours_is_not_replaced(tmp_path, capsys):
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"
+    out = tmp_path / "out"
+    out.mkdir()
+    labels_path, _ = _outputs(out, NUCLEI_FLUO)
+    tifffile.imwrite(labels_path, np.ones((4, 4), np.uint8))  # e.g. a hand-made ground truth
+    assert main(["segment", str(image), "--model", "nuclei", "--output", str(out)]) == 2
+    assert str(labels_path) in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(labels_path), np.ones((4, 4), np.uint8))
+
+
+def test_bad_inputs_are_reported_and_the_others_segmented(tmp_path, capsys):
+    from napari_clis.checkpoint import shipped_model_path
+
+    folder = _nuclei_folder(tmp_path)
+    (folder / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    model = shipped_model_path("nuclei")  # a model file given by its path
+    code = main(["segment", str(folder), str(tmp_path / "notes.txt"), str(tmp_path / "missing.tif"),
+                 "--model", str(model), "--output", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    for name in ("broken.png", "notes.txt", "missing.tif"):
+        assert name in err.split("These could not be segmented:")[1]
+    assert "2 segmented" in err and "3 failed" in err
+    for stem in (NUCLEI_FLUO, NUCLEI_HE):
+        assert all(p.exists() for p in _outputs(out, stem))
+    assert read_batch_metadata(_outputs(out, NUCLEI_HE)[0])["checkpoint"] == str(model)
+    assert main(["segment", str(folder), "--model", str(tmp_path / "nuclei"), "--output", str(out)]) == 2
+    assert "neither a shipped model" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_no_output_that_looks_complete(tmp_path, monkeypatch, nuclei_session):
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"
+    out = tmp_path / "out"
+    real_imwrite = tifffile.imwrite
+
+    def disk_full(path, data, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"II*\x00half a file")
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(tifffile, "imwrite", disk_full)
+    (r,) = nuclei_session.segment_many(image, out)
+    assert r.status == "failed" and "No space left on device" in r.error
+    assert os.listdir(out) == []
+    monkeypatch.setattr(tifffile, "imwrite", real_imwrite)
+    (r,) = nuclei_session.segment_many(image, out)
+    assert r.status == "segmented"
+
+
+def test_plan_tiles_covers_the_plane_once_with_cores_on_the_8_pixel_grid():
+    tiles = plan_tiles(1000, 2100, 1024)
+    covered = np.zeros((1000, 2100), int)
+    for t in tiles:
+        y0, y1, x0, x1 = t.core
+        covered[y0:y1, x0:x1] += 1
+        assert y0 % 8 == 0 and x0 % 8 == 0 and y1 - y0 <= 1024 and x1 - x0 <= 1024
+        ya, yb, xa, xb = t.crop
+        assert ya == max(0, y0 - 96) and xb == min(2100, x1 + 96)
+    assert (covered == 1).all() and len(tiles) == 3
+    assert len(plan_tiles(1000, 1024, 1024)) == 1
+    with pytest.raises(ValueError, match="tile"):
+        plan_tiles(100, 100, 8)
+
+
+def test_a_large_image_is_tiled_and_stitched_without_seams(nuclei_he, nuclei_session, tmp_path):
+    big = _large_image(nuclei_he)
+    tifffile.imwrite(tmp_path / "big.tif", big, photometric="rgb")
+    (r,) = nuclei_session.segment_many(tmp_path / "big.tif", tile=256, superpixels=True)
+    assert r.tiles == 6  # 2 x 3 cores of at most 256 px
+    whole = nuclei_session.segment(big)
+    # one pass over the whole image: equal up to floating-point rounding (see napari_clis.batch)
+    assert (r.labels == whole.labels).mean() > 0.9999
+    np.testing.assert_allclose(r.uncertainty, whole.uncertainty, atol=1e-5)
+    # superpixel ids: each lies in one tile, and no tile reuses another's
+    owners = {}
+    for i, t in enumerate(plan_tiles(*big.shape[:2], 256)):
+        y0, y1, x0, x1 = t.core
+        for sp in np.unique(r.superpixels[y0:y1, x0:x1]):
+            assert owners.setdefault(int(sp), i) == i
+    assert r.superpixels.min() == 1 and len(owners) == r.superpixels.max()
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, nuclei_fluo, nuclei_he):
+    """A large image that goes in tiles at --tile 256, and a grey stack."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    tifffile.imwrite(folder / "big.tif", _large_image(nuclei_he), photometric="rgb")
+    _stack_tiff(folder / "stack.tif", nuclei_fluo)
+    return folder
+
+
+def _read_all(folder):
+    return {p.name: (tifffile.imread(p), read_batch_metadata(p)) for p in sorted(folder.glob("*.tif"))}
+
+
+def test_a_local_dask_cluster_writes_the_same_files_as_one_process(mixed_folder, tmp_path, recwarn):
+    pytest.importorskip("distributed")
+    args = [str(mixed_folder), "--model", "nuclei", "--tile", "256", "--superpixels", "--device", "cpu"]
+    assert main(["segment", *args, "--output", str(tmp_path / "one")]) == 0
+    assert main(["segment", *args, "--output", str(tmp_path / "two"), "--workers", "2"]) == 0
+    # the local cluster's workers run without Dask's malloc trim setting, which slows PyTorch down 2.5x
+    assert not [w for w in recwarn if "MALLOC_TRIM_THRESHOLD_" in str(w.message)]
+    one, two = _read_all(tmp_path / "one"), _read_all(tmp_path / "two")
+    assert len(one) == 2 * 3 and one.keys() == two.keys()
+    for name, (array, record) in one.items():
+        np.testing.assert_array_equal(two[name][0], array, err_msg=name)
+        assert two[name][0].dtype == array.dtype and two[name][1] == record
+
+
+def test_a_running_scheduler_is_used_by_its_address(nuclei_session):
+    distributed = pytest.importorskip("distributed")
+    image = NUCLEI_DIR / f"{NUCLEI_HE}.png"
+    here = nuclei_session.segment_many(image, tile=128)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        there = nuclei_session.segment_many(image, tile=128, scheduler=cluster.scheduler_address)
+    assert there[0].status == "segmented" and there[0].tiles == 6
+    np.testing.assert_array_equal(there[0].labels, here[0].labels)
+    np.testing.assert_array_equal(there[0].uncertainty, here[0].uncertainty)
+    with pytest.raises(ValueError, match="not both"):
+        nuclei_session.segment_many(image, scheduler=cluster.scheduler_address, workers=2)
