@@ -212,3 +212,13 @@ def test_tiny_images_segment_and_take_clicks(shape):
     assert r.labels.shape == shape and s.labels.shape == shape
     s.click(shape[0] - 1, shape[1] - 1, 1)
     assert s.labels[shape[0] - 1, shape[1] - 1] == 1
+
+
+def test_a_task_that_is_not_a_task_index_is_refused_by_name(nuclei_session, nuclei_fluo):
+    image, _ = nuclei_fluo
+    for bad in (1.5, "a", True):
+        with pytest.raises(ValueError, match="task must be a whole number"):
+            nuclei_session.segment(image[:64, :64], task=bad)
+    with pytest.raises(ValueError, match="task 3 does not exist"):
+        nuclei_session.segment(image[:64, :64], task=3)
+    assert nuclei_session.segment(image[:64, :64], task=np.int64(0)).labels.shape == (64, 64)

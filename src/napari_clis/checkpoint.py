@@ -47,6 +47,15 @@ _SHIPPED = {"nuclei": "nuclei.pt", "skin-lesion": "skin-lesion.pt"}
 MODELS_DIR_ENV = "NAPARI_CLIS_MODELS"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: done once, at import, before any worker thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # saved files get the permissions a plain open() would give them
+
+
 class CheckpointError(ValueError):
     """A model file cannot be used; the message says why."""
 
@@ -72,9 +81,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
                   else "")
         raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.{advice}") from e
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

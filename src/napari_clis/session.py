@@ -212,6 +212,8 @@ class ClisSession:
             image = image.data
         normalized = normalize_image(image)
         self._fingerprint = self._image_fingerprint(normalized)
+        if task is not None and (isinstance(task, bool) or not isinstance(task, (int, np.integer))):
+            raise ValueError(f"task must be a whole number (a task index), got {task!r}")
         if task is not None and not 0 <= int(task) < self.net.n_tasks:
             raise ValueError(f"task {task} does not exist; this model has tasks 0..{self.net.n_tasks - 1}")
         self.task = select_task(self._fingerprint, self.tasks, self.remembered) if task is None else int(task)
