@@ -644,7 +644,7 @@ def continual(args) -> int:
         pool = load_dataset(model, args.part, args.data)
         per = {m: {k: {"dice": [], "iou": []} for k in measures} for m in methods}
         t0 = time.time()
-        for q in range(args.sequences):
+        for q in range(args.first_sequence, args.first_sequence + args.sequences):
             rng = np.random.default_rng(1000 + q)
             seq = [pool[i] for i in rng.choice(len(pool), min(args.tasks, len(pool)), replace=False)]
             for method in methods:
@@ -683,13 +683,14 @@ def continual(args) -> int:
                 for k in measures:
                     per[method][k]["dice"].append(float(np.mean([v[0] for v in vals[k]])))
                     per[method][k]["iou"].append(float(np.mean([v[1] for v in vals[k]])))
-                if method == "clis" and q == 0:
+                if method == "clis" and q == args.first_sequence:
                     usage = [torch.stack([c.gates.hard(t) for t in range(s.net.n_tasks)]).numpy() > 0
                              for c in s.net.masked_convs().values()]
                     histories[dataset] = (np.concatenate(usage, 1),
                                           [(n, c.gates.n_kernels) for n, c in s.net.masked_convs().items()])
                 seconds[method] += time.time() - tm
-            print(f"  {model}: sequence {q + 1}/{args.sequences} ({time.time() - t0:.0f}s)", file=sys.stderr)
+            print(f"  {model}: sequence {q + 1 - args.first_sequence}/{args.sequences} ({time.time() - t0:.0f}s)",
+                  file=sys.stderr)
         for method in methods:
             rows.append((dataset, method, per[method]))
     print(f"\nContinual learning on the {args.part} part, {args.sequences} sequence(s) of {args.tasks} tasks, "
@@ -779,6 +780,8 @@ def add_parser(sub) -> None:
     cl = bsub.add_parser("continual", help="the paper's transfer protocol: basic, forward and backward transfer")
     _model_args(cl, default="all", allow_all=True, image_only=False)
     cl.add_argument("--sequences", type=int, default=20)
+    cl.add_argument("--first-sequence", type=int, default=0, help="start at this sequence (to split a long run; "
+                    "sequence q is drawn with seed 1000 + q)")
     cl.add_argument("--tasks", type=int, default=8)
     cl.add_argument("--steps", type=int, default=20, help="learning steps per task (every method)")
     cl.add_argument("--methods", default="clis,none,finetune,lwf,ewc,packnet")
