@@ -38,16 +38,6 @@ def test_learning_one_half_improves_the_other_half_of_the_slide(learned):
     assert dice(r.labels > 0, tb > 0) > dice(before_b > 0, tb > 0)
 
 
-def test_the_ensemble_option_mixes_the_nearest_task_with_the_pretrained_one_for_unseen_images_only(learned):
-    s, _, (a, _), (b, _), _ = learned
-    t = _copy(s)
-    t.transfer = "ensemble"
-    p0, p1 = t.segment(b, task=0).probabilities, t.segment(b, task=1).probabilities
-    np.testing.assert_allclose(t.segment(b).probabilities, 0.5 * (p0 + p1), atol=1e-6)
-    assert t.task == 1
-    np.testing.assert_array_equal(t.segment(a).probabilities, t.segment(a, task=1).probabilities)  # learned: its own
-
-
 def test_the_pretrained_task_is_untouched_by_learning(learned, nuclei_he):
     s, _, (a, _), _, _ = learned
     fresh = ClisSession.from_pretrained("nuclei", device="cpu")

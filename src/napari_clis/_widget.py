@@ -270,6 +270,7 @@ class SegmentWidget(Container):
             self._show_tasks()
             from qtpy.QtCore import QTimer
 
+            # after this callback returns: moving layers inside it crashed Mesa's OpenGL under Xvfb
             QTimer.singleShot(0, lambda: self._raise_above(layer))
         self._progress.max = n if n > 1 else 1
         self._progress.value = i + 1

@@ -26,6 +26,7 @@ Pure torch/numpy: no Qt, no napari.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -197,7 +198,7 @@ class PackNet(Learner):
 
     def _train(self, task: int, samples, steps: int) -> None:
         """Retrain task 0's kept weights after pruning, on crops of the images it was trained on."""
-        s = LearnSettings(**{**self.settings.__dict__, "steps": steps})
+        s = dataclasses.replace(self.settings, steps=steps)
         only = {f"{n}.conv.weight": self.owner[n] == task for n in self.owner}
         self.net = fit(self.net, None, None, s, only=only,
                        batches=lambda rng: _crops(*samples[int(rng.integers(len(samples)))], s, rng))
@@ -206,12 +207,12 @@ class PackNet(Learner):
         task = self.n_learned + 1
         steps = self.settings.steps
         first = max(1, int(round(0.75 * steps)))
-        s = LearnSettings(**{**self.settings.__dict__, "steps": first})
+        s = dataclasses.replace(self.settings, steps=first)
         only = {f"{n}.conv.weight": self.owner[n] == _FREE for n in self.owner}
         self.net = fit(self.net, x, target, s, only=only)
         self._prune_to(task)
         if steps - first > 0:
-            s = LearnSettings(**{**self.settings.__dict__, "steps": steps - first, "seed": self.settings.seed + 1})
+            s = dataclasses.replace(self.settings, steps=steps - first, seed=self.settings.seed + 1)
             only = {f"{n}.conv.weight": self.owner[n] == task for n in self.owner}
             self.net = fit(self.net, x, target, s, only=only)
         self.n_learned = task

@@ -8,6 +8,7 @@ forward pass; the naive T-pass Monte-Carlo run), as ratios, because shared machi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -397,7 +398,7 @@ CONTINUAL_NAMES = {"clis": "CLIS (ours)", "none": "no update (pretrained)", "fin
                    "lwf": "LwF", "ewc": "EWC", "packnet": "PackNet"}
 
 
-def _baseline(method: str, session, settings, args, model: str):
+def _baseline(method: str, session, settings, args, model: str, packnet_cache: dict):
     """The learner of a baseline method, built on the session's pretrained network (None: CLIS or no update)."""
     from .baselines import make_learner
     from .data import load_dataset
@@ -409,14 +410,13 @@ def _baseline(method: str, session, settings, args, model: str):
     if method == "ewc":
         kwargs["strength"] = args.ewc_strength
     if method == "packnet":  # pruning and retraining the pretrained model is the same for every sequence: once
-        cache = args.__dict__.setdefault("_packnet", {})
-        if model not in cache:
+        if model not in packnet_cache:
             samples = _pick(load_dataset(model, "pretrain", args.data), args.packnet_images, seed=0)
             pretrain = [session._working(normalize_image(smp.image), (smp.mask > 0).astype(np.int32))
                         for smp in samples]
-            cache[model] = make_learner(method, session.net, settings, pretrain=pretrain, prune=args.packnet_prune,
-                                        retrain_steps=args.packnet_retrain)
-        return copy.deepcopy(cache[model])
+            packnet_cache[model] = make_learner(method, session.net, settings, pretrain=pretrain,
+                                                prune=args.packnet_prune, retrain_steps=args.packnet_retrain)
+        return copy.deepcopy(packnet_cache[model])
     return make_learner(method, session.net, settings, **kwargs)
 
 
@@ -639,6 +639,7 @@ def continual(args) -> int:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(CONTINUAL_NAMES)}")
     measures = ("basic", "forward", "backward")
     rows, histories, seconds = [], {}, {m: 0.0 for m in methods}
+    packnet_cache = {}  # pruning and retraining the pretrained model, once per model
     for model in models:
         dataset = "dsb2018" if model == "nuclei" else "isic2017"
         pool = load_dataset(model, args.part, args.data)
@@ -651,9 +652,9 @@ def continual(args) -> int:
                 tm = time.time()
                 s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
                 s.learn_settings.steps = args.steps
-                s.transfer = args.transfer
-                settings = copy_settings(s.learn_settings, lr=args.baseline_lr) if method != "clis" else None
-                learner = _baseline(method, s, settings, args, model)
+                settings = (dataclasses.replace(s.learn_settings, lr=args.baseline_lr or s.learn_settings.lr)
+                            if method != "clis" else None)
+                learner = _baseline(method, s, settings, args, model, packnet_cache)
                 vals = {k: [] for k in measures}  # per image: (dice, iou)
                 then = []
                 for t, smp in enumerate(seq):
@@ -716,16 +717,8 @@ def continual(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "seconds": seconds,
                                                "args": {k: v for k, v in vars(args).items()
-                                                        if not k.startswith("_") and
-                                                        isinstance(v, (int, float, str, type(None)))}}))
+                                                        if isinstance(v, (int, float, str, type(None)))}}))
     return 0
-
-
-def copy_settings(settings, **changes):
-    """A copy of ``settings`` with ``changes`` (None values are ignored)."""
-    import dataclasses
-
-    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _scores(labels, truth, dice, iou) -> tuple[float, float]:
@@ -794,8 +787,6 @@ def add_parser(sub) -> None:
     cl.add_argument("--packnet-retrain", type=int, default=100, help="PackNet: steps retraining the pruned "
                     "pretrained model on its own training images")
     cl.add_argument("--packnet-images", type=int, default=16, help="PackNet: how many training images for that")
-    cl.add_argument("--transfer", default="nearest", choices=["nearest", "ensemble"],
-                    help="CLIS on an unseen image: the nearest learned task, or its mixture with task 0")
     cl.add_argument("--figure", help="write the per-kernel mask usage of CLIS's first sequence to this PNG")
     cl.add_argument("--json", help="also write the numbers to this JSON file")
     cl.set_defaults(bench_func=continual)

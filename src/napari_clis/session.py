@@ -14,6 +14,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,6 @@ class ClisSession:
         self.metadata = dict(metadata or {})
         self.n_samples = int(n_samples)
         self.seed = int(seed)
-        self.transfer = "nearest"
         self.superpixel_size = int(superpixel_size)
         self.source = source
         self.task = 0
@@ -220,10 +220,6 @@ class ClisSession:
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=self.task, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
-        if task is None and self.transfer == "ensemble" and self.task != 0 and not self._seen_before():
-            base = predict(self.net, normalized, task=0, n_samples=t, seed=self.seed, tile=tile, margin=margin,
-                           working_long_side=self.working_long_side, flips=self.test_time_flips)
-            out = _mixture(out, base)
         labels = out.probabilities.argmax(0).astype(np.int32)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         result = SegmentationResult(
@@ -240,11 +236,6 @@ class ClisSession:
         self._normalized = normalized
         self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration)
         return result
-
-    def _seen_before(self) -> bool:
-        """Whether the current image is one the session learned or remembers (its fingerprint is known)."""
-        known = [r.fingerprint for r in self.tasks] + [f for f, _ in self.remembered]
-        return any(float(np.dot(self._fingerprint, np.asarray(f))) > 1 - 1e-6 for f in known)
 
     def segment_many(self, paths, output=None, *, overwrite: bool = False, scheduler: str | None = None,
                      workers: int = 1, tile: int | None = None, superpixels: bool = False, progress=None):
@@ -357,7 +348,7 @@ class ClisSession:
         if not (labels > 0).any():
             raise InteractionError("The segmentation is empty (all background): there is nothing to learn. "
                                    "Correct it with clicks first, or skip this image.")
-        settings = LearnSettings(**{**self.learn_settings.__dict__, **({"steps": int(steps)} if steps else {})})
+        settings = dataclasses.replace(self.learn_settings, **({"steps": int(steps)} if steps else {}))
         x, y = self._working(self._normalized, labels)
         t0 = time.perf_counter()
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
@@ -411,17 +402,6 @@ class ClisSession:
 
     def __repr__(self) -> str:
         return f"ClisSession(model={self.model_name!r}, device={str(self.device)!r}, n_samples={self.n_samples})"
-
-
-def _mixture(a, b):
-    """The equal mixture of two tasks' outputs: mean probabilities; the spread between the two adds to the
-    epistemic part (the law of total variance), the aleatoric parts average."""
-    from .uncertainty import NetworkOutput
-
-    p = 0.5 * (a.probabilities + b.probabilities)
-    spread = 0.25 * ((a.probabilities - b.probabilities) ** 2).sum(0)
-    return NetworkOutput(probabilities=p, epistemic=0.5 * (a.epistemic + b.epistemic) + spread,
-                         aleatoric=0.5 * (a.aleatoric + b.aleatoric), entropy=0.5 * (a.entropy + b.entropy))
 
 
 def _refuse_labels_layer(obj) -> None:
