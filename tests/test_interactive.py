@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_clis.interactive import Interaction, InteractionError, build_region_graph
-from napari_clis.simulated_user import ClisMethod, iou, next_click, noc, run_protocol, wrong_regions
+from napari_clis.simulated_user import ClisMethod, iou, next_click, noc, region_oracle, run_protocol, wrong_regions
 
 
 def _straddling_scene():
@@ -232,3 +232,21 @@ def test_peers_follow_their_seeds(nuclei_he, nuclei_session):
         pred = peer.predict(seeds)
         for r, lab, _ in seeds:
             assert (pred[inter.graph.regions == r] == lab).mean() > 0.9, peer.name
+
+
+def test_region_oracle_is_what_annotating_every_wrong_region_reaches():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    truth = np.zeros((40, 40), np.int32)
+    truth[:, 20:] = 1
+    assert region_oracle(inter, truth) == 1.0  # the regions follow the border the network sees
+    truth[:, 22:24] = 0  # a thin band of background inside one region: no region labelling can get it
+    ceiling = region_oracle(inter, truth)
+    assert ceiling < 1.0
+    g = inter.graph
+    method = ClisMethod(inter)
+    inter.refine = False
+    seeds = [(r, lab, None) for r, lab in wrong_regions(inter, method.predict([]), truth)]
+    assert seeds and iou(method.predict(seeds), truth) == pytest.approx(ceiling)
+    assert ceiling == pytest.approx(iou(np.isin(g.regions, np.flatnonzero(
+        np.bincount(g.regions.ravel(), truth.ravel(), g.n) > g.area / 2)), truth))

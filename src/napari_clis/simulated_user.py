@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from .interactive import Interaction
 
-__all__ = ["next_click", "wrong_regions", "noc", "run_protocol", "ClisMethod", "RandomWalkerPeer",
+__all__ = ["next_click", "wrong_regions", "region_oracle", "noc", "run_protocol", "ClisMethod", "RandomWalkerPeer",
            "PixelClassifierPeer", "ProtocolResult"]
 
 PER_ITERATION = 16
@@ -71,6 +71,16 @@ def wrong_regions(interaction: Interaction, pred: np.ndarray, truth: np.ndarray)
 def _majority(regions: np.ndarray, values: np.ndarray, n: int, k: int) -> np.ndarray:
     counts = np.bincount(regions.astype(np.int64) * k + values.astype(np.int64), minlength=n * k).reshape(n, k)
     return counts.argmax(1)
+
+
+def region_oracle(interaction: Interaction, truth: np.ndarray) -> float:
+    """Foreground IoU of the best labelling that is constant on each region (every region takes its true majority
+    class): the ceiling of any number of whole-region annotations. Clicks can pass it only where the pixel-level
+    refinement splits a clicked region."""
+    g = interaction.graph
+    k = max(int(truth.max()), g.n_classes - 1) + 1
+    major = _majority(g.regions.ravel(), truth.ravel(), g.n, k)
+    return iou(major[g.regions], truth)
 
 
 def noc(ious: list[float], threshold: float, max_clicks: int = 20) -> int:
