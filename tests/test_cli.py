@@ -1,10 +1,12 @@
 """The napari-clis command line: pretraining end to end on a tiny data folder, and the speed benchmark."""
 
+import json
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from napari_clis import ClisSession
 from napari_clis.cli import main
@@ -96,3 +98,29 @@ def test_continual_benchmark_reports_every_method_and_the_mask_usage_figure(tmp_
 
 def cells_backward(cells) -> tuple[float, float]:
     return float(cells[4].split()[0]), float(cells[5].split()[0])
+
+
+def test_continual_parts_merge_into_one_table(tmp_path, capsys):
+    def part(name, first, values, lr=5e-4):
+        r = {k: {"dice": list(values), "iou": list(values)} for k in ("basic", "forward", "backward")}
+        args = {"part": "heldout", "tasks": 8, "steps": 20, "samples": 8, "baseline_lr": lr, "first_sequence": first,
+                "sequences": len(values)}
+        path = tmp_path / name
+        path.write_text(json.dumps({"rows": [["isic2017", "clis", r]], "args": args}))
+        return str(path)
+
+    a, b = part("a.json", 0, [0.7, 0.8]), part("b.json", 2, [0.9])
+    assert main(["bench", "continual", "--merge", a, b, "--json", str(tmp_path / "all.json")]) == 0
+    out = capsys.readouterr().out
+    assert "3 sequence(s) of 8 tasks" in out
+    row = next(line for line in out.splitlines() if line.startswith("| isic2017 | CLIS (ours) |"))
+    assert row.split("|")[5].strip() == f"{0.8:.3f} ({np.std([0.7, 0.8, 0.9]):.3f})"  # forward Dice over all 3
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["rows"][0][2]["forward"]["dice"] == [0.7, 0.8, 0.9]
+    with pytest.raises(SystemExit, match="sequence 2 is in both"):
+        main(["bench", "continual", "--merge", b, part("c.json", 2, [0.5])])
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["bench", "continual", "--merge", a, part("d.json", 5, [0.5], lr=2e-3)])
+    (tmp_path / "e.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not the --json file"):
+        main(["bench", "continual", "--merge", a, str(tmp_path / "e.json")])

@@ -640,6 +640,8 @@ def continual(args) -> int:
     from .session import ClisSession, LearnRejected
     from .simulated_user import ClisMethod, run_protocol
 
+    if args.merge:
+        return _merge_continual(args)
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
     methods = args.methods.split(",")
     unknown = set(methods) - set(CONTINUAL_NAMES)
@@ -702,7 +704,59 @@ def continual(args) -> int:
                   file=sys.stderr)
         for method in methods:
             rows.append((dataset, method, per[method]))
-    print(f"\nContinual learning on the {args.part} part, {args.sequences} sequence(s) of {args.tasks} tasks, "
+    _print_continual(rows, args, seconds)
+    if args.figure and histories:
+        _mask_usage_figure(histories, args.figure)
+        print(f"\nMask usage figure: {args.figure}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "seconds": seconds,
+                                               "args": {k: v for k, v in vars(args).items()
+                                                        if isinstance(v, (int, float, str, type(None)))}}))
+    return 0
+
+
+def _merge_continual(args) -> int:
+    """Print one table from the JSON files of several runs (parts of one protocol run, ``--first-sequence``):
+    per dataset and method the sequences of all files together. Refuses runs with different settings."""
+    merged: dict[tuple[str, str], dict] = {}
+    settings = None
+    seen: dict[int, str] = {}  # sequence -> file
+    for path in args.merge:
+        try:
+            data = json.loads(Path(path).read_text())
+            first, count = int(data["args"].get("first_sequence") or 0), int(data["args"]["sequences"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path} is not the --json file of a bench continual run: {e}") from None
+        for q in range(first, first + count):
+            if q in seen:
+                raise SystemExit(f"sequence {q} is in both {seen[q]} and {path}: merge parts that do not overlap")
+            seen[q] = path
+        mine = {k: data["args"].get(k) for k in ("part", "tasks", "steps", "samples", "baseline_lr", "ewc_strength",
+                                                  "packnet_prune", "packnet_retrain", "packnet_images")}
+        if settings is not None and mine != settings:
+            raise SystemExit(f"{path} was run with other settings than {args.merge[0]}: {mine} against {settings}")
+        settings = mine
+        for dataset, method, r in data["rows"]:
+            into = merged.setdefault((dataset, method), {k: {"dice": [], "iou": []} for k in r})
+            for k, v in r.items():
+                for m in ("dice", "iou"):
+                    into[k][m].extend(v[m])
+    args.part, args.tasks, args.steps = settings["part"], settings["tasks"], settings["steps"]
+    rows = [(d, m, r) for (d, m), r in merged.items()]
+    _print_continual(rows, args, None)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "merged": args.merge,
+                                               "args": {**settings, "first_sequence": min(seen),
+                                                        "sequences": len(seen)}}))
+    return 0
+
+
+def _print_continual(rows, args, seconds: dict | None) -> None:
+    """The table of ``bench continual``: ``rows`` of (dataset, method, {measure: {"dice": [...], "iou": [...]}})
+    with one value per sequence."""
+    measures = ("basic", "forward", "backward")
+    n_seq = max(len(r["forward"]["dice"]) for _, _, r in rows) if rows else 0
+    print(f"\nContinual learning on the {args.part} part, {n_seq} sequence(s) of {args.tasks} tasks, "
           f"{args.steps} learning steps per task, {_machine()}\n")
     print("Per sequence the mean over its images; then mean (sd over sequences). Basic: Dice / IoU of the current "
           "image after 2 iterations of the simulated user. Forward: initial segmentation of unseen images after "
@@ -717,16 +771,9 @@ def continual(args) -> int:
                 v = np.asarray(r[k][m])
                 cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward" else f"{v.mean():.3f} ({v.std():.3f})")
         print(f"| {dataset} | {CONTINUAL_NAMES[method]} | " + " | ".join(cells) + " |")
-    print("\nSeconds per method (all sequences, both datasets): " +
-          ", ".join(f"{CONTINUAL_NAMES[m]} {seconds[m]:.0f}" for m in methods))
-    if args.figure and histories:
-        _mask_usage_figure(histories, args.figure)
-        print(f"\nMask usage figure: {args.figure}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "seconds": seconds,
-                                               "args": {k: v for k, v in vars(args).items()
-                                                        if isinstance(v, (int, float, str, type(None)))}}))
-    return 0
+    if seconds:
+        print("\nSeconds per method (all sequences, both datasets): " +
+              ", ".join(f"{CONTINUAL_NAMES[m]} {s:.0f}" for m, s in seconds.items()))
 
 
 def _scores(labels, truth, dice, iou) -> tuple[float, float]:
@@ -797,6 +844,8 @@ def add_parser(sub) -> None:
     cl.add_argument("--packnet-images", type=int, default=16, help="PackNet: how many training images for that")
     cl.add_argument("--figure", help="write the per-kernel mask usage of CLIS's first sequence to this PNG")
     cl.add_argument("--json", help="also write the numbers to this JSON file")
+    cl.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: print one table from the --json files "
+                    "of several parts of a run (e.g. sequences 0-7 and 8-19)")
     cl.set_defaults(bench_func=continual)
     lr = bsub.add_parser("learn", help="time of learn() for one image, beside segment()")
     _model_args(lr, default="nuclei", allow_all=False, image_only=True)
