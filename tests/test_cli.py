@@ -1,6 +1,7 @@
 """The napari-clis command line: pretraining end to end on a tiny data folder, and the speed benchmark."""
 
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -115,12 +116,20 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
     assert "3 sequence(s) of 8 tasks" in out
     row = next(line for line in out.splitlines() if line.startswith("| isic2017 | CLIS (ours) |"))
     assert row.split("|")[5].strip() == f"{0.8:.3f} ({np.std([0.7, 0.8, 0.9]):.3f})"  # forward Dice over all 3
+    assert "CLIS minus each method" not in out  # one method: nothing to pair
     merged = json.loads((tmp_path / "all.json").read_text())
     assert merged["rows"][0][2]["forward"]["dice"] == [0.7, 0.8, 0.9]
     with pytest.raises(SystemExit, match="sequence 2 is in both"):
         main(["bench", "continual", "--merge", b, part("c.json", 2, [0.5])])
     with pytest.raises(SystemExit, match="other settings"):
         main(["bench", "continual", "--merge", a, part("d.json", 5, [0.5], lr=2e-3)])
+    two = json.loads(Path(a).read_text())
+    none = {k: {"dice": [0.75, 0.7], "iou": [0.75, 0.7]} for k in ("basic", "forward", "backward")}
+    two["rows"].append(["isic2017", "none", none])
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    assert main(["bench", "continual", "--merge", str(tmp_path / "two.json")]) == 0
+    pair = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| isic2017 | no update")][-1]
+    assert pair.split("|")[3:5] == [" +0.0250 ", " 1 of 2 "]  # 0.7 - 0.75 and 0.8 - 0.7
     (tmp_path / "e.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the --json file"):
         main(["bench", "continual", "--merge", a, str(tmp_path / "e.json")])

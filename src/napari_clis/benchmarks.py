@@ -743,7 +743,7 @@ def _merge_continual(args) -> int:
                     into[k][m].extend(v[m])
     args.part, args.tasks, args.steps = settings["part"], settings["tasks"], settings["steps"]
     rows = [(d, m, r) for (d, m), r in merged.items()]
-    _print_continual(rows, args, None)
+    _print_continual(rows, args, None, machine=f"merged from {len(args.merge)} runs: " + ", ".join(args.merge))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "merged": args.merge,
                                                "args": {**settings, "first_sequence": min(seen),
@@ -751,13 +751,13 @@ def _merge_continual(args) -> int:
     return 0
 
 
-def _print_continual(rows, args, seconds: dict | None) -> None:
+def _print_continual(rows, args, seconds: dict | None, machine: str | None = None) -> None:
     """The table of ``bench continual``: ``rows`` of (dataset, method, {measure: {"dice": [...], "iou": [...]}})
     with one value per sequence."""
     measures = ("basic", "forward", "backward")
     n_seq = max(len(r["forward"]["dice"]) for _, _, r in rows) if rows else 0
     print(f"\nContinual learning on the {args.part} part, {n_seq} sequence(s) of {args.tasks} tasks, "
-          f"{args.steps} learning steps per task, {_machine()}\n")
+          f"{args.steps} learning steps per task, {machine or _machine()}\n")
     print("Per sequence the mean over its images; then mean (sd over sequences). Basic: Dice / IoU of the current "
           "image after 2 iterations of the simulated user. Forward: initial segmentation of unseen images after "
           f"{args.tasks // 2}+ tasks. Backward: change of earlier images' segmentation after all {args.tasks} "
@@ -771,6 +771,14 @@ def _print_continual(rows, args, seconds: dict | None) -> None:
                 v = np.asarray(r[k][m])
                 cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward" else f"{v.mean():.3f} ({v.std():.3f})")
         print(f"| {dataset} | {CONTINUAL_NAMES[method]} | " + " | ".join(cells) + " |")
+    paired = [(d, m, r) for d, m, r in rows if m != "clis" and any(dd == d and mm == "clis" for dd, mm, _ in rows)]
+    if paired:  # the sequences are the same images for every method: compare them sequence by sequence
+        print("\nForward Dice, CLIS minus each method on the same sequences: mean difference, sequences where CLIS "
+              "is ahead\n\n| dataset | method | CLIS - method | CLIS ahead |\n|---|---|---|---|")
+        for dataset, method, r in paired:
+            ours = next(rr for dd, mm, rr in rows if dd == dataset and mm == "clis")
+            diff = np.asarray(ours["forward"]["dice"]) - np.asarray(r["forward"]["dice"])
+            print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {diff.mean():+.4f} | {int((diff > 0).sum())} of {len(diff)} |")
     if seconds:
         print("\nSeconds per method (all sequences, both datasets): " +
               ", ".join(f"{CONTINUAL_NAMES[m]} {s:.0f}" for m, s in seconds.items()))
