@@ -74,9 +74,10 @@ def _majority(regions: np.ndarray, values: np.ndarray, n: int, k: int) -> np.nda
 
 
 def region_oracle(interaction: Interaction, truth: np.ndarray) -> float:
-    """Foreground IoU of the best labelling that is constant on each region (every region takes its true majority
-    class): the ceiling of any number of whole-region annotations. Clicks can pass it only where the pixel-level
-    refinement splits a clicked region."""
+    """Foreground IoU when every region takes its true majority class: what annotating every region correctly
+    reaches, the practical ceiling of whole-region annotation (the majority labelling has the best pixel accuracy
+    of all region labellings; its IoU is that best's up to a few border regions). Clicks can pass it only where the
+    pixel-level refinement splits a clicked region."""
     g = interaction.graph
     k = max(int(truth.max()), g.n_classes - 1) + 1
     major = _majority(g.regions.ravel(), truth.ravel(), g.n, k)
