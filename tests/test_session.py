@@ -222,3 +222,26 @@ def test_a_task_that_is_not_a_task_index_is_refused_by_name(nuclei_session, nucl
     with pytest.raises(ValueError, match="task 3 does not exist"):
         nuclei_session.segment(image[:64, :64], task=3)
     assert nuclei_session.segment(image[:64, :64], task=np.int64(0)).labels.shape == (64, 64)
+
+
+def test_a_segmentation_that_fails_leaves_the_current_image_its_task_and_clicks(nuclei_he, nuclei_fluo):
+    from napari_clis import ClisSession
+
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    image, _ = nuclei_he
+    s.segment(image[:96, :96])
+    s.click(10, 10, 1)
+    state = (s.task, s._fingerprint.copy(), s.result, s.interaction, s.labels.copy())
+
+    def fail(done, total):
+        raise RuntimeError("stopped on the way")
+
+    other, _ = nuclei_fluo
+    with pytest.raises(RuntimeError, match="stopped on the way"):
+        s.segment(other[:96, :96], progress=fail)
+    with pytest.raises(ValueError, match="task must be a whole number"):
+        s.segment(other[:96, :96], task="1")
+    assert s.task == state[0] and s.result is state[2] and s.interaction is state[3]
+    np.testing.assert_array_equal(s._fingerprint, state[1])
+    np.testing.assert_array_equal(s.labels, state[4])
+    assert s.clicks == [(10, 10, 1)]

@@ -25,6 +25,7 @@ Pure torch/numpy: no Qt, no napari.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 
@@ -38,7 +39,7 @@ from .network import ClisNet
 __all__ = ["Learner", "FineTune", "LwF", "EWC", "PackNet", "make_learner", "BASELINES"]
 
 
-class Learner:
+class Learner(abc.ABC):
     """A continual learner over a sequence of images (the baselines' common interface).
 
     ``learn(x, target)`` learns one image (``(3, H, W)`` float tensor, ``(H, W)`` int64 labels) as the next task;
@@ -53,8 +54,9 @@ class Learner:
         self.settings = settings or LearnSettings()
         self.n_learned = 0
 
+    @abc.abstractmethod
     def learn(self, x: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Learn one image as the next task."""
 
     def net_for(self, task: int | None = None) -> ClisNet:
         return self.net

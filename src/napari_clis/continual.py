@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .masks import bernoulli_kl, ibp_restaurant_prior
 from .network import ClisNet
 
-__all__ = ["LearnSettings", "TaskRecord", "learn_task", "finetune", "fit", "fingerprint", "select_task", "LearnCancelled",
+__all__ = ["LearnSettings", "TaskRecord", "learn_task", "fit", "fingerprint", "select_task", "LearnCancelled",
            "kernel_usage", "mask_usage"]
 
 
@@ -309,10 +309,3 @@ def fit(net: ClisNet, x: torch.Tensor | None, target: torch.Tensor | None, setti
     for p in new.parameters():
         p.requires_grad_(True)
     return new.eval()
-
-
-def finetune(net: ClisNet, x: torch.Tensor, target: torch.Tensor, task: int = 0,
-             settings: LearnSettings | None = None) -> ClisNet:
-    """The plain fine-tuning baseline: every weight (not the gates, not the BatchNorm statistics) trained on the
-    image with ``task``'s mask, with the same crops, augmentation, loss and steps as :func:`learn_task`."""
-    return fit(net, x, target, settings, task)

@@ -210,15 +210,17 @@ class ClisSession:
         _refuse_labels_layer(image)
         if not isinstance(image, np.ndarray) and hasattr(image, "data"):  # ndarray.data fails for datetimes
             image = image.data
-        normalized = normalize_image(image)
-        self._fingerprint = self._image_fingerprint(normalized)
         if task is not None and (isinstance(task, bool) or not isinstance(task, (int, np.integer))):
             raise ValueError(f"task must be a whole number (a task index), got {task!r}")
         if task is not None and not 0 <= int(task) < self.net.n_tasks:
             raise ValueError(f"task {task} does not exist; this model has tasks 0..{self.net.n_tasks - 1}")
-        self.task = select_task(self._fingerprint, self.tasks, self.remembered) if task is None else int(task)
+        normalized = normalize_image(image)
+        # the session's state (fingerprint, task, result) changes only once the new image is done: a failure on
+        # the way leaves the current image, its task and its clicks as they were
+        fp = self._image_fingerprint(normalized)
+        chosen = select_task(fp, self.tasks, self.remembered) if task is None else int(task)
         t = self.n_samples if n_samples is None else int(n_samples)
-        out = predict(self.net, normalized, task=self.task, n_samples=t, seed=self.seed, tile=tile, margin=margin,
+        out = predict(self.net, normalized, task=chosen, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
         labels = out.probabilities.argmax(0).astype(np.int32)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
@@ -234,6 +236,8 @@ class ClisSession:
         graph = build_region_graph(superpixels, out.probabilities, out.uncertainty, normalized)
         self.result = result
         self._normalized = normalized
+        self._fingerprint = fp
+        self.task = chosen
         self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration)
         return result
 
