@@ -61,3 +61,16 @@ def test_a_four_channel_image_that_is_not_rgba_is_refused(nuclei_he):
     four = np.concatenate([image, image[..., :1]], -1)  # a 4th channel that varies: not an alpha channel
     with pytest.raises(ImageError, match="4-channel microscopy image rather than RGBA"):
         normalize_image(four)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e35, 1e-35])
+def test_a_tile_normalised_with_the_whole_range_matches_the_whole_image(scale):
+    from napari_clis.preprocessing import intensity_range
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((64, 80)) * scale).astype(np.float32)
+    whole = normalize_image(image)
+    lo, hi = intensity_range(image)
+    assert np.min(image) <= lo < hi <= np.max(image)  # in the image's own units
+    tile = normalize_image(image[10:40, 20:70], value_range=(lo, hi))
+    np.testing.assert_allclose(tile, whole[:, 10:40, 20:70], atol=1e-6)

@@ -76,10 +76,13 @@ def normalize_image(image, *, value_range: tuple[float, float] | None = None) ->
     """
     arr = _as_numeric_2d(image)
     if value_range is None:
-        arr = _tame(arr)
+        arr, _ = _tame(arr)
         lo, hi = _percentile_range(arr)
-    else:
-        lo, hi = value_range
+    else:  # scaled by the power of two the whole image's range needs, so a tile comes out as the whole image does
+        exponent = _tame_exponent(max(abs(value_range[0]), abs(value_range[1])))
+        lo, hi = (float(np.ldexp(v, -exponent)) for v in value_range)
+        if exponent and arr.dtype.kind == "f":
+            arr = np.ldexp(arr, -exponent).astype(arr.dtype, copy=False)
     out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
     if hi > lo:
         out -= out.dtype.type(lo)
@@ -97,18 +100,25 @@ def normalize_image(image, *, value_range: tuple[float, float] | None = None) ->
 def intensity_range(image) -> tuple[float, float]:
     """``(low, high)``: the intensities :func:`normalize_image` maps to -0.5 and 0.5 (1st and 99.8th
     percentiles over all channels; the minimum and maximum where those are equal)."""
-    return _percentile_range(_tame(_as_numeric_2d(image)))
+    arr, exponent = _tame(_as_numeric_2d(image))
+    lo, hi = _percentile_range(arr)
+    return float(np.ldexp(lo, exponent)), float(np.ldexp(hi, exponent))  # in the image's own units
 
 
-def _tame(arr: np.ndarray) -> np.ndarray:
+def _tame_exponent(peak: float) -> int:
+    """0, or ``e`` such that ``peak * 2**-e`` is near 1 when ``peak`` is near a float type's limits."""
+    exponent = int(np.frexp(peak)[1])  # peak = m * 2**exponent, 0.5 <= m < 1
+    return exponent if peak > 0 and not -100 < exponent < 100 else 0
+
+
+def _tame(arr: np.ndarray) -> tuple[np.ndarray, int]:
     """Values near a float type's limits scaled by a power of two (exact), in the image's own type, so that their
-    differences and reciprocals cannot overflow to inf and give NaN or a flat image."""
+    differences and reciprocals cannot overflow to inf and give NaN or a flat image; and the exponent used."""
     if arr.dtype.kind == "f" and arr.size:
-        peak = max(-arr.min(), arr.max())
-        exponent = int(np.frexp(peak)[1])  # peak = m * 2**exponent, 0.5 <= m < 1
-        if peak > 0 and not -100 < exponent < 100:
-            return np.ldexp(arr, -exponent)
-    return arr
+        exponent = _tame_exponent(float(max(-arr.min(), arr.max())))
+        if exponent:
+            return np.ldexp(arr, -exponent), exponent
+    return arr, 0
 
 
 def _percentile_range(arr: np.ndarray) -> tuple[float, float]:
