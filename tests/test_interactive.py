@@ -93,11 +93,36 @@ def test_the_pairwise_term_spreads_a_click_over_similar_unsure_neighbours_but_no
 def test_calibration_lets_one_click_correct_every_similar_region():
     img, sp, probs, unc = _straddling_scene()
     plain = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0, calibration=None)
-    calib = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0)
+    calib = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0, locality=None)
     for inter in (plain, calib):
         inter.click(20, 37, 1)
     assert plain.labels[:, 20:35].sum() == 0
     assert calib.labels[:, 20:].all() and not calib.labels[:, :20].any()
+
+
+def test_the_calibration_reaches_similar_regions_near_the_click_and_fades_far_from_it():
+    """Two unsure objects (p = 0.45) of the same colour, 200 px apart in a 40x300 image: a click on the left
+    one corrects it with the default reach (sigma = 0.2 x 300 = 60 px), and leaves the far one as the network
+    had it; without locality the one click flips both."""
+    h, w = 40, 300
+    img = np.full((3, h, w), -0.4, np.float32)
+    obj = np.zeros(w, bool)
+    obj[20:60] = obj[240:280] = True
+    img[:, :, obj] = 0.4
+    sp = ((np.arange(w)[None, :].repeat(h, 0)) // 10 + 1).astype(np.int32)
+    p1 = np.where(obj, 0.45, 0.05).astype(np.float32)[None, :].repeat(h, 0)
+    probs = np.stack([1 - p1, p1])
+    unc = 1 - (probs**2).sum(0)
+    local = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0)
+    whole = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0, locality=None)
+    for inter in (local, whole):
+        inter.click(20, 25, 1)
+    assert local.labels[:, 20:60].all(), "the clicked object's other regions follow the click"
+    assert not local.labels[:, 240:280].any(), "the far object keeps the network's label"
+    assert whole.labels[:, 240:280].all()
+    wgt = local.calibration_weight()
+    r_near, r_far = local.graph.regions[20, 55], local.graph.regions[20, 275]
+    assert wgt[local.graph.regions[20, 25]] == 1.0 and wgt[r_near] > 0.8 and wgt[r_far] < 0.01
 
 
 def test_painted_pixels_are_never_overwritten_by_propagation():

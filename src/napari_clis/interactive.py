@@ -8,7 +8,8 @@ of the regions minimises (``docs/method.md`` writes it out)
     E(y) = sum_r n_r * -log q_r(y_r)  +  lambda * sum_(r,s) c_rs [y_r != y_s]
 
 where ``n_r`` is the area of region ``r``, ``q_r`` its class probabilities (the network's mean log-probability
-over its pixels, shifted by a small click-calibration fitted to the annotated regions), and ``c_rs`` the sum over
+over its pixels, shifted by a small click-calibration fitted to the annotated regions, whose effect fades with
+the distance from them), and ``c_rs`` the sum over
 the pixel pairs on the border of ``r`` and ``s`` of ``exp(-beta |I_p - I_q|^2)``: the contrast-sensitive Potts
 energy of the pixel grid, restricted to labellings constant on regions. Annotated regions are fixed.
 Pure numpy/scipy; no Qt, no napari, no torch.
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, spatial
 
 from .propagation import minimize_potts
 
@@ -27,6 +28,7 @@ __all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph
 
 DEFAULT_SMOOTHNESS = 2.0
 DEFAULT_CALIBRATION = 1.0  # chosen on pretraining / validation images (docs/method.md)
+DEFAULT_LOCALITY = 0.2  # the calibration's reach: sd of its Gaussian fall-off, a fraction of the longer side
 CONFIDENT = 0.75
 _LOG_FLOOR = np.log(1e-4)
 
@@ -53,6 +55,8 @@ class RegionGraph:
         Mean normalised colour.
     uncertainty : (n,) float64
         Mean of the uncertainty map.
+    centroid : (n, 2) float64
+        Mean (y, x) of each region's pixels.
     edges : (E, 2) int64 and contrast : (E,) float64
         Adjacent region pairs and the summed contrast weights of their shared border.
     boxes : list of slices
@@ -67,6 +71,7 @@ class RegionGraph:
     logp: np.ndarray
     colour: np.ndarray
     uncertainty: np.ndarray
+    centroid: np.ndarray
     edges: np.ndarray
     contrast: np.ndarray
     boxes: list
@@ -109,6 +114,8 @@ def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncer
     logp = np.stack([mean(np.maximum(np.log(np.maximum(probabilities[c], 1e-12)), _LOG_FLOOR)) for c in range(k)], 1)
     colour = np.stack([mean(normalized[c]) for c in range(normalized.shape[0])], 1)
     unc = mean(uncertainty)
+    centroid = np.stack([mean(np.broadcast_to(np.arange(h, dtype=np.float64)[:, None], (h, w))),
+                         mean(np.broadcast_to(np.arange(w, dtype=np.float64)[None, :], (h, w)))], 1)
 
     # contrast-sensitive weights of the 4-neighbour pixel pairs, summed per pair of regions
     img = normalized.astype(np.float32)
@@ -126,7 +133,8 @@ def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncer
     contrast = np.bincount(pair_inv, np.exp(-beta * d), minlength=len(pair_key))
     edges = np.stack([pair_key // n, pair_key % n], 1)
     boxes = ndimage.find_objects(regions + 1)
-    return RegionGraph(regions, (uniq // (2 * k)).astype(np.int32), area, logp, colour, unc, edges, contrast, boxes,
+    return RegionGraph(regions, (uniq // (2 * k)).astype(np.int32), area, logp, colour, unc, centroid, edges, contrast,
+                       boxes,
                        normalized.astype(np.float32, copy=False))
 
 
@@ -141,13 +149,18 @@ class Interaction:
     calibration : float or None
         Strength of the prior that keeps the click calibration near zero (larger: clicks move the network's
         probabilities less); ``None`` turns calibration off (clicks act only through the MRF).
+    locality : float or None
+        How far the calibration reaches: a region at distance ``d`` from the nearest annotated region gets
+        ``exp(-d^2 / (2 sigma^2))`` of it, ``sigma = locality x`` the image's longer side; ``None``: the whole
+        image gets all of it.
     """
 
     def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
-                 calibration: float | None = DEFAULT_CALIBRATION):
+                 calibration: float | None = DEFAULT_CALIBRATION, locality: float | None = DEFAULT_LOCALITY):
         self.graph = graph
         self.smoothness = float(smoothness)
         self.calibration = calibration
+        self.locality = locality
         self.refine = True  # pixel-level refinement of a region whose clicks contradict the network
         self.clicks: list[tuple[int, int, int]] = []
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
@@ -383,7 +396,8 @@ class Interaction:
         return out
 
     def region_log_probabilities(self, fixed: np.ndarray | None = None) -> np.ndarray:
-        """(n, K) log q: the network's, with the click calibration fitted to the annotated regions."""
+        """(n, K) log q: the network's, with the click calibration fitted to the annotated regions and faded
+        with the distance from them (:meth:`calibration_weight`)."""
         g = self.graph
         fixed = self.fixed_regions() if fixed is None else fixed
         self.bias = np.zeros_like(self.bias)
@@ -392,7 +406,21 @@ class Interaction:
             return _log_softmax(g.logp)
         feats = np.concatenate([np.ones((g.n, 1)), g.colour], 1)
         self.bias = _fit_calibration(g.logp[ann], feats[ann], fixed[ann], float(self.calibration))
-        return _log_softmax(g.logp + feats @ self.bias.T)
+        return _log_softmax(g.logp + self.calibration_weight(ann)[:, None] * (feats @ self.bias.T))
+
+    def calibration_weight(self, annotated: np.ndarray | None = None) -> np.ndarray:
+        """(n,) in [0, 1]: how much of the click calibration each region gets, a Gaussian of the distance from
+        its centroid to the nearest annotated region's (1 on annotated regions; all 1 without ``locality``)."""
+        g = self.graph
+        if annotated is None:
+            annotated = np.flatnonzero(self.fixed_regions() >= 0)
+        if self.locality is None:
+            return np.ones(g.n)
+        if len(annotated) == 0:
+            return np.zeros(g.n)
+        sigma = max(float(self.locality) * max(g.regions.shape), 1e-9)
+        d, _ = spatial.cKDTree(g.centroid[annotated]).query(g.centroid)
+        return np.exp(-0.5 * (d / sigma) ** 2)
 
     def region_labels(self) -> np.ndarray:
         if self._region_labels is None:

@@ -24,7 +24,8 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, save_model, shipped_model_path, shipped_models
 from .continual import LearnCancelled, LearnSettings, TaskRecord, fingerprint, learn_task, select_task
-from .interactive import DEFAULT_CALIBRATION, DEFAULT_SMOOTHNESS, Interaction, InteractionError, build_region_graph
+from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
+                          build_region_graph)
 from .network import ClisNet
 from .preprocessing import ImageError, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
@@ -139,6 +140,7 @@ class ClisSession:
         self._normalized: np.ndarray | None = None
         self.smoothness = DEFAULT_SMOOTHNESS
         self.calibration: float | None = DEFAULT_CALIBRATION
+        self.locality: float | None = DEFAULT_LOCALITY
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -238,7 +240,8 @@ class ClisSession:
         self._normalized = normalized
         self._fingerprint = fp
         self.task = chosen
-        self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration)
+        self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration,
+                                       locality=self.locality)
         return result
 
     def segment_many(self, paths, output=None, *, overwrite: bool = False, scheduler: str | None = None,
