@@ -134,8 +134,7 @@ def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncer
     edges = np.stack([pair_key // n, pair_key % n], 1)
     boxes = ndimage.find_objects(regions + 1)
     return RegionGraph(regions, (uniq // (2 * k)).astype(np.int32), area, logp, colour, unc, centroid, edges, contrast,
-                       boxes,
-                       normalized.astype(np.float32, copy=False))
+                       boxes, normalized.astype(np.float32, copy=False))
 
 
 class Interaction:
