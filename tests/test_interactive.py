@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_clis.interactive import Interaction, InteractionError, build_region_graph
+from napari_clis.interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction,
+                                     InteractionError, build_region_graph)
 from napari_clis.simulated_user import ClisMethod, iou, next_click, noc, region_oracle, run_protocol, wrong_regions
 
 
@@ -123,6 +124,46 @@ def test_the_calibration_reaches_similar_regions_near_the_click_and_fades_far_fr
     wgt = local.calibration_weight()
     r_near, r_far = local.graph.regions[20, 55], local.graph.regions[20, 275]
     assert wgt[local.graph.regions[20, 25]] == 1.0 and wgt[r_near] > 0.8 and wgt[r_far] < 0.01
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "far"])
+def test_a_bad_locality_is_refused_and_the_labels_stay(bad):
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    inter.click(20, 37, 1)
+    before = inter.labels.copy()
+    with pytest.raises(InteractionError, match="locality"):
+        inter.locality = bad
+    assert inter.locality == DEFAULT_LOCALITY
+    np.testing.assert_array_equal(inter.labels, before)
+
+
+def test_painted_strokes_give_the_calibration_its_centre_and_a_new_locality_takes_effect():
+    img, sp, probs, unc = _straddling_scene()
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    np.testing.assert_array_equal(inter.calibration_weight(), 0.0)  # nothing annotated: no calibration anywhere
+    mask = np.zeros((40, 40), bool)
+    mask[:, 36:] = True
+    inter.annotate(mask, 1)
+    wgt = inter.calibration_weight()
+    g = inter.graph
+    assert wgt[g.regions[20, 38]] == 1.0 and wgt[g.regions[20, 38]] > wgt[g.regions[20, 22]] > wgt[g.regions[20, 2]]
+    labels_near = inter.labels.copy()
+    inter.locality = 0.0  # takes effect at once: only the painted region keeps its class
+    assert inter.labels[:, 20:30].sum() < labels_near[:, 20:30].sum()
+    inter.locality = None
+    np.testing.assert_array_equal(inter.calibration_weight(), 1.0)
+
+
+def test_the_session_passes_its_interaction_settings_to_each_new_image(nuclei_session, nuclei_he):
+    image, _ = nuclei_he
+    s = nuclei_session
+    try:
+        s.locality, s.smoothness, s.calibration = None, 3.0, 2.0
+        s.segment(image)
+        assert (s.interaction.locality, s.interaction.smoothness, s.interaction.calibration) == (None, 3.0, 2.0)
+    finally:
+        s.locality, s.smoothness, s.calibration = DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, DEFAULT_CALIBRATION
 
 
 def test_painted_pixels_are_never_overwritten_by_propagation():

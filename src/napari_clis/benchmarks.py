@@ -826,8 +826,8 @@ def add_parser(sub) -> None:
     it.add_argument("--max-clicks", type=int, default=20)
     it.add_argument("--smoothness", type=float, help="MRF smoothness lambda (default: the session's)")
     it.add_argument("--calibration", type=float, help="click-calibration prior strength; negative turns it off")
-    it.add_argument("--locality", type=float,
-                    help="the calibration's reach as a fraction of the image's longer side; negative: the whole image")
+    it.add_argument("--locality", type=float, help="the calibration's reach, a fraction of the image's longer side "
+                    "(0: only the annotated regions); negative: the whole image")
     it.add_argument("--no-refine", action="store_true", help="no pixel-level refinement of single clicks (ablation)")
     it.add_argument("--superpixel-size", type=int, help="mean superpixel side in pixels (default: the session's)")
     it.add_argument("--json", help="also write the numbers and IoU curves to this JSON file")

@@ -151,7 +151,7 @@ class Interaction:
     locality : float or None
         How far the calibration reaches: a region at distance ``d`` from the nearest annotated region gets
         ``exp(-d^2 / (2 sigma^2))`` of it, ``sigma = locality x`` the image's longer side; ``None``: the whole
-        image gets all of it.
+        image gets all of it; 0: only the annotated regions (as if it were off, but the fit still runs).
     """
 
     def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
@@ -159,7 +159,7 @@ class Interaction:
         self.graph = graph
         self.smoothness = float(smoothness)
         self.calibration = calibration
-        self.locality = locality
+        self.locality = locality  # checked by the property
         self.refine = True  # pixel-level refinement of a region whose clicks contradict the network
         self.clicks: list[tuple[int, int, int]] = []
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
@@ -169,6 +169,23 @@ class Interaction:
         self._annotation_cache = None
         self._split_memo: dict = {}
         self.bias = np.zeros((graph.n_classes, 1 + graph.colour.shape[1]))
+
+    @property
+    def locality(self) -> float | None:
+        return self._locality
+
+    @locality.setter
+    def locality(self, value) -> None:
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InteractionError(f"locality must be a number >= 0 or None, got {value!r}") from None
+            if not (np.isfinite(value) and value >= 0):
+                raise InteractionError(f"locality must be a finite number >= 0 (a fraction of the image's longer "
+                                       f"side) or None (the whole image), got {value!r}")
+        self._locality = value
+        self._invalidate()
 
     # -- input checks ---------------------------------------------------------------------------
     @property
@@ -409,7 +426,8 @@ class Interaction:
 
     def calibration_weight(self, annotated: np.ndarray | None = None) -> np.ndarray:
         """(n,) in [0, 1]: how much of the click calibration each region gets, a Gaussian of the distance from
-        its centroid to the nearest annotated region's (1 on annotated regions; all 1 without ``locality``)."""
+        its centroid to the nearest annotated region's: 1 on annotated regions, all 1 without ``locality``, all 0
+        when nothing is annotated."""
         g = self.graph
         if annotated is None:
             annotated = np.flatnonzero(self.fixed_regions() >= 0)
