@@ -104,10 +104,10 @@ def cells_backward(cells) -> tuple[float, float]:
 
 
 def test_continual_parts_merge_into_one_table(tmp_path, capsys):
-    def part(name, first, values, lr=5e-4):
+    def part(name, first, values, lr=5e-4, **more):
         r = {k: {"dice": list(values), "iou": list(values)} for k in ("basic", "forward", "backward")}
         args = {"part": "heldout", "tasks": 8, "steps": 20, "samples": 8, "baseline_lr": lr, "first_sequence": first,
-                "sequences": len(values)}
+                "sequences": len(values), **more}
         path = tmp_path / name
         path.write_text(json.dumps({"rows": [["isic2017", "clis", r]], "args": args}))
         return str(path)
@@ -125,6 +125,11 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
         main(["bench", "continual", "--merge", b, part("c.json", 2, [0.5])])
     with pytest.raises(SystemExit, match="other settings"):
         main(["bench", "continual", "--merge", a, part("d.json", 5, [0.5], lr=2e-3)])
+    # a part run before --locality calibrated over the whole image: it merges with -1, not with a reach of 0.2
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["bench", "continual", "--merge", a, part("f.json", 5, [0.5], locality=0.2)])
+    assert main(["bench", "continual", "--merge", a, part("g.json", 5, [0.5], locality=-1.0)]) == 0
+    capsys.readouterr()
     two = json.loads(Path(a).read_text())
     none = {k: {"dice": [0.75, 0.7], "iou": [0.75, 0.7]} for k in ("basic", "forward", "backward")}
     two["rows"].append(["isic2017", "none", none])

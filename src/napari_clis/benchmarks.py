@@ -642,8 +642,12 @@ def continual(args) -> int:
     from .session import ClisSession, LearnRejected
     from .simulated_user import ClisMethod, run_protocol
 
+    from .interactive import DEFAULT_LOCALITY
+
     if args.merge:
         return _merge_continual(args)
+    if args.locality is None:  # recorded as run, so that parts run with other reaches are not merged
+        args.locality = DEFAULT_LOCALITY
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
     methods = args.methods.split(",")
     unknown = set(methods) - set(CONTINUAL_NAMES)
@@ -664,6 +668,7 @@ def continual(args) -> int:
                 tm = time.time()
                 s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
                 s.learn_settings.steps = args.steps
+                s.locality = None if args.locality < 0 else args.locality
                 settings = (dataclasses.replace(s.learn_settings, lr=args.baseline_lr or s.learn_settings.lr)
                             if method != "clis" else None)
                 learner = _baseline(method, s, settings, args, model, packnet_cache)
@@ -735,6 +740,8 @@ def _merge_continual(args) -> int:
             seen[q] = path
         mine = {k: data["args"].get(k) for k in ("part", "tasks", "steps", "samples", "baseline_lr", "ewc_strength",
                                                   "packnet_prune", "packnet_retrain", "packnet_images")}
+        # runs from before --locality calibrated over the whole image
+        mine["locality"] = -1.0 if data["args"].get("locality") is None else float(data["args"]["locality"])
         if settings is not None and mine != settings:
             raise SystemExit(f"{path} was run with other settings than {args.merge[0]}: {mine} against {settings}")
         settings = mine
@@ -854,6 +861,9 @@ def add_parser(sub) -> None:
     cl.add_argument("--packnet-retrain", type=int, default=100, help="PackNet: steps retraining the pruned "
                     "pretrained model on its own training images")
     cl.add_argument("--packnet-images", type=int, default=16, help="PackNet: how many training images for that")
+    cl.add_argument("--locality", type=float, help="the simulated user's click calibration reach, a fraction of the "
+                    "image's longer side (default: the session's); negative: the whole image, as runs before "
+                    "this option")
     cl.add_argument("--figure", help="write the per-kernel mask usage of CLIS's first sequence to this PNG")
     cl.add_argument("--json", help="also write the numbers to this JSON file")
     cl.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: print one table from the --json files "
