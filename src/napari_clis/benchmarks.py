@@ -638,11 +638,10 @@ def continual(args) -> int:
 
     from .continual import kernel_usage
     from .data import load_dataset
+    from .interactive import DEFAULT_LOCALITY
     from .metrics import dice, iou
     from .session import ClisSession, LearnRejected
     from .simulated_user import ClisMethod, run_protocol
-
-    from .interactive import DEFAULT_LOCALITY
 
     if args.merge:
         return _merge_continual(args)
