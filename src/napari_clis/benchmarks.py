@@ -281,9 +281,9 @@ def interactive(args) -> int:
         if args.superpixel_size is not None:
             session.superpixel_size = args.superpixel_size
         if args.calibration is not None:
-            session.calibration = None if args.calibration < 0 else args.calibration
+            session.calibration = _none_if_negative(args.calibration)  # negative: no calibration
         if args.locality is not None:
-            session.locality = None if args.locality < 0 else args.locality
+            session.locality = _none_if_negative(args.locality)  # negative: over the whole image
         curves: dict[tuple[str, str], list[list[float]]] = {}
         t0 = time.time()
         for i, s in enumerate(samples):
@@ -667,7 +667,7 @@ def continual(args) -> int:
                 tm = time.time()
                 s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
                 s.learn_settings.steps = args.steps
-                s.locality = None if args.locality < 0 else args.locality
+                s.locality = _none_if_negative(args.locality)
                 settings = (dataclasses.replace(s.learn_settings, lr=args.baseline_lr or s.learn_settings.lr)
                             if method != "clis" else None)
                 learner = _baseline(method, s, settings, args, model, packnet_cache)
@@ -790,6 +790,11 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
     if seconds:
         print("\nSeconds per method (all sequences, both datasets): " +
               ", ".join(f"{CONTINUAL_NAMES[m]} {s:.0f}" for m, s in seconds.items()))
+
+
+def _none_if_negative(value: float) -> float | None:
+    """A command-line number where a negative value stands for the setting's ``None``."""
+    return None if value < 0 else value
 
 
 def _scores(labels, truth, dice, iou) -> tuple[float, float]:
