@@ -68,8 +68,15 @@ def _copy(s):
 def test_save_and_load_round_trip_exactly(learned, tmp_path):
     s, record, (a, _), _, _ = learned
     path = tmp_path / "session.pt"
-    s.save(path)
+    settings = (s.smoothness, s.calibration, s.locality)
+    try:
+        s.smoothness, s.calibration, s.locality = 3.0, None, 0.35  # the user's click settings travel too
+        s.save(path)
+    finally:
+        s.smoothness, s.calibration, s.locality = settings
     t = ClisSession.load(path, device="cpu")
+    assert (t.smoothness, t.calibration, t.locality) == (3.0, None, 0.35)
+    t.smoothness, t.calibration, t.locality = settings
     assert [r.to_dict() for r in t.tasks] == [r.to_dict() for r in s.tasks]
     assert set(t.annotations) == {1} and t.remembered == s.remembered
     np.testing.assert_array_equal(t.annotations[1], s.annotations[1])

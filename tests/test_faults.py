@@ -173,6 +173,15 @@ def test_a_real_save_killed_as_soon_as_its_temporary_file_appears_changes_nothin
     proc = _run_child(child, path)
     _kill_when(proc, lambda: bool(_temporaries(tmp_path, "big.pt")))
     assert path.read_bytes() == good
+    # the killed save's temporary file is cleared by the next save once it is stale (an hour untouched);
+    # a fresh one may be another process's save under way and stays
+    (leftover,) = _temporaries(tmp_path, "big.pt")
+    old = time.time() - checkpoint.STALE_TEMPORARY_SECONDS - 60
+    os.utime(leftover, (old, old))
+    fresh = tmp_path / ".big.pt.another.tmp"
+    fresh.write_bytes(b"a save under way")
+    checkpoint.atomic_write_bytes(path, b"the next save")
+    assert not leftover.exists() and fresh.exists() and path.read_bytes() == b"the next save"
 
 
 # -- damaged files -----------------------------------------------------------------------------------------------

@@ -126,16 +126,30 @@ def test_the_calibration_reaches_similar_regions_near_the_click_and_fades_far_fr
     assert wgt[local.graph.regions[20, 25]] == 1.0 and wgt[r_near] > 0.8 and wgt[r_far] < 0.01
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "far"])
-def test_a_bad_locality_is_refused_and_the_labels_stay(bad):
+@pytest.mark.parametrize("name", ["smoothness", "calibration", "locality"])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "far", True])
+def test_a_bad_click_setting_is_refused_and_the_labels_stay(name, bad):
     img, sp, probs, unc = _straddling_scene()
     inter = Interaction(build_region_graph(sp, probs, unc, img))
     inter.click(20, 37, 1)
-    before = inter.labels.copy()
-    with pytest.raises(InteractionError, match="locality"):
-        inter.locality = bad
-    assert inter.locality == DEFAULT_LOCALITY
+    before, value = inter.labels.copy(), getattr(inter, name)
+    with pytest.raises(InteractionError, match=name):
+        setattr(inter, name, bad)
+    assert getattr(inter, name) == value
     np.testing.assert_array_equal(inter.labels, before)
+    with pytest.raises(InteractionError, match=name):
+        Interaction(build_region_graph(sp, probs, unc, img), **{name: bad})
+
+
+def test_smoothness_none_is_refused_and_calibration_none_turns_it_off():
+    img, sp, probs, unc = _straddling_scene()
+    with pytest.raises(InteractionError, match="smoothness"):
+        Interaction(build_region_graph(sp, probs, unc, img), smoothness=None)
+    inter = Interaction(build_region_graph(sp, probs, unc, img), smoothness=0.0)
+    inter.click(20, 25, 1)
+    calibrated = inter.labels.copy()
+    inter.calibration = None  # takes effect at once: only the MRF and the clicked region move
+    assert inter.labels.sum() < calibrated.sum()
 
 
 def test_painted_strokes_give_the_calibration_its_centre_and_a_new_locality_takes_effect():
@@ -162,6 +176,14 @@ def test_the_session_passes_its_interaction_settings_to_each_new_image(nuclei_se
         s.locality, s.smoothness, s.calibration = None, 3.0, 2.0
         s.segment(image)
         assert (s.interaction.locality, s.interaction.smoothness, s.interaction.calibration) == (None, 3.0, 2.0)
+        s.click(*np.argwhere(s.labels > 0)[0], 0)
+        before = s.labels.copy()
+        s.smoothness = 0.0  # the current image follows a new setting at once
+        assert s.interaction.smoothness == 0.0
+        assert not np.array_equal(s.labels, before)
+        with pytest.raises(InteractionError, match="calibration"):
+            s.calibration = -1
+        assert s.calibration == 2.0 and s.interaction.calibration == 2.0
     finally:
         s.locality, s.smoothness, s.calibration = DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, DEFAULT_CALIBRATION
 

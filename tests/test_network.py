@@ -56,3 +56,28 @@ def test_trunk_then_heads_equals_the_plain_forward_in_eval_mode():
 def test_sizes_not_divisible_by_eight_are_refused():
     with pytest.raises(ValueError, match="divisible by 8"):
         ClisNet(NetworkConfig(width=8)).trunk(torch.zeros(1, 3, 20, 16))
+
+
+def test_a_dilated_bottleneck_sees_farther_keeps_its_shapes_and_round_trips(tmp_path):
+    from napari_clis.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    plain = ClisNet(NetworkConfig(width=4)).eval()
+    dilated = ClisNet(NetworkConfig(width=4, bottleneck_dilation=2)).eval()
+    dilated.load_state_dict(plain.state_dict())  # the same weights: only the field of view differs
+    assert [c.conv.dilation for c in (dilated.A4.conv1, dilated.A4.conv2, dilated.A3.conv2)] == [(2, 2), (4, 4), (1, 1)]
+
+    def reach(net):  # pixels of a 256 px row whose input moves the features at its centre
+        x = torch.randn(1, 3, 8, 256, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        net.trunk(x)[0, :, 4, 128].sum().backward()
+        return int((x.grad[0].abs().sum((0, 1)) > 0).sum())
+
+    assert reach(dilated) > reach(plain) + 40
+    path = tmp_path / "dilated.pt"
+    save_model(path, dilated, {"name": "dilated"})
+    loaded, _, _ = load_model(path)
+    assert loaded.config.bottleneck_dilation == 2
+    x = torch.randn(1, 3, 32, 48)
+    torch.testing.assert_close(loaded.eval()(x)[0], dilated(x)[0])
+    # configs written before the option load as the plain network
+    assert NetworkConfig.from_dict({"width": 4}).bottleneck_dilation == 1

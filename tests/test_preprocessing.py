@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,15 @@ def test_a_tile_normalised_with_the_whole_range_matches_the_whole_image(scale):
     assert np.min(image) <= lo < hi <= np.max(image)  # in the image's own units
     tile = normalize_image(image[10:40, 20:70], value_range=(lo, hi))
     np.testing.assert_allclose(tile, whole[:, 10:40, 20:70], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tiny", [(np.float32, 2.77358e-40), (np.float64, 5e-320)])
+def test_a_range_of_subnormal_width_normalises_without_overflow_or_nan(dtype, tiny):
+    """Found by the property test: mostly zeros, one subnormal value and one 1.0 gave a percentile range whose
+    reciprocal overflowed float32, and 0 x inf made the zeros NaN."""
+    image = np.zeros((14, 14, 3), dtype)
+    image[0, 0, 0], image[0, 0, 1] = tiny, 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalize_image(image)
+    assert np.isfinite(out).all() and out.min() == -0.5 and out.max() == 0.5

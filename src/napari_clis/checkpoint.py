@@ -14,10 +14,12 @@ Pure torch: no Qt, no napari.
 from __future__ import annotations
 
 import errno
+import glob
 import io
 import os
 import re
 import tempfile
+import time
 import warnings
 import zipfile
 from importlib import resources
@@ -96,6 +98,22 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             raise CheckpointError(f"Could not save {path}: {e.strerror or e}. The previous file is unchanged.") from e
         raise
     _fsync_folder(folder)
+    _remove_stale_temporaries(path)
+
+
+STALE_TEMPORARY_SECONDS = 3600.0  # a save's temporary file untouched this long was left by a killed process
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that saves of ``path`` killed mid-write left behind (hidden, ``.NAME.*.tmp``);
+    ones touched within the last hour may belong to a save still under way in another process and stay."""
+    now = time.time()
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                leftover.unlink()
+        except OSError:  # gone already, or not ours to remove: harmless
+            pass
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -21,7 +21,7 @@ def _pretrain(args) -> int:
     preset = dict(MODEL_PRESETS[args.model])
     if args.steps:
         preset["steps"] = args.steps
-    for key in ("lr", "fg_crop_fraction", "init", "kind_balance"):
+    for key in ("lr", "fg_crop_fraction", "init", "kind_balance", "width", "bottleneck_dilation"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     if args.area_weighted:
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--working-long-side", type=int, metavar="PX",
                     help="resize images so their longer side is PX pixels (0: their own size; default: the "
                          "model's preset)")
+    pt.add_argument("--width", type=int, metavar="W", help="channels of block A1 (A4 has 8 W; default: the preset)")
+    pt.add_argument("--bottleneck-dilation", type=int, metavar="D",
+                    help="dilate the bottleneck A4's convolutions by D and 2 D, for a wider field of view (default 1)")
     pt.add_argument("--bn-batches", type=int, default=100,
                     help="training batches over which BatchNorm statistics are recomputed at the end")
     pt.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -157,9 +157,10 @@ class Interaction:
     def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
                  calibration: float | None = DEFAULT_CALIBRATION, locality: float | None = DEFAULT_LOCALITY):
         self.graph = graph
-        self.smoothness = float(smoothness)
+        self._labels = None
+        self.smoothness = smoothness  # the three are checked by their properties
         self.calibration = calibration
-        self.locality = locality  # checked by the property
+        self.locality = locality
         self.refine = True  # pixel-level refinement of a region whose clicks contradict the network
         self.clicks: list[tuple[int, int, int]] = []
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
@@ -170,21 +171,43 @@ class Interaction:
         self._split_memo: dict = {}
         self.bias = np.zeros((graph.n_classes, 1 + graph.colour.shape[1]))
 
+    @staticmethod
+    def check_setting(name: str, value) -> float | None:
+        """``value`` checked as ``smoothness``, ``calibration`` or ``locality`` (an :class:`InteractionError`
+        naming the setting if it is not one)."""
+        meanings = {"smoothness": ("the MRF's weight of the pairwise term", None),
+                    "calibration": ("the strength of the prior on the click calibration", "no calibration"),
+                    "locality": ("a fraction of the image's longer side", "the whole image")}
+        meaning, none_means = meanings[name]
+        if value is None and none_means:
+            return None
+        return _check_number(name, value, meaning, none_means)
+
+    @property
+    def smoothness(self) -> float:
+        return self._smoothness
+
+    @smoothness.setter
+    def smoothness(self, value) -> None:
+        self._smoothness = self.check_setting("smoothness", value)
+        self._invalidate()
+
+    @property
+    def calibration(self) -> float | None:
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value) -> None:
+        self._calibration = self.check_setting("calibration", value)
+        self._invalidate()
+
     @property
     def locality(self) -> float | None:
         return self._locality
 
     @locality.setter
     def locality(self, value) -> None:
-        if value is not None:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise InteractionError(f"locality must be a number >= 0 or None, got {value!r}") from None
-            if not (np.isfinite(value) and value >= 0):
-                raise InteractionError(f"locality must be a finite number >= 0 (a fraction of the image's longer "
-                                       f"side) or None (the whole image), got {value!r}")
-        self._locality = value
+        self._locality = self.check_setting("locality", value)
         self._invalidate()
 
     # -- input checks ---------------------------------------------------------------------------
@@ -505,6 +528,18 @@ class Interaction:
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(1, keepdims=True)
     return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def _check_number(name: str, value, meaning: str, none_means: str | None = None) -> float:
+    """``value`` as a finite float >= 0, or an :class:`InteractionError` that says what ``name`` is."""
+    allowed = f"a finite number >= 0 ({meaning})" + (f" or None ({none_means})" if none_means else "")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InteractionError(f"{name} must be {allowed}, got {value!r}") from None
+    if isinstance(value, (bool, np.bool_)) or not (np.isfinite(number) and number >= 0):
+        raise InteractionError(f"{name} must be {allowed}, got {value!r}")
+    return number
 
 
 def _fit_calibration(logp: np.ndarray, feats: np.ndarray, target: np.ndarray, strength: float) -> np.ndarray:

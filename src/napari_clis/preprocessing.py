@@ -85,8 +85,12 @@ def normalize_image(image, *, value_range: tuple[float, float] | None = None) ->
             arr = np.ldexp(arr, -exponent).astype(arr.dtype, copy=False)
     out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
     if hi > lo:
+        width = hi - lo
+        if out.dtype == np.float32 and width < np.finfo(np.float32).tiny:  # a subnormal range (values like 1e-40):
+            out = out.astype(np.float64)  # float32 cannot hold its reciprocal, nor the range itself exactly
         out -= out.dtype.type(lo)
-        out *= out.dtype.type(1.0 / (hi - lo))
+        with np.errstate(over="ignore"):  # values far above so narrow a range divide to inf, clipped to 1 below
+            out /= out.dtype.type(width)
         np.clip(out, 0.0, 1.0, out=out)
         out -= 0.5
         out = out.astype(np.float32, copy=False)

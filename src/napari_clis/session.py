@@ -138,9 +138,29 @@ class ClisSession:
         self.learn_settings = LearnSettings()
         self._fingerprint: np.ndarray | None = None
         self._normalized: np.ndarray | None = None
-        self.smoothness = DEFAULT_SMOOTHNESS
-        self.calibration: float | None = DEFAULT_CALIBRATION
-        self.locality: float | None = DEFAULT_LOCALITY
+        # the click settings, as the session was saved with them (else the defaults); checked by the properties
+        saved = self.metadata.get("interaction_settings", {})
+        self._settings = {}
+        self.smoothness = saved.get("smoothness", DEFAULT_SMOOTHNESS)
+        self.calibration = saved.get("calibration", DEFAULT_CALIBRATION)
+        self.locality = saved.get("locality", DEFAULT_LOCALITY)
+
+    # -- click settings: checked here, passed to the current image's interaction and to every new one ----------
+    def _set_click_setting(self, name: str, value) -> None:
+        checked = Interaction.check_setting(name, value)  # raises InteractionError naming the setting
+        if self.interaction is not None:
+            setattr(self.interaction, name, checked)
+        self._settings[name] = checked
+
+    smoothness = property(lambda self: self._settings["smoothness"],
+                          lambda self, v: self._set_click_setting("smoothness", v),
+                          doc="MRF smoothness lambda (weight of the pairwise term per unit of border contrast).")
+    calibration = property(lambda self: self._settings["calibration"],
+                           lambda self, v: self._set_click_setting("calibration", v),
+                           doc="Strength of the prior on the click calibration; None: no calibration.")
+    locality = property(lambda self: self._settings["locality"],
+                        lambda self, v: self._set_click_setting("locality", v),
+                        doc="The calibration's reach, a fraction of the longer side; None: the whole image.")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -394,6 +414,7 @@ class ClisSession:
         metadata = dict(self.metadata)
         metadata["learned_tasks"] = [r.to_dict() for r in self.tasks]
         metadata["remembered_images"] = [[list(f), t] for f, t in self.remembered]
+        metadata["interaction_settings"] = dict(self._settings)
         extra = {"annotations": {str(t): torch.from_numpy(a) for t, a in self.annotations.items()}}
         try:
             save_model(path, self.net, metadata, extra=extra)

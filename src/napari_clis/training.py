@@ -57,6 +57,7 @@ class PretrainSettings:
     seed: int = 0
     width: int = 16
     dropout: float = 0.2
+    bottleneck_dilation: int = 1
     eval_every: int = 250
     precise_bn_batches: int = 100
     fg_crop_fraction: float = 0.0
@@ -277,7 +278,8 @@ def pretrain(
         log("kinds of image drawn: " + ", ".join(f"{k} {kinds.count(k)} images, {p:.0%} of draws"
                                                  for k, p in shares.items()))
 
-    config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout)
+    config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout,
+                           bottleneck_dilation=settings.bottleneck_dilation)
     net = ClisNet(config)
     earlier_phases = []
     if settings.init:  # a second phase that starts from an existing model (fresh optimiser and schedule)
