@@ -43,6 +43,21 @@ def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_pa
     assert ClisSession.from_checkpoint(out).metadata["training"]["step"] == 3
 
 
+def test_a_pretrained_candidate_is_measured_by_the_quality_benchmark_as_the_shipped_models_are(tmp_path):
+    root = _isic_folder(tmp_path)
+    out = tmp_path / "wide-view.pt"
+    assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "1", "--output", str(out), "--width", "4",
+                 "--bottleneck-dilation", "2", "--threads", "1", "--bn-batches", "1"]) == 0
+    config = ClisSession.from_checkpoint(out, device="cpu").net.config
+    assert (config.width, config.bottleneck_dilation) == (4, 2)
+    assert main(["bench", "quality", "--model", "skin-lesion", "--checkpoint", str(out), "--data", str(root),
+                 "--samples", "2", "--json", str(tmp_path / "q.json")]) == 0
+    measured = json.loads((tmp_path / "q.json").read_text())["skin-lesion"]
+    assert measured["n"] == 2 and 0 <= measured["dice"] <= 1 and 0 <= measured["otsu_dice"] <= 1
+    with pytest.raises(SystemExit, match="--model"):
+        main(["bench", "quality", "--checkpoint", str(out), "--data", str(root)])
+
+
 def test_pretrain_without_the_data_folder_names_it(tmp_path, capsys):
     import pytest
 

@@ -195,11 +195,16 @@ def quality(args) -> int:
     from .session import ClisSession
 
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
+    if args.checkpoint and len(models) > 1:
+        raise SystemExit("--checkpoint needs --model nuclei or --model skin-lesion: the data to measure it on")
     rng = np.random.default_rng(0)
     summary = {}
     for model in models:
         samples = load_dataset(model, "heldout", args.data, limit=args.limit)
-        session = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
+        if args.checkpoint:  # a candidate model (say, a new pretraining run) on the same images, by the same measures
+            session = ClisSession.from_checkpoint(args.checkpoint, device="cpu", n_samples=args.samples)
+        else:
+            session = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
         dataset = "dsb2018" if model == "nuclei" else "isic2017"
         rec = {k: [] for k in ("dice", "iou", "otsu_dice", "otsu_iou", "auc_unc", "auc_ent")}
         pooled_unc, pooled_ent, pooled_wrong = [], [], []
@@ -824,6 +829,8 @@ def add_parser(sub) -> None:
     _model_args(q, default="all", allow_all=True, image_only=False)
     q.add_argument("--limit", type=int, help="only the first N held-out images (quick check)")
     q.add_argument("--json", help="also write the numbers to this JSON file")
+    q.add_argument("--checkpoint", metavar="PATH", help="measure this model file instead of the shipped one "
+                   "(with --model naming its data, e.g. a model from `napari-clis pretrain`)")
     q.set_defaults(bench_func=quality)
     it = bsub.add_parser("interactive", help="simulated user: NoC@85/90 of CLIS beside random walker and a "
                          "random-forest pixel classifier, both protocols")
