@@ -47,9 +47,10 @@ def test_a_pretrained_candidate_is_measured_by_the_quality_benchmark_as_the_ship
     root = _isic_folder(tmp_path)
     out = tmp_path / "wide-view.pt"
     assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "1", "--output", str(out), "--width", "4",
-                 "--bottleneck-dilation", "2", "--threads", "1", "--bn-batches", "1"]) == 0
-    config = ClisSession.from_checkpoint(out, device="cpu").net.config
-    assert (config.width, config.bottleneck_dilation) == (4, 2)
+                 "--bottleneck-dilation", "2", "--dice-per-image", "--threads", "1", "--bn-batches", "1"]) == 0
+    candidate = ClisSession.from_checkpoint(out, device="cpu")
+    assert (candidate.net.config.width, candidate.net.config.bottleneck_dilation) == (4, 2)
+    assert candidate.metadata["training"]["settings"]["dice_per_image"] is True
     assert main(["bench", "quality", "--model", "skin-lesion", "--checkpoint", str(out), "--data", str(root),
                  "--samples", "2", "--json", str(tmp_path / "q.json")]) == 0
     measured = json.loads((tmp_path / "q.json").read_text())["skin-lesion"]

@@ -26,6 +26,8 @@ def _pretrain(args) -> int:
             preset[key] = getattr(args, key)
     if args.area_weighted:
         preset["area_weighted"] = True
+    if args.dice_per_image:
+        preset["dice_per_image"] = True
     if args.working_long_side is not None:  # 0: the image's own resolution
         preset["working_long_side"] = args.working_long_side or None
     settings = PretrainSettings(model=args.model, seed=args.seed, precise_bn_batches=args.bn_batches, **preset)
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--width", type=int, metavar="W", help="channels of block A1 (A4 has 8 W; default: the preset)")
     pt.add_argument("--bottleneck-dilation", type=int, metavar="D",
                     help="dilate the bottleneck A4's convolutions by D and 2 D, for a wider field of view (default 1)")
+    pt.add_argument("--dice-per-image", action="store_true",
+                    help="average the soft Dice loss per image (as the held-out Dice is) instead of over the batch")
     pt.add_argument("--bn-batches", type=int, default=100,
                     help="training batches over which BatchNorm statistics are recomputed at the end")
     pt.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -4,7 +4,8 @@ Used by ``napari-clis pretrain``. The loss is
 
 * the aleatoric cross-entropy of Kendall and Gal (2017): logits are sampled with the predicted variance,
   ``z + sigma * eps``, and the loss is ``-log mean_s softmax(z_s)[y]``;
-* a soft Dice loss on the deterministic softmax (foreground classes), for overlap quality;
+* a soft Dice loss on the deterministic softmax (foreground classes), for overlap quality (batch-global, or
+  per image with ``dice_per_image``);
 * ``kl_weight`` times the KL divergence of the kernel gates from their IBP prior.
 
 Pure torch/numpy: no Qt, no napari.
@@ -58,6 +59,7 @@ class PretrainSettings:
     width: int = 16
     dropout: float = 0.2
     bottleneck_dilation: int = 1
+    dice_per_image: bool = False
     eval_every: int = 250
     precise_bn_batches: int = 100
     fg_crop_fraction: float = 0.0
@@ -77,16 +79,20 @@ def aleatoric_nll(logits: torch.Tensor, logvar: torch.Tensor, target: torch.Tens
     return -(torch.logsumexp(torch.stack(logps), 0) - math.log(n_samples)).mean()
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice, averaged over the foreground classes (batch-global)."""
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """1 - soft Dice, averaged over the foreground classes.
+
+    Batch-global by default (large objects weigh more); ``per_image``: the mean over images of each image's soft
+    Dice, the measure the held-out Dice averages (a small lesion counts as much as a large one).
+    """
     p = torch.softmax(logits, 1)
     k = logits.shape[1]
     onehot = F.one_hot(target, k).permute(0, 3, 1, 2).to(p.dtype)
-    dims = (0, 2, 3)
+    dims = (2, 3) if per_image else (0, 2, 3)
     inter = (p * onehot).sum(dims)
     denom = p.sum(dims) + onehot.sum(dims)
     d = (2 * inter + 1.0) / (denom + 1.0)
-    return 1.0 - d[1:].mean()
+    return 1.0 - d[..., 1:].mean()
 
 
 def gate_kl(net: ClisNet, task: int, priors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -338,7 +344,7 @@ def pretrain(
         x, y = _batch(data, settings, rng, weights)
         logits, logvar = net(x, relaxed=True)
         loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
-        loss_dice = soft_dice_loss(logits, y)
+        loss_dice = soft_dice_loss(logits, y, settings.dice_per_image)
         kl = gate_kl(net, 0, priors)
         loss = loss_nll + loss_dice + settings.kl_weight * kl
         opt.zero_grad(set_to_none=True)
