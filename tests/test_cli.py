@@ -59,11 +59,13 @@ def test_a_pretrained_candidate_is_measured_by_the_quality_benchmark_as_the_ship
         main(["bench", "quality", "--checkpoint", str(out), "--data", str(root)])
 
 
-def test_pretrain_without_the_data_folder_names_it(tmp_path, capsys):
-    import pytest
-
-    with pytest.raises(FileNotFoundError, match="isic2017"):
-        main(["pretrain", "skin-lesion", "--data", str(tmp_path), "--steps", "1", "--output", str(tmp_path / "m.pt")])
+def test_pretrain_and_bench_without_the_data_folder_name_it_in_one_line(tmp_path, capsys):
+    assert main(["pretrain", "skin-lesion", "--data", str(tmp_path), "--steps", "1",
+                 "--output", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "isic2017" in err and "--data" in err and "Traceback" not in err and not (tmp_path / "m.pt").exists()
+    assert main(["bench", "quality", "--model", "nuclei", "--data", str(tmp_path)]) == 2
+    assert "dsb2018" in capsys.readouterr().err
 
 
 def test_speed_benchmark_prints_a_table_with_the_ratio_to_one_forward_pass():

@@ -127,6 +127,22 @@ def test_learning_needs_a_segmentation_with_something_in_it(nuclei_fluo):
         s.learn()
 
 
+def test_a_step_count_that_is_not_a_whole_number_of_steps_is_refused_and_nothing_is_learned(nuclei_fluo):
+    image, truth = nuclei_fluo
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    s.segment(image[:96, :96])
+    net = s.net
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be a whole number"):
+            s.learn(steps=bad)
+    assert s.net is net and s.tasks == [] and s.task == 0
+
+
+def test_a_task_record_prints_without_its_fingerprint(learned):
+    text = repr(learned[0].tasks[0])
+    assert "dice_after" in text and "fingerprint" not in text and len(text) < 600
+
+
 def test_a_failed_autosave_keeps_the_last_good_file_and_the_model(learned, tmp_path, monkeypatch):
     import napari_clis.checkpoint as checkpoint
     import napari_clis.session as session_module

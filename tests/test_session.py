@@ -110,6 +110,35 @@ def test_bad_images_raise_and_keep_the_previous_result(nuclei_session, nuclei_fl
     assert nuclei_session.result is good
 
 
+def test_a_file_name_is_not_an_image_and_says_how_to_read_it(nuclei_session, tmp_path):
+    for name in ("cells.tif", tmp_path / "cells.tif"):
+        with pytest.raises(ImageError, match="not a file name.*imread.*segment_many"):
+            nuclei_session.segment(name)
+
+
+@pytest.mark.parametrize("tiling", [dict(tile=0), dict(tile=-5), dict(tile=32), dict(tile=100.5),
+                                    dict(tile=128, margin=-50)])
+def test_bad_tiling_is_refused_by_name_instead_of_segmenting_nothing(nuclei_session, nuclei_fluo, tiling):
+    image, _ = nuclei_fluo
+    good = nuclei_session.segment(image[:64, :64])
+    with pytest.raises(ValueError, match="tile must|margin must"):
+        nuclei_session.segment(image, **tiling)
+    assert nuclei_session.result is good
+
+
+def test_the_api_errors_are_importable_from_the_package():
+    import napari_clis
+    from napari_clis.checkpoint import CheckpointError
+    from napari_clis.continual import LearnCancelled
+    from napari_clis.interactive import InteractionError
+    from napari_clis.session import LearnRejected
+
+    assert napari_clis.ImageError is ImageError and napari_clis.CheckpointError is CheckpointError
+    assert napari_clis.InteractionError is InteractionError and napari_clis.LearnRejected is LearnRejected
+    assert napari_clis.LearnCancelled is LearnCancelled
+    assert issubclass(ImageError, ValueError) and issubclass(LearnRejected, RuntimeError)
+
+
 def test_a_constant_image_segments_to_something_valid(nuclei_session):
     r = nuclei_session.segment(np.full((40, 40), 100, np.uint16))
     _check_result(r, (40, 40))

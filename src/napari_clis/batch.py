@@ -53,14 +53,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .preprocessing import ImageError, as_2d_image, intensity_range, normalize_image
+from .preprocessing import ImageError, as_2d_image, check_tiling, intensity_range, normalize_image
 
 __all__ = ["segment_many", "FileResult", "Tile", "plan_tiles", "find_images", "output_paths", "read_image",
            "read_batch_metadata", "OutputExistsError", "SUPPORTED_SUFFIXES", "DEFAULT_BATCH_TILE"]
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 DEFAULT_BATCH_TILE = 2048  # planes up to this many pixels on a side are segmented in one piece
-MIN_TILE = 64
 TILE_MARGIN = 96  # context around each tile, as uncertainty.DEFAULT_MARGIN: wider than the network's receptive field
 KEY = "napari_clis"  # the key of our record in an output's TIFF description
 _DTYPES = {"labels": np.int32, "uncertainty": np.float32, "superpixels": np.int32}
@@ -132,8 +131,7 @@ def plan_tiles(height: int, width: int, tile: int, margin: int = TILE_MARGIN) ->
     """
     if height <= tile and width <= tile:
         return [Tile((0, height, 0, width), (0, height, 0, width))]
-    if tile < MIN_TILE:
-        raise ValueError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
+    check_tiling(tile, margin)
 
     def cores(side):
         step = -(-side // math.ceil(side / tile))
@@ -598,8 +596,7 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
 
 
 def _check_arguments(tile: int, workers: int, scheduler) -> None:
-    if tile < MIN_TILE:
-        raise ValueError(f"tile must be at least {MIN_TILE} pixels, got {tile}")
+    check_tiling(tile)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if scheduler and workers > 1:

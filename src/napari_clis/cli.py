@@ -204,8 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data import DataNotFoundError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DataNotFoundError as e:  # pretraining and the benchmarks read the real data: say where it was looked for
+        print(f"napari-clis {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

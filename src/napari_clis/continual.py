@@ -57,7 +57,7 @@ class TaskRecord:
 
     task: int
     parent: int
-    fingerprint: list[float]
+    fingerprint: list[float] = field(repr=False)  # 128 numbers: unreadable in a printed task list
     image_shape: list[int]
     clicks: list[list[int]]
     kernels_on: dict[str, int]

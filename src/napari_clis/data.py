@@ -56,12 +56,17 @@ def _read_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(im[..., :3])
 
 
+class DataNotFoundError(FileNotFoundError):
+    """The real data for pretraining or a benchmark is not where it was looked for; the message says where."""
+
+
 def _check_root(root: Path, name: str) -> Path:
     folder = Path(root) / name
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"Dataset folder {folder} not found. Pass the data folder (the one holding dsb2018/ and "
-            "isic2017/) or set NAPARI_CLIS_DATA."
+        raise DataNotFoundError(
+            f"Dataset folder {folder.resolve()} not found. Give the data folder, the one holding dsb2018/ and "
+            "isic2017/ (--data on the command line, root in Python), or set NAPARI_CLIS_DATA; the default is "
+            "../shared/data from the current directory."
         )
     return folder
 

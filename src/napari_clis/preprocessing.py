@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_2d_image", "normalize_image", "intensity_range", "ImageError"]
+__all__ = ["as_2d_image", "normalize_image", "intensity_range", "check_tiling", "ImageError", "MIN_TILE"]
+
+MIN_TILE = 64  # smallest tile core: smaller tiles are mostly margin and cost more than they save
 
 # Percentiles that set the intensity range; robust to a few hot pixels and to dark backgrounds.
 _LOW_PERCENTILE = 1.0
@@ -19,6 +21,15 @@ _MAX_PERCENTILE_SAMPLES = 1 << 20
 
 class ImageError(ValueError):
     """The image cannot be segmented; the message says why and what is expected."""
+
+
+def check_tiling(tile, margin=None) -> None:
+    """Raise ``ValueError`` unless ``tile`` is a whole number >= :data:`MIN_TILE` and ``margin`` one >= 0."""
+    for name, value, low in (("tile", tile, MIN_TILE), ("margin", margin, 0)):
+        if value is None and name == "margin":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be a whole number of pixels, at least {low}, got {value!r}")
 
 
 def as_2d_image(image) -> np.ndarray:

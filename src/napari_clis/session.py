@@ -230,6 +230,10 @@ class ClisSession:
         SegmentationResult
         """
         _refuse_labels_layer(image)
+        if isinstance(image, (str, Path)):
+            raise ImageError(f"segment() takes the image as an array, not a file name ({str(image)!r}): read it first "
+                             "(skimage.io.imread, tifffile.imread), or segment files with segment_many() or "
+                             "`napari-clis segment`.")
         if not isinstance(image, np.ndarray) and hasattr(image, "data"):  # ndarray.data fails for datetimes
             image = image.data
         if task is not None and (isinstance(task, bool) or not isinstance(task, (int, np.integer))):
@@ -375,7 +379,9 @@ class ClisSession:
         if not (labels > 0).any():
             raise InteractionError("The segmentation is empty (all background): there is nothing to learn. "
                                    "Correct it with clicks first, or skip this image.")
-        settings = dataclasses.replace(self.learn_settings, **({"steps": int(steps)} if steps else {}))
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
+            raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        settings = dataclasses.replace(self.learn_settings, **({"steps": int(steps)} if steps is not None else {}))
         x, y = self._working(self._normalized, labels)
         t0 = time.perf_counter()
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .network import ClisNet
+from .preprocessing import check_tiling
 
 __all__ = ["NetworkOutput", "predict", "DEFAULT_TILE", "DEFAULT_MARGIN"]
 
@@ -195,6 +196,7 @@ def predict(
     """
     if n_samples < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    check_tiling(tile, margin)
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32)).to(device)[None]
     full_hw = x.shape[-2:]
