@@ -311,3 +311,87 @@ def test_learning_before_segmenting_says_what_to_do(make_napari_viewer, messages
     assert any("segment an image" in m for m in messages["error"])
     widget.save_model()
     assert any("no model to save" in m for m in messages["error"])
+
+
+def _correct_by_painting(seg, truth):
+    for label in (1, 0):  # one brush stroke per class, as a person paints
+        where = np.nonzero(((seg.data > 0) != truth) & (truth == label))
+        with seg.block_history():
+            seg.data_setitem(where, label)
+
+
+def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_the_tasks(segmented, qtbot, messages,
+                                                                                       monkeypatch):
+    import os
+    from pathlib import Path
+
+    import napari.utils.notifications as notifications
+
+    viewer, widget, truth = segmented
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    widget._session.learn_settings.steps = 6
+    widget._learn_button.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    session = widget.session
+    assert len(session.tasks) == 1, (infos, messages)
+    saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
+    assert saved == [Path(session.autosave)] and any("Saved in" in m for m in infos)
+    assert widget._model_combo.value == str(saved[0])  # the Model list shows it, chosen
+
+    widget._device.value = "cpu"  # another device: the same session moves, tasks, image and clicks stay
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.session is session and len(session.tasks) == 1 and not messages["error"]
+
+    widget._model_combo.value = "skin-lesion"  # another model: a new session, and the user is told where
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.session is not session and any(str(saved[0]) in m for m in infos)
+    widget._model_combo.value = str(saved[0])
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert len(widget.session.tasks) == 1 and not messages["error"]
+
+
+def test_tasks_that_could_not_be_saved_block_switching_the_model_until_saved(segmented, qtbot, messages, tmp_path,
+                                                                          monkeypatch):
+    viewer, widget, truth = segmented
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("NAPARI_CLIS_MODELS", str(blocker / "models"))  # cannot be made: no autosave
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    widget._session.learn_settings.steps = 6
+    widget._learn_button.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    session = widget.session
+    assert len(session.tasks) == 1 and session.autosave is None
+    assert any("not saved automatically" in m for m in messages["warning"])
+    widget._model_combo.value = "skin-lesion"
+    widget.run(viewer.layers["he"])
+    assert widget.session is session and any("not saved" in m for m in messages["error"])
+    widget.save_model(tmp_path / "mine.pt")  # once saved, the switch goes ahead
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.session is not session and widget.session.model_name == "skin-lesion"
+
+
+def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_of_the_last(segmented, qtbot,
+                                                                                          nuclei_fluo):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    corrected = seg.data.copy()
+    other = viewer.add_image(nuclei_fluo[0], name="fluo")
+    widget.run(other)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    kept, kept_clicks = viewer.layers["segmentation [he]"], viewer.layers["clicks [he]"]
+    np.testing.assert_array_equal(kept.data, corrected)
+    np.testing.assert_allclose(kept.scale, viewer.layers["he"].scale)
+    assert len(kept_clicks.data) == 1 and list(kept_clicks.features["class"]) == [1]
+    assert viewer.layers["segmentation"] is seg and seg.data.shape == nuclei_fluo[0].shape  # the live one moved on
+    assert len(viewer.layers["clicks"].data) == 0
+    widget.run(viewer.layers["he"])  # back and forth without corrections adds nothing more
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert len(viewer.layers) == 9

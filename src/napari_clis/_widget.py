@@ -45,6 +45,12 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
+def _resolve(device: str):
+    from .session import resolve_device
+
+    return resolve_device(device)
+
+
 def _notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -88,6 +94,7 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self._session = None
         self._session_key = None
+        self._saved_tasks = 0  # how many of the session's tasks are in a file (autosave, or Save model)
         self._worker = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, tooltip=tips.IMAGE)
@@ -177,23 +184,40 @@ class SegmentWidget(Container):
         self._status.value = text
 
     def _get_session(self):
-        """Load (or reuse) the session for the chosen model and device; raises with a user message."""
+        """Load (or reuse) the session for the chosen model and device; raises with a user message.
+
+        Another device moves the current session (its learned tasks, image and clicks stay); another model
+        loads a new one, and says where the previous one's learned tasks are saved."""
+        from napari.utils.notifications import show_info
+
         from .checkpoint import shipped_models
         from .session import ClisSession
 
         model = self._model_combo.value
         path = str(self._checkpoint.value) if model == CUSTOM_MODEL else None
-        key = (model, path, self._device.value)
-        if self._session is None or self._session_key != key:
+        device = self._device.value
+        key = (model, path)
+        if self._session is not None and self._session_key == key:
+            if self._session.device != _resolve(device):
+                self._session.to(device)
+        else:
+            if self._session is not None and self._session.autosave is None and \
+                    len(self._session.tasks) > self._saved_tasks:
+                raise ValueError(f"the model in use has {len(self._session.tasks)} learned task(s) that are not "
+                                 "saved in any file. Press Save model first, or choose that model again to go on.")
             if model == CUSTOM_MODEL:
                 if not path or path in (".", ""):
                     raise ValueError("Choose a model file first (Model file).")
-                session = ClisSession.from_checkpoint(path, device=self._device.value)
+                session = ClisSession.from_checkpoint(path, device=device)
             elif model in shipped_models():
-                session = ClisSession.from_pretrained(model, device=self._device.value)
+                session = ClisSession.from_pretrained(model, device=device)
             else:  # a saved model, listed by its path
-                session = ClisSession.from_checkpoint(model, device=self._device.value)
-            self._session, self._session_key = session, key
+                session = ClisSession.from_checkpoint(model, device=device)
+            old = self._session
+            self._session, self._session_key, self._saved_tasks = session, key, len(session.tasks)
+            if old is not None and old.tasks and old.autosave is not None:
+                show_info(f"Switched to {session.model_name}. The {len(old.tasks)} task(s) learned before are saved "
+                          f"in {old.autosave}; choose it in Model to go on with them.")
         self._session.n_samples = int(self._samples.value)
         return self._session
 
@@ -294,8 +318,34 @@ class SegmentWidget(Container):
                 return lyr
         return None
 
+    def _keep_corrected_result(self, image_layer) -> None:
+        """Before the layers move on to another image: a segmentation the user corrected (clicks, painted edits)
+        is kept as its own layers, ``segmentation [name]`` and ``clicks [name]`` (hidden), so nothing is lost."""
+        from napari.utils.notifications import show_info
+
+        seg, clicks = self._find_layer(SEGMENTATION), self._find_layer(CLICKS)
+        if seg is None or seg.metadata.get("source") in (None, image_layer.name):
+            return
+        has_clicks = clicks is not None and len(clicks.data) > 0
+        painted = self._painted is not None and bool((self._painted >= 0).any())
+        if not (has_clicks or painted):
+            return
+        name = seg.metadata["source"]
+        kept = [self._viewer.add_labels(np.array(seg.data, copy=True), name=f"{SEGMENTATION} [{name}]",
+                                        scale=seg.scale, translate=seg.translate, visible=False,
+                                        metadata={"source": name, "class_names": seg.metadata.get("class_names")})]
+        if has_clicks:
+            kept.append(self._viewer.add_points(np.array(clicks.data, copy=True), name=f"{CLICKS} [{name}]",
+                                                ndim=clicks.ndim, features=clicks.features.copy(),
+                                                face_color=np.array(clicks.face_color, copy=True), size=clicks.size,
+                                                scale=clicks.scale, translate=clicks.translate, visible=False,
+                                                metadata={"source": name}))
+        show_info(f"Your corrected segmentation of '{name}' is kept as layer '{kept[0].name}'"
+                  + (f", its clicks as '{kept[1].name}'" if len(kept) > 1 else "") + ".")
+
     def _prepare_layers(self, image_layer) -> None:
         """Create the output layers, or reset them when they were made for a differently shaped image."""
+        self._keep_corrected_result(image_layer)
         shape = _spatial_shape(image_layer)
         session = self._session
         specs = {
@@ -602,6 +652,7 @@ class SegmentWidget(Container):
             _notify_error(f"Cannot learn: {e}")
             return
         self._cancel_requested = False
+        self._choose_autosave(session)
         total = session.learn_settings.steps
 
         @thread_worker(ignore_errors=True)
@@ -620,11 +671,49 @@ class SegmentWidget(Container):
         self._set_status(f"Learning from this image ({total} steps)…")
         worker.start()
 
+    def _choose_autosave(self, session) -> None:
+        """Where learning saves the session after each learned task: the file it was loaded from when that is one
+        of the user's models (in the models folder), else a new file there, which the Model list then shows."""
+        import time
+        from pathlib import Path
+
+        from napari.utils.notifications import show_warning
+
+        from .checkpoint import models_dir
+
+        if session.autosave is not None:
+            return
+        folder = models_dir()
+        source = Path(session.source) if session.source else None
+        if source is not None and source.is_file() and source.parent.resolve() == folder.resolve():
+            session.autosave = source
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            show_warning(f"Learned tasks are not saved automatically: the models folder {folder} cannot be made "
+                         f"({e.strerror or e}). Save the model yourself (Save model).")
+            return
+        stem = Path(session.model_name).stem or "model"
+        session.autosave = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+
     def _on_learned(self, record) -> None:
         from napari.utils.notifications import show_info
 
+        session = self._session
+        saved = ""
+        if session.autosave is not None:  # learn() saved it: list that file, and keep this session for it
+            self._saved_tasks = len(session.tasks)
+            self._model_combo.reset_choices()
+            path = str(session.autosave)
+            if path in [value for _, value in _model_choices()]:
+                with self._model_combo.changed.blocked():
+                    self._model_combo.value = path
+                self._checkpoint.visible = False
+                self._session_key = (path, None)
+            saved = f" Saved in {session.autosave}."
         msg = (f"Learned task {record.task}: Dice on this image {record.dice_before:.3f} -> {record.dice_after:.3f} "
-               f"({record.seconds:.0f} s, {record.kernels_new} new kernels).")
+               f"({record.seconds:.0f} s, {record.kernels_new} new kernels).{saved}")
         show_info(msg)
         self._set_status(msg)
         self._show_tasks()
@@ -671,6 +760,9 @@ class SegmentWidget(Container):
             return
         path = str(path or self._save_path.line_edit.value or "").strip()
         name = f"{Path(session.model_name).stem or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        if (not path or path == ".") and session.autosave is not None and \
+                Path(session.autosave).parent.resolve() == models_dir().resolve():
+            path = str(session.autosave)  # the file learning keeps up to date
         if not path or path == ".":
             path = str(models_dir() / name)
             try:
@@ -688,9 +780,10 @@ class SegmentWidget(Container):
             return
         from napari.utils.notifications import show_info
 
+        self._saved_tasks = len(session.tasks)
         self._model_combo.reset_choices()
         if Path(path).parent.resolve() == models_dir().resolve():  # list it, and keep this session for it
             self._model_combo.value = str(Path(path))
-            self._session_key = (str(Path(path)), None, self._device.value)
+            self._session_key = (str(Path(path)), None)
         show_info(f"Saved the model with {len(session.tasks)} learned task(s) to {path}.")
         self._set_status(f"Saved to {path}.")

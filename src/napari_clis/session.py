@@ -145,6 +145,13 @@ class ClisSession:
         self.calibration = saved.get("calibration", DEFAULT_CALIBRATION)
         self.locality = saved.get("locality", DEFAULT_LOCALITY)
 
+    def to(self, device: str | torch.device) -> ClisSession:
+        """Move the model (with every learned task) to ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``); the
+        current image, its clicks and the task history stay. Returns the session."""
+        self.device = resolve_device(device)
+        self.net = self.net.to(self.device)
+        return self
+
     # -- click settings: checked here, passed to the current image's interaction and to every new one ----------
     def _set_click_setting(self, name: str, value) -> None:
         checked = Interaction.check_setting(name, value)  # raises InteractionError naming the setting
