@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install napari-clis and everything it needs into the current Python environment.
-#   bash scripts/setup.sh          the plugin with napari and PyQt5
+#   bash scripts/setup.sh          the plugin with napari and PyQt6
 #   bash scripts/setup.sh --test   also the test tools and, on Debian/Ubuntu as root, Xvfb with Mesa OpenGL
 # PyTorch: an already installed torch is kept. Otherwise, without an NVIDIA GPU the CPU build pinned here is
-# installed first (a bare "torch" would pull a CUDA build of several GB); with one (nvidia-smi works) the
-# default PyTorch build, which includes CUDA. Set TORCH_SPEC to choose yourself, e.g. TORCH_SPEC="torch==2.13.0".
+# installed first (a bare "torch" would pull a CUDA build of several GB): pip also looks in PyTorch's CPU-only
+# index (TORCH_INDEX; where it cannot be reached, as on our CI machines, a CPU wheel on local disk or PyPI's build
+# is used); with a GPU (nvidia-smi works) the default PyTorch build, which includes CUDA.
+# Set TORCH_SPEC to choose yourself, e.g. TORCH_SPEC="torch==2.13.0", and TORCH_INDEX="" to look only in PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${TORCH_SPEC:-}" ]; then
@@ -12,6 +14,7 @@ if [ -z "${TORCH_SPEC:-}" ]; then
         TORCH_SPEC="torch>=2.2,<3"
     else
         TORCH_SPEC="torch==2.13.0"
+        TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
     fi
 fi
 PYTHON="${PYTHON:-python3}"
@@ -27,8 +30,14 @@ if [ "$with_tests" = 1 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" =
 fi
 
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
-    echo "== installing PyTorch ($TORCH_SPEC) =="
-    "$PYTHON" -m pip install -q "$TORCH_SPEC"
+    TORCH_ARGS=()
+    # the CPU index's 2.13.0+cpu wins over PyPI's 2.13.0, the CUDA build on Linux; used where it can be reached
+    if [ -n "${TORCH_INDEX:-}" ] && "$PYTHON" -c "import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=5)" \
+            "$TORCH_INDEX/torch/" >/dev/null 2>&1; then
+        TORCH_ARGS=(--extra-index-url "$TORCH_INDEX")
+    fi
+    echo "== installing PyTorch ($TORCH_SPEC${TORCH_ARGS[1]:+, also from $TORCH_INDEX}) =="
+    "$PYTHON" -m pip install -q "$TORCH_SPEC" ${TORCH_ARGS[@]+"${TORCH_ARGS[@]}"}
 fi
 
 echo "== installing napari-clis =="

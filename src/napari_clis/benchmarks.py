@@ -7,6 +7,7 @@ forward pass; the naive T-pass Monte-Carlo run), as ratios, because shared machi
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -810,38 +811,51 @@ def _scores(labels, truth, dice, iou) -> tuple[float, float]:
 
 def _model_args(p, *, default: str, allow_all: bool, image_only: bool) -> None:
     """The arguments every benchmark shares: model, MC samples, data folder."""
-    p.add_argument("--model", default=default, choices=(["all"] if allow_all else []) + ["nuclei", "skin-lesion"])
+    p.add_argument("--model", default=default, choices=(["all"] if allow_all else []) + ["nuclei", "skin-lesion"],
+                   help="the shipped model, and the data it is measured on")
     p.add_argument("--samples", type=int, default=8, help="MC samples T")
     p.add_argument("--data", help="data folder (default ../shared/data); only used to pick a real image" if image_only
                    else "data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` shows each option's default, where it has one worth showing (not None, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if shown and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def add_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality, clicks, learning")
     b.set_defaults(func=run)
     bsub = b.add_subparsers(dest="bench", required=True)
-    sp = bsub.add_parser("speed", help="time and memory of segment() for 256 to 4096 px images")
+    sp = bsub.add_parser("speed", formatter_class=_DefaultsHelp, help="time and memory of segment() for 256 to 4096 px images")
     _model_args(sp, default="nuclei", allow_all=False, image_only=True)
-    sp.add_argument("--sizes", default=",".join(map(str, SPEED_SIZES)))
-    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--sizes", default=",".join(map(str, SPEED_SIZES)), help="image sides in pixels, comma-separated")
+    sp.add_argument("--repeats", type=int, default=5, help="timed runs per size (the median is reported)")
     sp.set_defaults(bench_func=speed)
-    q = bsub.add_parser("quality", help="held-out Dice/IoU beside Otsu, and uncertainty AUROC beside entropy")
+    q = bsub.add_parser("quality", formatter_class=_DefaultsHelp, help="held-out Dice/IoU beside Otsu, and uncertainty AUROC beside entropy")
     _model_args(q, default="all", allow_all=True, image_only=False)
     q.add_argument("--limit", type=int, help="only the first N held-out images (quick check)")
     q.add_argument("--json", help="also write the numbers to this JSON file")
     q.add_argument("--checkpoint", metavar="PATH", help="measure this model file instead of the shipped one "
                    "(with --model naming its data, e.g. a model from `napari-clis pretrain`)")
     q.set_defaults(bench_func=quality)
-    it = bsub.add_parser("interactive", help="simulated user: NoC@85/90 of CLIS beside random walker and a "
+    it = bsub.add_parser("interactive", formatter_class=_DefaultsHelp, help="simulated user: NoC@85/90 of CLIS beside random walker and a "
                          "random-forest pixel classifier, both protocols")
     _model_args(it, default="all", allow_all=True, image_only=False)
     it.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
                     help="heldout: the interactive splits (dsb2018 pool, isic2017/test); others for tuning")
-    it.add_argument("--images", type=int, default=30, help="images per dataset, drawn with --seed (default 30)")
-    it.add_argument("--seed", type=int, default=0)
-    it.add_argument("--protocols", default="uncertain,click")
+    it.add_argument("--images", type=int, default=30, help="images per dataset, drawn with --seed")
+    it.add_argument("--seed", type=int, default=0, help="seed of the draw of images")
+    it.add_argument("--protocols", default="uncertain,click", help="comma-separated: uncertain (the paper's: the 16 "
+                    "most uncertain wrong regions per iteration), click (the next click in the largest error)")
     it.add_argument("--peers", default="rw,rf", help="comma-separated: rw (random walker), rf (pixel classifier)")
-    it.add_argument("--max-clicks", type=int, default=20)
+    it.add_argument("--max-clicks", type=int, default=20, help="clicks (or iterations) per image at most")
     it.add_argument("--smoothness", type=float, help="MRF smoothness lambda (default: the session's)")
     it.add_argument("--calibration", type=float, help="click-calibration prior strength; negative turns it off")
     it.add_argument("--locality", type=float, help="the calibration's reach, a fraction of the image's longer side "
@@ -850,19 +864,19 @@ def add_parser(sub) -> None:
     it.add_argument("--superpixel-size", type=int, help="mean superpixel side in pixels (default: the session's)")
     it.add_argument("--json", help="also write the numbers and IoU curves to this JSON file")
     it.set_defaults(bench_func=interactive)
-    ck = bsub.add_parser("clicks", help="latency of click -> updated segmentation, beside segment()")
+    ck = bsub.add_parser("clicks", formatter_class=_DefaultsHelp, help="latency of click -> updated segmentation, beside segment()")
     _model_args(ck, default="nuclei", allow_all=False, image_only=True)
-    ck.add_argument("--sizes", default="256,512,1024")
-    ck.add_argument("--clicks", type=int, default=50)
+    ck.add_argument("--sizes", default="256,512,1024", help="image sides in pixels, comma-separated")
+    ck.add_argument("--clicks", type=int, default=50, help="clicks timed per size")
     ck.set_defaults(bench_func=clicks)
-    cl = bsub.add_parser("continual", help="the paper's transfer protocol: basic, forward and backward transfer")
+    cl = bsub.add_parser("continual", formatter_class=_DefaultsHelp, help="the paper's transfer protocol: basic, forward and backward transfer")
     _model_args(cl, default="all", allow_all=True, image_only=False)
-    cl.add_argument("--sequences", type=int, default=20)
+    cl.add_argument("--sequences", type=int, default=20, help="task sequences (the paper: 20)")
     cl.add_argument("--first-sequence", type=int, default=0, help="start at this sequence (to split a long run; "
                     "sequence q is drawn with seed 1000 + q)")
-    cl.add_argument("--tasks", type=int, default=8)
+    cl.add_argument("--tasks", type=int, default=8, help="tasks (images) per sequence (the paper: 8)")
     cl.add_argument("--steps", type=int, default=20, help="learning steps per task (every method)")
-    cl.add_argument("--methods", default="clis,none,finetune,lwf,ewc,packnet")
+    cl.add_argument("--methods", default="clis,none,finetune,lwf,ewc,packnet", help="comma-separated methods")
     cl.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
                     help="heldout: the non-pretraining images (dsb2018 pool, isic2017/test); monitor to tune")
     cl.add_argument("--baseline-lr", type=float, help="learning rate of the weight-training baselines "
@@ -880,20 +894,20 @@ def add_parser(sub) -> None:
     cl.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: print one table from the --json files "
                     "of several parts of a run (e.g. sequences 0-7 and 8-19)")
     cl.set_defaults(bench_func=continual)
-    lr = bsub.add_parser("learn", help="time of learn() for one image, beside segment()")
+    lr = bsub.add_parser("learn", formatter_class=_DefaultsHelp, help="time of learn() for one image, beside segment()")
     _model_args(lr, default="nuclei", allow_all=False, image_only=True)
-    lr.add_argument("--sizes", default="256,512")
-    lr.add_argument("--steps", type=int, default=20)
+    lr.add_argument("--sizes", default="256,512", help="image sides in pixels, comma-separated")
+    lr.add_argument("--steps", type=int, default=20, help="learning steps")
     lr.set_defaults(bench_func=learn_speed)
-    me = bsub.add_parser("memory", help="RSS over 50 segment / click / learn cycles, net of what each task keeps")
+    me = bsub.add_parser("memory", formatter_class=_DefaultsHelp, help="RSS over 50 segment / click / learn cycles, net of what each task keeps")
     _model_args(me, default="nuclei", allow_all=False, image_only=False)
-    me.add_argument("--cycles", type=int, default=50)
+    me.add_argument("--cycles", type=int, default=50, help="segment / click / learn cycles")
     me.add_argument("--steps", type=int, default=20, help="learning steps per cycle (fewer: a quicker run)")
     me.add_argument("--clicks", type=int, default=3, help="clicks per cycle")
     me.add_argument("--size", type=int, default=256, help="images are centre crops of at most this many px")
     me.add_argument("--images", type=int, default=10, help="distinct images, used in turn")
     me.add_argument("--margin", type=float, default=MEMORY_MARGIN_MB,
-                    help=f"allowed RSS growth (MB) after cycle 10, net of the tasks (default {MEMORY_MARGIN_MB:.0f})")
+                    help="allowed RSS growth (MB) after cycle 10, net of the tasks")
     me.set_defaults(bench_func=memory)
 
 
