@@ -338,6 +338,7 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     assert len(session.tasks) == 1, (infos, messages)
     saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
     assert saved == [Path(session.autosave)] and any("Saved in" in m for m in infos)
+    assert any("left free for later tasks" in m for m in infos)
     assert widget._model_combo.value == str(saved[0])  # the Model list shows it, chosen
 
     widget._device.value = "cpu"  # another device: the same session moves, tasks, image and clicks stay

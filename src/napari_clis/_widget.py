@@ -712,8 +712,12 @@ class SegmentWidget(Container):
                 self._checkpoint.visible = False
                 self._session_key = (path, None)
             saved = f" Saved in {session.autosave}."
+        from .continual import kernel_usage
+
+        free = sum(int((used == 0).sum()) for used in kernel_usage(session.net).values())
         msg = (f"Learned task {record.task}: Dice on this image {record.dice_before:.3f} -> {record.dice_after:.3f} "
-               f"({record.seconds:.0f} s, {record.kernels_new} new kernels).{saved}")
+               f"({record.seconds:.0f} s, {record.kernels_new} new kernels, {free} left free for later tasks)."
+               f"{saved}")
         show_info(msg)
         self._set_status(msg)
         self._show_tasks()
