@@ -54,6 +54,7 @@ def test_a_pretrained_candidate_is_measured_by_the_quality_benchmark_as_the_ship
     assert main(["bench", "quality", "--model", "skin-lesion", "--checkpoint", str(out), "--data", str(root),
                  "--samples", "2", "--json", str(tmp_path / "q.json")]) == 0
     measured = json.loads((tmp_path / "q.json").read_text())["skin-lesion"]
+    assert measured["label"] == "skin-lesion (wide-view.pt)"  # the table names the file measured
     assert measured["n"] == 2 and 0 <= measured["dice"] <= 1 and 0 <= measured["otsu_dice"] <= 1
     with pytest.raises(SystemExit, match="--model"):
         main(["bench", "quality", "--checkpoint", str(out), "--data", str(root)])

@@ -240,19 +240,20 @@ def quality(args) -> int:
             "auc_ent_pooled": roc_auc(np.concatenate(pooled_ent), wrong_all),
             "seconds": time.time() - t0,
             "dice_by_kind": {k: [float(np.mean(v)), len(v)] for k, v in sorted(kinds.items())},
+            "label": f"{model} ({Path(args.checkpoint).name})" if args.checkpoint else model,
         }
     print(f"\nHeld-out quality (T={args.samples} MC samples), {_machine()}\n")
     print("| model | held-out images | Dice (sd) | IoU | Otsu Dice | Otsu IoU | AUROC uncertainty->errors "
           "(pooled / per image) | AUROC softmax entropy (pooled / per image) |")
     print("|---|---|---|---|---|---|---|---|")
     for model, m in summary.items():
-        print(f"| {model} | {m['n']} ({m['dataset']} {m['split']}) | {m['dice']:.3f} ({m['dice_sd']:.3f}) | "
+        print(f"| {m['label']} | {m['n']} ({m['dataset']} {m['split']}) | {m['dice']:.3f} ({m['dice_sd']:.3f}) | "
               f"{m['iou']:.3f} | {m['otsu_dice']:.3f} | {m['otsu_iou']:.3f} | {m['auc_unc_pooled']:.3f} / "
               f"{m['auc_unc']:.3f} | {m['auc_ent_pooled']:.3f} / {m['auc_ent']:.3f} |")
     print("\n| model | kind of image | images | Dice |\n|---|---|---|---|")
     for model, m in summary.items():
         for kind, (d, n) in m["dice_by_kind"].items():
-            print(f"| {model} | {kind} | {n} | {d:.3f} |")
+            print(f"| {m['label']} | {kind} | {n} | {d:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return 0
