@@ -156,6 +156,14 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
     assert main(["bench", "continual", "--merge", str(tmp_path / "two.json")]) == 0
     pair = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| isic2017 | no update")][-1]
     assert pair.split("|")[3:5] == [" +0.0250 ", " 1 of 2 "]  # 0.7 - 0.75 and 0.8 - 0.7
+    # a baseline run on fewer sequences than CLIS is paired with CLIS on the sequences both have
+    three = json.loads(Path(part("h.json", 3, [0.6])).read_text())
+    (tmp_path / "h.json").write_text(json.dumps(three))
+    assert main(["bench", "continual", "--merge", str(tmp_path / "two.json"), str(tmp_path / "h.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Sequences per method: isic2017 CLIS (ours) 3, isic2017 no update (pretrained) 2" in out
+    pair = [line for line in out.splitlines() if line.startswith("| isic2017 | no update")][-1]
+    assert pair.split("|")[3:5] == [" +0.0250 ", " 1 of 2 "]
     (tmp_path / "e.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the --json file"):
         main(["bench", "continual", "--merge", a, str(tmp_path / "e.json")])

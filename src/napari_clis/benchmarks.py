@@ -752,10 +752,14 @@ def _merge_continual(args) -> int:
             raise SystemExit(f"{path} was run with other settings than {args.merge[0]}: {mine} against {settings}")
         settings = mine
         for dataset, method, r in data["rows"]:
-            into = merged.setdefault((dataset, method), {k: {"dice": [], "iou": []} for k in r})
+            into = merged.setdefault((dataset, method), {**{k: {"dice": [], "iou": []} for k in r if k != "sequences"},
+                                                         "sequences": []})
             for k, v in r.items():
+                if k == "sequences":
+                    continue
                 for m in ("dice", "iou"):
                     into[k][m].extend(v[m])
+            into["sequences"].extend(r.get("sequences") or range(first, first + count))
     args.part, args.tasks, args.steps = settings["part"], settings["tasks"], settings["steps"]
     rows = [(d, m, r) for (d, m), r in merged.items()]
     _print_continual(rows, args, None, machine=f"merged from {len(args.merge)} runs: " + ", ".join(args.merge))
@@ -786,13 +790,20 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
                 v = np.asarray(r[k][m])
                 cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward" else f"{v.mean():.3f} ({v.std():.3f})")
         print(f"| {dataset} | {CONTINUAL_NAMES[method]} | " + " | ".join(cells) + " |")
+    counts = {len(r["forward"]["dice"]) for _, _, r in rows}
+    if len(counts) > 1:  # merged parts that ran different methods
+        print("\nSequences per method: " + ", ".join(f"{d} {CONTINUAL_NAMES[m]} {len(r['forward']['dice'])}"
+                                                   for d, m, r in rows))
     paired = [(d, m, r) for d, m, r in rows if m != "clis" and any(dd == d and mm == "clis" for dd, mm, _ in rows)]
     if paired:  # the sequences are the same images for every method: compare them sequence by sequence
         print("\nForward Dice, CLIS minus each method on the same sequences: mean difference, sequences where CLIS "
               "is ahead\n\n| dataset | method | CLIS - method | CLIS ahead |\n|---|---|---|---|")
         for dataset, method, r in paired:
             ours = next(rr for dd, mm, rr in rows if dd == dataset and mm == "clis")
-            diff = np.asarray(ours["forward"]["dice"]) - np.asarray(r["forward"]["dice"])
+            mine = dict(zip(ours.get("sequences") or range(len(ours["forward"]["dice"])), ours["forward"]["dice"]))
+            theirs = dict(zip(r.get("sequences") or range(len(r["forward"]["dice"])), r["forward"]["dice"]))
+            common = [q for q in theirs if q in mine]  # a method run on fewer sequences: the ones both have
+            diff = np.asarray([mine[q] - theirs[q] for q in common])
             print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {diff.mean():+.4f} | {int((diff > 0).sum())} of {len(diff)} |")
     if seconds:
         print("\nSeconds per method (all sequences, both datasets): " +
