@@ -9,14 +9,14 @@ import pytest
 from skimage.io import imread
 
 DATA = Path(__file__).parent / "data"
+NUCLEI_FLUO = "0280fa8f60f6bcae0f97d93c28f60be194f9309ff610dc5845e60455b0f87c21"
+NUCLEI_HE = "0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6"
 
 
 @pytest.fixture(autouse=True)
 def _models_folder(tmp_path_factory, monkeypatch):
     """The widget saves learned models in the user's models folder: in tests, a fresh one, never ~/.napari-clis."""
     monkeypatch.setenv("NAPARI_CLIS_MODELS", str(tmp_path_factory.mktemp("models")))
-NUCLEI_FLUO = "0280fa8f60f6bcae0f97d93c28f60be194f9309ff610dc5845e60455b0f87c21"
-NUCLEI_HE = "0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6"
 
 
 def _nuclei(stem: str):

@@ -45,12 +45,6 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
-def _resolve(device: str):
-    from .session import resolve_device
-
-    return resolve_device(device)
-
-
 def _notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -191,14 +185,14 @@ class SegmentWidget(Container):
         from napari.utils.notifications import show_info
 
         from .checkpoint import shipped_models
-        from .session import ClisSession
+        from .session import ClisSession, resolve_device
 
         model = self._model_combo.value
         path = str(self._checkpoint.value) if model == CUSTOM_MODEL else None
         device = self._device.value
         key = (model, path)
         if self._session is not None and self._session_key == key:
-            if self._session.device != _resolve(device):
+            if self._session.device != resolve_device(device):
                 self._session.to(device)
         else:
             if self._session is not None and self._session.autosave is None and \
@@ -702,15 +696,8 @@ class SegmentWidget(Container):
 
         session = self._session
         saved = ""
-        if session.autosave is not None:  # learn() saved it: list that file, and keep this session for it
-            self._saved_tasks = len(session.tasks)
-            self._model_combo.reset_choices()
-            path = str(session.autosave)
-            if path in [value for _, value in _model_choices()]:
-                with self._model_combo.changed.blocked():
-                    self._model_combo.value = path
-                self._checkpoint.visible = False
-                self._session_key = (path, None)
+        if session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
+            self._on_saved(session.autosave)
             saved = f" Saved in {session.autosave}."
         from .continual import kernel_usage
 
@@ -750,6 +737,21 @@ class SegmentWidget(Container):
             lines.insert(0, f"({len(session.tasks)} tasks; the last 4:)")
         self._tasks_label.value = "\n".join(lines)
 
+    def _on_saved(self, path) -> None:
+        """The session is in ``path`` now: a file of the models folder is listed and chosen in the Model list,
+        keeping this session for it (choosing it does not reload it)."""
+        from pathlib import Path
+
+        from .checkpoint import models_dir
+
+        self._saved_tasks = len(self._session.tasks)
+        self._model_combo.reset_choices()
+        if Path(path).parent.resolve() == models_dir().resolve():
+            with self._model_combo.changed.blocked():
+                self._model_combo.value = str(Path(path))
+            self._checkpoint.visible = False
+            self._session_key = (str(Path(path)), None)
+
     def save_model(self, path=None) -> None:
         """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box, or
         when that is empty a new file in the models folder, which the Model list shows)."""
@@ -784,10 +786,6 @@ class SegmentWidget(Container):
             return
         from napari.utils.notifications import show_info
 
-        self._saved_tasks = len(session.tasks)
-        self._model_combo.reset_choices()
-        if Path(path).parent.resolve() == models_dir().resolve():  # list it, and keep this session for it
-            self._model_combo.value = str(Path(path))
-            self._session_key = (str(Path(path)), None)
+        self._on_saved(path)
         show_info(f"Saved the model with {len(session.tasks)} learned task(s) to {path}.")
         self._set_status(f"Saved to {path}.")

@@ -841,24 +841,28 @@ class _DefaultsHelp(argparse.HelpFormatter):
         return text
 
 
+def _subcommand(bsub, name: str, help: str) -> argparse.ArgumentParser:
+    return bsub.add_parser(name, help=help, formatter_class=_DefaultsHelp)
+
+
 def add_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality, clicks, learning")
     b.set_defaults(func=run)
     bsub = b.add_subparsers(dest="bench", required=True)
-    sp = bsub.add_parser("speed", formatter_class=_DefaultsHelp, help="time and memory of segment() for 256 to 4096 px images")
+    sp = _subcommand(bsub, "speed", "time and memory of segment() for 256 to 4096 px images")
     _model_args(sp, default="nuclei", allow_all=False, image_only=True)
     sp.add_argument("--sizes", default=",".join(map(str, SPEED_SIZES)), help="image sides in pixels, comma-separated")
     sp.add_argument("--repeats", type=int, default=5, help="timed runs per size (the median is reported)")
     sp.set_defaults(bench_func=speed)
-    q = bsub.add_parser("quality", formatter_class=_DefaultsHelp, help="held-out Dice/IoU beside Otsu, and uncertainty AUROC beside entropy")
+    q = _subcommand(bsub, "quality", "held-out Dice/IoU beside Otsu, and uncertainty AUROC beside entropy")
     _model_args(q, default="all", allow_all=True, image_only=False)
     q.add_argument("--limit", type=int, help="only the first N held-out images (quick check)")
     q.add_argument("--json", help="also write the numbers to this JSON file")
     q.add_argument("--checkpoint", metavar="PATH", help="measure this model file instead of the shipped one "
                    "(with --model naming its data, e.g. a model from `napari-clis pretrain`)")
     q.set_defaults(bench_func=quality)
-    it = bsub.add_parser("interactive", formatter_class=_DefaultsHelp, help="simulated user: NoC@85/90 of CLIS beside random walker and a "
-                         "random-forest pixel classifier, both protocols")
+    it = _subcommand(bsub, "interactive", "simulated user: NoC@85/90 of CLIS beside random walker and a "
+                     "random-forest pixel classifier, both protocols")
     _model_args(it, default="all", allow_all=True, image_only=False)
     it.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
                     help="heldout: the interactive splits (dsb2018 pool, isic2017/test); others for tuning")
@@ -876,12 +880,12 @@ def add_parser(sub) -> None:
     it.add_argument("--superpixel-size", type=int, help="mean superpixel side in pixels (default: the session's)")
     it.add_argument("--json", help="also write the numbers and IoU curves to this JSON file")
     it.set_defaults(bench_func=interactive)
-    ck = bsub.add_parser("clicks", formatter_class=_DefaultsHelp, help="latency of click -> updated segmentation, beside segment()")
+    ck = _subcommand(bsub, "clicks", "latency of click -> updated segmentation, beside segment()")
     _model_args(ck, default="nuclei", allow_all=False, image_only=True)
     ck.add_argument("--sizes", default="256,512,1024", help="image sides in pixels, comma-separated")
     ck.add_argument("--clicks", type=int, default=50, help="clicks timed per size")
     ck.set_defaults(bench_func=clicks)
-    cl = bsub.add_parser("continual", formatter_class=_DefaultsHelp, help="the paper's transfer protocol: basic, forward and backward transfer")
+    cl = _subcommand(bsub, "continual", "the paper's transfer protocol: basic, forward and backward transfer")
     _model_args(cl, default="all", allow_all=True, image_only=False)
     cl.add_argument("--sequences", type=int, default=20, help="task sequences (the paper: 20)")
     cl.add_argument("--first-sequence", type=int, default=0, help="start at this sequence (to split a long run; "
@@ -906,12 +910,12 @@ def add_parser(sub) -> None:
     cl.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: print one table from the --json files "
                     "of several parts of a run (e.g. sequences 0-7 and 8-19)")
     cl.set_defaults(bench_func=continual)
-    lr = bsub.add_parser("learn", formatter_class=_DefaultsHelp, help="time of learn() for one image, beside segment()")
+    lr = _subcommand(bsub, "learn", "time of learn() for one image, beside segment()")
     _model_args(lr, default="nuclei", allow_all=False, image_only=True)
     lr.add_argument("--sizes", default="256,512", help="image sides in pixels, comma-separated")
     lr.add_argument("--steps", type=int, default=20, help="learning steps")
     lr.set_defaults(bench_func=learn_speed)
-    me = bsub.add_parser("memory", formatter_class=_DefaultsHelp, help="RSS over 50 segment / click / learn cycles, net of what each task keeps")
+    me = _subcommand(bsub, "memory", "RSS over 50 segment / click / learn cycles, net of what each task keeps")
     _model_args(me, default="nuclei", allow_all=False, image_only=False)
     me.add_argument("--cycles", type=int, default=50, help="segment / click / learn cycles")
     me.add_argument("--steps", type=int, default=20, help="learning steps per cycle (fewer: a quicker run)")

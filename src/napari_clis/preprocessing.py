@@ -25,9 +25,7 @@ class ImageError(ValueError):
 
 def check_tiling(tile, margin=None) -> None:
     """Raise ``ValueError`` unless ``tile`` is a whole number >= :data:`MIN_TILE` and ``margin`` one >= 0."""
-    for name, value, low in (("tile", tile, MIN_TILE), ("margin", margin, 0)):
-        if value is None and name == "margin":
-            continue
+    for name, value, low in (("tile", tile, MIN_TILE), ("margin", 0 if margin is None else margin, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be a whole number of pixels, at least {low}, got {value!r}")
 
