@@ -167,3 +167,33 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
     (tmp_path / "e.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the --json file"):
         main(["bench", "continual", "--merge", a, str(tmp_path / "e.json")])
+
+
+def test_calibrate_chooses_the_decision_on_validation_images_and_records_it(tmp_path, capsys):
+    import math
+
+    root = _isic_folder(tmp_path)
+    raw, out = tmp_path / "raw.pt", tmp_path / "calibrated.pt"
+    assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "1", "--output", str(raw), "--width", "4",
+                 "--threads", "1", "--bn-batches", "1"]) == 0
+    assert main(["calibrate", str(raw), "--output", str(out), "--data", str(root), "--single-object",
+                 "--thresholds", "0.5,0.3", "--threads", "1"]) == 0
+    before, after = ClisSession.from_checkpoint(raw, device="cpu"), ClisSession.from_checkpoint(out, device="cpu")
+    decision = after.metadata["decision"]
+    assert set(decision["dice_by_threshold"]) == {0.5, 0.3} and decision["n_images"] == 2
+    best = max(decision["dice_by_threshold"].values())
+    t = decision["threshold"]
+    assert decision["dice_by_threshold"][t] == best
+    assert np.allclose(after.class_log_prior, [math.log(t), math.log(1 - t)]) and before.class_log_prior is None
+    assert after.learn_settings.class_log_prior == tuple(after.class_log_prior)  # learning follows the decision
+    for name, value in before.net.state_dict().items():  # the network itself is not changed
+        assert (after.net.state_dict()[name] == value).all(), name
+    assert after.single_object and not before.single_object
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="calibrated already"):  # the shift is never applied twice
+        main(["calibrate", str(out), "--output", str(tmp_path / "twice.pt"), "--data", str(root)])
+    with pytest.raises(SystemExit, match="held-out"):
+        main(["calibrate", str(raw), "--output", str(tmp_path / "x.pt"), "--data", str(root), "--part", "heldout"])
+    with pytest.raises(SystemExit, match="between 0 and 1"):
+        main(["calibrate", str(raw), "--output", str(tmp_path / "x.pt"), "--data", str(root), "--thresholds", "0,0.5"])
+    assert not (tmp_path / "twice.pt").exists() and not (tmp_path / "x.pt").exists()

@@ -338,3 +338,44 @@ def test_region_oracle_is_what_annotating_every_wrong_region_reaches():
     assert seeds and iou(method.predict(seeds), truth) == pytest.approx(ceiling)
     assert ceiling == pytest.approx(iou(np.isin(g.regions, np.flatnonzero(
         np.bincount(g.regions.ravel(), truth.ravel(), g.n) > g.area / 2)), truth))
+
+
+def test_keep_one_object_keeps_the_largest_and_what_the_user_annotated():
+    from napari_clis.interactive import keep_one_object
+
+    lab = np.zeros((30, 30), np.int32)
+    lab[2:14, 2:14] = 1  # the object, with a hole
+    lab[6:9, 6:9] = 0
+    lab[20:24, 20:24] = 1  # a second, smaller piece
+    lab[25:28, 2:5] = 2  # another class is never touched
+    out = keep_one_object(lab)
+    assert out.dtype == lab.dtype and out is not lab
+    assert (out[2:14, 2:14] == 1).all(), "the hole inside the object was not filled"
+    assert not out[20:24, 20:24].any(), "the smaller piece stayed"
+    assert (out[25:28, 2:5] == 2).all()
+    keep = np.zeros_like(lab, bool)
+    keep[21, 21] = True  # the user marked the second piece
+    keep[7, 7] = True  # and the hole as background
+    out = keep_one_object(lab, keep)
+    assert (out[20:24, 20:24] == 1).all() and (out[6:9, 6:9] == 0).all()
+    assert (keep_one_object(np.zeros((5, 5), np.int32)) == 0).all()
+
+
+def test_a_single_object_interaction_drops_stray_pieces_but_keeps_a_clicked_one():
+    h, w = 40, 40
+    img = np.full((3, h, w), -0.4, np.float32)
+    img[:, 5:20, 5:20] = 0.4
+    img[:, 30:34, 30:34] = 0.4
+    sp = (np.arange(h)[:, None] // 5 * 8 + np.arange(w)[None, :] // 5 + 1).astype(np.int32)
+    p1 = np.where(img[0] > 0, 0.9, 0.1).astype(np.float32)
+    probs = np.stack([1 - p1, p1])
+    unc = 1 - (probs**2).sum(0)
+    g = build_region_graph(sp, probs, unc, img)
+    plain = Interaction(g, calibration=None)
+    one = Interaction(g, calibration=None, single_object=True)
+    assert plain.labels[31, 31] == 1 and plain.labels[10, 10] == 1
+    assert one.labels[31, 31] == 0 and one.labels[10, 10] == 1, "the stray piece stayed"
+    one.click(31, 31, 1)  # the user says the small piece is an object too
+    assert one.labels[31, 31] == 1 and one.labels[10, 10] == 1
+    one.remove_click(0)
+    assert one.labels[31, 31] == 0

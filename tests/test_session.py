@@ -8,6 +8,7 @@ from napari_clis import ClisSession
 from napari_clis.checkpoint import FORMAT, CheckpointError, save_model, shipped_model_path
 from napari_clis.metrics import dice, roc_auc
 from napari_clis.preprocessing import ImageError
+from napari_clis.uncertainty import decide, weigh
 
 
 def _check_result(r, shape):
@@ -40,6 +41,37 @@ def test_lesion_model_outlines_the_lesion(lesion_session, lesion):
     r = lesion_session.segment(image)
     _check_result(r, image.shape[:2])
     assert dice(r.labels > 0, truth) > 0.8
+
+
+def test_the_lesion_model_keeps_one_lesion_at_its_calibrated_decision(lesion_session, lesion):
+    from scipy import ndimage
+
+    decision = lesion_session.metadata["decision"]
+    assert lesion_session.single_object and decision["single_object"]
+    assert 0 < decision["threshold"] < 0.5  # chosen on isic2017/val; the network alone under-segments
+    r = lesion_session.segment(lesion[0])
+    assert ndimage.label(r.labels > 0, structure=np.ones((3, 3)))[1] == 1
+    assert ndimage.binary_fill_holes(r.labels > 0).sum() == (r.labels > 0).sum()
+    # the labels are the calibrated decision, then the one-object rule (which only removes pieces, fills holes)
+    decided = decide(r.probabilities, lesion_session.class_log_prior) > 0
+    assert ((r.probabilities[1] > decision["threshold"]) == decided).all()
+    assert (decided & ~(r.labels > 0)).sum() <= 0.05 * (r.labels > 0).sum()
+    lesion_session.click(5, 5, 1)  # a lesion click far from the lesion: the user's second object stays
+    assert lesion_session.labels[5, 5] == 1
+    assert ndimage.label(lesion_session.labels > 0, structure=np.ones((3, 3)))[1] == 2
+    lesion_session.clear_clicks()
+    assert lesion_session.labels[5, 5] == 0
+
+
+def test_the_decision_prior_moves_the_threshold_and_keeps_probabilities_normalised():
+    rng = np.random.default_rng(0)
+    p1 = rng.random((1, 20, 30)).astype(np.float32)
+    p = np.concatenate([1 - p1, p1])
+    assert (decide(p) == p.argmax(0)).all() and weigh(p) is p
+    prior = [np.log(0.25), np.log(0.75)]
+    assert (decide(p, prior) == (p1[0] > 0.25)).all()
+    q = weigh(p, prior)
+    assert np.allclose(q.sum(0), 1) and ((q[1] > 0.5) == (p1[0] > 0.25)).all()
 
 
 def test_uncertainty_is_higher_where_the_segmentation_is_wrong(nuclei_session, nuclei_he):

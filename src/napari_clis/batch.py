@@ -279,12 +279,15 @@ class TileModel:
     superpixel_size: int
     device: str = "cpu"
     placed: bool = False
+    single_object: bool = False
+    class_log_prior: list | None = None
 
     @classmethod
     def from_session(cls, session, *, superpixels: bool, for_workers: bool) -> TileModel:
         net = copy.deepcopy(session.net).cpu() if for_workers else session.net
         return cls(net, session.n_samples, session.seed, session.working_long_side, session.test_time_flips,
-                   session.superpixel_size if superpixels else 0, session.device.type, placed=not for_workers)
+                   session.superpixel_size if superpixels else 0, session.device.type, placed=not for_workers,
+                   single_object=session.single_object, class_log_prior=session.class_log_prior)
 
     def ready_net(self):
         if not self.placed:
@@ -319,13 +322,18 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
         ``(y1 - y0, x1 - x0)``.
     """
     from .superpixels import compute_superpixels
-    from .uncertainty import predict
+    from .uncertainty import decide, predict
 
     normalized = normalize_image(raw, value_range=value_range)
     out = predict(model.ready_net(), normalized, task=task, n_samples=model.n_samples, seed=model.seed,
                   working_long_side=model.working_long_side, flips=model.flips)
     y0, y1, x0, x1 = core
-    result = {"labels": out.probabilities.argmax(0).astype(np.int32)[y0:y1, x0:x1],
+    labels = decide(out.probabilities, model.class_log_prior)
+    if model.single_object:  # such models see the whole plane at once (one tile)
+        from .interactive import keep_one_object
+
+        labels = keep_one_object(labels)
+    result = {"labels": labels[y0:y1, x0:x1],
               "uncertainty": out.uncertainty[y0:y1, x0:x1]}
     if model.superpixel_size:
         result["superpixels"] = compute_superpixels(normalized[:, y0:y1, x0:x1], size=model.superpixel_size)
@@ -390,7 +398,7 @@ def _prepare(job: _Job, session, tile: int) -> _Prepared | FileResult:
 def _plan_plane(session, plane: np.ndarray, tile: int):
     plane = as_2d_image(plane)  # refuses what segment() refuses, before any work is sent out
     value_range = intensity_range(plane)
-    if session.working_long_side is not None:  # the network sees the whole image, resized: no tiles
+    if session.working_long_side is not None or session.single_object:  # the network sees the whole image: no tiles
         tile = max(plane.shape[:2])
     tiles = plan_tiles(*plane.shape[:2], tile)
     return value_range, _plane_task(session, plane, value_range), tiles

@@ -1,4 +1,4 @@
-"""The ``napari-clis`` command: ``demo``, ``segment``, ``pretrain`` and ``bench``. Thin: it parses arguments and calls
+"""The ``napari-clis`` command: ``demo``, ``segment``, ``pretrain``, ``calibrate`` and ``bench``. Thin: it parses arguments and calls
 the core."""
 
 from __future__ import annotations
@@ -157,6 +157,40 @@ def _add_segment_parser(sub) -> None:
     sg.set_defaults(func=_segment)
 
 
+def _calibrate(args) -> int:
+    import torch
+
+    from .checkpoint import load_model, save_model
+    from .data import load_dataset
+    from .training import DECISION_THRESHOLDS, calibrate_decision
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.part == "heldout":
+        raise SystemExit("napari-clis calibrate: the held-out images measure the model; choose on another part")
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else DECISION_THRESHOLDS
+    except ValueError:
+        raise SystemExit(f"napari-clis calibrate: --thresholds takes numbers separated by commas, got "
+                         f"{args.thresholds!r}") from None
+    net, metadata, _ = load_model(args.model_file)
+    name = metadata.get("name")
+    if name not in ("nuclei", "skin-lesion"):
+        raise SystemExit(f"napari-clis calibrate: {args.model_file} is a {name!r} model; its images are not known")
+    try:
+        samples = load_dataset(name, args.part, args.data)
+    except KeyError:
+        raise SystemExit(f"napari-clis calibrate: the {name} data has no part {args.part!r}") from None
+    try:
+        metadata = calibrate_decision(net, metadata, samples, single_object=args.single_object,
+                                      thresholds=thresholds)
+    except ValueError as e:
+        raise SystemExit(f"napari-clis calibrate: {e}") from None
+    save_model(args.output, net, metadata)
+    print(f"saved {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="napari-clis", description="CLIS interactive segmentation: demo, batch "
                                 "segmentation, training and benchmarks.")
@@ -190,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--log", help="also append progress lines to this file")
     pt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     pt.set_defaults(func=_pretrain)
+
+    cb = sub.add_parser("calibrate", help="choose a two-class model's decision threshold (and one-object rule) "
+                        "on validation images, and write the calibrated model")
+    cb.add_argument("model_file", help="the model file to calibrate (a napari-clis .pt)")
+    cb.add_argument("--output", required=True, help="the calibrated model file to write")
+    cb.add_argument("--data", help="data folder holding dsb2018/ and isic2017/ (default ../shared/data)")
+    cb.add_argument("--part", default="monitor",
+                    help="which images to choose on (default monitor: isic2017/val; never the held-out ones)")
+    cb.add_argument("--single-object", action="store_true",
+                    help="declare one object per class (a lesion) and choose the threshold with that rule applied")
+    cb.add_argument("--thresholds", help="foreground probabilities to try, comma-separated (default 0.5, 0.45, "
+                    "... 0.2)")
+    cb.add_argument("--threads", type=int, help="CPU threads for torch")
+    cb.set_defaults(func=_calibrate)
 
     dm = sub.add_parser("demo", help="open napari with a sample image and the segmentation widget")
     dm.add_argument("--sample", choices=["nuclei", "skin-lesion"], default="nuclei")

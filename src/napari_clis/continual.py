@@ -49,6 +49,9 @@ class LearnSettings:
     kl_weight: float = 1e-3
     ibp_alpha_per_kernel: float = 1.0
     seed: int = 0
+    # the model's decision prior (ClisSession.class_log_prior): the loss and the Dice checks see the logits plus
+    # this, as the labels do, so that a learned task's probabilities keep the network's own balance
+    class_log_prior: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -128,6 +131,13 @@ def _protected_digest(net: ClisNet, masks: dict[str, torch.Tensor]) -> str:
         for p in head.parameters():
             h.update(p.detach().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def _decided(logits: torch.Tensor, s: LearnSettings) -> torch.Tensor:
+    """``logits`` (N, K, H, W) plus the decision prior, the logits whose argmax the labels are."""
+    if s.class_log_prior is None:
+        return logits
+    return logits + torch.as_tensor(s.class_log_prior, dtype=logits.dtype, device=logits.device)[None, :, None, None]
 
 
 def _dice_fg(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -215,7 +225,7 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     x = x.to(device)
     target = target.to(device)
     with torch.no_grad():
-        before = _dice_fg(new(x[None], parent)[0].argmax(1)[0], target)
+        before = _dice_fg(_decided(new(x[None], parent)[0], s).argmax(1)[0], target)
     rng = np.random.default_rng(s.seed)
     torch.manual_seed(s.seed)
     for step in range(s.steps):
@@ -223,7 +233,7 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         logits, _ = new(xb, task, relaxed=True)
         kl = sum(bernoulli_kl(conv.gates.probabilities(task), priors[name])
                  for name, conv in new.masked_convs().items())
-        loss = _seg_loss(logits, yb) + s.kl_weight * kl / max(1, target.numel() / 1e4)
+        loss = _seg_loss(_decided(logits, s), yb) + s.kl_weight * kl / max(1, target.numel() / 1e4)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -244,7 +254,7 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     if _protected_digest(new, usage) != digest:  # would be a bug: earlier tasks must not change
         raise RuntimeError("learning changed parameters that earlier tasks use; nothing was kept")
     with torch.no_grad():
-        after = _dice_fg(new(x[None], task)[0].argmax(1)[0], target)
+        after = _dice_fg(_decided(new(x[None], task)[0], s).argmax(1)[0], target)
     on = {name: int(conv.gates.hard(task).sum()) for name, conv in new.masked_convs().items()}
     fresh = int(sum(int(((conv.gates.hard(task) > 0) & (usage[name] == 0)).sum())
                     for name, conv in new.masked_convs().items()))
@@ -298,7 +308,7 @@ def fit(net: ClisNet, x: torch.Tensor | None, target: torch.Tensor | None, setti
     for _ in range(s.steps):
         xb, yb = batches(rng)
         logits, _ = new(xb.to(device), task)
-        loss = _seg_loss(logits, yb.to(device))
+        loss = _seg_loss(_decided(logits, s), yb.to(device))
         if penalty is not None:
             loss = loss + penalty(new, xb, logits)
         opt.zero_grad()

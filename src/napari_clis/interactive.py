@@ -24,7 +24,7 @@ from scipy import ndimage, optimize, spatial
 
 from .propagation import minimize_potts
 
-__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph"]
+__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph", "keep_one_object"]
 
 DEFAULT_SMOOTHNESS = 2.0
 DEFAULT_CALIBRATION = 1.0  # chosen on pretraining / validation images (docs/method.md)
@@ -35,6 +35,50 @@ _LOG_FLOOR = np.log(1e-4)
 
 class InteractionError(ValueError):
     """A click or annotation the interactive module cannot use; the message says why."""
+
+
+_EIGHT = np.ones((3, 3), bool)
+
+
+def keep_one_object(labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """One object per foreground class: the rule of models that declare ``single_object`` (a dermoscopy image
+    shows one lesion).
+
+    For each foreground class, its largest 8-connected component stays and so does every component holding a
+    pixel of ``keep`` (what the user annotated: a second object the user marks stays); the other components
+    become background (0). Background fully enclosed by the class becomes the class, unless that hole holds a
+    pixel of ``keep``. Pixels of ``keep`` never change. Other classes are never overwritten.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+    keep : (H, W) bool array, optional
+
+    Returns
+    -------
+    (H, W) array of ``labels``' dtype, a new array.
+    """
+    out = np.array(labels, copy=True)
+    for c in np.unique(out):
+        if c <= 0:
+            continue
+        mask = out == c
+        comp, n = ndimage.label(mask, structure=_EIGHT)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            kept = np.zeros(n + 1, bool)
+            kept[int(sizes.argmax())] = True
+            if keep is not None:
+                kept[np.unique(comp[keep & mask])] = True
+                kept[0] = False
+            out[mask & ~kept[comp]] = 0
+        hole = ndimage.binary_fill_holes(out == c) & (out == 0)
+        if keep is not None and hole.any():
+            holes, _ = ndimage.label(hole)
+            hole &= ~np.isin(holes, np.unique(holes[hole & keep]))
+        out[hole] = c
+    return out
 
 
 @dataclass
@@ -155,8 +199,10 @@ class Interaction:
     """
 
     def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
-                 calibration: float | None = DEFAULT_CALIBRATION, locality: float | None = DEFAULT_LOCALITY):
+                 calibration: float | None = DEFAULT_CALIBRATION, locality: float | None = DEFAULT_LOCALITY,
+                 single_object: bool = False):
         self.graph = graph
+        self.single_object = bool(single_object)  # keep_one_object() on the propagated labels
         self._labels = None
         self.smoothness = smoothness  # the three are checked by their properties
         self.calibration = calibration
@@ -473,11 +519,17 @@ class Interaction:
     @property
     def propagated(self) -> np.ndarray:
         """(H, W) int32: the MRF's labelling of the regions (regions split between clicks pixel by pixel),
+        one object per class for ``single_object`` models (:func:`keep_one_object`, annotated pixels kept),
         before painted pixels are laid over it."""
         if self._propagated is None:
             out = self.region_labels()[self.graph.regions]
             for r, cls in self.split_regions().items():
                 np.copyto(out[self.graph.boxes[r]], cls, where=cls >= 0, casting="unsafe")
+            if self.single_object:
+                keep = (self.fixed_regions() >= 0)[self.graph.regions]
+                if self.painted is not None:
+                    keep |= self.painted >= 0
+                out = keep_one_object(out, keep)
             self._propagated = out
         return self._propagated
 

@@ -25,11 +25,11 @@ import torch
 from .checkpoint import CheckpointError, load_model, save_model, shipped_model_path, shipped_models
 from .continual import LearnCancelled, LearnSettings, TaskRecord, fingerprint, learn_task, select_task
 from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
-                          build_region_graph)
+                          build_region_graph, keep_one_object)
 from .network import ClisNet
 from .preprocessing import ImageError, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
-from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, predict
+from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, decide, predict, weigh
 
 __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError", "LearnRejected",
            "LearnCancelled"]
@@ -135,7 +135,8 @@ class ClisSession:
         self.remembered: list[tuple[list[float], int]] = [(list(f), int(t)) for f, t in
                                                           self.metadata.get("remembered_images", [])]
         self.autosave = Path(autosave) if autosave else None
-        self.learn_settings = LearnSettings()
+        prior = self.class_log_prior
+        self.learn_settings = LearnSettings(class_log_prior=None if prior is None else tuple(prior))
         self._fingerprint: np.ndarray | None = None
         self._normalized: np.ndarray | None = None
         # the click settings, as the session was saved with them (else the defaults); checked by the properties
@@ -213,6 +214,18 @@ class ClisSession:
     def test_time_flips(self) -> bool:
         return bool(self.metadata.get("test_time_flips", False))
 
+    @property
+    def single_object(self) -> bool:
+        """Whether the model declares one object per class (the lesion model): its segmentations keep, per
+        class, the largest object and what the user annotated (:func:`~napari_clis.interactive.keep_one_object`)."""
+        return bool(self.metadata.get("single_object", False))
+
+    @property
+    def class_log_prior(self) -> list[float] | None:
+        """The model's decision prior (``napari-clis calibrate``): labels are ``argmax_k log p_k + prior_k``, for
+        the MRF's unaries and for learning too; the probabilities and the uncertainty stay the network's."""
+        return self.metadata.get("decision", {}).get("class_log_prior")
+
     # -- segmentation -----------------------------------------------------------------------------
     def segment(self, image, *, n_samples: int | None = None, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN,
                 progress=None, task: int | None = None) -> SegmentationResult:
@@ -255,7 +268,9 @@ class ClisSession:
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=chosen, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
-        labels = out.probabilities.argmax(0).astype(np.int32)
+        labels = decide(out.probabilities, self.class_log_prior)
+        if self.single_object:
+            labels = keep_one_object(labels)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         result = SegmentationResult(
             labels=labels,
@@ -266,13 +281,14 @@ class ClisSession:
             entropy=out.entropy,
             superpixels=superpixels,
         )
-        graph = build_region_graph(superpixels, out.probabilities, out.uncertainty, normalized)
+        graph = build_region_graph(superpixels, weigh(out.probabilities, self.class_log_prior), out.uncertainty,
+                                   normalized)
         self.result = result
         self._normalized = normalized
         self._fingerprint = fp
         self.task = chosen
         self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration,
-                                       locality=self.locality)
+                                       locality=self.locality, single_object=self.single_object)
         return result
 
     def segment_many(self, paths, output=None, *, overwrite: bool = False, scheduler: str | None = None,

@@ -30,7 +30,8 @@ from .network import ClisNet, NetworkConfig
 from .preprocessing import normalize_image
 from .uncertainty import predict
 
-__all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl"]
+__all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
+           "calibrate_decision", "DECISION_THRESHOLDS"]
 
 MODEL_PRESETS = {
     # nuclei are small: native resolution, random crops
@@ -371,3 +372,58 @@ def pretrain(
     save_model(output, net, metadata(True))
     log(f"saved {output} (format {FORMAT})")
     return output
+
+
+# foreground probabilities at which the decision is tried (0.5: the plain argmax)
+DECISION_THRESHOLDS = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
+
+
+def calibrate_decision(net: ClisNet, metadata: dict, samples: list[Sample], *, single_object: bool = False,
+                       thresholds=DECISION_THRESHOLDS, n_samples: int = 8, log=print) -> dict:
+    """Choose a two-class model's decision on validation images, for the mean foreground Dice.
+
+    A trained network's probabilities carry the class balance of its training loss; the Dice-optimal decision
+    is often not at 0.5 (a lesion model that under-segments). Each threshold ``t`` is tried as the decision
+    prior ``(log t, log(1 - t))``: labels ``argmax_k log p_k + prior_k``, i.e. "foreground probability above
+    ``t``" (:func:`~napari_clis.uncertainty.decide`). The network is not changed: its probabilities and
+    uncertainty stay its own, the MRF and learning follow the decision. With ``single_object`` each threshold is
+    tried with the one-object rule (:func:`~napari_clis.interactive.keep_one_object`). Segmentation runs as
+    :meth:`ClisSession.segment` does (``n_samples`` MC samples, the model's flips and working resolution). The
+    threshold with the best mean Dice wins; ties go to the one nearest 0.5.
+
+    Returns
+    -------
+    The metadata to save with the network: ``single_object`` and a ``decision`` record (the threshold, its
+    prior, the Dice of every threshold tried, the number of images). Raises ``ValueError`` for a model that is
+    not two-class, one calibrated already, no images or a threshold outside (0, 1).
+    """
+    from .session import ClisSession
+
+    if net.config.n_classes != 2:
+        raise ValueError(f"the decision is calibrated for two-class models; this one has {net.config.n_classes} classes")
+    if "decision" in metadata:
+        raise ValueError("this model's decision is calibrated already (metadata 'decision'); calibrate the "
+                         "model it came from")
+    if not samples:
+        raise ValueError("no validation images to calibrate on")
+    bad = [t for t in thresholds if not 0.0 < float(t) < 1.0]
+    if bad:
+        raise ValueError(f"thresholds must lie strictly between 0 and 1, got {bad}")
+
+    def with_threshold(t: float) -> dict:
+        return dict(metadata, single_object=bool(single_object),
+                    decision={"threshold": float(t), "class_log_prior": [math.log(t), math.log(1.0 - t)]})
+
+    scores = {}
+    for t in thresholds:
+        session = ClisSession(net, with_threshold(float(t)), device="cpu", n_samples=n_samples)
+        d = [dice(session.segment(s.image).labels > 0, s.mask > 0) for s in samples]
+        scores[float(t)] = float(np.mean(d))
+        log(f"threshold {t:.2f}: mean Dice {scores[float(t)]:.4f} over {len(d)} images")
+    best = max(scores, key=lambda t: (round(scores[t], 6), -abs(t - 0.5)))
+    meta = with_threshold(best)
+    meta["decision"].update(single_object=bool(single_object), dice_by_threshold=scores, n_images=len(samples),
+                            n_samples=n_samples)
+    log(f"chosen: threshold {best:.2f}, mean Dice {scores[best]:.4f} against {scores.get(0.5, float('nan')):.4f} "
+        "at 0.5")
+    return meta

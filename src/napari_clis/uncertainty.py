@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .network import ClisNet
 from .preprocessing import check_tiling
 
-__all__ = ["NetworkOutput", "predict", "DEFAULT_TILE", "DEFAULT_MARGIN"]
+__all__ = ["NetworkOutput", "predict", "decide", "weigh", "DEFAULT_TILE", "DEFAULT_MARGIN"]
 
 DEFAULT_TILE = 1024  # core tile size in pixels: images up to this size run in one piece
 DEFAULT_MARGIN = 96  # context around each tile; larger than the network's effective receptive field
@@ -236,3 +236,21 @@ def predict(
         out[0] = out[0] / out[0].sum(0, keepdim=True)
     probs, epi, alea, ent = (o.float().cpu().numpy() for o in out)
     return NetworkOutput(np.ascontiguousarray(probs), epi, alea, ent)
+
+
+def weigh(probabilities: np.ndarray, class_log_prior=None) -> np.ndarray:
+    """(K, H, W) probabilities re-weighted by a model's decision prior and normalised: ``p_k w_k / sum_j p_j w_j``
+    with ``w = exp(class_log_prior)`` (Bayes' rule for a change of class prior). The MRF takes these, so that its
+    labelling follows the model's decision. ``None``: the probabilities themselves."""
+    if class_log_prior is None:
+        return probabilities
+    w = np.exp(np.asarray(class_log_prior, np.float64) - np.max(class_log_prior)).astype(np.float32)
+    q = probabilities * w[:, None, None]
+    return q / np.maximum(q.sum(0, keepdims=True), 1e-30)
+
+
+def decide(probabilities: np.ndarray, class_log_prior=None) -> np.ndarray:
+    """(H, W) int32 labels: ``argmax_k log p_k + class_log_prior_k``, the plain argmax when ``None``. For two
+    classes and the prior ``(log t, log(1 - t))`` this is "foreground probability above ``t``" (``napari-clis
+    calibrate`` chooses ``t``)."""
+    return weigh(probabilities, class_log_prior).argmax(0).astype(np.int32)
