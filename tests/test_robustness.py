@@ -19,9 +19,10 @@ from hypothesis.extra import numpy as hnp
 
 from napari_clis import ClisSession
 from napari_clis.checkpoint import CheckpointError, load_model, shipped_model_path
-from napari_clis.interactive import InteractionError
+from napari_clis.interactive import InteractionError, keep_one_object
 from napari_clis.preprocessing import ImageError, normalize_image
 from napari_clis.propagation import minimize_potts, potts_energy
+from napari_clis.uncertainty import decide
 
 SLOW = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                    HealthCheck.function_scoped_fixture])
@@ -82,13 +83,14 @@ def valid_images(draw, max_side=64):
     return image
 
 
-def _check_segmentation(r, shape, k):
-    h, w = shape
+def _check_segmentation(r, shape, session):
+    h, w, k = *shape, session.n_classes
     assert r.labels.shape == (h, w) and r.labels.dtype == np.int32
     assert r.probabilities.shape == (k, h, w) and r.probabilities.dtype == np.float32
     assert np.isfinite(r.probabilities).all() and (r.probabilities >= 0).all()
     np.testing.assert_allclose(r.probabilities.sum(0), 1.0, atol=1e-4)
-    np.testing.assert_array_equal(r.labels, r.probabilities.argmax(0))
+    decided = decide(r.probabilities, session.class_log_prior)  # argmax for models without a calibrated decision
+    np.testing.assert_array_equal(r.labels, keep_one_object(decided) if session.single_object else decided)
     for m in (r.uncertainty, r.epistemic, r.aleatoric, r.entropy):
         assert m.shape == (h, w) and m.dtype == np.float32 and np.isfinite(m).all()
     assert r.uncertainty.min() >= -1e-6 and r.uncertainty.max() <= 1 - 1 / k + 1e-5
@@ -107,7 +109,7 @@ def test_any_valid_image_gives_maps_of_the_right_shape_and_range(session, image)
         r = session.segment(image)
     assert x.shape == (3,) + image.shape[:2] and x.dtype == np.float32
     assert np.isfinite(x).all() and x.min() >= -0.5 and x.max() <= 0.5
-    _check_segmentation(r, image.shape[:2], session.n_classes)
+    _check_segmentation(r, image.shape[:2], session)
     labels = session.labels  # the propagated segmentation before any click
     assert labels.shape == image.shape[:2] and labels.dtype == np.int32
     assert labels.min() >= 0 and labels.max() < session.n_classes
@@ -117,7 +119,7 @@ def test_any_valid_image_gives_maps_of_the_right_shape_and_range(session, image)
 @given(image=valid_images(max_side=40))
 def test_the_lesion_model_resizes_any_valid_image_and_back(lesion_session, image):
     r = lesion_session.segment(image)
-    _check_segmentation(r, image.shape[:2], lesion_session.n_classes)
+    _check_segmentation(r, image.shape[:2], lesion_session)
 
 
 @st.composite
