@@ -46,7 +46,9 @@ class SegmentationResult:
     Attributes
     ----------
     labels : (H, W) int32
-        Class id per pixel, 0 = background.
+        Class id per pixel, 0 = background: the argmax of ``probabilities``, or the model's calibrated decision
+        (:attr:`ClisSession.class_log_prior`) and one-object rule (:attr:`ClisSession.single_object`) where it
+        declares them (the lesion model).
     probabilities : (K, H, W) float32
         Mean predictive class probabilities; they sum to 1 over K.
     uncertainty : (H, W) float32
