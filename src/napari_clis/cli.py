@@ -1,5 +1,5 @@
-"""The ``napari-clis`` command: ``demo``, ``segment``, ``pretrain``, ``calibrate`` and ``bench``. Thin: it parses arguments and calls
-the core."""
+"""The ``napari-clis`` command: ``demo``, ``segment``, ``pretrain``, ``calibrate`` and ``bench``. Thin: it parses
+arguments and calls the core."""
 
 from __future__ import annotations
 
