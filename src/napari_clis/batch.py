@@ -328,11 +328,8 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
     out = predict(model.ready_net(), normalized, task=task, n_samples=model.n_samples, seed=model.seed,
                   working_long_side=model.working_long_side, flips=model.flips)
     y0, y1, x0, x1 = core
-    labels = decide(out.probabilities, model.class_log_prior)
-    if model.single_object:  # such models see the whole plane at once (one tile)
-        from .interactive import keep_one_object
-
-        labels = keep_one_object(labels)
+    # a single_object model sees the whole plane at once (one tile, _plan_plane), so its rule sees the plane
+    labels = decide(out.probabilities, model.class_log_prior, model.single_object)
     result = {"labels": labels[y0:y1, x0:x1],
               "uncertainty": out.uncertainty[y0:y1, x0:x1]}
     if model.superpixel_size:

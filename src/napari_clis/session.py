@@ -25,7 +25,7 @@ import torch
 from .checkpoint import CheckpointError, load_model, save_model, shipped_model_path, shipped_models
 from .continual import LearnCancelled, LearnSettings, TaskRecord, fingerprint, learn_task, select_task
 from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
-                          build_region_graph, keep_one_object)
+                          build_region_graph)
 from .network import ClisNet
 from .preprocessing import ImageError, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
@@ -270,9 +270,7 @@ class ClisSession:
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=chosen, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
-        labels = decide(out.probabilities, self.class_log_prior)
-        if self.single_object:
-            labels = keep_one_object(labels)
+        labels = decide(out.probabilities, self.class_log_prior, self.single_object)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         result = SegmentationResult(
             labels=labels,

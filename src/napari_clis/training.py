@@ -28,7 +28,7 @@ from .masks import bernoulli_kl, ibp_stick_breaking_prior
 from .metrics import dice, iou
 from .network import ClisNet, NetworkConfig
 from .preprocessing import normalize_image
-from .uncertainty import predict
+from .uncertainty import decide, predict
 
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
            "calibrate_decision", "DECISION_THRESHOLDS"]
@@ -387,9 +387,10 @@ def calibrate_decision(net: ClisNet, metadata: dict, samples: list[Sample], *, s
     prior ``(log t, log(1 - t))``: labels ``argmax_k log p_k + prior_k``, i.e. "foreground probability above
     ``t``" (:func:`~napari_clis.uncertainty.decide`). The network is not changed: its probabilities and
     uncertainty stay its own, the MRF and learning follow the decision. With ``single_object`` each threshold is
-    tried with the one-object rule (:func:`~napari_clis.interactive.keep_one_object`). Segmentation runs as
-    :meth:`ClisSession.segment` does (``n_samples`` MC samples, the model's flips and working resolution). The
-    threshold with the best mean Dice wins; ties go to the one nearest 0.5.
+    tried with the one-object rule (:func:`~napari_clis.interactive.keep_one_object`). Each image is segmented once
+    as :meth:`ClisSession.segment` does (``n_samples`` MC samples, the model's flips and working resolution);
+    every threshold then labels the same probabilities. The threshold with the best mean Dice wins; ties go to
+    the one nearest 0.5.
 
     Returns
     -------
@@ -414,10 +415,12 @@ def calibrate_decision(net: ClisNet, metadata: dict, samples: list[Sample], *, s
         return dict(metadata, single_object=bool(single_object),
                     decision={"threshold": float(t), "class_log_prior": [math.log(t), math.log(1.0 - t)]})
 
+    session = ClisSession(net, metadata, device="cpu", n_samples=n_samples)
+    probabilities = [session.segment(s.image).probabilities for s in samples]
     scores = {}
     for t in thresholds:
-        session = ClisSession(net, with_threshold(float(t)), device="cpu", n_samples=n_samples)
-        d = [dice(session.segment(s.image).labels > 0, s.mask > 0) for s in samples]
+        prior = with_threshold(float(t))["decision"]["class_log_prior"]
+        d = [dice(decide(p, prior, single_object) > 0, s.mask > 0) for p, s in zip(probabilities, samples)]
         scores[float(t)] = float(np.mean(d))
         log(f"threshold {t:.2f}: mean Dice {scores[float(t)]:.4f} over {len(d)} images")
     best = max(scores, key=lambda t: (round(scores[t], 6), -abs(t - 0.5)))

@@ -249,8 +249,15 @@ def weigh(probabilities: np.ndarray, class_log_prior=None) -> np.ndarray:
     return q / np.maximum(q.sum(0, keepdims=True), 1e-30)
 
 
-def decide(probabilities: np.ndarray, class_log_prior=None) -> np.ndarray:
-    """(H, W) int32 labels: ``argmax_k log p_k + class_log_prior_k``, the plain argmax when ``None``. For two
-    classes and the prior ``(log t, log(1 - t))`` this is "foreground probability above ``t``" (``napari-clis
-    calibrate`` chooses ``t``)."""
-    return weigh(probabilities, class_log_prior).argmax(0).astype(np.int32)
+def decide(probabilities: np.ndarray, class_log_prior=None, single_object: bool = False) -> np.ndarray:
+    """(H, W) int32 labels, as :meth:`ClisSession.segment` and batch segmentation make them:
+    ``argmax_k log p_k + class_log_prior_k`` (the plain argmax when ``None``), then, with ``single_object``,
+    one object per class (:func:`~napari_clis.interactive.keep_one_object`). For two classes and the prior
+    ``(log t, log(1 - t))`` the first step is "foreground probability above ``t``" (``napari-clis calibrate``
+    chooses ``t``)."""
+    labels = weigh(probabilities, class_log_prior).argmax(0).astype(np.int32)
+    if single_object:
+        from .interactive import keep_one_object
+
+        labels = keep_one_object(labels)
+    return labels
