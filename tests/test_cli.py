@@ -140,7 +140,7 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
     assert "CLIS minus each method" not in out  # one method: nothing to pair
     merged = json.loads((tmp_path / "all.json").read_text())
     assert merged["rows"][0][2]["forward"]["dice"] == [0.7, 0.8, 0.9]
-    with pytest.raises(SystemExit, match="sequence 2 is in both"):
+    with pytest.raises(SystemExit, match=r"sequence 2 of CLIS \(ours\) on isic2017 is in both"):
         main(["bench", "continual", "--merge", b, part("c.json", 2, [0.5])])
     with pytest.raises(SystemExit, match="other settings"):
         main(["bench", "continual", "--merge", a, part("d.json", 5, [0.5], lr=2e-3)])
@@ -164,6 +164,13 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
     assert "Sequences per method: isic2017 CLIS (ours) 3, isic2017 no update (pretrained) 2" in out
     pair = [line for line in out.splitlines() if line.startswith("| isic2017 | no update")][-1]
     assert pair.split("|")[3:5] == [" +0.0250 ", " 1 of 2 "]
+    # CLIS rerun on the same sequences as a part holding only the other methods: they merge and pair
+    others = json.loads((tmp_path / "two.json").read_text())
+    others["rows"] = [row for row in others["rows"] if row[1] != "clis"]
+    (tmp_path / "others.json").write_text(json.dumps(others))
+    assert main(["bench", "continual", "--merge", part("again.json", 0, [0.8, 0.6]), str(tmp_path / "others.json")]) == 0
+    pair = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| isic2017 | no update")][-1]
+    assert pair.split("|")[3:5] == [" -0.0250 ", " 1 of 2 "]  # 0.8 - 0.75 and 0.6 - 0.7
     (tmp_path / "e.json").write_text("{}")
     with pytest.raises(SystemExit, match="not the --json file"):
         main(["bench", "continual", "--merge", a, str(tmp_path / "e.json")])

@@ -38,6 +38,74 @@ def test_learning_one_half_improves_the_other_half_of_the_slide(learned):
     assert dice(r.labels > 0, tb > 0) > dice(before_b > 0, tb > 0)
 
 
+def test_an_unseen_image_keeps_a_learned_task_only_where_it_agrees_with_the_pretrained_one(learned):
+    from napari_clis.continual import choose_task
+    from napari_clis.preprocessing import normalize_image
+
+    s, _, (a, _), (b, _), _ = learned
+    s.segment(b)
+    assert s.task_choice["nearest"] == 1 and not s.task_choice["known"]
+    agreement = s.task_choice["agreement"]
+    assert 0.9 <= agreement <= 1.0  # a refinement of the pretrained segmentation: task 1 is used (first test)
+    x, _ = s._working(normalize_image(b), max_side=512)
+    fp, _, _ = s._choose_task(normalize_image(b))
+    assert choose_task(s.net, x, fp, s.tasks, min_agreement=agreement) == (1, s.task_choice)
+    assert choose_task(s.net, x, fp, s.tasks, min_agreement=agreement + 1e-6)[0] == 0
+    # the image task 1 learned from is known: it keeps its own task whatever the agreement
+    xa, _ = s._working(normalize_image(a), max_side=512)
+    fa, _, _ = s._choose_task(normalize_image(a))
+    assert choose_task(s.net, xa, fa, s.tasks, min_agreement=2.0) == (1, {"nearest": 1, "known": True,
+                                                                          "agreement": None})
+
+
+def test_the_agreement_check_sees_a_large_image_at_the_resolution_it_is_segmented_at(learned):
+    """Over 512 px the fingerprint sees the image shrunk, the agreement check its central 512 px at full size."""
+    from napari_clis.continual import choose_task
+    from napari_clis.preprocessing import normalize_image
+
+    s, _, _, (b, _), _ = learned
+    big = np.ascontiguousarray(np.tile(b, (3, 4, 1)))  # 768 x 640, the right half of the slide repeated
+    x = normalize_image(big)
+    fp, task, info = s._choose_task(x)
+    y0, x0 = (x.shape[1] - 512) // 2, (x.shape[2] - 512) // 2
+    crop, _ = s._working(x[:, y0:y0 + 512, x0:x0 + 512])
+    assert crop.shape[-2:] == (512, 512)
+    assert (task, info) == choose_task(s.net, crop, fp, s.tasks)
+    shrunk, _ = s._working(x, max_side=512)
+    assert info["agreement"] != choose_task(s.net, shrunk, fp, s.tasks)[1]["agreement"]
+
+
+def test_a_task_learned_from_a_mistaken_annotation_does_not_take_over_a_new_image(nuclei_he, tmp_path):
+    """The user painted every nucleus of one half 6 px too wide and accepted it; learning (at a high rate, so that
+    the mistake is learnt in a few steps) keeps it as that half's task, but the other half of the slide, where
+    the task would remake the pretrained segmentation, keeps the pretrained task."""
+    from scipy import ndimage
+
+    (a, ta), (b, tb) = _halves(*nuclei_he)
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    pretrained_b = s.segment(b).labels
+    s.segment(a)
+    wide = ndimage.binary_dilation(ta > 0, iterations=6)
+    s.annotate(wide, 1)
+    s.annotate(~wide, 0)
+    s.learn_settings.lr, s.learn_settings.steps = 0.05, 40
+    record = s.learn()
+    assert record.task == 1 and record.dice_after > record.dice_before
+    mistaken = s.segment(b, task=1).labels
+    assert dice(mistaken > 0, tb > 0) < dice(pretrained_b > 0, tb > 0) - 0.2  # the mistake, forced on the other half
+    r = s.segment(b)
+    assert s.task == 0 and s.task_choice["nearest"] == 1 and s.task_choice["agreement"] < 0.9
+    np.testing.assert_array_equal(r.labels, pretrained_b)
+    assert s.segment(a).labels is not None and s.task == 1 and s.task_choice["known"]
+    # batch segmentation chooses as segment() does
+    import tifffile
+
+    path = tmp_path / "b.tif"
+    tifffile.imwrite(path, b)
+    (out,) = s.segment_many([path])
+    np.testing.assert_array_equal(out.labels, pretrained_b)
+
+
 def test_the_pretrained_task_is_untouched_by_learning(learned, nuclei_he):
     s, _, (a, _), _, _ = learned
     fresh = ClisSession.from_pretrained("nuclei", device="cpu")

@@ -291,6 +291,24 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     other.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not other.busy, timeout=60_000)
     assert len(other.session.tasks) == 1 and other.session.source == str(saved[0])
+    assert other._status.value.endswith("\nTask 1: this image's own.")  # the image task 1 learned from
+
+
+def test_the_status_line_says_which_task_segmented_the_image_and_why():
+    from types import SimpleNamespace
+
+    from napari_clis._widget import task_choice_text
+
+    def session(task, **choice):
+        return SimpleNamespace(tasks=[object()], remembered=[], task=task, task_choice=choice)
+
+    assert task_choice_text(None) == ""
+    assert task_choice_text(SimpleNamespace(tasks=[], remembered=[], task=0, task_choice={})) == ""
+    assert task_choice_text(session(2, nearest=2, known=False, agreement=0.953)) == (
+        "\nTask 2: learned on the most similar image (agreement 0.95).")
+    assert task_choice_text(session(0, nearest=2, known=False, agreement=0.5)) == (
+        "\nPretrained task: task 2 (most similar image) disagrees (0.50 < 0.9).")
+    assert task_choice_text(session(1, nearest=None, known=None, agreement=None, asked=True)) == "\nTask 1, as asked."
 
 
 def test_cancel_while_learning_keeps_the_model(segmented, qtbot, messages):

@@ -45,6 +45,26 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
+def task_choice_text(session) -> str:
+    """Which task segmented the current image and why: a second line for the status ("" before anything is
+    learned). The agreement is with the pretrained task's segmentation (``continual.choose_task``)."""
+    if session is None or (not session.tasks and not session.remembered):
+        return ""
+    c, t = session.task_choice, session.task
+    from .continual import TRANSFER_AGREEMENT
+
+    if c.get("asked"):
+        return f"\nTask {t}, as asked."
+    if c.get("known"):
+        return f"\nTask {t}: this image's own."
+    if t != 0 and c.get("agreement") is not None:
+        return f"\nTask {t}: learned on the most similar image (agreement {c['agreement']:.2f})."
+    if c.get("nearest") and c.get("agreement") is not None:
+        return (f"\nPretrained task: task {c['nearest']} (most similar image) disagrees "
+                f"({c['agreement']:.2f} < {TRANSFER_AGREEMENT}).")
+    return "\nPretrained task."
+
+
 def _notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -292,8 +312,9 @@ class SegmentWidget(Container):
             QTimer.singleShot(0, lambda: self._raise_above(layer))
         self._progress.max = n if n > 1 else 1
         self._progress.value = i + 1
-        self._set_status(f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
-                         f"Segmented '{layer.name}'. Bright areas of 'uncertainty' need checking.")
+        self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
+                          f"Segmented '{layer.name}'. Bright areas of 'uncertainty' need checking.")
+                         + task_choice_text(self._session))
 
     def _on_error(self, error: Exception) -> None:
         _notify_error(f"Segmentation failed: {error}")

@@ -407,11 +407,8 @@ def _plane_task(session, plane: np.ndarray, value_range) -> int:
         return 0
     import torch
 
-    from .continual import select_task
-
     with torch.no_grad():
-        fp = session._image_fingerprint(normalize_image(plane, value_range=value_range))
-    return select_task(fp, session.tasks, session.remembered)
+        return session._choose_task(normalize_image(plane, value_range=value_range))[1]
 
 
 def _complete(state: _Prepared) -> FileResult:

@@ -729,21 +729,18 @@ def continual(args) -> int:
 
 
 def _merge_continual(args) -> int:
-    """Print one table from the JSON files of several runs (parts of one protocol run, ``--first-sequence``):
-    per dataset and method the sequences of all files together. Refuses runs with different settings."""
+    """Print one table from the JSON files of several runs (parts of one protocol run, ``--first-sequence``, or
+    runs of other methods on the same sequences): per dataset and method the sequences of all files together.
+    Refuses runs with different settings, and a method's sequence in two files."""
     merged: dict[tuple[str, str], dict] = {}
     settings = None
-    seen: dict[int, str] = {}  # sequence -> file
+    seen: dict[tuple[str, str, int], str] = {}  # (dataset, method, sequence) -> file
     for path in args.merge:
         try:
             data = json.loads(Path(path).read_text())
             first, count = int(data["args"].get("first_sequence") or 0), int(data["args"]["sequences"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"{path} is not the --json file of a bench continual run: {e}") from None
-        for q in range(first, first + count):
-            if q in seen:
-                raise SystemExit(f"sequence {q} is in both {seen[q]} and {path}: merge parts that do not overlap")
-            seen[q] = path
         mine = {k: data["args"].get(k) for k in ("part", "tasks", "steps", "samples", "baseline_lr", "ewc_strength",
                                                   "packnet_prune", "packnet_retrain", "packnet_images")}
         # runs from before --locality calibrated over the whole image
@@ -752,6 +749,11 @@ def _merge_continual(args) -> int:
             raise SystemExit(f"{path} was run with other settings than {args.merge[0]}: {mine} against {settings}")
         settings = mine
         for dataset, method, r in data["rows"]:
+            for q in r.get("sequences") or range(first, first + count):
+                if (dataset, method, q) in seen:
+                    raise SystemExit(f"sequence {q} of {CONTINUAL_NAMES.get(method, method)} on {dataset} is in both "
+                                     f"{seen[dataset, method, q]} and {path}: merge parts that do not overlap")
+                seen[dataset, method, q] = path
             into = merged.setdefault((dataset, method), {**{k: {"dice": [], "iou": []} for k in r if k != "sequences"},
                                                          "sequences": []})
             for k, v in r.items():
@@ -765,8 +767,8 @@ def _merge_continual(args) -> int:
     _print_continual(rows, args, None, machine=f"merged from {len(args.merge)} runs: " + ", ".join(args.merge))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "merged": args.merge,
-                                               "args": {**settings, "first_sequence": min(seen),
-                                                        "sequences": len(seen)}}))
+                                               "args": {**settings, "first_sequence": min(q for *_, q in seen),
+                                                        "sequences": len({q for *_, q in seen})}}))
     return 0
 
 

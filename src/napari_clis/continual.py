@@ -11,8 +11,11 @@
   parameters.
 
 ``fingerprint`` summarises an image by the pooled bottleneck (A4) features under task 0; the task-aware module
-(``select_task``) picks, for an unseen image, the learned task whose fingerprint is nearest (cosine), or task 0
-when nothing has been learned. Pure torch/numpy: no Qt, no napari.
+(``choose_task``) picks, for an image, the learned task whose fingerprint is nearest (cosine, ``select_task``),
+or task 0 when nothing has been learned. A known image (one that was learned, or rolled back) keeps its task;
+an unseen one gets the nearest task only if that task's segmentation of it agrees with the pretrained task's
+(foreground Dice >= ``TRANSFER_AGREEMENT``): a task learned on one image refines images like it, and one that
+would remake an unseen image's segmentation is out of its depth there. Pure torch/numpy: no Qt, no napari.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ import torch.nn.functional as F
 from .masks import bernoulli_kl, ibp_restaurant_prior
 from .network import ClisNet
 
-__all__ = ["LearnSettings", "TaskRecord", "learn_task", "fit", "fingerprint", "select_task", "LearnCancelled",
-           "kernel_usage", "mask_usage"]
+__all__ = ["LearnSettings", "TaskRecord", "learn_task", "fit", "fingerprint", "select_task", "choose_task",
+           "TRANSFER_AGREEMENT", "LearnCancelled", "kernel_usage", "mask_usage"]
+
+# the least foreground Dice between a learned task's and the pretrained task's labels of an unseen image for the
+# learned task to segment it (chosen on isic2017/val sequences: docs/benchmarks.md)
+TRANSFER_AGREEMENT = 0.9
 
 
 class LearnCancelled(RuntimeError):
@@ -118,6 +125,43 @@ def select_task(fp: np.ndarray, records: list[TaskRecord], remembered: list | No
         return 0
     sims = np.array([float(np.dot(fp, f)) for f, _ in known])
     return known[int(np.flatnonzero(sims >= sims.max() - 1e-12)[-1])][1]  # ties: the latest
+
+
+def _known(fp: np.ndarray, records: list[TaskRecord], remembered: list | None = None) -> bool:
+    """Whether ``fp`` is the fingerprint of an image the session learned or rolled back (the same image)."""
+    known = [r.fingerprint for r in records] + [f for f, _ in (remembered or [])]
+    return any(float(np.dot(fp, np.asarray(f))) >= 1.0 - 1e-6 for f in known)
+
+
+@torch.no_grad()
+def choose_task(net: ClisNet, x: torch.Tensor, fp: np.ndarray, records: list[TaskRecord],
+                remembered: list | None = None, *, class_log_prior=None, single_object: bool = False,
+                min_agreement: float = TRANSFER_AGREEMENT) -> tuple[int, dict]:
+    """The task-aware module: the task that segments an image.
+
+    ``x`` (3, h, w) is the image at the network's working resolution and ``fp`` its :func:`fingerprint`. The
+    nearest known image's task (:func:`select_task`); a known image keeps it; for an unseen image, a learned
+    task whose labels (one deterministic pass, the model's decision) agree with task 0's by less than
+    ``min_agreement`` foreground Dice gives way to task 0.
+
+    Returns ``(task, info)``, ``info``: ``nearest`` (the nearest image's task), ``known`` and ``agreement``
+    (``None`` when not checked).
+    """
+    from .uncertainty import decide
+
+    nearest = select_task(fp, records, remembered)
+    info = {"nearest": nearest, "known": False, "agreement": None}
+    if nearest == 0:
+        return 0, info
+    if _known(fp, records, remembered):
+        info["known"] = True
+        return nearest, info
+    labels = [decide(torch.softmax(net(x[None], t)[0][0], 0).float().cpu().numpy(), class_log_prior,
+                     single_object) > 0 for t in (nearest, 0)]
+    denom = int(labels[0].sum() + labels[1].sum())
+    agreement = 1.0 if denom == 0 else 2.0 * int((labels[0] & labels[1]).sum()) / denom
+    info["agreement"] = agreement
+    return (nearest if agreement >= min_agreement else 0), info
 
 
 def _protected_digest(net: ClisNet, masks: dict[str, torch.Tensor]) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_model, save_model, shipped_model_path, shipped_models
-from .continual import LearnCancelled, LearnSettings, TaskRecord, fingerprint, learn_task, select_task
+from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, learn_task
 from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
                           build_region_graph)
 from .network import ClisNet
@@ -33,6 +33,9 @@ from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, decide, predict, weigh
 
 __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError", "LearnRejected",
            "LearnCancelled"]
+
+
+CHECK_SIDE = 512  # px: the side of what the task-aware module looks at (fingerprint, agreement check)
 
 
 class LearnRejected(RuntimeError):
@@ -129,6 +132,9 @@ class ClisSession:
         self.superpixel_size = int(superpixel_size)
         self.source = source
         self.task = 0
+        # why ``task`` segmented the current image: the nearest image's task, whether the image is known, and the
+        # agreement with the pretrained task that an unseen image's task must reach (continual.choose_task)
+        self.task_choice: dict = {"nearest": 0, "known": False, "agreement": None}
         self.result: SegmentationResult | None = None
         self.interaction: Interaction | None = None
         self.tasks: list[TaskRecord] = [TaskRecord.from_dict(d) for d in self.metadata.get("learned_tasks", [])]
@@ -265,8 +271,7 @@ class ClisSession:
         normalized = normalize_image(image)
         # the session's state (fingerprint, task, result) changes only once the new image is done: a failure on
         # the way leaves the current image, its task and its clicks as they were
-        fp = self._image_fingerprint(normalized)
-        chosen = select_task(fp, self.tasks, self.remembered) if task is None else int(task)
+        fp, chosen, choice = self._choose_task(normalized, task)
         t = self.n_samples if n_samples is None else int(n_samples)
         out = predict(self.net, normalized, task=chosen, n_samples=t, seed=self.seed, tile=tile, margin=margin,
                       working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
@@ -287,6 +292,7 @@ class ClisSession:
         self._normalized = normalized
         self._fingerprint = fp
         self.task = chosen
+        self.task_choice = choice
         self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration,
                                        locality=self.locality, single_object=self.single_object)
         return result
@@ -378,9 +384,25 @@ class ClisSession:
         x = x[0, :, :h, :w].to(self.device)
         return (x, None) if y is None else (x, y[0, 0, :h, :w].long().to(self.device))
 
-    def _image_fingerprint(self, normalized: np.ndarray) -> np.ndarray:
-        x, _ = self._working(normalized, max_side=512)
-        return fingerprint(self.net, x[None])
+    def _choose_task(self, normalized: np.ndarray, task: int | None = None) -> tuple[np.ndarray, int, dict]:
+        """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``.
+
+        The fingerprint sees the whole image at most ``CHECK_SIDE`` px on a side; the agreement check sees the
+        image as the network segments it (a model's working resolution; else the central ``CHECK_SIDE`` px
+        square of a larger image at its own resolution)."""
+        x, _ = self._working(normalized, max_side=CHECK_SIDE)
+        fp = fingerprint(self.net, x[None])
+        if task is not None:
+            return fp, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
+        if not self.tasks and not self.remembered:
+            return fp, 0, {"nearest": 0, "known": False, "agreement": None}
+        h, w = normalized.shape[-2:]
+        if self.working_long_side is None and max(h, w) > CHECK_SIDE:  # the agreement check at the scale it segments
+            y0, x0 = max(0, (h - CHECK_SIDE) // 2), max(0, (w - CHECK_SIDE) // 2)
+            x, _ = self._working(normalized[:, y0:y0 + CHECK_SIDE, x0:x0 + CHECK_SIDE])
+        task, info = choose_task(self.net, x, fp, self.tasks, self.remembered, class_log_prior=self.class_log_prior,
+                                 single_object=self.single_object)
+        return fp, task, info
 
     def learn(self, *, steps: int | None = None, progress=None) -> TaskRecord:
         """Learn from the current image (its propagated labels) as a new task.
