@@ -153,6 +153,11 @@ class SegmentWidget(Container):
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
                      self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
                      self._save_path, self._save_button])
+        from qtpy.QtWidgets import QSizePolicy
+
+        for label in (self._status, self._click_status, self._tasks_label):  # long messages (a file path) wrap
+            label.native.setWordWrap(True)  # and never widen the dock over the canvas
+            label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         layout = self.native.layout()  # the plots sit under the task list (magicgui wraps it in a row)
         at = 1 + next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None and
                       (layout.itemAt(i).widget() is self._tasks_label.native
@@ -719,7 +724,9 @@ class SegmentWidget(Container):
         saved = ""
         if session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
             self._on_saved(session.autosave)
-            saved = f" Saved in {session.autosave}."
+            from pathlib import Path
+
+            saved = f" Saved as {Path(session.autosave).name} in the models folder."
         from .continual import kernel_usage
 
         free = sum(int((used == 0).sum()) for used in kernel_usage(session.net).values())
