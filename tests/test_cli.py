@@ -74,6 +74,17 @@ def test_speed_benchmark_prints_a_table_with_the_ratio_to_one_forward_pass():
                           "--repeats", "1", "--samples", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "| 64x64 RGB |" in out.stdout and "ratio to forward" in out.stdout
+    assert "`segment()` with a learned task (s)" in out.stdout
+
+
+def test_the_speed_benchmarks_learned_task_makes_segment_run_the_agreement_check(nuclei_fluo):
+    from napari_clis.benchmarks import _with_a_learned_task
+
+    s = _with_a_learned_task("nuclei", 2)
+    r = s.segment(nuclei_fluo[0])
+    # task 1 is task 0's mask copied: checked, in full agreement, and used
+    assert s.task == 1 and s.task_choice == {"nearest": 1, "known": False, "agreement": 1.0}
+    np.testing.assert_array_equal(r.labels, s.segment(nuclei_fluo[0], task=0).labels)
 
 
 def test_interactive_benchmark_compares_clis_with_both_peers_on_a_tiny_data_folder(tmp_path):

@@ -59,7 +59,7 @@ def test_an_unseen_image_keeps_a_learned_task_only_where_it_agrees_with_the_pret
 
 
 def test_the_agreement_check_sees_a_large_image_at_the_resolution_it_is_segmented_at(learned):
-    """Over 512 px the fingerprint sees the image shrunk, the agreement check its central 512 px at full size."""
+    """Over 512 px the fingerprint sees the image shrunk, the agreement check its central 256 px at full size."""
     from napari_clis.continual import choose_task
     from napari_clis.preprocessing import normalize_image
 
@@ -67,9 +67,9 @@ def test_the_agreement_check_sees_a_large_image_at_the_resolution_it_is_segmente
     big = np.ascontiguousarray(np.tile(b, (3, 4, 1)))  # 768 x 640, the right half of the slide repeated
     x = normalize_image(big)
     fp, task, info = s._choose_task(x)
-    y0, x0 = (x.shape[1] - 512) // 2, (x.shape[2] - 512) // 2
-    crop, _ = s._working(x[:, y0:y0 + 512, x0:x0 + 512])
-    assert crop.shape[-2:] == (512, 512)
+    y0, x0 = (x.shape[1] - 256) // 2, (x.shape[2] - 256) // 2
+    crop, _ = s._working(x[:, y0:y0 + 256, x0:x0 + 256])
+    assert crop.shape[-2:] == (256, 256)
     assert (task, info) == choose_task(s.net, crop, fp, s.tasks)
     shrunk, _ = s._working(x, max_side=512)
     assert info["agreement"] != choose_task(s.net, shrunk, fp, s.tasks)[1]["agreement"]
@@ -91,6 +91,7 @@ def test_a_task_learned_from_a_mistaken_annotation_does_not_take_over_a_new_imag
     s.learn_settings.lr, s.learn_settings.steps = 0.05, 40
     record = s.learn()
     assert record.task == 1 and record.dice_after > record.dice_before
+    assert s.task_choice == {"nearest": 1, "known": True, "agreement": None}  # the image is now task 1's own
     mistaken = s.segment(b, task=1).labels
     assert dice(mistaken > 0, tb > 0) < dice(pretrained_b > 0, tb > 0) - 0.2  # the mistake, forced on the other half
     r = s.segment(b)
@@ -180,9 +181,10 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
     with pytest.raises(LearnRejected, match="rolled back"):
         t.learn(steps=2)
     assert t.net is net and len(t.tasks) == 1
+    assert t.task_choice == {"nearest": 0, "known": True, "agreement": None}  # remembered from now on
     # the image keeps the task that segmented it, even though a learned task is near it
     t.segment(a)
-    assert t.task == 0 and t.remembered[-1][1] == 0
+    assert t.task == 0 and t.remembered[-1][1] == 0 and t.task_choice["known"]
 
 
 def test_learning_needs_a_segmentation_with_something_in_it(nuclei_fluo):

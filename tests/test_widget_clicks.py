@@ -294,6 +294,22 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     assert other._status.value.endswith("\nTask 1: this image's own.")  # the image task 1 learned from
 
 
+def test_long_names_break_inside_the_dock_instead_of_widening_it(make_napari_viewer):
+    from napari_clis._widget import SegmentWidget, breakable
+
+    name = "patient_0042_left_forearm_dermoscopy_2024_visit_03_flipped"
+    assert breakable("Saved as " + name + ".pt in the models folder.").replace("\u200b", "") == (
+        "Saved as " + name + ".pt in the models folder.")
+    assert all(len(part) <= 24 for part in breakable(name + ".pt").split("\u200b"))
+    assert breakable("short words stay as they are") == "short words stay as they are"
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    before = widget._image_combo.native.sizeHint().width()
+    viewer.add_image(np.zeros((8, 8)), name=name * 3)
+    assert widget._image_combo.value.name == name * 3
+    assert widget._image_combo.native.sizeHint().width() <= before  # elided, not widening (else 1148 px)
+
+
 def test_the_status_line_says_which_task_segmented_the_image_and_why():
     from types import SimpleNamespace
 

@@ -45,6 +45,14 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
+def breakable(text: str, every: int = 24) -> str:
+    """``text`` with a zero-width space after every ``every`` characters of a long word (a file name, a path), so
+    that a wrapping label can break it instead of cutting it off at the dock's edge."""
+    import re
+
+    return re.sub(r"\S{%d}(?=\S)" % every, lambda m: m.group(0) + "\u200b", text)
+
+
 def task_choice_text(session) -> str:
     """Which task segmented the current image and why: a second line for the status ("" before anything is
     learned). The agreement is with the pretrained task's segmentation (``continual.choose_task``)."""
@@ -153,11 +161,14 @@ class SegmentWidget(Container):
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
                      self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
                      self._save_path, self._save_button])
-        from qtpy.QtWidgets import QSizePolicy
+        from qtpy.QtWidgets import QComboBox, QSizePolicy
 
         for label in (self._status, self._click_status, self._tasks_label):  # long messages (a file path) wrap
             label.native.setWordWrap(True)  # and never widen the dock over the canvas
             label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        for combo in (self._image_combo, self._model_combo):  # long layer or file names: elided, not widening
+            combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.native.setMinimumContentsLength(16)
         layout = self.native.layout()  # the plots sit under the task list (magicgui wraps it in a row)
         at = 1 + next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None and
                       (layout.itemAt(i).widget() is self._tasks_label.native
@@ -200,7 +211,7 @@ class SegmentWidget(Container):
         self._checkpoint.visible = value == CUSTOM_MODEL
 
     def _set_status(self, text: str) -> None:
-        self._status.value = text
+        self._status.value = breakable(text)
 
     def _get_session(self):
         """Load (or reuse) the session for the chosen model and device; raises with a user message.
@@ -319,7 +330,7 @@ class SegmentWidget(Container):
         self._progress.value = i + 1
         self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
                           f"Segmented '{layer.name}'. Bright areas of 'uncertainty' need checking.")
-                         + task_choice_text(self._session))
+                         + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
 
     def _on_error(self, error: Exception) -> None:
         _notify_error(f"Segmentation failed: {error}")
@@ -576,7 +587,7 @@ class SegmentWidget(Container):
                 inter.set_painted(painted)
         except Exception as e:  # the layers keep the user's clicks and edits; nothing is overwritten
             _notify_error(f"Cannot apply the corrections: {e}")
-            self._click_status.value = f"Not applied: {e}"
+            self._click_status.value = breakable(f"Not applied: {e}")
             return
         msg = f"{len(labs)} click(s) applied" + ("; " + "; ".join(notes) if notes else "") + "."
         if notes:
@@ -622,7 +633,7 @@ class SegmentWidget(Container):
         seg.refresh()
         self._written_base = base.copy()
         self._written_labels = np.asarray(labels).copy()
-        self._click_status.value = msg
+        self._click_status.value = breakable(msg)
         self._update_suggestions()
 
     def _update_suggestions(self) -> None:

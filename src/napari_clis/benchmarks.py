@@ -103,10 +103,11 @@ def _speed_one(size: int, model: str, n_samples: int, repeats: int, data_root: s
     session = ClisSession.from_pretrained(model, device="cpu", n_samples=n_samples)
     image = _speed_image(size, data_root)
     base_rss = _rss_mb()
+    learned = _with_a_learned_task(model, n_samples)
     x = normalize_image(image)
     wls, flips = session.working_long_side, session.test_time_flips
     predict(session.net, x[:, :64, :64], n_samples=1)  # warm-up
-    t_fwd, t_unc, t_naive, t_sp, t_seg = [], [], [], [], []
+    t_fwd, t_unc, t_naive, t_sp, t_seg, t_task = [], [], [], [], [], []
     for _ in range(repeats):  # interleaved, so a slow spell of the machine hits every column alike
         t = time.perf_counter()
         predict(session.net, x, n_samples=0, working_long_side=wls, flips=flips)
@@ -124,12 +125,31 @@ def _speed_one(size: int, model: str, n_samples: int, repeats: int, data_root: s
         t = time.perf_counter()
         session.segment(image)
         t_seg.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        learned.segment(image)
+        t_task.append(time.perf_counter() - t)
     med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
     return {
         "size": size, "forward_s": med(t_fwd), "uncertainty_s": med(t_unc), "naive_s": med(t_naive),
-        "superpixels_s": med(t_sp), "segment_s": med(t_seg), "base_rss_mb": base_rss, "peak_rss_mb": _peak_rss_mb(),
-        "repeats": repeats,
+        "superpixels_s": med(t_sp), "segment_s": med(t_seg), "segment_task_s": med(t_task), "base_rss_mb": base_rss,
+        "peak_rss_mb": _peak_rss_mb(), "repeats": repeats, "agreement_checked": learned.task_choice["agreement"] is not None,
     }
+
+
+def _with_a_learned_task(model: str, n_samples: int):
+    """A session that knows one learned image (not the one timed), so that ``segment()`` runs the task-aware
+    module's agreement check: task 1 is a copy of task 0's mask (what it learned does not change the cost)."""
+    import torch
+
+    from .continual import TaskRecord, fingerprint
+    from .session import ClisSession
+
+    s = ClisSession.from_pretrained(model, device="cpu", n_samples=n_samples)
+    s.net.add_task(init_from=0)
+    fp = fingerprint(s.net, torch.zeros((1, 3, 64, 64)))  # a blank image's: the timed one is unseen
+    s.tasks = [TaskRecord(task=1, parent=0, fingerprint=list(fp), image_shape=[0, 0], clicks=[], kernels_on={},
+                          kernels_new=0, dice_before=0.0, dice_after=0.0, seconds=0.0)]
+    return s
 
 
 def speed(args) -> int:
@@ -148,16 +168,19 @@ def speed(args) -> int:
         print(f"  {size}x{size} done", file=sys.stderr)
     print(f"\nSpeed of `segment` ({args.model} model, T={args.samples} MC samples), {_machine()}\n")
     print("| image | one forward pass (s) | network + uncertainty (s) | ratio to forward | naive T-pass MC (s) | "
-          "naive ratio | superpixels (s) | whole `segment()` (s) | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "naive ratio | superpixels (s) | whole `segment()` (s) | `segment()` with a learned task (s) | ratio | "
+          "peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         naive = f"{r['naive_s']:.3f}" if np.isfinite(r["naive_s"]) else "not run"
         naive_ratio = f"{r['naive_s'] / r['forward_s']:.2f}" if np.isfinite(r["naive_s"]) else "-"
         print(f"| {r['size']}x{r['size']} RGB | {r['forward_s']:.3f} | {r['uncertainty_s']:.3f} | "
               f"{r['uncertainty_s'] / r['forward_s']:.2f} | {naive} | {naive_ratio} | {r['superpixels_s']:.3f} | "
-              f"{r['segment_s']:.3f} | {r['peak_rss_mb']:.0f} (before: {r['base_rss_mb']:.0f}) |")
+              f"{r['segment_s']:.3f} | {r['segment_task_s']:.3f} | {r['segment_task_s'] / r['segment_s']:.2f} | "
+              f"{r['peak_rss_mb']:.0f} (before: {r['base_rss_mb']:.0f}) |")
     print(f"\nMedian of {args.repeats} interleaved repeats (1 for 4096x4096); peak memory is the process's "
-          "maximum resident set, model and torch included.")
+          "maximum resident set, model and torch included. With a learned task: the session knows one learned image "
+          "(not this one), so the task-aware module checks that task against the pretrained one first.")
     return 0
 
 

@@ -150,11 +150,8 @@ def choose_task(net: ClisNet, x: torch.Tensor, fp: np.ndarray, records: list[Tas
     from .uncertainty import decide
 
     nearest = select_task(fp, records, remembered)
-    info = {"nearest": nearest, "known": False, "agreement": None}
-    if nearest == 0:
-        return 0, info
-    if _known(fp, records, remembered):
-        info["known"] = True
+    info = {"nearest": nearest, "known": _known(fp, records, remembered), "agreement": None}
+    if nearest == 0 or info["known"]:
         return nearest, info
     labels = [decide(torch.softmax(net(x[None], t)[0][0], 0).float().cpu().numpy(), class_log_prior,
                      single_object) > 0 for t in (nearest, 0)]

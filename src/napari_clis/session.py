@@ -35,7 +35,8 @@ __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", 
            "LearnCancelled"]
 
 
-CHECK_SIDE = 512  # px: the side of what the task-aware module looks at (fingerprint, agreement check)
+CHECK_SIDE = 512  # px: the longest side of the image the task-aware module fingerprints
+AGREEMENT_SIDE = 256  # px: the central square its agreement check sees at full size (models without a working side)
 
 
 class LearnRejected(RuntimeError):
@@ -388,8 +389,8 @@ class ClisSession:
         """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``.
 
         The fingerprint sees the whole image at most ``CHECK_SIDE`` px on a side; the agreement check sees the
-        image as the network segments it (a model's working resolution; else the central ``CHECK_SIDE`` px
-        square of a larger image at its own resolution)."""
+        image as the network segments it: at a model's working resolution, else at its own resolution, cut to
+        the central ``AGREEMENT_SIDE`` px square (two passes of that cost about a quarter of one 512 px pass)."""
         x, _ = self._working(normalized, max_side=CHECK_SIDE)
         fp = fingerprint(self.net, x[None])
         if task is not None:
@@ -397,9 +398,9 @@ class ClisSession:
         if not self.tasks and not self.remembered:
             return fp, 0, {"nearest": 0, "known": False, "agreement": None}
         h, w = normalized.shape[-2:]
-        if self.working_long_side is None and max(h, w) > CHECK_SIDE:  # the agreement check at the scale it segments
-            y0, x0 = max(0, (h - CHECK_SIDE) // 2), max(0, (w - CHECK_SIDE) // 2)
-            x, _ = self._working(normalized[:, y0:y0 + CHECK_SIDE, x0:x0 + CHECK_SIDE])
+        if self.working_long_side is None and max(h, w) > AGREEMENT_SIDE:  # at the scale it segments
+            y0, x0 = max(0, (h - AGREEMENT_SIDE) // 2), max(0, (w - AGREEMENT_SIDE) // 2)
+            x, _ = self._working(normalized[:, y0:y0 + AGREEMENT_SIDE, x0:x0 + AGREEMENT_SIDE])
         task, info = choose_task(self.net, x, fp, self.tasks, self.remembered, class_log_prior=self.class_log_prior,
                                  single_object=self.single_object)
         return fp, task, info
@@ -432,9 +433,10 @@ class ClisSession:
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
         if not info["dice_after"] >= info["dice_before"]:
             self.remembered.append(([float(v) for v in self._fingerprint], int(self.task)))
+            self.task_choice = {"nearest": int(self.task), "known": True, "agreement": None}  # now remembered
             raise LearnRejected(
                 f"Learning was rolled back: the new task would segment this image worse than the current model "
-                f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on your corrected "
+                f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on the accepted "
                 "segmentation). The model is unchanged."
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
@@ -447,7 +449,8 @@ class ClisSession:
         self.tasks.append(record)
         if inter.painted is not None:
             self.annotations[task] = inter.painted.astype(np.int8)
-        self.task = task
+        self.task, choice = task, self.task_choice
+        self.task_choice = {"nearest": task, "known": True, "agreement": None}  # the image is now this task's own
         if self.autosave is not None:
             try:
                 self.save(self.autosave)
@@ -455,7 +458,7 @@ class ClisSession:
                 self.net = old_net  # an autosave that fails must not leave a learned task unsaved
                 self.tasks.pop()
                 self.annotations.pop(task, None)
-                self.task = record.parent
+                self.task, self.task_choice = record.parent, choice
                 raise
         return record
 
