@@ -105,6 +105,12 @@ def test_a_task_learned_from_a_mistaken_annotation_does_not_take_over_a_new_imag
     tifffile.imwrite(path, b)
     (out,) = s.segment_many([path])
     np.testing.assert_array_equal(out.labels, pretrained_b)
+    assert out.tasks == (0,)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    (written,) = s.segment_many([tmp_path / "a.tif"], tmp_path / "out")  # the learned image: its own task
+    from napari_clis.batch import read_batch_metadata
+
+    assert written.tasks == (1,) and read_batch_metadata(written.outputs["labels"])["tasks"] == [1]
 
 
 def test_the_pretrained_task_is_untouched_by_learning(learned, nuclei_he):

@@ -94,6 +94,9 @@ class FileResult:
         Wall time from reading the file to writing its outputs.
     labels, uncertainty, superpixels : ndarray or None
         ``shape`` int32, float32, int32: the results themselves, kept only when no output folder is given.
+    tasks : tuple of int
+        Per plane, the task (kernel mask) that segmented it: the task-aware module's choice, as ``segment()``
+        makes it (0, the pretrained task, while nothing is learned). Also in the outputs' metadata.
     """
 
     source: Path
@@ -106,6 +109,7 @@ class FileResult:
     labels: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
     superpixels: np.ndarray | None = None
+    tasks: tuple = ()
 
 
 # -- tiles ------------------------------------------------------------------------------------------------------
@@ -418,7 +422,7 @@ def _complete(state: _Prepared) -> FileResult:
         return FileResult(job.source, "failed", error=f"{job.source}: {state.error}")
     arrays = _assemble(state)
     shape = next(iter(arrays.values())).shape
-    done = dict(source=job.source, shape=shape, tiles=state.n_pieces)
+    done = dict(source=job.source, shape=shape, tiles=state.n_pieces, tasks=tuple(int(t) for _, t, _ in state.plans))
     if not job.outputs:
         return FileResult(status="segmented", seconds=time.perf_counter() - state.t0, **done, **arrays)
     try:
@@ -448,7 +452,8 @@ def _assemble(state: _Prepared) -> dict[str, np.ndarray]:
 
 def _write_output(path: Path, array: np.ndarray, kind: str, state: _Prepared) -> None:
     info = state.info
-    record = {KEY: {"kind": kind, **state.job.record, "axes": state.axes, "source_metadata": info.to_dict()}}
+    record = {KEY: {"kind": kind, **state.job.record, "axes": state.axes, "source_metadata": info.to_dict(),
+                    "tasks": [int(t) for _, t, _ in state.plans]}}
     shaped = {"axes": state.axes, **{k: v for k, v in info.imagej.items() if k in ("spacing", "unit")}}
     kwargs = {}
     if info.resolution:
