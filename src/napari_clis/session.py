@@ -35,7 +35,7 @@ __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", 
            "LearnCancelled"]
 
 
-CHECK_SIDE = 512  # px: the longest side of the image the task-aware module fingerprints
+FINGERPRINT_SIDE = 512  # px: the longest side of the image the task-aware module fingerprints
 AGREEMENT_SIDE = 256  # px: the central square its agreement check sees at full size (models without a working side)
 
 
@@ -388,10 +388,10 @@ class ClisSession:
     def _choose_task(self, normalized: np.ndarray, task: int | None = None) -> tuple[np.ndarray, int, dict]:
         """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``.
 
-        The fingerprint sees the whole image at most ``CHECK_SIDE`` px on a side; the agreement check sees the
-        image as the network segments it: at a model's working resolution, else at its own resolution, cut to
-        the central ``AGREEMENT_SIDE`` px square (two passes of that cost about a quarter of one 512 px pass)."""
-        x, _ = self._working(normalized, max_side=CHECK_SIDE)
+        The fingerprint sees the whole image at most ``FINGERPRINT_SIDE`` px on a side; the agreement check
+        sees the image as the network segments it: at a model's working resolution, else at its own resolution,
+        cut to the central ``AGREEMENT_SIDE`` px square (two passes of that cost a quarter of one 512 px pass)."""
+        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE)
         fp = fingerprint(self.net, x[None])
         if task is not None:
             return fp, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
