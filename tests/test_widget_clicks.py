@@ -383,6 +383,18 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session is session and len(session.tasks) == 1 and not messages["error"]
+    assert session.task == 1 and widget._status.value.endswith("\nTask 1: this image's own.")
+
+    # the Task list: the learned task is offered, and a chosen task segments the image regardless of the choice
+    combo = widget._task_combo
+    assert combo.choices == (-1, 0, 1)
+    assert [combo.native.itemText(i) for i in range(combo.native.count())] == ["auto (task-aware)", "0 (pretrained)",
+                                                                                "1"]
+    widget._task_combo.value = 0
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert session.task == 0 and widget._status.value.endswith("\nTask 0, as asked.") and not messages["error"]
+    widget._task_combo.value = -1
 
     widget._model_combo.value = "skin-lesion"  # another model: a new session, and the user is told where
     widget.run(viewer.layers["he"])

@@ -12,6 +12,10 @@ SAMPLES = (
     "How many random variations of the network are drawn to estimate uncertainty. "
     "More is smoother but slower; 0 turns the uncertainty map off."
 )
+TASK = (
+    "Which learned task (kernel mask) segments the image. 'auto': the task of the most similar image you taught, "
+    "if it agrees with the pretrained model here, else the pretrained task 0. Choose one to use it regardless."
+)
 ALL_SLICES = "Segment every 2D slice of a stack or time series, not only the one on screen. You can cancel at any time."
 RUN = "Segment the image and show the segmentation, the uncertainty map and the superpixels as layers (Shift-S)."
 CANCEL = "Stop after the current slice. Slices already segmented are kept."

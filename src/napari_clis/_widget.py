@@ -45,6 +45,9 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
+AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
+
+
 def breakable(text: str, every: int = 24) -> str:
     """``text`` with a zero-width space after every ``every`` characters of a long word (a file name, a path), so
     that a wrapping label can break it instead of cutting it off at the dock's edge."""
@@ -124,6 +127,7 @@ class SegmentWidget(Container):
         self._checkpoint = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False, tooltip=tips.CHECKPOINT)
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=tips.DEVICE)
         self._samples = SpinBox(label="MC samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
+        self._task_combo = ComboBox(label="Task", choices=self._task_choices, value=AUTO_TASK, tooltip=tips.TASK)
         self._all_slices = CheckBox(text="All slices", value=False, tooltip=tips.ALL_SLICES)
         self._run_button = PushButton(text="Segment", tooltip=tips.RUN)
         self._cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
@@ -157,7 +161,7 @@ class SegmentWidget(Container):
         self._learn_button.changed.connect(lambda: self.learn())
         self._save_button.changed.connect(lambda: self.save_model())
         self.extend([self._image_combo, self._model_combo, self._checkpoint, self._device, self._samples,
-                     self._all_slices, self._run_button, self._cancel_button, self._progress, self._status,
+                     self._task_combo, self._all_slices, self._run_button, self._cancel_button, self._progress, self._status,
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
                      self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
                      self._save_path, self._save_button])
@@ -262,11 +266,14 @@ class SegmentWidget(Container):
             layer = self._check_layer(layer)
             planes = plane_indices(layer, self._viewer, bool(self._all_slices.value))
             session = self._get_session()
+            task = self._task_combo.value
+            if task != AUTO_TASK and not 0 <= task < session.net.n_tasks:
+                raise ValueError(f"the model has no task {task}; choose 'auto' or one of its tasks")
         except Exception as e:  # every failure here is shown to the user; nothing has been changed yet
             _notify_error(f"Cannot segment: {e}")
             self._set_status(f"Not segmented: {e}")
             return
-        self._start_worker(layer, planes, session)
+        self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
 
     def _check_layer(self, layer):
         from napari.layers import Image
@@ -278,7 +285,7 @@ class SegmentWidget(Container):
             raise ValueError(f"'{layer.name}' is a {kind} layer, not an image. Choose an image layer.")
         return layer
 
-    def _start_worker(self, layer, planes, session) -> None:
+    def _start_worker(self, layer, planes, session, task: int | None = None) -> None:
         from napari.qt.threading import thread_worker
 
         data = layer.data
@@ -288,7 +295,7 @@ class SegmentWidget(Container):
         def work():
             for i, idx in enumerate(planes):
                 plane = np.asarray(data[idx]) if idx else np.asarray(data)
-                result = session.segment(plane)
+                result = session.segment(plane, task=task)
                 yield i, idx, result
 
         worker = work()
@@ -760,11 +767,18 @@ class SegmentWidget(Container):
             _notify_error(f"Learning failed, the model is unchanged: {error}")
             self._set_status(f"Learning failed: {error}")
 
+    def _task_choices(self, _widget=None) -> list[tuple[str, int]]:
+        """'auto', then the tasks of the model in use (task 0: the pretrained one)."""
+        session = getattr(self, "_session", None)
+        n = session.net.n_tasks if session is not None else 1
+        return [("auto (task-aware)", AUTO_TASK), ("0 (pretrained)", 0)] + [(str(t), t) for t in range(1, n)]
+
     def _show_tasks(self) -> None:
         """The task list, its plot, and the mask usage of the task that segmented the current image."""
         from .continual import mask_usage
 
         session = self._session
+        self._task_combo.reset_choices()  # a new task, or another model
         self._task_plot.set_tasks(session.tasks if session is not None else [])
         self._mask_plot.set_usage(mask_usage(session.net, session.task) if session is not None else [],
                                   session.task if session is not None else 0)
