@@ -394,6 +394,10 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert session.task == 0 and widget._status.value.endswith("\nTask 0, as asked.") and not messages["error"]
+    widget._start_worker(viewer.layers["he"], [()], session, task=5)  # a task the model lacks: refused, said why
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert any("task 5 does not exist" in m for m in messages["error"]) and session.task == 0
+    messages["error"].clear()
     widget._task_combo.value = -1
 
     widget._model_combo.value = "skin-lesion"  # another model: a new session, and the user is told where

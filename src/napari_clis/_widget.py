@@ -161,7 +161,8 @@ class SegmentWidget(Container):
         self._learn_button.changed.connect(lambda: self.learn())
         self._save_button.changed.connect(lambda: self.save_model())
         self.extend([self._image_combo, self._model_combo, self._checkpoint, self._device, self._samples,
-                     self._task_combo, self._all_slices, self._run_button, self._cancel_button, self._progress, self._status,
+                     self._task_combo, self._all_slices, self._run_button, self._cancel_button, self._progress,
+                     self._status,
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
                      self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
                      self._save_path, self._save_button])
@@ -266,13 +267,11 @@ class SegmentWidget(Container):
             layer = self._check_layer(layer)
             planes = plane_indices(layer, self._viewer, bool(self._all_slices.value))
             session = self._get_session()
-            task = self._task_combo.value
-            if task != AUTO_TASK and not 0 <= task < session.net.n_tasks:
-                raise ValueError(f"the model has no task {task}; choose 'auto' or one of its tasks")
         except Exception as e:  # every failure here is shown to the user; nothing has been changed yet
             _notify_error(f"Cannot segment: {e}")
             self._set_status(f"Not segmented: {e}")
             return
+        task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
         self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
 
     def _check_layer(self, layer):
