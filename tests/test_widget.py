@@ -172,6 +172,23 @@ def test_the_manifest_contributes_the_widget_and_the_samples(make_napari_viewer)
     assert viewer.layers["skin lesion"].rgb
 
 
+def test_the_dock_scrolls_in_a_short_window_and_keeps_its_width(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.showNormal()
+    viewer.window.resize(1280, 700)  # a laptop screen: the controls and plots need more height than that
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    for _ in range(10):
+        QApplication.processEvents()
+    area = dock.widget()
+    assert isinstance(area, QScrollArea) and area.widget().isAncestorOf(widget._learn_button.native)
+    assert area.verticalScrollBar().maximum() > 0  # what does not fit can be scrolled to
+    area.ensureWidgetVisible(widget._save_button.native)
+    assert area.verticalScrollBar().value() > 0
+    assert dock.width() < 450 < viewer.window._qt_viewer.canvas.native.width()  # the canvas keeps its room
+
+
 def test_shift_s_in_the_viewer_segments_the_chosen_image(viewer_and_widget, qtbot, nuclei_fluo):
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(nuclei_fluo[0], name="fluo")

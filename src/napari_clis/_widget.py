@@ -113,7 +113,7 @@ class SegmentWidget(Container):
     """Segment the chosen image with a CLIS model; results go to layers that re-runs update."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
+        super().__init__(scrollable=True)  # on a laptop screen the dock is taller than the window: it scrolls
         from ._plots import MaskUsagePlot, TaskPlot
 
         self._viewer = viewer
@@ -174,7 +174,7 @@ class SegmentWidget(Container):
         for combo in (self._image_combo, self._model_combo):  # long layer or file names: elided, not widening
             combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.native.setMinimumContentsLength(16)
-        layout = self.native.layout()  # the plots sit under the task list (magicgui wraps it in a row)
+        layout = self._widget._mgui_get_native_widget().layout()  # the plots sit under the task list (magicgui wraps it in a row)
         at = 1 + next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None and
                       (layout.itemAt(i).widget() is self._tasks_label.native
                        or layout.itemAt(i).widget().isAncestorOf(self._tasks_label.native)))
@@ -188,6 +188,12 @@ class SegmentWidget(Container):
         viewer.bind_key("Shift-F", lambda _viewer: self.set_click_class(1), overwrite=True)
         viewer.bind_key("Shift-C", lambda _viewer: self.next_click_class(), overwrite=True)
         viewer.bind_key("Shift-L", lambda _viewer: self.learn(), overwrite=True)
+
+    @property
+    def native(self):
+        """The scroll area around the controls: what napari docks (magicgui's ``native`` is the widget inside
+        it, which napari would take out of the scroll area)."""
+        return self.root_native_widget
 
     def _image_choices(self, _widget=None) -> list:
         """The viewer's image layers, without this widget's own outputs (the uncertainty map)."""
