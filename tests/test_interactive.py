@@ -36,6 +36,21 @@ def test_a_click_on_a_straddling_superpixel_labels_only_its_own_side():
     assert not lab[:, 15:20].any(), "the click spread across the object border"
 
 
+def test_the_region_graph_is_the_same_for_sparse_superpixel_ids(nuclei_session, nuclei_he):
+    """Compact SLIC ids take a lookup table, sparse ones a sort: the same regions, numbered in the same order."""
+    r = nuclei_session.segment(nuclei_he[0][:160, :200], n_samples=2)
+    from napari_clis.preprocessing import normalize_image
+
+    x = normalize_image(nuclei_he[0][:160, :200])
+    compact = build_region_graph(r.superpixels, r.probabilities, r.uncertainty, x)
+    sparse = build_region_graph(r.superpixels.astype(np.int64) * 100_003 + 7, r.probabilities, r.uncertainty, x)
+    assert compact.n > len(np.unique(r.superpixels))  # split by the network's labels and confidence
+    for field in ("regions", "area", "logp", "colour", "uncertainty", "centroid", "edges", "contrast"):
+        assert np.array_equal(getattr(compact, field), getattr(sparse, field)), field
+    assert np.array_equal(compact.superpixel * 100_003 + 7, sparse.superpixel)
+    assert compact.regions.max() == compact.n - 1 and compact.area.min() > 0  # every number is a region
+
+
 def test_a_click_does_not_cross_the_border_the_network_sees_inside_a_superpixel():
     img, sp, probs, unc = _straddling_scene()
     probs = probs.copy()

@@ -144,11 +144,28 @@ def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncer
     k, h, w = probabilities.shape
     if superpixels.shape != (h, w) or uncertainty.shape != (h, w) or normalized.shape[-2:] != (h, w):
         raise ValueError("superpixels, probabilities, uncertainty and image must have the same height and width")
-    part = probabilities.argmax(0).astype(np.int64) * 2 + (probabilities.max(0) >= CONFIDENT)
-    key = superpixels.astype(np.int64).ravel() * (2 * k) + part.ravel()
-    uniq, inv = np.unique(key, return_inverse=True)
+    # regions: superpixel x network label x confident, numbered in the order of that key (as np.unique would);
+    # a lookup table over the keys instead of sorting the pixels keeps a 4096 px image's peak memory down
+    part = probabilities.argmax(0).astype(np.int64)
+    part *= 2
+    part += probabilities.max(0) >= CONFIDENT
+    key = superpixels.astype(np.int64)
+    key *= 2 * k
+    key += part
+    del part
+    key = key.ravel()
+    if key.size and key.min() >= 0 and key.max() < 4 * key.size + 1024:
+        present = np.bincount(key) > 0
+        uniq = np.flatnonzero(present)
+        lookup = np.cumsum(present, dtype=np.int64) - 1
+        regions = lookup[key].astype(np.int32).reshape(h, w)
+        del present, lookup
+    else:  # sparse or negative superpixel ids
+        uniq, inv = np.unique(key, return_inverse=True)
+        regions = inv.reshape(h, w).astype(np.int32)
+        del inv
+    del key
     n = len(uniq)
-    regions = inv.reshape(h, w).astype(np.int32)
     flat = regions.ravel()
     area = np.bincount(flat, minlength=n).astype(np.float64)
 
@@ -158,20 +175,30 @@ def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncer
     logp = np.stack([mean(np.maximum(np.log(np.maximum(probabilities[c], 1e-12)), _LOG_FLOOR)) for c in range(k)], 1)
     colour = np.stack([mean(normalized[c]) for c in range(normalized.shape[0])], 1)
     unc = mean(uncertainty)
-    centroid = np.stack([mean(np.broadcast_to(np.arange(h, dtype=np.float64)[:, None], (h, w))),
-                         mean(np.broadcast_to(np.arange(w, dtype=np.float64)[None, :], (h, w)))], 1)
+    rows = np.arange(h, dtype=np.float64)
+    cols = np.arange(w, dtype=np.float64)
+    centroid = np.stack([mean(np.broadcast_to(rows[:, None], (h, w))), mean(np.broadcast_to(cols[None, :], (h, w)))], 1)
 
-    # contrast-sensitive weights of the 4-neighbour pixel pairs, summed per pair of regions
-    img = normalized.astype(np.float32)
-    dh = ((img[:, :, 1:] - img[:, :, :-1]) ** 2).sum(0)
-    dv = ((img[:, 1:, :] - img[:, :-1, :]) ** 2).sum(0)
+    # contrast-sensitive weights of the 4-neighbour pixel pairs, summed per pair of regions (horizontal pairs,
+    # then vertical ones; one colour channel at a time)
+    img = normalized.astype(np.float32, copy=False)
+    dh = np.zeros((h, max(0, w - 1)), np.float32)
+    dv = np.zeros((max(0, h - 1), w), np.float32)
+    for c in range(img.shape[0]):
+        dh += np.square(img[c, :, 1:] - img[c, :, :-1])
+        dv += np.square(img[c, 1:, :] - img[c, :-1, :])
     mean_d = (dh.sum() + dv.sum()) / max(1, dh.size + dv.size)
     beta = 1.0 / (2.0 * mean_d) if mean_d > 0 else 0.0
-    a = np.concatenate([regions[:, :-1].ravel(), regions[:-1, :].ravel()])
-    b = np.concatenate([regions[:, 1:].ravel(), regions[1:, :].ravel()])
-    d = np.concatenate([dh.ravel(), dv.ravel()])
-    cut = a != b
-    a, b, d = a[cut].astype(np.int64), b[cut].astype(np.int64), d[cut]
+    a, b, d = [], [], []
+    for left, right, diff in ((regions[:, :-1], regions[:, 1:], dh), (regions[:-1, :], regions[1:, :], dv)):
+        cut = left != right
+        a.append(left[cut])
+        b.append(right[cut])
+        d.append(diff[cut])
+        del cut
+    del dh, dv
+    a, b, d = (np.concatenate(v) for v in (a, b, d))
+    a, b = a.astype(np.int64), b.astype(np.int64)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     pair_key, pair_inv = np.unique(lo * n + hi, return_inverse=True)
     contrast = np.bincount(pair_inv, np.exp(-beta * d), minlength=len(pair_key))
