@@ -252,3 +252,21 @@ def test_saving_where_it_cannot_be_written_says_so(learned, tmp_path):
     s, *_ = learned
     with pytest.raises((CheckpointError, OSError)):
         s.save(tmp_path / "missing-folder" / "s.pt")
+
+
+def test_a_task_records_the_corrections_it_learned_from_not_those_made_while_it_learned(nuclei_fluo):
+    image, truth = nuclei_fluo
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    s.segment(image[:128, :128])
+    s.annotate(truth[:128, :128] > 0, 1)  # the true nuclei painted: something to learn
+    s.click(10, 10, 0)
+    late = []
+
+    def progress(step, total):  # the user clicks again while the task learns (the widget allows it)
+        if step == 1:
+            late.append(s.click(100, 100, 1))
+        return True
+
+    record = s.learn(steps=8, progress=progress)
+    assert late and [tuple(c) for c in record.clicks] == [(10, 10, 0)]
+    assert len(s.clicks) == 2  # the late click still applies to the segmentation

@@ -84,8 +84,11 @@ def test_all_slices_of_a_time_series_are_segmented_with_progress(viewer_and_widg
     _run(widget, qtbot, layer)
     seg = viewer.layers["segmentation"].data
     assert all(seg[t].any() for t in range(3))
-    np.testing.assert_array_equal(seg[1], widget.session.segment(stack[1]).labels)
     assert "3/3" in widget._status.value
+    shown = int(round(viewer.dims.point[0]))
+    assert widget._target[1] == (shown,)  # the slice on screen went last: it is the one clicks correct
+    other = next(t for t in range(3) if t != shown)
+    np.testing.assert_array_equal(seg[other], widget.session.segment(stack[other]).labels)
 
 
 def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qtbot, nuclei_fluo):
@@ -100,6 +103,7 @@ def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qt
     seg = viewer.layers["segmentation"].data
     done = [t for t in range(30) if seg[t].any()]
     assert 1 <= len(done) < 30 and done == list(range(len(done)))
+    assert widget._status.value.replace("\u200b", "").startswith(f"Cancelled: {len(done)} of 30 slice(s)")
 
 
 def test_rgb_image_keeps_its_scale(viewer_and_widget, qtbot, lesion):

@@ -38,9 +38,10 @@ def _wrong_pixel(seg, truth, want):
     return np.unravel_index(int(dist.argmax()), dist.shape)
 
 
-def test_segmenting_creates_the_clicks_and_suggestions_layers(segmented):
+def test_segmenting_creates_the_clicks_and_suggestions_layers(segmented, qtbot):
     viewer, widget, _ = segmented
     clicks, sugg = viewer.layers["clicks"], viewer.layers["suggestions"]
+    qtbot.waitUntil(lambda: viewer.layers.index(clicks) > viewer.layers.index(sugg))  # clicks over the rings
     assert type(clicks).__name__ == "Points" and clicks.mode == "add"
     assert viewer.layers.selection.active is clicks
     assert len(sugg.data) == 16
@@ -398,9 +399,12 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert any("task 5 does not exist" in m for m in messages["error"]) and session.task == 0
     messages["error"].clear()
-    widget._task_combo.value = -1
+    widget._task_combo.value = 1
 
     widget._model_combo.value = "skin-lesion"  # another model: a new session, and the user is told where
+    # until it is loaded, the Task list offers none of the old model's tasks and the panel says so
+    assert widget._task_combo.value == -1 and widget._task_combo.choices == (-1, 0)
+    assert "Press Segment to use this model" in widget._tasks_label.value
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session is not session and any(str(saved[0]) in m for m in infos)
@@ -450,3 +454,122 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     widget.run(viewer.layers["he"])  # back and forth without corrections adds nothing more
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert len(viewer.layers) == 9
+
+
+def _disc(shape, centre, radius=3):
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def test_undo_takes_a_painted_stroke_back_and_redo_brings_it_back(segmented, qtbot):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    y, x = _wrong_pixel(seg.data, truth, 1)  # a missed nucleus: paint it, as one mouse stroke
+    disc = _disc(seg.data.shape, (y, x)) & (seg.data == 0)
+    with seg.block_history():
+        seg.data_setitem(np.nonzero(disc), 1)
+    assert (widget._painted[disc] == 1).all() and (seg.data[disc] == 1).all()
+    seg.undo()  # napari's Ctrl-Z
+    assert (widget._painted[disc] == -1).all(), "an undone stroke stayed an annotation"
+    painted = widget.session.interaction.painted  # None: nothing painted
+    assert painted is None or (painted[disc] == -1).all()
+    np.testing.assert_array_equal(seg.data, widget.session.labels)  # the propagation, fresh
+    clicks.add([y, x])  # a click there now fills its region: no locked hole where the stroke was
+    region = widget.session.interaction.graph.regions == widget.session.interaction.graph.regions[y, x]
+    assert seg.data[y, x] == 1 and (widget._painted[region] == -1).all()
+    seg.redo()
+    assert (widget._painted[disc] == 1).all() and (seg.data[disc] == 1).all()
+    # a single paint call: napari announces it before writing the pixels; it is an annotation all the same
+    by, bx = _wrong_pixel(seg.data, truth, 0)
+    seg.selected_label, seg.brush_size = 0, 3
+    seg.paint((by, bx), 0)
+    qtbot.waitUntil(lambda: widget._painted[by, bx] == 0, timeout=5_000)
+    seg.undo()
+    assert widget._painted[by, bx] == -1 and (widget._painted[disc] == 1).all()
+
+
+def test_segmenting_the_same_image_again_keeps_its_painted_edits(segmented, qtbot):
+    viewer, widget, truth = segmented
+    seg = viewer.layers["segmentation"]
+    y, x = _wrong_pixel(seg.data, truth, 1)
+    disc = _disc(seg.data.shape, (y, x)) & (seg.data == 0)
+    with seg.block_history():
+        seg.data_setitem(np.nonzero(disc), 1)
+    widget._samples.value = 2  # e.g. fewer samples: the same image segmented again
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert (seg.data[disc] == 1).all() and (widget.session.interaction.painted[disc] == 1).all()
+    seg.undo()  # nothing from before the new segmentation comes back
+    assert (seg.data[disc] == 1).all()
+
+
+def test_a_newly_opened_or_selected_image_is_the_one_segmented_next(segmented, nuclei_fluo):
+    viewer, widget, _ = segmented
+    he = viewer.layers["he"]
+    fluo = viewer.add_image(nuclei_fluo[0], name="fluo")  # File > Open: on top, and the one to segment
+    assert widget._image_combo.value is fluo
+    viewer.layers.selection.active = he
+    assert widget._image_combo.value is he
+    viewer.layers.selection.active = viewer.layers["uncertainty"]  # the widget's own output is never the input
+    assert widget._image_combo.value is he
+
+
+def test_images_are_told_apart_by_layer_not_by_name(segmented, qtbot, nuclei_fluo):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    corrected = seg.data.copy()
+    viewer.layers.remove(viewer.layers["he"])
+    other = viewer.add_image(nuclei_fluo[0], name="he")  # another image, by the same name
+    widget.run(other)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    np.testing.assert_array_equal(viewer.layers["segmentation [he]"].data, corrected)  # kept, not overwritten
+    assert len(viewer.layers["clicks"].data) == 0 and len(viewer.layers["clicks [he]"].data) == 1
+    n_layers = len(viewer.layers)
+    viewer.layers["clicks"].add([10, 10])
+    other.name = "renamed"  # the same image under a new name keeps its clicks and makes no copies
+    widget.run(other)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert len(viewer.layers) == n_layers and len(viewer.layers["clicks"].data) == 1
+
+
+def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_napari_viewer, qtbot, nuclei_fluo):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    dock, first = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    image = nuclei_fluo[0]
+    first.run(viewer.add_image(image, name="a"))
+    qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    QApplication.processEvents()
+    assert first._retired
+    _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    second.run(viewer.add_image(image[::-1].copy(), name="b"))
+    qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
+    seg = viewer.layers["segmentation"]
+    y, x = np.argwhere(seg.data == 0)[len(np.argwhere(seg.data == 0)) // 2]
+    with seg.block_history():
+        seg.data_setitem(np.nonzero(_disc(seg.data.shape, (y, x))), 1)
+    assert (second._painted >= 0).any()  # the new widget took the stroke
+    np.testing.assert_array_equal(seg.data, second.session.labels)  # and nothing of the closed one's image came back
+    assert not np.array_equal(seg.data, first.session.labels)
+
+
+def test_zero_mc_samples_hides_the_empty_map_and_suggests_nothing(segmented, qtbot):
+    viewer, widget, _ = segmented
+    widget._samples.value = 0
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert not viewer.layers["uncertainty"].visible and len(viewer.layers["suggestions"].data) == 0
+    assert "MC samples is 0" in widget._status.value.replace("\u200b", "")
+    widget._samples.value = 8
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert viewer.layers["uncertainty"].visible and len(viewer.layers["suggestions"].data) == 16
+
+
+def test_a_model_saved_without_an_extension_gets_pt(segmented, tmp_path):
+    _, widget, _ = segmented
+    widget.save_model(str(tmp_path / "mine"))
+    assert (tmp_path / "mine.pt").is_file()

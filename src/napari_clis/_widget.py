@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +47,17 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
 
 
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
+_OWNERS: dict[int, weakref.ref] = {}  # id(viewer) -> the widget that owns its layers (the last one opened)
+
+
+def _source_id(layer) -> str:
+    """What identifies an image layer across renames (its name need not be unique over time)."""
+    return str(layer.unique_id)
+
+
+def _same_source(lyr, image_layer) -> bool:
+    """Whether ``lyr`` (an output layer) was made for ``image_layer``."""
+    return lyr.metadata.get("source_id") == _source_id(image_layer)
 
 
 def breakable(text: str, every: int = 24) -> str:
@@ -74,6 +86,13 @@ def task_choice_text(session) -> str:
         return (f"\nPretrained task: task {c['nearest']} (most similar image) disagrees "
                 f"({c['agreement']:.2f} < {TRANSFER_AGREEMENT}).")
     return "\nPretrained task."
+
+
+def _clear_history(labels_layer) -> None:
+    """Empty a Labels layer's undo history (napari keeps it when the data is replaced)."""
+    reset = getattr(labels_layer, "_reset_history", None)
+    if callable(reset):
+        reset()
 
 
 def _notify_error(message: str) -> None:
@@ -117,6 +136,13 @@ class SegmentWidget(Container):
         from ._plots import MaskUsagePlot, TaskPlot
 
         self._viewer = viewer
+        self._retired = False  # closed, or replaced by a newer widget on the same viewer: it then does nothing
+        self._connections: list = []  # (emitter, callback) pairs to disconnect when retired
+        self._hooked: dict[str, weakref.WeakSet] = {"paint": weakref.WeakSet(), "clicks": weakref.WeakSet()}
+        previous = _OWNERS.get(id(viewer))
+        if previous is not None and previous() is not None:
+            previous()._retire()
+        _OWNERS[id(viewer)] = weakref.ref(self)
         self._session = None
         self._session_key = None
         self._saved_tasks = 0  # how many of the session's tasks are in a file (autosave, or Save model)
@@ -148,6 +174,11 @@ class SegmentWidget(Container):
         self._written_base = None  # the propagated labels last written to the segmentation layer
         self._written_labels = None  # what was last written there (propagation with the painted edits)
         self._painted = None  # every painted edit since the segmentation, -1 where none: they accumulate
+        self._painted_by_plane: dict = {}  # (source id, plane index) -> its painted map: kept across re-runs
+        self._strokes: list = []  # per paint event: (flat pixel indices, their painted values before), for undo
+        self._undone: list = []  # strokes undone, for redo
+        self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
+        self._learn_step = 0
         self._click_worker = None
         self._click_pending = False
         self._cancel_requested = False
@@ -180,14 +211,75 @@ class SegmentWidget(Container):
                        or layout.itemAt(i).widget().isAncestorOf(self._tasks_label.native)))
         layout.insertWidget(at, self._task_plot)
         layout.insertWidget(at + 1, self._mask_plot)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
+        self._connect(viewer.layers.events.inserted, self._on_layer_inserted)
+        self._connect(viewer.layers.events.removed, self.reset_choices)
+        self._connect(viewer.layers.selection.events.active, self._on_active_layer)
         self.reset_choices()
-        viewer.bind_key("Shift-S", lambda _viewer: self.run(), overwrite=True)
-        viewer.bind_key("Shift-B", lambda _viewer: self.set_click_class(0), overwrite=True)
-        viewer.bind_key("Shift-F", lambda _viewer: self.set_click_class(1), overwrite=True)
-        viewer.bind_key("Shift-C", lambda _viewer: self.next_click_class(), overwrite=True)
-        viewer.bind_key("Shift-L", lambda _viewer: self.learn(), overwrite=True)
+        for key, action in (("Shift-S", self.run), ("Shift-B", lambda: self.set_click_class(0)),
+                            ("Shift-F", lambda: self.set_click_class(1)), ("Shift-C", self.next_click_class),
+                            ("Shift-L", self.learn)):  # a closed widget's shortcuts do nothing
+            viewer.bind_key(key, lambda _viewer, action=action: None if self._retired else action(), overwrite=True)
+        self._watch_docking()
+
+    # -- lifetime: one widget per viewer owns the layers ------------------------------------------------
+    def _connect(self, emitter, callback) -> None:
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
+
+    def _watch_docking(self) -> None:
+        """Retire when napari closes the dock (it takes the widget out of the window, without deleting it)."""
+        from qtpy.QtCore import QEvent, QObject
+
+        widget = self
+
+        class _Watcher(QObject):
+            docked = False
+
+            def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+                if event.type() == QEvent.ParentChange:
+                    if obj.parent() is not None:
+                        self.docked = True
+                    elif self.docked:
+                        widget._retire()
+                return False
+
+        self._watcher = _Watcher()
+        self.native.installEventFilter(self._watcher)
+
+    def _retire(self) -> None:
+        """Stop listening to the viewer and its layers (the dock was closed, or a new widget took over)."""
+        if self._retired:
+            return
+        self._retired = True
+        for emitter, callback in self._connections:
+            try:
+                emitter.disconnect(callback)
+            except Exception:  # noqa: BLE001 (a layer already gone)
+                pass
+        self._connections.clear()
+        for seg in list(self._hooked["paint"]):
+            for name in ("undo", "redo"):
+                if getattr(seg.__dict__.get(name), "clis_owner", None) is self:
+                    del seg.__dict__[name]
+
+    def _on_layer_inserted(self, event=None) -> None:
+        """A newly opened image becomes the one to segment (it is what the user looks at: it lies on top)."""
+        self.reset_choices()
+        layer = getattr(event, "value", None)
+        if layer is not None and self._is_input(layer):
+            self._image_combo.value = layer
+
+    def _on_active_layer(self, event=None) -> None:
+        """Selecting an image layer in the layer list chooses it for Segment."""
+        layer = self._viewer.layers.selection.active
+        if layer is not None and self._is_input(layer) and layer in self._viewer.layers:
+            self._image_combo.value = layer
+
+    @staticmethod
+    def _is_input(layer) -> bool:
+        from napari.layers import Image
+
+        return isinstance(layer, Image) and LAYER_TAG not in layer.metadata
 
     @property
     def native(self):
@@ -197,10 +289,7 @@ class SegmentWidget(Container):
 
     def _image_choices(self, _widget=None) -> list:
         """The viewer's image layers, without this widget's own outputs (the uncertainty map)."""
-        from napari.layers import Image
-
-        return [(lyr.name, lyr) for lyr in self._viewer.layers
-                if isinstance(lyr, Image) and LAYER_TAG not in lyr.metadata]
+        return [(lyr.name, lyr) for lyr in self._viewer.layers if self._is_input(lyr)]
 
     def reset_choices(self, *_args) -> None:
         """Refresh the image list when layers change (the class list belongs to the model, not the layers),
@@ -220,9 +309,20 @@ class SegmentWidget(Container):
 
     def _on_model_changed(self, value: str) -> None:
         self._checkpoint.visible = value == CUSTOM_MODEL
+        if self._session is not None and self._session_key != self._chosen_key():
+            # the tasks listed are the model in use's; another model's are known once it is loaded (Segment)
+            self._task_combo.value = AUTO_TASK
+            self._task_combo.reset_choices()
+            self._tasks_label.value = breakable(f"Press Segment to use this model; its learned tasks show then. "
+                                                f"(In use: {self._session.model_name}.)")
 
     def _set_status(self, text: str) -> None:
         self._status.value = breakable(text)
+
+    def _chosen_key(self) -> tuple:
+        """(Model list value, model file or None): what identifies the model the user chose."""
+        model = self._model_combo.value
+        return model, (str(self._checkpoint.value) if model == CUSTOM_MODEL else None)
 
     def _get_session(self):
         """Load (or reuse) the session for the chosen model and device; raises with a user message.
@@ -234,10 +334,9 @@ class SegmentWidget(Container):
         from .checkpoint import shipped_models
         from .session import ClisSession, resolve_device
 
-        model = self._model_combo.value
-        path = str(self._checkpoint.value) if model == CUSTOM_MODEL else None
+        key = self._chosen_key()
+        model, path = key
         device = self._device.value
-        key = (model, path)
         if self._session is not None and self._session_key == key:
             if self._session.device != resolve_device(device):
                 self._session.to(device)
@@ -272,6 +371,12 @@ class SegmentWidget(Container):
         try:
             layer = self._check_layer(layer)
             planes = plane_indices(layer, self._viewer, bool(self._all_slices.value))
+            if len(planes) > 1:  # the slice on screen last: it is the one the clicks then correct
+                try:
+                    shown = plane_indices(layer, self._viewer, False)[0]
+                except ValueError:  # a 3D view: no slice on screen
+                    shown = None
+                planes = [p for p in planes if p != shown] + ([shown] if shown in planes else [])
             session = self._get_session()
         except Exception as e:  # every failure here is shown to the user; nothing has been changed yet
             _notify_error(f"Cannot segment: {e}")
@@ -304,6 +409,8 @@ class SegmentWidget(Container):
                 yield i, idx, result
 
         worker = work()
+        self._run = {"layer": layer, "n": n, "done": 0, "last": None}
+        self._cancel_requested = False
         worker.yielded.connect(lambda item: self._on_plane(layer, n, *item))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -325,34 +432,68 @@ class SegmentWidget(Container):
     def _on_plane(self, layer, n, i, idx, result) -> None:
         if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
             self._prepare_layers(layer)
-        self._write_plane(layer, idx, result)
+        # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
+        painted = self._painted_for(layer, idx, result.labels.shape)
+        self._written_labels = self._write_plane(layer, idx, result, painted)
         self._target = (layer, idx)
         self._written_base = result.labels.copy()
-        self._written_labels = self._written_base.copy()
-        self._painted = np.full(self._written_base.shape, -1, np.int32)
+        self._painted = painted
+        self._strokes, self._undone, self._pending_strokes = [], [], 0
+        if self._run is not None:
+            self._run.update(done=i + 1, last=result)
         if i == n - 1:
-            self._prepare_click_layers(layer)
-            self._propagate_clicks()
-            self._show_tasks()
-            from qtpy.QtCore import QTimer
-
-            # after this callback returns: moving layers inside it crashed Mesa's OpenGL under Xvfb
-            QTimer.singleShot(0, lambda: self._raise_above(layer))
+            self._finish_run(layer)
         self._progress.max = n if n > 1 else 1
         self._progress.value = i + 1
+        if self._session is not None and self._session.n_samples == 0:
+            note = " MC samples is 0: no uncertainty map and no suggestions."
+        else:
+            note = " Bright areas of 'uncertainty' need checking."
         self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
-                          f"Segmented '{layer.name}'. Bright areas of 'uncertainty' need checking.")
+                          f"Segmented '{layer.name}'.{note}")
                          + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
+
+    def _painted_for(self, layer, idx, shape) -> np.ndarray:
+        """The painted map of one slice of an image (-1 where nothing is painted), kept across runs."""
+        key = (_source_id(layer), tuple(idx))
+        painted = self._painted_by_plane.get(key)
+        if painted is None or painted.shape != tuple(shape):
+            painted = self._painted_by_plane[key] = np.full(shape, -1, np.int32)
+        return painted
+
+    def _finish_run(self, layer) -> None:
+        """The slice segmented last is the one to correct: click layers, the clicks and edits, the task panel."""
+        self._prepare_click_layers(layer)
+        self._propagate_clicks()
+        self._show_tasks()
+        from qtpy.QtCore import QTimer
+
+        # after this callback returns: moving layers inside it crashed Mesa's OpenGL under Xvfb
+        QTimer.singleShot(0, lambda: self._raise_above(layer))
 
     def _on_error(self, error: Exception) -> None:
         _notify_error(f"Segmentation failed: {error}")
         self._set_status(f"Failed: {error}")
 
     def _on_finished(self) -> None:
+        run, self._run = self._run, None
         self._worker = None
+        timer, self._learn_timer = getattr(self, "_learn_timer", None), None
+        if timer is not None:
+            timer.stop()
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._progress.visible = False
+        if run is not None and run["done"] < run["n"]:  # cancelled, or failed on a later slice
+            session = self._session
+            if run["done"] and session is not None and session.result is run["last"]:
+                self._finish_run(run["layer"])
+            elif run["done"]:  # the session went on to a slice that was not shown: segment again to correct
+                self._target = None
+            if self._cancel_requested:
+                self._set_status(f"Cancelled: {run['done']} of {run['n']} slice(s) of '{run['layer'].name}' "
+                                 "segmented." + (" Press Segment to correct one." if self._target is None else ""))
+        self._cancel_requested = False
 
     # -- layers -----------------------------------------------------------------------------------
     def _find_layer(self, role: str):
@@ -367,7 +508,7 @@ class SegmentWidget(Container):
         from napari.utils.notifications import show_info
 
         seg, clicks = self._find_layer(SEGMENTATION), self._find_layer(CLICKS)
-        if seg is None or seg.metadata.get("source") in (None, image_layer.name):
+        if seg is None or seg.metadata.get("source") is None or _same_source(seg, image_layer):
             return
         has_clicks = clicks is not None and len(clicks.data) > 0
         painted = self._painted is not None and bool((self._painted >= 0).any())
@@ -398,12 +539,13 @@ class SegmentWidget(Container):
         }
         for role, (dtype, adder, kwargs) in specs.items():
             lyr = self._find_layer(role)
-            if lyr is not None and (lyr.data.shape != shape or lyr.metadata.get("source") != image_layer.name):
+            if lyr is not None and (lyr.data.shape != shape or not _same_source(lyr, image_layer)):
                 lyr.data = np.zeros(shape, dtype)
             elif lyr is None:
                 lyr = getattr(self._viewer, adder)(np.zeros(shape, dtype), name=role, **kwargs)
             lyr.metadata[LAYER_TAG] = role
             lyr.metadata["source"] = image_layer.name
+            lyr.metadata["source_id"] = _source_id(image_layer)
             lyr.scale = image_layer.scale
             lyr.translate = image_layer.translate
             if role == SUPERPIXELS:
@@ -420,11 +562,18 @@ class SegmentWidget(Container):
         ours = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, SUGGESTIONS, CLICKS)
                 if (lyr := self._find_layer(role)) is not None]
         lowest = min((layers.index(lyr) for lyr in ours), default=None)
-        if lowest is not None and lowest < layers.index(image_layer):  # one move: the image goes under them
-            layers.move(layers.index(image_layer), lowest)
+        if image_layer in layers and lowest is not None and lowest < layers.index(image_layer):
+            layers.move(layers.index(image_layer), lowest)  # one move: the image goes under them
+        clicks, sugg = self._find_layer(CLICKS), self._find_layer(SUGGESTIONS)
+        if clicks is not None and sugg is not None and layers.index(clicks) < layers.index(sugg):
+            layers.move(layers.index(clicks), len(layers))  # the clicks over the suggestion rings
 
-    def _write_plane(self, image_layer, idx, result) -> None:
-        for role, values in ((SEGMENTATION, result.labels), (UNCERTAINTY, result.uncertainty),
+    def _write_plane(self, image_layer, idx, result, painted=None) -> np.ndarray:
+        """Write one slice's results; the segmentation with the slice's painted edits over it (returned)."""
+        labels = result.labels
+        if painted is not None and (painted >= 0).any():
+            labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
+        for role, values in ((SEGMENTATION, labels), (UNCERTAINTY, result.uncertainty),
                              (SUPERPIXELS, result.superpixels)):
             lyr = self._find_layer(role)
             if lyr is None:  # the user deleted it while we worked: make it again
@@ -435,6 +584,11 @@ class SegmentWidget(Container):
                 lyr.refresh()
             else:
                 lyr.data = values
+            if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
+                _clear_history(lyr)
+            if role == UNCERTAINTY:  # no samples: an all-zero map says nothing
+                lyr.visible = bool(self._session is None or self._session.n_samples > 0)
+        return np.array(labels, copy=True)
 
     # -- corrections: clicks, painted edits, suggestions ---------------------------------------------
     def _class_colour(self, label: int):
@@ -492,28 +646,45 @@ class SegmentWidget(Container):
             self._class_combo.value = current if current < len(names) else min(1, len(names) - 1)
         ndim = len(_spatial_shape(image_layer))
         clicks = self._find_layer(CLICKS)
-        if clicks is not None and (clicks.ndim != ndim or clicks.metadata.get("source") != image_layer.name):
+        if clicks is not None and (clicks.ndim != ndim or not _same_source(clicks, image_layer)):
             self._viewer.layers.remove(clicks)
             clicks = None
         if clicks is None:
             size = max(4.0, 0.6 * session.superpixel_size)
             clicks = self._viewer.add_points(np.zeros((0, ndim)), name=CLICKS, ndim=ndim, size=size,
                                              features={"class": np.zeros(0, int)},
-                                             border_color="black", border_width=0.1)
+                                             border_color="white", border_width=0.15)
             clicks.metadata[LAYER_TAG] = CLICKS
-            clicks.events.data.connect(self._on_clicks_event)
-            clicks.events.features.connect(lambda _e: self._propagate_clicks())
+        if clicks not in self._hooked["clicks"]:  # a layer made by a widget closed since is adopted
+            self._connect(clicks.events.data, self._on_clicks_event)
+            self._connect(clicks.events.features, self._on_click_features)
+            self._hooked["clicks"].add(clicks)
         clicks.metadata["source"] = image_layer.name
+        clicks.metadata["source_id"] = _source_id(image_layer)
         clicks.scale, clicks.translate = image_layer.scale, image_layer.translate
         clicks.feature_defaults = {"class": self.click_class}
         clicks.current_face_color = self._class_colour(self.click_class)
         self._recolour_clicks(clicks)
-        seg = self._find_layer(SEGMENTATION)
-        if not seg.metadata.get("clis_paint_connected"):
-            seg.events.paint.connect(lambda _e: self._propagate_clicks())
-            seg.metadata["clis_paint_connected"] = True
+        self._hook_segmentation(self._find_layer(SEGMENTATION))
         self._viewer.layers.selection.active = clicks
         clicks.mode = "add"
+
+    def _on_click_features(self, _event=None) -> None:
+        self._propagate_clicks()
+
+    def _hook_segmentation(self, seg) -> None:
+        """Paint strokes on the segmentation layer become annotations; napari's undo and redo take them back
+        and bring them back (napari's own undo and redo do the pixels and emit nothing, so they are wrapped)."""
+        if seg in self._hooked["paint"]:
+            return
+        self._connect(seg.events.paint, self._on_paint)
+        for name in ("undo", "redo"):
+            def wrapper(name=name, seg=seg):
+                self._on_history(seg, name)
+
+            wrapper.clis_owner = self
+            setattr(seg, name, wrapper)
+        self._hooked["paint"].add(seg)
 
     def _on_clicks_event(self, event) -> None:
         action = str(getattr(event, "action", "")).lower()
@@ -554,7 +725,8 @@ class SegmentWidget(Container):
             classes = clicks.features["class"].to_numpy().astype(int)
             on_plane = np.array([self._on_target_plane(p) for p in data], bool)
             if (~on_plane).any():
-                notes.append(f"{int((~on_plane).sum())} click(s) on other slices wait until you segment those")
+                notes.append(f"{int((~on_plane).sum())} click(s) on other slices apply once that slice is the "
+                             "one segmented (go to it and press Segment)")
             h, w = self._written_base.shape
             yx = data[on_plane, -2:]
             inside = (yx[:, 0] > -0.5) & (yx[:, 0] < h - 0.5) & (yx[:, 1] > -0.5) & (yx[:, 1] < w - 0.5)
@@ -567,18 +739,95 @@ class SegmentWidget(Container):
                 notes.append(f"{int((~known).sum())} click(s) with an unknown class are ignored")
             pts, labs = yx[inside][known], cls[known].tolist()
         painted = None
-        if seg is not None:
-            plane = np.asarray(seg.data[idx] if idx else seg.data)
-            if plane.shape == self._written_base.shape:
-                # new edits are what differs from what was last written; earlier edits stay annotations even
-                # where the propagation has come to agree with them
-                diff = plane != self._written_labels
-                bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
-                if bad.any():
-                    notes.append(f"{int(bad.sum())} painted pixel(s) with a label that is not a class are ignored")
-                self._painted[diff & ~bad] = plane[diff & ~bad]
-                painted = self._painted
+        if seg is not None and self._record_strokes(notes) is not None:
+            painted = self._painted
         return pts, labs, painted, notes
+
+    def _absorb_edits(self, notes: list | None = None):
+        """New painted edits on the target slice become annotations: what differs from what was last written
+        there (earlier edits stay annotations even where the propagation has come to agree with them).
+
+        Returns ``(pixels, before)``: the flat indices of the new edits and their painted values before (-1:
+        none), for undo; ``None`` when the layer cannot be read as the slice."""
+        seg = self._find_layer(SEGMENTATION)
+        if seg is None or self._target is None:
+            return None
+        _, idx = self._target
+        plane = np.asarray(seg.data[idx] if idx else seg.data)
+        if plane.shape != self._written_base.shape:
+            return None
+        diff = plane != self._written_labels
+        bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
+        if bad.any() and notes is not None:
+            notes.append(f"{int(bad.sum())} painted pixel(s) with a label that is not a class are ignored")
+        pixels = np.flatnonzero(diff & ~bad)
+        flat = self._painted.reshape(-1)
+        before = flat[pixels].copy()
+        flat[pixels] = plane.reshape(-1)[pixels]
+        self._written_labels.reshape(-1)[pixels] = flat[pixels]  # taken in: not new the next time
+        return pixels, before
+
+    def _on_paint(self, _event=None) -> None:
+        """A paint stroke or fill on the segmentation layer: an undoable annotation, then the propagation.
+
+        napari announces a mouse stroke after it wrote the pixels, but a single paint or fill before, so what
+        the stroke wrote is looked for again once the event is over."""
+        if self._retired or self._target is None or self._session is None:
+            return
+        from qtpy.QtCore import QTimer
+
+        self._pending_strokes = getattr(self, "_pending_strokes", 0) + 1
+        self._propagate_clicks()  # it records the stroke first
+        QTimer.singleShot(0, self._late_edits)
+
+    def _late_edits(self) -> None:
+        """Pixels written after their paint event: part of the last stroke."""
+        if self._retired or self._target is None or self._session is None:
+            return
+        if getattr(self, "_pending_strokes", 0):  # the stroke is not recorded yet (a propagation was running)
+            self._record_strokes()
+            self._propagate_clicks()
+            return
+        taken = self._absorb_edits()
+        if taken is None or not len(taken[0]):
+            return
+        if self._strokes:
+            pixels, before = self._strokes[-1]
+            self._strokes[-1] = (np.concatenate([pixels, taken[0]]), np.concatenate([before, taken[1]]))
+        self._propagate_clicks()
+
+    def _record_strokes(self, notes: list | None = None):
+        """Take the new edits (:meth:`_absorb_edits`); when napari announced strokes, they are one undo entry
+        per announced stroke (edits taken together go with the last)."""
+        taken = self._absorb_edits(notes)
+        pending, self._pending_strokes = getattr(self, "_pending_strokes", 0), 0
+        if pending:
+            empty = (np.zeros(0, np.int64), np.zeros(0, np.int32))
+            self._strokes.extend([empty] * (pending - 1) + [taken if taken is not None else empty])
+            self._undone.clear()
+        return taken
+
+    def _on_history(self, seg, name: str) -> None:
+        """napari's undo or redo on the segmentation layer, then the matching change of the annotations: an
+        undone stroke's pixels follow the propagation again, a redone one is an annotation again."""
+        ours = not self._retired and self._target is not None and seg is self._find_layer(SEGMENTATION)
+        if ours:
+            self._record_strokes()  # a stroke announced but not taken yet is taken before napari undoes it
+        getattr(type(seg), name)(seg)  # napari's own: it restores the pixels
+        if not ours:
+            return
+        source, target = (self._strokes, self._undone) if name == "undo" else (self._undone, self._strokes)
+        if not source:
+            return
+        pixels, values = source.pop()
+        flat = self._painted.reshape(-1)
+        target.append((pixels, flat[pixels].copy()))
+        flat[pixels] = values
+        _, idx = self._target
+        plane = np.asarray(seg.data[idx] if idx else seg.data)
+        if plane.shape == self._written_labels.shape:  # the restored pixels are not new edits
+            self._written_labels.reshape(-1)[pixels] = plane.reshape(-1)[pixels]
+        self._propagate_clicks()
 
     def _propagate_clicks(self) -> None:
         """Apply the clicks and painted edits of the target plane and update 'segmentation' (and suggestions)."""
@@ -651,7 +900,8 @@ class SegmentWidget(Container):
     def _update_suggestions(self) -> None:
         sugg = self._find_layer(SUGGESTIONS)
         session = self._session
-        if not self._suggest.value or self._target is None or session is None or session.interaction is None:
+        if not self._suggest.value or self._target is None or session is None or session.interaction is None or \
+                session.result is None or not session.result.uncertainty.any():  # no map (0 samples): no ranking
             if sugg is not None:
                 sugg.data = np.zeros((0, sugg.ndim))
             return
@@ -673,6 +923,7 @@ class SegmentWidget(Container):
             sugg.data = pts
         sugg.scale, sugg.translate = layer.scale, layer.translate
         sugg.metadata["source"] = layer.name
+        sugg.metadata["source_id"] = _source_id(layer)
 
     # -- learning and saving ------------------------------------------------------------------------------
     def learn(self) -> None:
@@ -698,9 +949,15 @@ class SegmentWidget(Container):
         self._choose_autosave(session)
         total = session.learn_settings.steps
 
+        self._learn_step = 0
+
+        def progress(step, _total):  # called in the worker thread: the bar reads it on a timer
+            self._learn_step = step
+            return not self._cancel_requested
+
         @thread_worker(ignore_errors=True)
         def work():
-            return session.learn(progress=lambda step, n: not self._cancel_requested)
+            return session.learn(progress=progress)
 
         worker = work()
         worker.returned.connect(self._on_learned)
@@ -710,8 +967,15 @@ class SegmentWidget(Container):
         self._run_button.enabled = False
         self._cancel_button.enabled = True
         self._progress.visible = True
-        self._progress.max = 0
-        self._set_status(f"Learning from this image ({total} steps)…")
+        self._progress.max = total
+        self._progress.value = 0
+        from qtpy.QtCore import QTimer
+
+        self._learn_timer = QTimer()
+        self._learn_timer.timeout.connect(lambda: setattr(self._progress, "value", self._learn_step))
+        self._learn_timer.start(200)
+        self._set_status(f"Learning from this image ({total} steps)… Corrections made meanwhile apply to the "
+                         "segmentation but are not part of this task.")
         worker.start()
 
     def _choose_autosave(self, session) -> None:
@@ -775,7 +1039,8 @@ class SegmentWidget(Container):
     def _task_choices(self, _widget=None) -> list[tuple[str, int]]:
         """'auto', then the tasks of the model in use (task 0: the pretrained one)."""
         session = getattr(self, "_session", None)
-        n = session.net.n_tasks if session is not None else 1
+        in_use = session is not None and self._session_key == self._chosen_key()
+        n = session.net.n_tasks if in_use else 1
         return [("auto (task-aware)", AUTO_TASK), ("0 (pretrained)", 0)] + [(str(t), t) for t in range(1, n)]
 
     def _show_tasks(self) -> None:
@@ -837,10 +1102,13 @@ class SegmentWidget(Container):
                 return
         elif Path(path).is_dir():  # a folder: a new file in it
             path = str(Path(path) / name)
+        elif not Path(path).suffix:  # the Model file chooser lists *.pt
+            path += ".pt"
         try:
             session.save(path)
         except Exception as e:
             _notify_error(f"Could not save the model: {e}")
+            self._set_status(f"Not saved: {e}")
             return
         from napari.utils.notifications import show_info
 

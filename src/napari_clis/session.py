@@ -268,7 +268,8 @@ class ClisSession:
         if task is not None and (isinstance(task, bool) or not isinstance(task, (int, np.integer))):
             raise ValueError(f"task must be a whole number (a task index), got {task!r}")
         if task is not None and not 0 <= int(task) < self.net.n_tasks:
-            raise ValueError(f"task {task} does not exist; this model has tasks 0..{self.net.n_tasks - 1}")
+            raise ValueError(f"task {task} does not exist; this model has " + (
+                f"tasks 0..{self.net.n_tasks - 1}" if self.net.n_tasks > 1 else "only task 0 (the pretrained one)"))
         normalized = normalize_image(image)
         # the session's state (fingerprint, task, result) changes only once the new image is done: a failure on
         # the way leaves the current image, its task and its clicks as they were
@@ -422,6 +423,9 @@ class ClisSession:
         """
         inter = self._require_interaction()
         labels = inter.labels
+        # what this task learns from, taken now: corrections made while it learns are not part of it
+        clicks = [list(c) for c in inter.clicks]
+        painted = None if inter.painted is None else inter.painted.astype(np.int8)
         if not (labels > 0).any():
             raise InteractionError("The segmentation is empty (all background): there is nothing to learn. "
                                    "Correct it with clicks first, or skip this image.")
@@ -440,15 +444,15 @@ class ClisSession:
                 "segmentation). The model is unchanged."
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
-                            image_shape=list(labels.shape), clicks=[list(c) for c in inter.clicks],
+                            image_shape=list(labels.shape), clicks=clicks,
                             kernels_on=info["kernels_on"], kernels_new=info["kernels_new"],
                             dice_before=float(info["dice_before"]), dice_after=float(info["dice_after"]),
                             seconds=time.perf_counter() - t0)
         old_net = self.net
         self.net = new_net.eval()
         self.tasks.append(record)
-        if inter.painted is not None:
-            self.annotations[task] = inter.painted.astype(np.int8)
+        if painted is not None:
+            self.annotations[task] = painted
         self.task, choice = task, self.task_choice
         self.task_choice = {"nearest": task, "known": True, "agreement": None}  # the image is now this task's own
         if self.autosave is not None:
