@@ -223,12 +223,29 @@ def test_suggestions_are_the_most_uncertain_unannotated_regions_spread_apart():
     inter = Interaction(build_region_graph(sp, probs, unc, img))
     pts = inter.suggest(3)
     assert 1 <= len(pts) <= 3
-    assert pts[0][1] >= 35, "the most uncertain region comes first"
+    g = inter.graph  # the region with the most uncertainty in it comes first: uncertain and large
+    assert g.doubt[g.regions[pts[0][0], pts[0][1]]] == g.doubt.max()
+    np.testing.assert_allclose(g.doubt, [unc[g.regions == r].sum(dtype=np.float64) for r in range(g.n)], rtol=1e-6)
     if len(pts) > 1:
         assert np.hypot(*(pts[0] - pts[1]).T) >= 2 * np.sqrt(40 * 40 / 5)
     y, x = pts[0]
     inter.click(y, x, 1)
     assert not any((inter.graph.regions[a, b] == inter.graph.regions[y, x]) for a, b in inter.suggest(16))
+
+
+def test_a_large_unsure_region_is_suggested_before_a_sliver_that_is_a_little_more_unsure():
+    img = np.zeros((3, 40, 40), np.float32)
+    sp = np.ones((40, 40), np.int32)
+    sp[:, 20:] = 2
+    sp[:2, :2] = 3  # a sliver of 4 pixels
+    p1 = np.full((40, 40), 0.1, np.float32)
+    p1[:, 20:] = 0.35  # a large unsure half
+    p1[:2, :2] = 0.45  # a sliver more unsure still
+    probs = np.stack([1 - p1, p1])
+    unc = 1 - (probs**2).sum(0)
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    first = inter.suggest(1, min_area=1)[0]
+    assert first[1] >= 20, "the sliver came first"
 
 
 def test_suggestions_on_a_real_image_are_apart_and_inside(nuclei_session, nuclei_he):
@@ -314,8 +331,8 @@ def test_simulated_user_protocols_improve_the_segmentation(nuclei_session, nucle
         assert len(res.ious) == 7
         assert res.ious[-1] > res.ious[0]
     wrong = wrong_regions(s.interaction, s.interaction.labels, truth)
-    unc = [s.interaction.graph.uncertainty[r] for r, _ in wrong]
-    assert unc == sorted(unc, reverse=True)
+    doubt = [s.interaction.graph.doubt[r] for r, _ in wrong]  # most uncertainty first
+    assert doubt == sorted(doubt, reverse=True)
     assert noc([0.5, 0.86, 0.95], 0.85) == 1 and noc([0.5, 0.6], 0.9, 20) == 20
 
 

@@ -129,6 +129,13 @@ class RegionGraph:
     def n_classes(self) -> int:
         return self.logp.shape[1]
 
+    @property
+    def doubt(self) -> np.ndarray:
+        """(n,) how much of each region is in doubt: its mean uncertainty times its area (the uncertainty
+        summed over its pixels). Suggestions and the paper's simulated user rank regions by it, so that a
+        large unsure region comes before a sliver of a few unsure pixels."""
+        return self.uncertainty * self.area
+
 
 def build_region_graph(superpixels: np.ndarray, probabilities: np.ndarray, uncertainty: np.ndarray,
                        normalized: np.ndarray) -> RegionGraph:
@@ -583,7 +590,7 @@ class Interaction:
             min_area = max(8.0, 0.15 * float(np.median(g.area)))
         free = (self.fixed_regions() < 0) & (g.area >= min_area)
         cand = np.flatnonzero(free)
-        order = cand[np.argsort(-g.uncertainty[cand], kind="stable")]
+        order = cand[np.argsort(-g.doubt[cand], kind="stable")]
         # spread the suggestions: none closer than about two superpixels to a more uncertain one
         spacing = 2.0 * np.sqrt(g.regions.size / max(1, len(np.unique(g.superpixel))))
         chosen: list[tuple[int, int]] = []

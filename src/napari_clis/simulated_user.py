@@ -56,7 +56,8 @@ def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | No
 
 def wrong_regions(interaction: Interaction, pred: np.ndarray, truth: np.ndarray) -> list[tuple[int, int]]:
     """(region, true class) of the regions whose majority class in ``pred`` differs from the truth, most
-    uncertain first (the CLIS network's uncertainty), annotated ones left out."""
+    uncertain first (the CLIS network's uncertainty summed over the region, ``RegionGraph.doubt``), annotated
+    ones left out."""
     g = interaction.graph
     k = max(int(truth.max()), int(pred.max()), g.n_classes - 1) + 1
     flat = g.regions.ravel()
@@ -64,7 +65,7 @@ def wrong_regions(interaction: Interaction, pred: np.ndarray, truth: np.ndarray)
     pred_major = _majority(flat, pred.ravel(), g.n, k)
     fixed = interaction.fixed_regions()
     cand = np.flatnonzero((true_major != pred_major) & (fixed < 0))
-    cand = cand[np.argsort(-g.uncertainty[cand], kind="stable")]
+    cand = cand[np.argsort(-g.doubt[cand], kind="stable")]
     return [(int(r), int(true_major[r])) for r in cand]
 
 
