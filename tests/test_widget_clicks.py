@@ -506,7 +506,12 @@ def test_segmenting_the_same_image_again_keeps_its_painted_edits(segmented, qtbo
 def test_a_newly_opened_or_selected_image_is_the_one_segmented_next(segmented, nuclei_fluo):
     viewer, widget, _ = segmented
     he = viewer.layers["he"]
+    assert widget._image_combo.value is he  # the layers the widget adds (an image among them) are never chosen
     fluo = viewer.add_image(nuclei_fluo[0], name="fluo")  # File > Open: on top, and the one to segment
+    assert widget._image_combo.value is fluo
+    for name in ("uncertainty", "segmentation", "superpixels"):  # made again for the next image: still not chosen
+        viewer.layers.remove(viewer.layers[name])
+    widget._prepare_layers(fluo)
     assert widget._image_combo.value is fluo
     viewer.layers.selection.active = he
     assert widget._image_combo.value is he

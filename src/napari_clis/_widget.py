@@ -541,8 +541,9 @@ class SegmentWidget(Container):
             lyr = self._find_layer(role)
             if lyr is not None and (lyr.data.shape != shape or not _same_source(lyr, image_layer)):
                 lyr.data = np.zeros(shape, dtype)
-            elif lyr is None:
-                lyr = getattr(self._viewer, adder)(np.zeros(shape, dtype), name=role, **kwargs)
+            elif lyr is None:  # tagged as it is added: the Image list never offers the widget's own layers
+                lyr = getattr(self._viewer, adder)(np.zeros(shape, dtype), name=role, metadata={LAYER_TAG: role},
+                                                   **kwargs)
             lyr.metadata[LAYER_TAG] = role
             lyr.metadata["source"] = image_layer.name
             lyr.metadata["source_id"] = _source_id(image_layer)
