@@ -212,3 +212,16 @@ def test_a_four_channel_non_rgba_image_is_reported(viewer_and_widget, qtbot, nuc
     _run(widget, qtbot, layer)
     assert errors and "4-channel" in errors[-1]
     assert "segmentation" not in [lyr.name for lyr in viewer.layers]
+
+
+def test_a_two_channel_image_read_as_a_stack_of_strips_gets_a_hint(viewer_and_widget, qtbot, nuclei_fluo,
+                                                                   monkeypatch):
+    import napari.utils.notifications as notifications
+
+    warnings = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: warnings.append(str(msg)))
+    viewer, widget = viewer_and_widget
+    image = nuclei_fluo[0][:64, :64]
+    layer = viewer.add_image(np.stack([image, image], -1), name="two channels")  # napari: 64 slices of 64x2
+    _run(widget, qtbot, layer)
+    assert any("only 2 pixels along its last axis" in w for w in warnings)

@@ -382,6 +382,13 @@ class SegmentWidget(Container):
             _notify_error(f"Cannot segment: {e}")
             self._set_status(f"Not segmented: {e}")
             return
+        shape = _spatial_shape(layer)
+        if len(shape) >= 3 and shape[-1] <= 4 < shape[-2]:  # e.g. (H, W, 2): napari shows it as a stack of strips
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"'{layer.name}' has only {shape[-1]} pixels along its last axis, so it is segmented as "
+                         f"{shape[-2]}x{shape[-1]} slices. If that axis holds channels, open the image as RGB or "
+                         "split its channels first.")
         task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
         self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
 
@@ -975,7 +982,9 @@ class SegmentWidget(Container):
         self._learn_timer = QTimer()
         self._learn_timer.timeout.connect(lambda: setattr(self._progress, "value", self._learn_step))
         self._learn_timer.start(200)
-        self._set_status(f"Learning from this image ({total} steps)… Corrections made meanwhile apply to the "
+        _, idx = self._target
+        what = f"slice {tuple(int(i) for i in idx)} of this image (the slice segmented last)" if idx else "this image"
+        self._set_status(f"Learning from {what} ({total} steps)… Corrections made meanwhile apply to the "
                          "segmentation but are not part of this task.")
         worker.start()
 
