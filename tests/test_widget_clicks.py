@@ -578,3 +578,90 @@ def test_a_model_saved_without_an_extension_gets_pt(segmented, tmp_path):
     _, widget, _ = segmented
     widget.save_model(str(tmp_path / "mine"))
     assert (tmp_path / "mine.pt").is_file()
+
+
+def test_painted_edits_survive_closing_and_reopening_the_dock(make_napari_viewer, qtbot, nuclei_fluo):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    dock, first = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    image, truth = nuclei_fluo
+    a = viewer.add_image(image, name="a")
+    first.run(a)
+    qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
+    seg = viewer.layers["segmentation"]
+    one = _disc(seg.data.shape, _wrong_pixel(seg.data, truth, 1)) & (seg.data == 0)
+    with seg.block_history():
+        seg.data_setitem(np.nonzero(one), 1)
+    viewer.window.remove_dock_widget(dock)
+    QApplication.processEvents()
+    dock, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    two = _disc(seg.data.shape, _wrong_pixel(np.where(one, 1, seg.data), truth, 0)) & (seg.data == 1) & ~one
+    with seg.block_history():  # painted before the new widget has segmented anything
+        seg.data_setitem(np.nonzero(two), 0)
+    second.run(a)
+    qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
+    assert (seg.data[one] == 1).all() and (seg.data[two] == 0).all()
+    assert (second.session.interaction.painted[one] == 1).all()
+    viewer.window.remove_dock_widget(dock)  # once more, then the next image: the corrected one is kept
+    QApplication.processEvents()
+    _, third = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    third.run(viewer.add_image(image[::-1].copy(), name="b"))
+    qtbot.waitUntil(lambda: not third.busy, timeout=60_000)
+    kept = viewer.layers["segmentation [a]"].data
+    assert (kept[one] == 1).all() and (kept[two] == 0).all()
+
+
+def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back(make_napari_viewer, qtbot,
+                                                                                 nuclei_fluo):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, truth = nuclei_fluo
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    layer = viewer.add_image(stack, name="stack")
+    viewer.dims.set_point(0, 2)
+    widget._all_slices.value = True
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert widget._target[1] == (2,)
+    viewer.dims.set_point(0, 0)  # the user goes to slice 0 and paints there
+    seg = viewer.layers["segmentation"]
+    disc = _disc(image.shape, _wrong_pixel(seg.data[0], truth, 1)) & (seg.data[0] == 0)
+    where = np.nonzero(disc)
+    with seg.block_history():
+        seg.data_setitem((np.zeros(len(where[0]), int),) + where, 1)
+    assert "Painted on slice (0,)" in widget._click_status.value
+    widget._all_slices.value = False
+    widget.run(layer)  # as the message says: segment that slice
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget._target[1] == (0,) and (seg.data[0][disc] == 1).all()
+    assert (widget.session.interaction.painted[disc] == 1).all()
+    viewer.dims.set_point(0, 1)  # a stroke on slice 1, then undone: not an annotation of slice 1
+    with seg.block_history():
+        seg.data_setitem((np.ones(len(where[0]), int),) + where, 1)
+    key = (str(layer.unique_id), (1,))
+    assert (widget._store()["painted"][key][disc] == 1).all()
+    seg.undo()
+    assert (widget._store()["painted"][key] == -1).all()
+
+
+def test_a_stroke_during_a_background_propagation_is_kept(segmented, qtbot, monkeypatch):
+    import napari_clis._widget as w
+
+    viewer, widget, truth = segmented
+    monkeypatch.setattr(w, "ASYNC_PIXELS", 16)  # this image now propagates in a worker, as a large one would
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))  # the propagation starts in the background
+    assert widget._click_worker is not None
+    disc = _disc(seg.data.shape, _wrong_pixel(seg.data, truth, 0)) & (seg.data == 1)
+    with seg.block_history():  # a stroke before the propagation's result is written
+        seg.data_setitem(np.nonzero(disc), 0)
+    qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
+    qtbot.wait(100)
+    qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
+    assert (seg.data[disc] == 0).all() and (widget._painted[disc] == 0).all()
+    assert (widget.session.interaction.painted[disc] == 0).all()
+    seg.undo()  # and the stroke is one undo entry, as without the background work
+    qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
+    assert (widget._painted[disc] == -1).all()

@@ -174,7 +174,7 @@ class SegmentWidget(Container):
         self._written_base = None  # the propagated labels last written to the segmentation layer
         self._written_labels = None  # what was last written there (propagation with the painted edits)
         self._painted = None  # every painted edit since the segmentation, -1 where none: they accumulate
-        self._painted_by_plane: dict = {}  # (source id, plane index) -> its painted map: kept across re-runs
+        self._own_store = {"painted": {}, "written": {}}  # used only while there is no segmentation layer
         self._strokes: list = []  # per paint event: (flat pixel indices, their painted values before), for undo
         self._undone: list = []  # strokes undone, for redo
         self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
@@ -437,11 +437,16 @@ class SegmentWidget(Container):
             self._set_status("Cancelling…")
 
     def _on_plane(self, layer, n, i, idx, result) -> None:
+        key = (_source_id(layer), tuple(idx))
+        seg = self._find_layer(SEGMENTATION)
+        if seg is not None and seg.metadata.get("source_id") == key[0] and key in self._store()["written"]:
+            self._absorb(key, idx)  # edits not taken yet (made while no widget watched: the dock was reopened)
         if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
             self._prepare_layers(layer)
         # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
         painted = self._painted_for(layer, idx, result.labels.shape)
         self._written_labels = self._write_plane(layer, idx, result, painted)
+        self._store()["written"][(_source_id(layer), tuple(idx))] = self._written_labels
         self._target = (layer, idx)
         self._written_base = result.labels.copy()
         self._painted = painted
@@ -460,13 +465,29 @@ class SegmentWidget(Container):
                           f"Segmented '{layer.name}'.{note}")
                          + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
 
+    def _store(self) -> dict:
+        """Per slice of each image, keyed ``(source id, slice index)``: ``painted`` (the painted map, -1 where
+        nothing is painted) and ``written`` (what the widget last wrote there). It lives on the segmentation
+        layer, so a widget opened again (the dock closed and reopened) finds the user's edits."""
+        seg = self._find_layer(SEGMENTATION)
+        if seg is None:
+            return self._own_store
+        store = seg.__dict__.get("_clis_store")
+        if store is None:
+            store = seg.__dict__["_clis_store"] = {"painted": {}, "written": {}}
+        return store
+
     def _painted_for(self, layer, idx, shape) -> np.ndarray:
         """The painted map of one slice of an image (-1 where nothing is painted), kept across runs."""
         key = (_source_id(layer), tuple(idx))
-        painted = self._painted_by_plane.get(key)
+        painted = self._store()["painted"].get(key)
         if painted is None or painted.shape != tuple(shape):
-            painted = self._painted_by_plane[key] = np.full(shape, -1, np.int32)
+            painted = self._store()["painted"][key] = np.full(shape, -1, np.int32)
         return painted
+
+    def _target_key(self):
+        layer, idx = self._target
+        return _source_id(layer), tuple(idx)
 
     def _finish_run(self, layer) -> None:
         """The slice segmented last is the one to correct: click layers, the clicks and edits, the task panel."""
@@ -518,7 +539,8 @@ class SegmentWidget(Container):
         if seg is None or seg.metadata.get("source") is None or _same_source(seg, image_layer):
             return
         has_clicks = clicks is not None and len(clicks.data) > 0
-        painted = self._painted is not None and bool((self._painted >= 0).any())
+        source = seg.metadata.get("source_id")
+        painted = any(bool((m >= 0).any()) for (sid, _), m in self._store()["painted"].items() if sid == source)
         if not (has_clicks or painted):
             return
         name = seg.metadata["source"]
@@ -752,65 +774,100 @@ class SegmentWidget(Container):
         return pts, labs, painted, notes
 
     def _absorb_edits(self, notes: list | None = None):
-        """New painted edits on the target slice become annotations: what differs from what was last written
+        """New painted edits on the target slice become annotations (:meth:`_absorb`)."""
+        if self._target is None or self._find_layer(SEGMENTATION) is None:
+            return None
+        return self._absorb(self._target_key(), self._target[1], notes)
+
+    def _absorb(self, key, idx, notes: list | None = None):
+        """New painted edits on one slice become annotations: what differs from what the widget last wrote
         there (earlier edits stay annotations even where the propagation has come to agree with them).
 
-        Returns ``(pixels, before)``: the flat indices of the new edits and their painted values before (-1:
-        none), for undo; ``None`` when the layer cannot be read as the slice."""
+        Returns ``(key, pixels, before)``: the slice, the flat indices of the new edits and their painted values
+        before (-1: none), for undo; ``None`` when the layer cannot be read as that slice."""
         seg = self._find_layer(SEGMENTATION)
-        if seg is None or self._target is None:
+        if seg is None or self._session is None:
             return None
-        _, idx = self._target
         plane = np.asarray(seg.data[idx] if idx else seg.data)
-        if plane.shape != self._written_base.shape:
-            return None
-        diff = plane != self._written_labels
+        store = self._store()
+        written = store["written"].get(key)
+        if written is None or written.shape != plane.shape:  # a slice never segmented: it showed nothing
+            written = store["written"][key] = np.zeros(plane.shape, plane.dtype)
+        painted = store["painted"].get(key)
+        if painted is None or painted.shape != plane.shape:
+            painted = store["painted"][key] = np.full(plane.shape, -1, np.int32)
+        diff = plane != written
         bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
         if bad.any() and notes is not None:
             notes.append(f"{int(bad.sum())} painted pixel(s) with a label that is not a class are ignored")
         pixels = np.flatnonzero(diff & ~bad)
-        flat = self._painted.reshape(-1)
+        flat = painted.reshape(-1)
         before = flat[pixels].copy()
         flat[pixels] = plane.reshape(-1)[pixels]
-        self._written_labels.reshape(-1)[pixels] = flat[pixels]  # taken in: not new the next time
-        return pixels, before
+        written.reshape(-1)[pixels] = flat[pixels]  # taken in: not new the next time
+        return key, pixels, before
+
+    def _shown_slice(self):
+        """(key, index) of the slice of the target image on screen; ``None`` when it cannot be told."""
+        layer, idx = self._target
+        if not idx:
+            return self._target_key(), idx
+        try:
+            shown = plane_indices(layer, self._viewer, False)[0]
+        except (ValueError, IndexError):
+            return None
+        return (_source_id(layer), tuple(shown)), tuple(shown)
 
     def _on_paint(self, _event=None) -> None:
         """A paint stroke or fill on the segmentation layer: an undoable annotation, then the propagation.
 
         napari announces a mouse stroke after it wrote the pixels, but a single paint or fill before, so what
-        the stroke wrote is looked for again once the event is over."""
+        the stroke wrote is looked for again once the event is over. A stroke on another slice of a stack is
+        kept as that slice's annotation, applied when that slice is segmented."""
         if self._retired or self._target is None or self._session is None:
             return
         from qtpy.QtCore import QTimer
 
+        shown = self._shown_slice()
+        if shown is not None and shown[0] != self._target_key():
+            self._record_strokes()  # any stroke of the target slice still pending comes first
+            taken = self._absorb(*shown)
+            self._strokes.append(taken if taken is not None else (shown[0], np.zeros(0, np.int64),
+                                                                   np.zeros(0, np.int32)))
+            self._undone.clear()
+            if taken is not None and len(taken[1]):
+                self._click_status.value = (f"Painted on slice {shown[1]}: kept, and applied when that slice is "
+                                            "segmented (go to it and press Segment).")
+            QTimer.singleShot(0, lambda: self._late_edits(shown))
+            return
         self._pending_strokes = getattr(self, "_pending_strokes", 0) + 1
         self._propagate_clicks()  # it records the stroke first
         QTimer.singleShot(0, self._late_edits)
 
-    def _late_edits(self) -> None:
+    def _late_edits(self, shown=None) -> None:
         """Pixels written after their paint event: part of the last stroke."""
         if self._retired or self._target is None or self._session is None:
             return
-        if getattr(self, "_pending_strokes", 0):  # the stroke is not recorded yet (a propagation was running)
+        if shown is None and getattr(self, "_pending_strokes", 0):  # not recorded yet (a propagation was running)
             self._record_strokes()
             self._propagate_clicks()
             return
-        taken = self._absorb_edits()
-        if taken is None or not len(taken[0]):
+        taken = self._absorb(*shown) if shown is not None else self._absorb_edits()
+        if taken is None or not len(taken[1]):
             return
-        if self._strokes:
-            pixels, before = self._strokes[-1]
-            self._strokes[-1] = (np.concatenate([pixels, taken[0]]), np.concatenate([before, taken[1]]))
-        self._propagate_clicks()
+        if self._strokes and self._strokes[-1][0] == taken[0]:
+            key, pixels, before = self._strokes[-1]
+            self._strokes[-1] = (key, np.concatenate([pixels, taken[1]]), np.concatenate([before, taken[2]]))
+        if shown is None:
+            self._propagate_clicks()
 
     def _record_strokes(self, notes: list | None = None):
-        """Take the new edits (:meth:`_absorb_edits`); when napari announced strokes, they are one undo entry
-        per announced stroke (edits taken together go with the last)."""
+        """Take the new edits of the target slice (:meth:`_absorb_edits`); when napari announced strokes, they
+        are one undo entry per announced stroke (edits taken together go with the last)."""
         taken = self._absorb_edits(notes)
         pending, self._pending_strokes = getattr(self, "_pending_strokes", 0), 0
         if pending:
-            empty = (np.zeros(0, np.int64), np.zeros(0, np.int32))
+            empty = (self._target_key(), np.zeros(0, np.int64), np.zeros(0, np.int32))
             self._strokes.extend([empty] * (pending - 1) + [taken if taken is not None else empty])
             self._undone.clear()
         return taken
@@ -827,15 +884,20 @@ class SegmentWidget(Container):
         source, target = (self._strokes, self._undone) if name == "undo" else (self._undone, self._strokes)
         if not source:
             return
-        pixels, values = source.pop()
-        flat = self._painted.reshape(-1)
-        target.append((pixels, flat[pixels].copy()))
+        key, pixels, values = source.pop()
+        store = self._store()
+        painted, written = store["painted"].get(key), store["written"].get(key)
+        if painted is None or written is None:
+            return
+        flat = painted.reshape(-1)
+        target.append((key, pixels, flat[pixels].copy()))
         flat[pixels] = values
-        _, idx = self._target
+        idx = key[1]
         plane = np.asarray(seg.data[idx] if idx else seg.data)
-        if plane.shape == self._written_labels.shape:  # the restored pixels are not new edits
-            self._written_labels.reshape(-1)[pixels] = plane.reshape(-1)[pixels]
-        self._propagate_clicks()
+        if plane.shape == written.shape:  # the restored pixels are not new edits
+            written.reshape(-1)[pixels] = plane.reshape(-1)[pixels]
+        if key == self._target_key():
+            self._propagate_clicks()
 
     def _propagate_clicks(self) -> None:
         """Apply the clicks and painted edits of the target plane and update 'segmentation' (and suggestions)."""
@@ -895,13 +957,25 @@ class SegmentWidget(Container):
         if seg is None:
             self._click_status.value = "The 'segmentation' layer was deleted; press Segment to make it again."
             return
-        if idx:
-            seg.data[idx] = labels
+        labels = np.asarray(labels)
+        plane = np.asarray(seg.data[idx] if idx else seg.data)
+        written = self._written_labels
+        if plane.shape == labels.shape and written is not None and written.shape == labels.shape:
+            # pixels the user changed since the last write (a stroke while a large image propagated in the
+            # background) stay as painted, and stay new edits for the stroke that made them
+            moved = plane != written
+            out = np.where(moved, plane, labels).astype(plane.dtype, copy=False)
+            written = np.where(moved, written, labels)
         else:
-            seg.data[...] = labels
+            out, written = labels, labels.copy()
+        if idx:
+            seg.data[idx] = out
+        else:
+            seg.data[...] = out
         seg.refresh()
         self._written_base = base.copy()
-        self._written_labels = np.asarray(labels).copy()
+        self._written_labels = np.ascontiguousarray(written, dtype=written.dtype)
+        self._store()["written"][self._target_key()] = self._written_labels
         self._click_status.value = breakable(msg)
         self._update_suggestions()
 
