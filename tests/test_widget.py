@@ -89,6 +89,9 @@ def test_all_slices_of_a_time_series_are_segmented_with_progress(viewer_and_widg
     assert widget._target[1] == (shown,)  # the slice on screen went last: it is the one clicks correct
     other = next(t for t in range(3) if t != shown)
     np.testing.assert_array_equal(seg[other], widget.session.segment(stack[other]).labels)
+    store = widget._store()  # per slice: what was written, in one byte a pixel; painted maps only where needed
+    assert len(store["written"]) == 3 and len(store["painted"]) <= 1
+    assert all(w.dtype == np.uint8 for key, w in store["written"].items() if key != widget._target_key())
 
 
 def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qtbot, nuclei_fluo):

@@ -173,7 +173,6 @@ class SegmentWidget(Container):
         self._target = None
         self._written_base = None  # the propagated labels last written to the segmentation layer
         self._written_labels = None  # what was last written there (propagation with the painted edits)
-        self._painted = None  # every painted edit since the segmentation, -1 where none: they accumulate
         self._own_store = {"painted": {}, "written": {}}  # used only while there is no segmentation layer
         self._strokes: list = []  # per paint event: (flat pixel indices, their painted values before), for undo
         self._undone: list = []  # strokes undone, for redo
@@ -444,12 +443,12 @@ class SegmentWidget(Container):
         if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
             self._prepare_layers(layer)
         # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
-        painted = self._painted_for(layer, idx, result.labels.shape)
-        self._written_labels = self._write_plane(layer, idx, result, painted)
-        self._store()["written"][(_source_id(layer), tuple(idx))] = self._written_labels
+        painted = self._store()["painted"].get(key)
+        painted = painted if painted is not None and painted.shape == result.labels.shape else None
+        self._written_labels = self._compact(self._write_plane(layer, idx, result, painted))
+        self._store()["written"][key] = self._written_labels
         self._target = (layer, idx)
         self._written_base = result.labels.copy()
-        self._painted = painted
         self._strokes, self._undone, self._pending_strokes = [], [], 0
         if self._run is not None:
             self._run.update(done=i + 1, last=result)
@@ -478,12 +477,28 @@ class SegmentWidget(Container):
         return store
 
     def _painted_for(self, layer, idx, shape) -> np.ndarray:
-        """The painted map of one slice of an image (-1 where nothing is painted), kept across runs."""
+        """The painted map of one slice of an image (-1 where nothing is painted), kept across runs; made when
+        first needed, in the smallest integer type that holds the model's classes."""
         key = (_source_id(layer), tuple(idx))
         painted = self._store()["painted"].get(key)
         if painted is None or painted.shape != tuple(shape):
-            painted = self._store()["painted"][key] = np.full(shape, -1, np.int32)
+            dtype = np.int8 if self._session is None or self._session.n_classes <= 127 else np.int32
+            painted = self._store()["painted"][key] = np.full(shape, -1, dtype)
         return painted
+
+    @property
+    def _painted(self):
+        """The painted map of the slice being corrected (``None`` before a segmentation)."""
+        if self._target is None or self._written_labels is None:
+            return None
+        layer, idx = self._target
+        return self._painted_for(layer, idx, self._written_labels.shape)
+
+    def _compact(self, labels: np.ndarray) -> np.ndarray:
+        """A copy of written labels in the smallest type that holds the model's classes (a stack keeps one per
+        slice, beside the layer's own data)."""
+        small = self._session is not None and self._session.n_classes <= 255
+        return np.array(labels, dtype=np.uint8 if small and labels.min() >= 0 and labels.max() <= 255 else labels.dtype)
 
     def _target_key(self):
         layer, idx = self._target
@@ -792,10 +807,11 @@ class SegmentWidget(Container):
         store = self._store()
         written = store["written"].get(key)
         if written is None or written.shape != plane.shape:  # a slice never segmented: it showed nothing
-            written = store["written"][key] = np.zeros(plane.shape, plane.dtype)
+            written = store["written"][key] = np.zeros(plane.shape, np.uint8)
         painted = store["painted"].get(key)
         if painted is None or painted.shape != plane.shape:
-            painted = store["painted"][key] = np.full(plane.shape, -1, np.int32)
+            dtype = np.int8 if self._session.n_classes <= 127 else np.int32
+            painted = store["painted"][key] = np.full(plane.shape, -1, dtype)
         diff = plane != written
         bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
         if bad.any() and notes is not None:
