@@ -665,3 +665,40 @@ def test_a_stroke_during_a_background_propagation_is_kept(segmented, qtbot, monk
     seg.undo()  # and the stroke is one undo entry, as without the background work
     qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
     assert (widget._painted[disc] == -1).all()
+
+
+def test_another_image_in_the_layer_leaves_no_stale_copy_to_misread_strokes_against(make_napari_viewer, qtbot,
+                                                                                   nuclei_fluo):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image = nuclei_fluo[0][:128, :128]
+    a = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="a")
+    b = viewer.add_image(np.stack([image[::-1, ::-1]] * 3), name="b")
+    widget._all_slices.value = True
+    widget.run(a)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    widget.run(b)  # the layers move on to b (same shape): they are reset
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    widget._all_slices.value = False
+    viewer.dims.set_point(0, 0)
+    widget.run(a)  # back to a, slice 0 only: slice 1 of the layer shows nothing
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    viewer.dims.set_point(0, 1)
+    seg = viewer.layers["segmentation"]
+    with seg.block_history():  # a 4-pixel stroke on slice 1
+        seg.data_setitem((np.array([1, 1, 1, 1]), np.array([5, 5, 6, 6]), np.array([5, 6, 5, 6])), 1)
+    painted = widget._store()["painted"][(str(a.unique_id), (1,))]
+    assert int((painted >= 0).sum()) == 4  # the stroke, not everything the old copy of slice 1 differed in
+
+
+def test_a_label_that_is_not_a_class_is_replaced_by_the_propagation(segmented, messages):
+    viewer, widget, truth = segmented
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    box = (slice(4, 8), slice(4, 8))
+    with seg.block_history():
+        seg.data_setitem(np.nonzero(np.pad(np.ones((4, 4), bool), ((4, seg.data.shape[0] - 8),
+                                                                  (4, seg.data.shape[1] - 8)))), 7)
+    assert any("not a class" in m for m in messages["warning"])
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    assert (seg.data[box] < 2).all() and (widget._painted[box] == -1).all()

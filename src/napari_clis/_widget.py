@@ -585,6 +585,8 @@ class SegmentWidget(Container):
             lyr = self._find_layer(role)
             if lyr is not None and (lyr.data.shape != shape or not _same_source(lyr, image_layer)):
                 lyr.data = np.zeros(shape, dtype)
+                if role == SEGMENTATION:  # it shows none of what was written: edits are found against zeros now
+                    self._store()["written"].clear()
             elif lyr is None:  # tagged as it is added: the Image list never offers the widget's own layers
                 lyr = getattr(self._viewer, adder)(np.zeros(shape, dtype), name=role, metadata={LAYER_TAG: role},
                                                    **kwargs)
@@ -979,7 +981,7 @@ class SegmentWidget(Container):
         if plane.shape == labels.shape and written is not None and written.shape == labels.shape:
             # pixels the user changed since the last write (a stroke while a large image propagated in the
             # background) stay as painted, and stay new edits for the stroke that made them
-            moved = plane != written
+            moved = (plane != written) & (plane >= 0) & (plane < self._session.n_classes)  # not a class: replaced
             out = np.where(moved, plane, labels).astype(plane.dtype, copy=False)
             written = np.where(moved, written, labels)
         else:
