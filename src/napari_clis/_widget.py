@@ -88,6 +88,11 @@ def task_choice_text(session) -> str:
     return "\nPretrained task."
 
 
+def _slice(layer, idx) -> np.ndarray:
+    """The (H, W) slice ``idx`` of a layer's data (the whole of it for a 2D layer)."""
+    return np.asarray(layer.data[idx] if idx else layer.data)
+
+
 def _clear_history(labels_layer) -> None:
     """Empty a Labels layer's undo history (napari keeps it when the data is replaced)."""
     reset = getattr(labels_layer, "_reset_history", None)
@@ -178,6 +183,8 @@ class SegmentWidget(Container):
         self._undone: list = []  # strokes undone, for redo
         self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
         self._learn_step = 0
+        self._learn_timer = None
+        self._pending_strokes = 0  # paint events whose stroke is not taken in yet
         self._click_worker = None
         self._click_pending = False
         self._cancel_requested = False
@@ -477,9 +484,11 @@ class SegmentWidget(Container):
         return store
 
     def _painted_for(self, layer, idx, shape) -> np.ndarray:
+        return self._painted_map((_source_id(layer), tuple(idx)), shape)
+
+    def _painted_map(self, key, shape) -> np.ndarray:
         """The painted map of one slice of an image (-1 where nothing is painted), kept across runs; made when
         first needed, in the smallest integer type that holds the model's classes."""
-        key = (_source_id(layer), tuple(idx))
         painted = self._store()["painted"].get(key)
         if painted is None or painted.shape != tuple(shape):
             dtype = np.int8 if self._session is None or self._session.n_classes <= 127 else np.int32
@@ -521,7 +530,7 @@ class SegmentWidget(Container):
     def _on_finished(self) -> None:
         run, self._run = self._run, None
         self._worker = None
-        timer, self._learn_timer = getattr(self, "_learn_timer", None), None
+        timer, self._learn_timer = self._learn_timer, None
         if timer is not None:
             timer.stop()
         self._run_button.enabled = True
@@ -805,15 +814,12 @@ class SegmentWidget(Container):
         seg = self._find_layer(SEGMENTATION)
         if seg is None or self._session is None:
             return None
-        plane = np.asarray(seg.data[idx] if idx else seg.data)
+        plane = _slice(seg, idx)
         store = self._store()
         written = store["written"].get(key)
         if written is None or written.shape != plane.shape:  # a slice never segmented: it showed nothing
             written = store["written"][key] = np.zeros(plane.shape, np.uint8)
-        painted = store["painted"].get(key)
-        if painted is None or painted.shape != plane.shape:
-            dtype = np.int8 if self._session.n_classes <= 127 else np.int32
-            painted = store["painted"][key] = np.full(plane.shape, -1, dtype)
+        painted = self._painted_map(key, plane.shape)
         diff = plane != written
         bad = diff & ((plane < 0) | (plane >= self._session.n_classes))
         if bad.any() and notes is not None:
@@ -858,7 +864,7 @@ class SegmentWidget(Container):
                                             "segmented (go to it and press Segment).")
             QTimer.singleShot(0, lambda: self._late_edits(shown))
             return
-        self._pending_strokes = getattr(self, "_pending_strokes", 0) + 1
+        self._pending_strokes = self._pending_strokes + 1
         self._propagate_clicks()  # it records the stroke first
         QTimer.singleShot(0, self._late_edits)
 
@@ -866,7 +872,7 @@ class SegmentWidget(Container):
         """Pixels written after their paint event: part of the last stroke."""
         if self._retired or self._target is None or self._session is None:
             return
-        if shown is None and getattr(self, "_pending_strokes", 0):  # not recorded yet (a propagation was running)
+        if shown is None and self._pending_strokes:  # not recorded yet (a propagation was running)
             self._record_strokes()
             self._propagate_clicks()
             return
@@ -883,7 +889,7 @@ class SegmentWidget(Container):
         """Take the new edits of the target slice (:meth:`_absorb_edits`); when napari announced strokes, they
         are one undo entry per announced stroke (edits taken together go with the last)."""
         taken = self._absorb_edits(notes)
-        pending, self._pending_strokes = getattr(self, "_pending_strokes", 0), 0
+        pending, self._pending_strokes = self._pending_strokes, 0
         if pending:
             empty = (self._target_key(), np.zeros(0, np.int64), np.zeros(0, np.int32))
             self._strokes.extend([empty] * (pending - 1) + [taken if taken is not None else empty])
@@ -911,7 +917,7 @@ class SegmentWidget(Container):
         target.append((key, pixels, flat[pixels].copy()))
         flat[pixels] = values
         idx = key[1]
-        plane = np.asarray(seg.data[idx] if idx else seg.data)
+        plane = _slice(seg, idx)
         if plane.shape == written.shape:  # the restored pixels are not new edits
             written.reshape(-1)[pixels] = plane.reshape(-1)[pixels]
         if key == self._target_key():
@@ -976,7 +982,7 @@ class SegmentWidget(Container):
             self._click_status.value = "The 'segmentation' layer was deleted; press Segment to make it again."
             return
         labels = np.asarray(labels)
-        plane = np.asarray(seg.data[idx] if idx else seg.data)
+        plane = _slice(seg, idx)
         written = self._written_labels
         if plane.shape == labels.shape and written is not None and written.shape == labels.shape:
             # pixels the user changed since the last write (a stroke while a large image propagated in the
