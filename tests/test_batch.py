@@ -262,3 +262,53 @@ def test_a_running_scheduler_is_used_by_its_address(nuclei_session):
     np.testing.assert_array_equal(there[0].uncertainty, here[0].uncertainty)
     with pytest.raises(ValueError, match="not both"):
         nuclei_session.segment_many(image, scheduler=cluster.scheduler_address, workers=2)
+
+
+def test_grey_alpha_and_cmyk_files_are_read_as_the_image_they_show(tmp_path, nuclei_he, nuclei_session):
+    """A grey PNG with an alpha channel is one grey image (it was read as 256 slices 2 px wide, all background),
+    a CMYK JPEG is its RGB image (its inks were read as colours), and an (H, W, C) TIFF without axes is refused
+    instead of being segmented as a stack of slivers."""
+    from PIL import Image
+
+    from napari_clis.batch import read_image
+
+    rgb = nuclei_he[0]
+    grey = rgb.mean(-1).astype(np.uint8)
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "la.png")
+    Image.fromarray(np.dstack([grey, grey // 2]), "LA").save(tmp_path / "transparent.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
+    tifffile.imwrite(tmp_path / "channels.tif", np.dstack([grey, grey]))
+
+    data, _ = read_image(tmp_path / "la.png")
+    assert data.shape == grey.shape and np.array_equal(data, grey)
+    cmyk, _ = read_image(tmp_path / "cmyk.jpg")
+    assert cmyk.shape == rgb.shape and np.abs(cmyk.astype(int) - read_image(tmp_path / "rgb.jpg")[0]).mean() < 3
+    records = {r.source.name: r for r in nuclei_session.segment_many(tmp_path, tmp_path / "out")}
+    assert records["la.png"].status == "segmented"
+    labels = tifffile.imread(records["la.png"].outputs["labels"])
+    assert labels.shape == grey.shape
+    assert np.array_equal(labels, nuclei_session.segment(grey).labels)
+    assert records["transparent.png"].status == "failed" and "alpha" in records["transparent.png"].error
+    assert records["channels.tif"].status == "failed" and "planes of" in records["channels.tif"].error
+
+
+def test_outputs_of_an_earlier_run_are_not_inputs_and_an_unwritable_output_stops_before_any_work(tmp_path, capsys):
+    folder = _nuclei_folder(tmp_path)
+    assert main(["segment", str(folder), "--model", "nuclei", "--output", str(folder), "--samples", "1"]) == 0
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "--model", "nuclei", "--output", str(out), "--samples", "1"]) == 0
+    assert "2 segmented" in capsys.readouterr().err  # not the 6 files of the folder: 4 are the first run's outputs
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for s in (NUCLEI_FLUO, NUCLEI_HE)
+                                                            for p in _outputs(out, s))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for target in (blocker, blocker / "out"):  # a file, and a folder that cannot be made
+        assert main(["segment", str(folder), "--model", "nuclei", "--output", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "Nothing was segmented" in err or "is a file, not a folder" in err, err
+        assert "segmented," not in err
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit: 2, with the option named
+        main(["segment", str(folder), "--model", "nuclei", "--output", str(out), "--threads", "0"])
+    assert stop.value.code == 2
+    assert "--threads: takes a whole number of threads >= 1" in capsys.readouterr().err

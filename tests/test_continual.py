@@ -8,7 +8,7 @@ import pytest
 from napari_clis import ClisSession
 from napari_clis.checkpoint import CheckpointError
 from napari_clis.metrics import dice
-from napari_clis.session import InteractionError, LearnCancelled, LearnRejected
+from napari_clis.session import AutosaveError, InteractionError, LearnCancelled, LearnRejected
 
 
 def _halves(image, truth):
@@ -188,6 +188,10 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
         t.learn(steps=2)
     assert t.net is net and len(t.tasks) == 1
     assert t.task_choice == {"nearest": 0, "known": True, "agreement": None}  # remembered from now on
+    remembered = list(t.remembered)
+    with pytest.raises(LearnRejected, match="rolled back"):  # the same image rolled back again: remembered once
+        t.learn(steps=2)
+    assert t.remembered == remembered
     # the image keeps the task that segmented it, even though a learned task is near it
     t.segment(a)
     assert t.task == 0 and t.remembered[-1][1] == 0 and t.task_choice["known"]
@@ -242,10 +246,15 @@ def test_a_failed_autosave_keeps_the_last_good_file_and_the_model(learned, tmp_p
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
-    with pytest.raises(CheckpointError, match="No space left"):
+    with pytest.raises(AutosaveError, match="No space left") as err:  # a CheckpointError
         t.learn(steps=2)
-    assert path.read_bytes() == good
-    assert len(t.tasks) == 1 and t.net.n_tasks == 2
+    assert isinstance(err.value, CheckpointError) and "is kept in this session, but it is not saved" in str(err.value)
+    assert path.read_bytes() == good  # the file on disk is the last good one
+    # and the task just learned is not thrown away: it is in the session, to be saved elsewhere
+    assert len(t.tasks) == 2 and t.net.n_tasks == 3 and err.value.record is t.tasks[-1] and t.task == 2
+    monkeypatch.undo()
+    t.save(tmp_path / "elsewhere.pt")
+    assert len(ClisSession.load(tmp_path / "elsewhere.pt", device="cpu").tasks) == 2
 
 
 def test_saving_where_it_cannot_be_written_says_so(learned, tmp_path):

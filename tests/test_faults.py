@@ -293,12 +293,14 @@ def test_a_full_disk_during_autosave_keeps_the_model_and_the_file_as_they_were(t
     s.annotate(np.pad(np.ones((16, 16), bool), 24), 1)
     _disk_full_at(monkeypatch, stage)
     try:
-        with pytest.raises(CheckpointError, match="No space left on device"):
+        with pytest.raises(CheckpointError, match="No space left on device") as err:
             s.learn()
     finally:
         s.autosave = None
-    assert path.read_bytes() == good
-    assert s.net.n_tasks == n_tasks and s.tasks == tasks, "a learned task that could not be saved was kept"
+    assert path.read_bytes() == good, "the file on disk is no longer the last good one"
+    # the learned task is kept in the session (throwing it away would lose the work), and the error says so
+    assert s.net.n_tasks == n_tasks + 1 and s.tasks == tasks + [err.value.record]
+    assert "is kept in this session, but it is not saved" in str(err.value)
 
 
 # -- folders that cannot be written ----------------------------------------------------------------------------------

@@ -248,6 +248,20 @@ def test_a_large_unsure_region_is_suggested_before_a_sliver_that_is_a_little_mor
     assert first[1] >= 20, "the sliver came first"
 
 
+def test_without_an_uncertainty_map_nothing_is_suggested_and_a_painted_mask_can_be_taken_back(nuclei_session,
+                                                                                               nuclei_he):
+    image, _ = nuclei_he
+    nuclei_session.segment(image, n_samples=0)  # no Monte-Carlo samples: a zero map says nowhere is unsure
+    assert nuclei_session.suggest(16).shape == (0, 2)
+    r = nuclei_session.segment(image)
+    nuclei_session.click(5, 5, 0)
+    nuclei_session.annotate(np.ones(image.shape[:2], np.uint8), 0)  # 0/1 integers count as a mask
+    assert not nuclei_session.labels.any()
+    nuclei_session.clear_annotations()  # the painting goes, the click stays
+    assert nuclei_session.clicks == [(5, 5, 0)] and nuclei_session.labels.any()
+    assert (nuclei_session.labels != r.labels).mean() < 0.01
+
+
 def test_suggestions_on_a_real_image_are_apart_and_inside(nuclei_session, nuclei_he):
     image, _ = nuclei_he
     nuclei_session.segment(image)

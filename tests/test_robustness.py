@@ -131,6 +131,10 @@ def invalid_images(draw):
         return np.zeros(shape, np.uint8), [str(shape)]
     if kind == "channels":
         h, w, c = draw(st.integers(2, 9)), draw(st.integers(2, 9)), draw(st.sampled_from([2, 5, 6, 7, 8]))
+        if c == 2:  # grey and a varying alpha (a constant one is dropped, as RGBA's is)
+            image = np.zeros((h, w, 2), np.float32)
+            image[0, 0, 1] = draw(st.floats(0.5, 255))
+            return image, ["2 channels", "alpha"]
         return np.zeros((h, w, c), np.float32), [str((h, w, c))]
     if kind == "small":
         h, w = draw(st.tuples(st.integers(0, 3), st.integers(0, 3)).filter(lambda s: min(s) < 2))
@@ -295,7 +299,8 @@ def bad_interaction_calls(draw, h, w):
         shape = draw(st.tuples(st.integers(1, 70), st.integers(1, 70)).filter(lambda s: s != (h, w)))
         return "annotate", (np.ones(shape, bool), 1), [str(shape), str((h, w))]
     if kind == "mask dtype":
-        mask = draw(st.sampled_from([np.full((h, w), "1"), np.full((h, w), np.nan), np.full((h, w), None)]))
+        mask = draw(st.sampled_from([np.full((h, w), "1"), np.full((h, w), np.nan), np.full((h, w), None),
+                                     np.full((h, w), 0.4)]))  # a probability map: not a painted mask
         return "annotate", (mask, 1), ["annotation mask"]
     if kind == "mask class":
         return "annotate", (np.ones((h, w), bool), draw(_not_a_class)), ["not one of this model's classes"]

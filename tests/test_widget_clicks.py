@@ -436,6 +436,35 @@ def test_tasks_that_could_not_be_saved_block_switching_the_model_until_saved(seg
     assert widget.session is not session and widget.session.model_name == "skin-lesion"
 
 
+def test_a_failed_autosave_keeps_the_task_says_it_is_not_saved_and_blocks_switching_until_saved(
+        segmented, qtbot, messages, tmp_path, monkeypatch):
+    import napari_clis.checkpoint as checkpoint
+
+    viewer, widget, truth = segmented
+    real, failing = checkpoint.atomic_write_bytes, [True]
+
+    def full_disk(*args, **kwargs):  # the models folder exists, but nothing can be written there
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    widget._session.learn_settings.steps = 6
+    widget._learn_button.native.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    session = widget.session
+    assert len(session.tasks) == 1 and session.autosave is None, "the learned task was thrown away"
+    assert any("Learned task 1" in m and "NOT saved" in m and "No space left" in m for m in messages["warning"])
+    assert "NOT saved" in widget._status.value and widget._task_combo.choices == (-1, 0, 1)
+    widget._model_combo.value = "skin-lesion"  # the unsaved task blocks another model, as any unsaved task does
+    widget.run(viewer.layers["he"])
+    assert widget.session is session and any("not saved" in m for m in messages["error"])
+    failing[0] = False
+    widget.save_model(tmp_path / "mine.pt")
+    assert len(checkpoint.load_model(tmp_path / "mine.pt")[1]["learned_tasks"]) == 1
+
+
 def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_of_the_last(segmented, qtbot,
                                                                                           nuclei_fluo):
     viewer, widget, truth = segmented

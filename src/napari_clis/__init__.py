@@ -14,6 +14,7 @@ _LAZY = {
     "ClisSession": "session",
     "SegmentationResult": "session",
     "LearnRejected": "session",
+    "AutosaveError": "session",
     "LearnCancelled": "continual",
     "ImageError": "preprocessing",
     "InteractionError": "interactive",

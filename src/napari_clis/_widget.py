@@ -1112,12 +1112,16 @@ class SegmentWidget(Container):
         stem = Path(session.model_name).stem or "model"
         session.autosave = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
-    def _on_learned(self, record) -> None:
-        from napari.utils.notifications import show_info
+    def _on_learned(self, record, unsaved: str | None = None) -> None:
+        """A learned task: list it. ``unsaved``: why its autosave failed (the task is kept, not saved)."""
+        from napari.utils.notifications import show_info, show_warning
 
         session = self._session
         saved = ""
-        if session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
+        if unsaved is not None:
+            session.autosave = None  # so that switching models asks for Save model first, as for any unsaved task
+            saved = f" {unsaved}"
+        elif session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
             self._on_saved(session.autosave)
             from pathlib import Path
 
@@ -1128,16 +1132,19 @@ class SegmentWidget(Container):
         msg = (f"Learned task {record.task}: Dice on this image {record.dice_before:.3f} -> {record.dice_after:.3f} "
                f"({record.seconds:.0f} s, {record.kernels_new} new kernels, {free} left free for later tasks)."
                f"{saved}")
-        show_info(msg)
+        (show_warning if unsaved is not None else show_info)(msg)
         self._set_status(msg)
         self._show_tasks()
 
     def _on_learn_error(self, error: Exception) -> None:
         from napari.utils.notifications import show_warning
 
-        from .session import LearnCancelled, LearnRejected
+        from .session import AutosaveError, LearnCancelled, LearnRejected
 
-        if isinstance(error, (LearnCancelled, LearnRejected)):
+        if isinstance(error, AutosaveError):  # learned and kept, but not saved: say so, and keep it listed
+            self._on_learned(error.record, unsaved=f"It is NOT saved: {error.__cause__ or error} Press Save model "
+                                                   "to save it in a folder you can write.")
+        elif isinstance(error, (LearnCancelled, LearnRejected)):
             show_warning(str(error))
             self._set_status(str(error))
         else:

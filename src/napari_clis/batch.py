@@ -64,6 +64,7 @@ TILE_MARGIN = 96  # context around each tile, as uncertainty.DEFAULT_MARGIN: wid
 KEY = "napari_clis"  # the key of our record in an output's TIFF description
 _DTYPES = {"labels": np.int32, "uncertainty": np.float32, "superpixels": np.int32}
 _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
+MIN_PLANE_SIDE = 8  # px: a stack's planes narrower than this are an image's channels, read as planes
 _IMAGEJ_KEYS = ("spacing", "unit", "finterval", "fps", "xorigin", "yorigin", "zorigin")
 _TRIM_CONFIG = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
@@ -177,8 +178,11 @@ def find_images(paths, *, output: str | Path | None = None) -> list[Path | FileR
 def _is_input_image(path: Path, out_dir: Path | None) -> bool:
     if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in SUPPORTED_SUFFIXES:
         return False
-    is_output = any(path.name.endswith(f"_{kind}.tif") for kind in _DTYPES)
-    return not (is_output and out_dir is not None and path.parent.resolve() == out_dir)
+    if not any(path.name.endswith(f"_{kind}.tif") for kind in _DTYPES):
+        return True
+    if out_dir is not None and path.parent.resolve() == out_dir:
+        return False
+    return not read_batch_metadata(path)  # an earlier run's output, wherever it is now, is not an input
 
 
 def output_paths(source: str | Path, folder: str | Path, kinds=("labels", "uncertainty")) -> dict[str, Path]:
@@ -214,11 +218,18 @@ def read_image(path: str | Path) -> tuple[np.ndarray, _SourceInfo]:
         if path.suffix.lower() in (".tif", ".tiff"):
             return _read_tiff(path)
         import imageio.v3 as iio
+        from PIL import Image
 
+        with Image.open(path) as im:
+            mode = im.mode
         dpi = iio.immeta(path, plugin="pillow").get("dpi")
         info = _SourceInfo(resolution=(float(dpi[0]), float(dpi[1])) if dpi else None,
                            resolution_unit=2 if dpi else None)  # 2: inch
-        return np.asarray(iio.imread(path, plugin="pillow")), info
+        # a PNG or JPEG is one 2D image: CMYK (print JPEGs) as RGB, not its inks as colours; grey + alpha as grey
+        data = np.asarray(iio.imread(path, plugin="pillow", **({"mode": "RGB"} if mode == "CMYK" else {})))
+        if data.ndim == 3 and data.shape[-1] == 2:
+            data = as_2d_image(data)  # drops an opaque alpha channel; refuses transparency with a message
+        return data, info
     except ImageError:
         raise
     except Exception as e:  # every reader has its own errors; the user needs the file and the reason
@@ -261,6 +272,11 @@ def _plane_stack(data: np.ndarray, axes: str | None) -> tuple[np.ndarray, tuple[
     if data.ndim < 2 + colour or data.size == 0:
         raise ImageError(f"It is not an image: its shape is {data.shape}.")
     lead = data.shape[: data.ndim - 2 - colour]
+    plane = data.shape[len(lead): len(lead) + 2]
+    if lead and min(plane) < MIN_PLANE_SIDE:
+        raise ImageError(f"Its shape {data.shape} would make {int(np.prod(lead))} planes of {plane[0]}x{plane[1]} "
+                         "pixels: it looks like an image with its channels last, saved without axes. Save each "
+                         "channel as an image of its own, or an RGB image as RGB.")
     if axes is None or len(axes) != len(lead) + 2:
         axes = _DEFAULT_AXES.get(len(lead) + 2, "Q" * len(lead) + "YX")
     return data.reshape((-1,) + data.shape[len(lead):]), tuple(lead), axes
@@ -648,8 +664,22 @@ def _select_todo(jobs: list, folder: Path | None, overwrite: bool, records: list
             todo.append((i, job))
     if conflicts:
         _refuse(conflicts)
-    folder.mkdir(parents=True, exist_ok=True)
+    if todo:
+        _prepare_output(folder)
     return todo
+
+
+def _prepare_output(folder: Path) -> None:
+    """Make the output folder and check that it can be written, before any image is segmented."""
+    if folder.exists() and not folder.is_dir():
+        raise OSError(f"The output {folder} is a file, not a folder: name a folder for the outputs.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".napari-clis-check-"):
+            pass
+    except OSError as e:
+        raise OSError(f"Cannot write to the output folder {folder}: {e.strerror or e}. Nothing was segmented; "
+                      "choose a folder you can write to.") from e
 
 
 def _run(todo: list, session, tile: int, superpixels: bool, scheduler, workers: int, finish) -> None:

@@ -10,6 +10,17 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _threads(value: str) -> int:
+    """argparse type of ``--threads``: a whole number >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number of threads >= 1, got {value!r}")
+    return n
+
+
 def _pretrain(args) -> int:
     import torch
     from tqdm import tqdm
@@ -153,14 +164,14 @@ def _add_segment_parser(sub) -> None:
     sg.add_argument("--superpixels", action="store_true", help="also write the superpixels (<name>_superpixels.tif)")
     sg.add_argument("--samples", type=int, metavar="T", help="Monte-Carlo samples for the uncertainty (default 8)")
     sg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    sg.add_argument("--threads", type=int, help="CPU threads for torch in this process")
+    sg.add_argument("--threads", type=_threads, help="CPU threads for torch in this process")
     sg.set_defaults(func=_segment)
 
 
 def _calibrate(args) -> int:
     import torch
 
-    from .checkpoint import load_model, save_model
+    from .checkpoint import CheckpointError, load_model, save_model
     from .data import load_dataset
     from .training import DECISION_THRESHOLDS, calibrate_decision
 
@@ -173,20 +184,31 @@ def _calibrate(args) -> int:
     except ValueError:
         raise SystemExit(f"napari-clis calibrate: --thresholds takes numbers separated by commas, got "
                          f"{args.thresholds!r}") from None
-    net, metadata, _ = load_model(args.model_file)
+    try:
+        net, metadata, payload = load_model(args.model_file)
+    except CheckpointError as e:
+        raise SystemExit(f"napari-clis calibrate: {e}") from None
     name = metadata.get("name")
     if name not in ("nuclei", "skin-lesion"):
         raise SystemExit(f"napari-clis calibrate: {args.model_file} is a {name!r} model; its images are not known")
     try:
         samples = load_dataset(name, args.part, args.data)
     except KeyError:
-        raise SystemExit(f"napari-clis calibrate: the {name} data has no part {args.part!r}") from None
+        parts = "pretrain" if name == "nuclei" else "monitor (isic2017/val) or pretrain"
+        raise SystemExit(f"napari-clis calibrate: the {name} data has no part {args.part!r}; choose --part "
+                         f"{parts} (never heldout: it measures the model)") from None
     try:
         metadata = calibrate_decision(net, metadata, samples, single_object=args.single_object,
                                       thresholds=thresholds)
     except ValueError as e:
         raise SystemExit(f"napari-clis calibrate: {e}") from None
-    save_model(args.output, net, metadata)
+    # whatever else the file holds (a session's annotations of its learned tasks) goes into the calibrated file too
+    extra = {k: v for k, v in payload.items() if k not in ("format", "format_version", "config", "state_dict",
+                                                          "metadata")}
+    try:
+        save_model(args.output, net, metadata, extra=extra)
+    except OSError as e:
+        raise SystemExit(f"napari-clis calibrate: could not write {args.output}: {e.strerror or e}") from None
     print(f"saved {args.output}")
     return 0
 
@@ -220,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="average the soft Dice loss per image (as the held-out Dice is) instead of over the batch")
     pt.add_argument("--bn-batches", type=int, default=100,
                     help="training batches over which BatchNorm statistics are recomputed at the end")
-    pt.add_argument("--threads", type=int, help="CPU threads for torch")
+    pt.add_argument("--threads", type=_threads, help="CPU threads for torch")
     pt.add_argument("--log", help="also append progress lines to this file")
     pt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     pt.set_defaults(func=_pretrain)
@@ -236,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="declare one object per class (a lesion) and choose the threshold with that rule applied")
     cb.add_argument("--thresholds", help="foreground probabilities to try, comma-separated (default 0.5, 0.45, "
                     "... 0.2)")
-    cb.add_argument("--threads", type=int, help="CPU threads for torch")
+    cb.add_argument("--threads", type=_threads, help="CPU threads for torch")
     cb.set_defaults(func=_calibrate)
 
     dm = sub.add_parser("demo", help="open napari with a sample image and the segmentation widget")

@@ -365,8 +365,9 @@ class Interaction:
             raise InteractionError(f"the annotation mask has shape {mask.shape}, the image {self.shape}")
         if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
             raise InteractionError(f"the annotation mask must be boolean (True where painted), got dtype {mask.dtype}")
-        if np.issubdtype(mask.dtype, np.floating) and not np.isfinite(mask).all():
-            raise InteractionError("the annotation mask contains NaN or infinite values; give a boolean mask")
+        if np.issubdtype(mask.dtype, np.floating) and not np.isin(mask, (0.0, 1.0)).all():  # a probability map
+            raise InteractionError("the annotation mask must be boolean (True where painted); a float mask may hold "
+                                   "only 0 and 1. For a probability map give e.g. mask > 0.5")
         mask = mask.astype(bool)
         if self.painted is None:
             self.painted = np.full(self.shape, -1, np.int16)
@@ -580,7 +581,8 @@ class Interaction:
     # -- guidance ---------------------------------------------------------------------------------
     def suggest(self, n: int = 16, *, min_area: float | None = None) -> np.ndarray:
         """(m, 2) int (y, x): interior points of the ``n`` most uncertain regions not annotated yet, at least
-        about two superpixels apart (a less uncertain region gives way to a nearby more uncertain one)."""
+        about two superpixels apart (a less uncertain region gives way to a nearby more uncertain one). Regions
+        without any uncertainty are never suggested: without Monte-Carlo samples (a zero map) there are none."""
         g = self.graph
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise InteractionError(f"the number of suggestions must be a whole number, got {n!r}")
@@ -588,7 +590,7 @@ class Interaction:
             return np.zeros((0, 2), np.int64)
         if min_area is None:
             min_area = max(8.0, 0.15 * float(np.median(g.area)))
-        free = (self.fixed_regions() < 0) & (g.area >= min_area)
+        free = (self.fixed_regions() < 0) & (g.area >= min_area) & (g.doubt > 0)
         cand = np.flatnonzero(free)
         order = cand[np.argsort(-g.doubt[cand], kind="stable")]
         # spread the suggestions: none closer than about two superpixels to a more uncertain one

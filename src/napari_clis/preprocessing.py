@@ -33,8 +33,9 @@ def check_tiling(tile, margin=None) -> None:
 def as_2d_image(image) -> np.ndarray:
     """Validate ``image`` and return it as ``(H, W)`` grey or ``(H, W, 3)`` colour, dtype unchanged.
 
-    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) and ``(H, W, 4)`` (RGBA with a constant alpha
-    channel, which is dropped; a varying 4th channel means a 4-channel image and is refused).
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 2)`` (grey with a constant alpha channel, which is dropped),
+    ``(H, W, 3)`` (RGB) and ``(H, W, 4)`` (RGBA with a constant alpha channel, which is dropped; a varying 4th
+    channel means a 4-channel image and is refused, as is a varying 2nd).
     Raises :class:`ImageError` naming the problem for anything else.
     """
     arr = np.asarray(image)
@@ -43,6 +44,15 @@ def as_2d_image(image) -> np.ndarray:
     if arr.dtype.kind not in "biuf":  # numpy counts time differences (timedelta64) as numbers; they are not pixels
         raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
     if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # grey and alpha (a PNG's "LA" mode)
+        alpha = arr[..., 1]
+        if alpha.size and alpha.min() != alpha.max():
+            raise ImageError(
+                "The image has 2 channels and the 2nd is not a constant (opaque) alpha channel. If it is grey with "
+                "transparency, drop the alpha channel (image[..., 0]); if it is a 2-channel microscopy image, "
+                "segment one channel at a time."
+            )
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[-1] == 4:
         alpha = arr[..., 3]

@@ -32,7 +32,7 @@ from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, decide, predict, weigh
 
 __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError", "LearnRejected",
-           "LearnCancelled"]
+           "LearnCancelled", "AutosaveError"]
 
 
 FINGERPRINT_SIDE = 512  # px: the longest side of the image the task-aware module fingerprints
@@ -41,6 +41,17 @@ AGREEMENT_SIDE = 256  # px: the central square its agreement check sees at full 
 
 class LearnRejected(RuntimeError):
     """A learn step would have made the model worse on the current image; it was rolled back."""
+
+
+class AutosaveError(CheckpointError):
+    """A task was learned and is kept in the session, but saving it to :attr:`ClisSession.autosave` failed.
+
+    ``record`` is the learned task's :class:`~napari_clis.continual.TaskRecord`; save the session elsewhere with
+    :meth:`ClisSession.save` to keep it."""
+
+    def __init__(self, message: str, record):
+        super().__init__(message)
+        self.record = record
 
 
 @dataclass
@@ -348,6 +359,10 @@ class ClisSession:
         """A painted region (a boolean (H, W) mask) as an annotation; painted pixels keep class ``label``."""
         self._require_interaction().annotate(mask, label)
 
+    def clear_annotations(self) -> None:
+        """Drop every painted annotation of the current image (the clicks stay); the segmentation follows."""
+        self._require_interaction().clear_annotations()
+
     @property
     def clicks(self) -> list[tuple[int, int, int]]:
         """The clicks as (y, x, label), in the order they were made."""
@@ -436,12 +451,15 @@ class ClisSession:
         t0 = time.perf_counter()
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
         if not info["dice_after"] >= info["dice_before"]:
-            self.remembered.append(([float(v) for v in self._fingerprint], int(self.task)))
+            entry = ([float(v) for v in self._fingerprint], int(self.task))
+            if entry not in self.remembered:  # the same image rolled back again is remembered once
+                self.remembered.append(entry)
             self.task_choice = {"nearest": int(self.task), "known": True, "agreement": None}  # now remembered
             raise LearnRejected(
                 f"Learning was rolled back: the new task would segment this image worse than the current model "
                 f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on the accepted "
-                "segmentation). The model is unchanged."
+                "segmentation). The network is unchanged; the image is remembered as one its current task "
+                "segments best."
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
                             image_shape=list(labels.shape), clicks=clicks,
@@ -458,8 +476,13 @@ class ClisSession:
         if self.autosave is not None:
             try:
                 self.save(self.autosave)
+            except CheckpointError as e:  # the task stays learned here: throwing it away would lose the work
+                raise AutosaveError(
+                    f"Task {task} was learned and is kept in this session, but it is not saved: {e} Save the "
+                    "session elsewhere (save(path); in napari, Save model) before closing.",
+                    record) from e
             except Exception:
-                self.net = old_net  # an autosave that fails must not leave a learned task unsaved
+                self.net = old_net  # not a failed write (a bug): leave the model as it was before
                 self.tasks.pop()
                 self.annotations.pop(task, None)
                 self.task, self.task_choice = record.parent, choice
