@@ -197,6 +197,21 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
     assert t.task == 0 and t.remembered[-1][1] == 0 and t.task_choice["known"]
 
 
+def test_a_task_that_finds_none_of_the_objects_is_not_kept_even_if_the_model_did_no_better(learned, monkeypatch):
+    import napari_clis.session as session_module
+
+    s, _, (a, _), _, _ = learned
+    t = _copy(s)
+    t.segment(a)
+    real = session_module.learn_task
+    monkeypatch.setattr(session_module, "learn_task", lambda *args, **kwargs: (lambda r: (
+        r[0], r[1], {**r[2], "dice_before": 0.0, "dice_after": 0.0}))(real(*args, **kwargs)))
+    n = len(t.tasks)
+    with pytest.raises(LearnRejected, match="finding none of its objects"):
+        t.learn(steps=2)
+    assert len(t.tasks) == n
+
+
 def test_learning_needs_a_segmentation_with_something_in_it(nuclei_fluo):
     s = ClisSession.from_pretrained("nuclei", device="cpu")
     with pytest.raises(InteractionError, match="segment"):

@@ -306,3 +306,18 @@ def test_a_segmentation_that_fails_leaves_the_current_image_its_task_and_clicks(
     np.testing.assert_array_equal(s._fingerprint, state[1])
     np.testing.assert_array_equal(s.labels, state[4])
     assert s.clicks == [(10, 10, 1)]
+
+
+@pytest.mark.parametrize("kwargs, words", [({"n_samples": 2.7}, "n_samples must be a whole number >= 0"),
+                                           ({"n_samples": "4"}, "n_samples must be a whole number >= 0"),
+                                           ({"superpixel_size": 1}, "superpixel_size must be a whole number >= 2")])
+def test_bad_session_settings_are_refused_when_the_session_is_made(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        ClisSession.from_pretrained("nuclei", device="cpu", **kwargs)
+
+
+def test_a_model_file_under_the_home_folder_can_be_named_with_a_tilde(tmp_path, monkeypatch, nuclei_session):
+    nuclei_session.save(tmp_path / "mine.pt")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = ClisSession.from_checkpoint("~/mine.pt", device="cpu")
+    assert s.source == str(tmp_path / "mine.pt")

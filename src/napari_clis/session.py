@@ -134,8 +134,9 @@ class ClisSession:
     def __init__(self, net: ClisNet, metadata: dict | None = None, *, device: str = "auto", n_samples: int = 8,
                  seed: int = 0, superpixel_size: int = DEFAULT_SUPERPIXEL_SIZE, source: str | None = None,
                  autosave: str | Path | None = None):
-        if n_samples < 0:
-            raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+        for name, value, least in (("n_samples", n_samples, 0), ("superpixel_size", superpixel_size, 2)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.metadata = dict(metadata or {})
@@ -206,6 +207,7 @@ class ClisSession:
         """A session with the model in ``path`` (a file written by napari-clis: a pretrained model, or a
         session saved by :meth:`save` with its learned tasks and their annotations)."""
         resolve_device(device)
+        path = Path(path).expanduser()
         net, metadata, payload = load_model(path)
         s = cls(net, metadata, device=device, source=str(path), **kwargs)
         s.annotations = {int(t): a.numpy() for t, a in payload.get("annotations", {}).items()}
@@ -450,13 +452,15 @@ class ClisSession:
         x, y = self._working(self._normalized, labels)
         t0 = time.perf_counter()
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
-        if not info["dice_after"] >= info["dice_before"]:
+        if not (info["dice_after"] >= info["dice_before"] and info["dice_after"] > 0):  # worse, or nothing learnt
             entry = ([float(v) for v in self._fingerprint], int(self.task))
             if entry not in self.remembered:  # the same image rolled back again is remembered once
                 self.remembered.append(entry)
             self.task_choice = {"nearest": int(self.task), "known": True, "agreement": None}  # now remembered
+            worse = "worse than the current model" if info["dice_after"] < info["dice_before"] else \
+                "no better than the current model, finding none of its objects"
             raise LearnRejected(
-                f"Learning was rolled back: the new task would segment this image worse than the current model "
+                f"Learning was rolled back: the new task would segment this image {worse} "
                 f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on the accepted "
                 "segmentation). The network is unchanged; the image is remembered as one its current task "
                 "segments best."
