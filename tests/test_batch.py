@@ -312,3 +312,19 @@ def test_outputs_of_an_earlier_run_are_not_inputs_and_an_unwritable_output_stops
         main(["segment", str(folder), "--model", "nuclei", "--output", str(out), "--threads", "0"])
     assert stop.value.code == 2
     assert "--threads: takes a whole number of threads >= 1" in capsys.readouterr().err
+
+
+def test_overwrite_removes_an_earlier_runs_output_it_does_not_write_and_a_file_named_twice_is_refused(tmp_path,
+                                                                                                     nuclei_session):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(NUCLEI_DIR / f"{NUCLEI_FLUO}.png", folder / "a.png")
+    out = tmp_path / "out"
+    (first,) = nuclei_session.segment_many(folder, out, superpixels=True)
+    assert first.outputs["superpixels"].exists()
+    shutil.copy(NUCLEI_DIR / f"{NUCLEI_HE}.png", folder / "a.png")  # another image under the same name
+    (second,) = nuclei_session.segment_many(folder, out, overwrite=True)
+    assert second.status == "segmented" and sorted(p.name for p in out.iterdir()) == ["a_labels.tif",
+                                                                                      "a_uncertainty.tif"]
+    with pytest.raises(ValueError, match="is given twice"):
+        nuclei_session.segment_many([folder, folder / "a.png"], out)

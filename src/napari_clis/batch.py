@@ -536,6 +536,9 @@ def _check_collisions(jobs: list[_Job]) -> None:
     seen: dict[Path, Path] = {}
     for job in jobs:
         path = job.outputs["labels"]
+        if path in seen and Path(seen[path]).resolve() == Path(job.source).resolve():
+            raise ValueError(f"{job.source} is given twice (a file named on its own and in a folder, or twice): "
+                             "give each image once.")
         if path in seen:
             raise ValueError(f"{seen[path]} and {job.source} would write the same outputs ({path.name} ...): "
                              "rename one of them, or segment them into different output folders.")
@@ -628,10 +631,16 @@ def _check_arguments(tile: int, workers: int, scheduler) -> None:
 
 def _run_record(session, tile: int) -> dict:
     """What every output of this run records about it (the input is added per file)."""
-    return {"version": __version__, "model": session.model_name, "checkpoint": session.source,
+    return {"version": __version__, "model": session.model_name,
+            "checkpoint": _where(session.source),
             "model_digest": _model_digest(session), "class_names": session.class_names,
             "settings": {"n_samples": session.n_samples, "seed": session.seed, "tile": tile,
                          "margin": TILE_MARGIN, "superpixel_size": session.superpixel_size}}
+
+
+def _where(source: str | None) -> str | None:
+    """A model file by its absolute path (a relative one says little in an output's record); a name as it is."""
+    return str(Path(source).resolve()) if source and Path(source).is_file() else source
 
 
 class _Reporter:
@@ -666,6 +675,10 @@ def _select_todo(jobs: list, folder: Path | None, overwrite: bool, records: list
         _refuse(conflicts)
     if todo:
         _prepare_output(folder)
+    for _, job in todo if overwrite else ():  # an output of this input left from another run, not asked for now
+        for stale in output_paths(job.source, folder, tuple(set(_DTYPES) - set(job.outputs))).values():
+            if read_batch_metadata(stale).get("job") not in (None, job.record["job"]):
+                stale.unlink()  # it would sit beside the new outputs as if it belonged to them
     return todo
 
 
