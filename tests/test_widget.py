@@ -120,6 +120,17 @@ def test_rgb_image_keeps_its_scale(viewer_and_widget, qtbot, lesion):
     np.testing.assert_allclose(seg.scale, (2.0, 2.0))
 
 
+def test_a_multiscale_image_is_segmented_at_its_full_resolution(viewer_and_widget, qtbot, nuclei_he, nuclei_session):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_he
+    layer = viewer.add_image([image, image[::2, ::2]], multiscale=True, rgb=True, name="pyramid")
+    _run(widget, qtbot, layer)
+    seg = viewer.layers["segmentation"].data  # numpy.asarray of the layer's data is its coarsest level
+    assert seg.shape == image.shape[:2]
+    nuclei_session.segment(image)
+    np.testing.assert_array_equal(seg, nuclei_session.labels)  # the propagated segmentation of the image itself
+
+
 def test_a_labels_layer_chosen_as_the_image_is_refused_with_a_message(viewer_and_widget, nuclei_fluo, errors):
     viewer, widget = viewer_and_widget
     labels = viewer.add_labels(np.zeros((32, 32), np.int32), name="my labels")

@@ -88,9 +88,16 @@ def task_choice_text(session) -> str:
     return "\nPretrained task."
 
 
+def _pixels(layer):
+    """A layer's data; of a multiscale layer, its full-resolution level (the one its shape and the segmentation's
+    pixels are of; ``numpy.asarray`` of napari's multiscale data gives the coarsest)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def _slice(layer, idx) -> np.ndarray:
-    """The (H, W) slice ``idx`` of a layer's data (the whole of it for a 2D layer)."""
-    return np.asarray(layer.data[idx] if idx else layer.data)
+    """The (H, W) slice ``idx`` of a layer's pixels (the whole of them for a 2D layer)."""
+    data = _pixels(layer)
+    return np.asarray(data[idx] if idx else data)
 
 
 def _clear_history(labels_layer) -> None:
@@ -411,14 +418,13 @@ class SegmentWidget(Container):
     def _start_worker(self, layer, planes, session, task: int | None = None) -> None:
         from napari.qt.threading import thread_worker
 
-        data = layer.data
+        data = _pixels(layer)
         n = len(planes)
 
         @thread_worker(ignore_errors=True)  # errors are shown to the user by _on_error
         def work():
             for i, idx in enumerate(planes):
-                plane = np.asarray(data[idx]) if idx else np.asarray(data)
-                result = session.segment(plane, task=task)
+                result = session.segment(np.asarray(data[idx] if idx else data), task=task)
                 yield i, idx, result
 
         worker = work()

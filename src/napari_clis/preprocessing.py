@@ -38,7 +38,14 @@ def as_2d_image(image) -> np.ndarray:
     channel means a 4-channel image and is refused, as is a varying 2nd).
     Raises :class:`ImageError` naming the problem for anything else.
     """
-    arr = np.asarray(image)
+    if isinstance(image, (list, tuple)) and len(image) > 1 and all(hasattr(a, "shape") for a in image) and \
+            len({tuple(a.shape) for a in image}) > 1:
+        raise ImageError(f"Got {len(image)} arrays of different shapes, a multiscale image (napari's pyramid): "
+                         "give one level, e.g. the full-resolution image[0].")
+    try:
+        arr = np.asarray(image)
+    except ValueError as e:  # a ragged sequence
+        raise ImageError(f"The image is not one array of numbers ({e}).") from e
     if arr.dtype.kind == "c":
         raise ImageError("The image holds complex numbers; take its magnitude or real part first.")
     if arr.dtype.kind not in "biuf":  # numpy counts time differences (timedelta64) as numbers; they are not pixels
