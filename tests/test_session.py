@@ -169,6 +169,7 @@ def test_the_api_errors_are_importable_from_the_package():
     assert napari_clis.InteractionError is InteractionError and napari_clis.LearnRejected is LearnRejected
     assert napari_clis.LearnCancelled is LearnCancelled
     assert issubclass(ImageError, ValueError) and issubclass(LearnRejected, RuntimeError)
+    assert issubclass(napari_clis.AutosaveError, CheckpointError)  # a failed write, as for save()
 
 
 def test_a_constant_image_segments_to_something_valid(nuclei_session):
