@@ -200,6 +200,29 @@ def test_the_plugin_tiff_writer_keeps_scale_and_translate(segmented, tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_the_layers_follow_the_image_when_it_is_rotated_sheared_or_rescaled_and_a_click_lands_on_its_pixel(
+        segmented, tmp_path):
+    import napari
+
+    from napari_clis._writer import read_labels_metadata
+
+    viewer, widget, truth = segmented
+    image = viewer.layers["he"]
+    ours = [viewer.layers[n] for n in ("segmentation", "uncertainty", "superpixels", "clicks", "suggestions")]
+    image.rotate, image.shear, image.scale = 30, [0.2], (0.7, 0.4)  # after segmenting: the layers move with it
+    for lyr in ours:
+        np.testing.assert_allclose(lyr.affine.affine_matrix, image.affine.affine_matrix)
+        for name in ("scale", "translate", "rotate", "shear"):
+            np.testing.assert_allclose(getattr(lyr, name), getattr(image, name), err_msg=f"{lyr.name}.{name}")
+    pixel = np.array(_wrong_pixel(viewer.layers["segmentation"].data, truth, 1))
+    clicks = viewer.layers["clicks"]
+    clicks.add(clicks.world_to_data(image.data_to_world(pixel)))  # as napari's add mode does with a mouse click
+    assert widget.session.clicks == [(int(pixel[0]), int(pixel[1]), widget.click_class)]
+    image.scale = (-0.5, 0.5)  # flipped: the plugin's TIFF writer still saves it (the tags hold sizes)
+    path = napari.save_layers(str(tmp_path / "flipped.tif"), [viewer.layers["segmentation"]], plugin="napari-clis")[0]
+    assert read_labels_metadata(path)["scale"] == [-0.5, 0.5]
+
+
 def test_moving_a_click_moves_its_correction(segmented):
     viewer, widget, truth = segmented
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]

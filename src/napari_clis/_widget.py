@@ -100,6 +100,17 @@ def _slice(layer, idx) -> np.ndarray:
     return np.asarray(data[idx] if idx else data)
 
 
+_GEOMETRY = ("scale", "translate", "rotate", "shear", "affine", "units")
+
+
+def _copy_geometry(dst, src) -> None:
+    """Give ``dst`` the whole data-to-world transform of ``src`` (scale, translate, rotate, shear, affine, units),
+    so that its pixels lie on ``src``'s and a point put on ``src`` lands on the same pixel of ``dst``."""
+    for name in _GEOMETRY:
+        if hasattr(src, name):
+            setattr(dst, name, getattr(src, name))
+
+
 def _clear_history(labels_layer) -> None:
     """Empty a Labels layer's undo history (napari keeps it when the data is replaced)."""
     reset = getattr(labels_layer, "_reset_history", None)
@@ -150,7 +161,8 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self._retired = False  # closed, or replaced by a newer widget on the same viewer: it then does nothing
         self._connections: list = []  # (emitter, callback) pairs to disconnect when retired
-        self._hooked: dict[str, weakref.WeakSet] = {"paint": weakref.WeakSet(), "clicks": weakref.WeakSet()}
+        self._hooked: dict[str, weakref.WeakSet] = {"paint": weakref.WeakSet(), "clicks": weakref.WeakSet(),
+                                                    "geometry": weakref.WeakSet()}
         previous = _OWNERS.get(id(viewer))
         if previous is not None and previous() is not None:
             previous()._retire()
@@ -575,14 +587,16 @@ class SegmentWidget(Container):
             return
         name = seg.metadata["source"]
         kept = [self._viewer.add_labels(np.array(seg.data, copy=True), name=f"{SEGMENTATION} [{name}]",
-                                        scale=seg.scale, translate=seg.translate, visible=False,
-                                        metadata={"source": name, "class_names": seg.metadata.get("class_names")})]
+                                        visible=False,
+                                        metadata={"source": name, "source_id": source,
+                                                  "class_names": seg.metadata.get("class_names")})]
+        _copy_geometry(kept[0], seg)
         if has_clicks:
             kept.append(self._viewer.add_points(np.array(clicks.data, copy=True), name=f"{CLICKS} [{name}]",
                                                 ndim=clicks.ndim, features=clicks.features.copy(),
                                                 face_color=np.array(clicks.face_color, copy=True), size=clicks.size,
-                                                scale=clicks.scale, translate=clicks.translate, visible=False,
-                                                metadata={"source": name}))
+                                                visible=False, metadata={"source": name, "source_id": source}))
+            _copy_geometry(kept[1], clicks)
         show_info(f"Your corrected segmentation of '{name}' is kept as layer '{kept[0].name}'"
                   + (f", its clicks as '{kept[1].name}'" if len(kept) > 1 else "") + ".")
 
@@ -608,8 +622,7 @@ class SegmentWidget(Container):
             lyr.metadata[LAYER_TAG] = role
             lyr.metadata["source"] = image_layer.name
             lyr.metadata["source_id"] = _source_id(image_layer)
-            lyr.scale = image_layer.scale
-            lyr.translate = image_layer.translate
+            _copy_geometry(lyr, image_layer)
             if role == SUPERPIXELS:
                 lyr.contour = 1
             if role == UNCERTAINTY:  # the map's full range: 0 to 1 - 1/K
@@ -617,6 +630,28 @@ class SegmentWidget(Container):
         seg = self._find_layer(SEGMENTATION)
         seg.metadata["class_names"] = session.class_names
         self._viewer.layers.selection.active = seg
+        self._follow_geometry(image_layer)
+
+    def _follow_geometry(self, image_layer) -> None:
+        """When the image moves (its scale, translate, rotation, shear, affine or units change), the widget's
+        layers of that image move with it."""
+        if image_layer in self._hooked["geometry"]:
+            return
+
+        def moved(_event=None, ref=weakref.ref(image_layer)):
+            image = ref()
+            if image is None:
+                return
+            for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, CLICKS, SUGGESTIONS):
+                lyr = self._find_layer(role)
+                if lyr is not None and _same_source(lyr, image):
+                    _copy_geometry(lyr, image)
+
+        for name in _GEOMETRY:
+            emitter = getattr(image_layer.events, name, None)
+            if emitter is not None:
+                self._connect(emitter, moved)
+        self._hooked["geometry"].add(image_layer)
 
     def _raise_above(self, image_layer) -> None:
         """Keep this widget's layers above the image they belong to (an image opened later goes on top)."""
@@ -723,7 +758,7 @@ class SegmentWidget(Container):
             self._hooked["clicks"].add(clicks)
         clicks.metadata["source"] = image_layer.name
         clicks.metadata["source_id"] = _source_id(image_layer)
-        clicks.scale, clicks.translate = image_layer.scale, image_layer.translate
+        _copy_geometry(clicks, image_layer)
         clicks.feature_defaults = {"class": self.click_class}
         clicks.current_face_color = self._class_colour(self.click_class)
         self._recolour_clicks(clicks)
@@ -1033,7 +1068,7 @@ class SegmentWidget(Container):
                 self._viewer.layers.selection.active = clicks
         else:
             sugg.data = pts
-        sugg.scale, sugg.translate = layer.scale, layer.translate
+        _copy_geometry(sugg, layer)
         sugg.metadata["source"] = layer.name
         sugg.metadata["source_id"] = _source_id(layer)
 

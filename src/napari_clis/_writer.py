@@ -1,8 +1,8 @@
 """npe2 writer: a Labels layer as TIFF that keeps its scale and translate (napari's own TIFF writer drops them).
 
 The file is a plain TIFF that any TIFF reader opens (napari's built-in reader gives the same labels); the
-layer's name, scale, translate and class names are in its ImageDescription as JSON, and the YX scale also in
-the standard resolution tags. Written atomically: a temporary file in the same folder, then one rename.
+layer's name, scale, translate and class names are in its ImageDescription as JSON, and the YX pixel size also in
+the standard resolution tags (as a positive size, when they can hold it). Written atomically: a temporary file in the same folder, then one rename.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     translate = [float(v) for v in meta.get("translate", [0.0] * arr.ndim)]
     info = {KEY: {"name": meta.get("name"), "scale": scale, "translate": translate,
                   "class_names": (meta.get("metadata") or {}).get("class_names")}}
+    # TIFF's resolution tags are positive fractions of modest size: a flipped axis (negative scale) keeps its
+    # sign in the JSON only, and a pixel size they cannot hold leaves the tags out
+    sizes = [abs(scale[-1]), abs(scale[-2])] if arr.ndim >= 2 else []
+    resolution = tuple(1.0 / s for s in sizes) if sizes and all(1e-6 <= s <= 1e6 for s in sizes) else None
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, arr, description=json.dumps(info), resolution=(1.0 / scale[-1], 1.0 / scale[-2]),
-                         metadata=None)
+        tifffile.imwrite(tmp, arr, description=json.dumps(info), resolution=resolution, metadata=None)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
