@@ -503,9 +503,11 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     assert len(kept_clicks.data) == 1 and list(kept_clicks.features["class"]) == [1]
     assert viewer.layers["segmentation"] is seg and seg.data.shape == nuclei_fluo[0].shape  # the live one moved on
     assert len(viewer.layers["clicks"].data) == 0
-    widget.run(viewer.layers["he"])  # back and forth without corrections adds nothing more
+    widget.run(viewer.layers["he"])  # back: its kept clicks are the clicks again, and correct it as before
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert len(viewer.layers) == 9
+    assert "clicks [he]" not in viewer.layers and len(viewer.layers["clicks"].data) == 1
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, corrected)
+    assert len(viewer.layers) == 8  # back and forth without new corrections adds nothing more
 
 
 def _disc(shape, centre, radius=3):

@@ -748,10 +748,18 @@ class SegmentWidget(Container):
             clicks = None
         if clicks is None:
             size = max(4.0, 0.6 * session.superpixel_size)
-            clicks = self._viewer.add_points(np.zeros((0, ndim)), name=CLICKS, ndim=ndim, size=size,
-                                             features={"class": np.zeros(0, int)},
+            kept = self._kept_clicks(image_layer, ndim)
+            data, classes = (np.zeros((0, ndim)), np.zeros(0, int)) if kept is None else \
+                (np.array(kept.data, copy=True), np.asarray(kept.features["class"], int).copy())
+            clicks = self._viewer.add_points(data, name=CLICKS, ndim=ndim, size=size, features={"class": classes},
                                              border_color="white", border_width=0.15)
             clicks.metadata[LAYER_TAG] = CLICKS
+            if kept is not None:  # the image is back: its clicks are the clicks again, as its painted edits are
+                from napari.utils.notifications import show_info
+
+                show_info(f"The {len(data)} click(s) kept in '{kept.name}' are back in '{CLICKS}' for "
+                          f"'{image_layer.name}'.")
+                self._viewer.layers.remove(kept)
         if clicks not in self._hooked["clicks"]:  # a layer made by a widget closed since is adopted
             self._connect(clicks.events.data, self._on_clicks_event)
             self._connect(clicks.events.features, self._on_click_features)
@@ -765,6 +773,16 @@ class SegmentWidget(Container):
         self._hook_segmentation(self._find_layer(SEGMENTATION))
         self._viewer.layers.selection.active = clicks
         clicks.mode = "add"
+
+    def _kept_clicks(self, image_layer, ndim: int):
+        """The clicks kept for ``image_layer`` when the layers moved on to another image (``clicks [name]``)."""
+        from napari.layers import Points
+
+        for lyr in reversed(list(self._viewer.layers)):  # the latest kept copy first
+            if isinstance(lyr, Points) and lyr.metadata.get(LAYER_TAG) is None and lyr.ndim == ndim and \
+                    "class" in lyr.features and _same_source(lyr, image_layer) and lyr.name.startswith(CLICKS):
+                return lyr
+        return None
 
     def _on_click_features(self, _event=None) -> None:
         self._propagate_clicks()
