@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_clis._widget import SegmentWidget
+from napari_clis._widget import SegmentWidget, _source_id
 
 
 @pytest.fixture
@@ -510,6 +510,26 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     assert len(viewer.layers) == 8  # back and forth without new corrections adds nothing more
 
 
+def test_an_image_given_data_of_another_shape_is_another_image_and_its_corrections_are_kept(segmented, qtbot):
+    viewer, widget, truth = segmented
+    seg, clicks, image = viewer.layers["segmentation"], viewer.layers["clicks"], viewer.layers["he"]
+    clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    corrected, old = seg.data.copy(), image.data
+    image.data = old[20:180, 10:230]  # the layer now holds another image
+    clicks.add([5, 5])  # not applied to the old image's segmentation: the status says to segment again
+    assert "has changed since it was segmented" in widget._click_status.value.replace("\u200b", "")
+    np.testing.assert_array_equal(seg.data, corrected)
+    widget.run(image)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    np.testing.assert_array_equal(viewer.layers["segmentation [he]"].data, corrected)  # kept, not dropped
+    assert len(viewer.layers["clicks [he]"].data) == 2 and len(viewer.layers["clicks"].data) == 0
+    assert seg.data.shape == (160, 220) and widget.session.clicks == []
+    image.data = old  # the first image again: its clicks come back with it
+    widget.run(image)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert len(viewer.layers["clicks"].data) == 2 and seg.data.shape == old.shape[:2]
+
+
 def _disc(shape, centre, radius=3):
     yy, xx = np.ogrid[: shape[0], : shape[1]]
     return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
@@ -694,7 +714,7 @@ def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back
     viewer.dims.set_point(0, 1)  # a stroke on slice 1, then undone: not an annotation of slice 1
     with seg.block_history():
         seg.data_setitem((np.ones(len(where[0]), int),) + where, 1)
-    key = (str(layer.unique_id), (1,))
+    key = (_source_id(layer), (1,))
     assert (widget._store()["painted"][key][disc] == 1).all()
     seg.undo()
     assert (widget._store()["painted"][key] == -1).all()
@@ -742,7 +762,7 @@ def test_another_image_in_the_layer_leaves_no_stale_copy_to_misread_strokes_agai
     seg = viewer.layers["segmentation"]
     with seg.block_history():  # a 4-pixel stroke on slice 1
         seg.data_setitem((np.array([1, 1, 1, 1]), np.array([5, 5, 6, 6]), np.array([5, 6, 5, 6])), 1)
-    painted = widget._store()["painted"][(str(a.unique_id), (1,))]
+    painted = widget._store()["painted"][(_source_id(a), (1,))]
     assert int((painted >= 0).sum()) == 4  # the stroke, not everything the old copy of slice 1 differed in
 
 

@@ -51,8 +51,9 @@ _OWNERS: dict[int, weakref.ref] = {}  # id(viewer) -> the widget that owns its l
 
 
 def _source_id(layer) -> str:
-    """What identifies an image layer across renames (its name need not be unique over time)."""
-    return str(layer.unique_id)
+    """What identifies an image across renames (a layer's name need not be unique over time): the layer, and the
+    shape of its data (an image layer given data of another shape holds another image)."""
+    return f"{layer.unique_id}:{'x'.join(map(str, _spatial_shape(layer)))}"
 
 
 def _same_source(lyr, image_layer) -> bool:
@@ -992,6 +993,13 @@ class SegmentWidget(Container):
             return
         if self._click_worker is not None:
             self._click_pending = True
+            return
+        layer = self._target[0]
+        seg = self._find_layer(SEGMENTATION)
+        if seg is not None and seg.metadata.get("source_id") != _source_id(layer):  # its data was replaced
+            self._click_status.value = breakable(
+                f"'{layer.name}' has changed since it was segmented: press Segment (Shift-S) to segment it as it is "
+                "now; your clicks are kept.")
             return
         try:
             pts, labs, painted, notes = self._gather_inputs()
