@@ -720,6 +720,39 @@ def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back
     assert (widget._store()["painted"][key] == -1).all()
 
 
+def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as_one(make_napari_viewer, qtbot,
+                                                                                     nuclei_fluo):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, truth = nuclei_fluo
+    layer = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
+    viewer.dims.set_point(0, 2)
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    seg = viewer.layers["segmentation"]
+    viewer.dims.ndisplay = 3  # the view shows no single slice: a stroke may cross several
+    disc = _disc(image.shape, _wrong_pixel(seg.data[2], truth, 1)) & (seg.data[0] == 0) & (seg.data[1] == 0)
+    where = np.nonzero(disc)
+    with seg.block_history():
+        for z in (0, 1):
+            seg.data_setitem((np.full(len(where[0]), z),) + where, 1)
+    qtbot.waitUntil(lambda: "Painted on slice(s) 0, 1" in widget._click_status.value, timeout=5_000)
+    painted = widget._store()["painted"]
+    for z in (0, 1):
+        assert (painted[(_source_id(layer), (z,))][disc] == 1).all(), f"slice {z}'s stroke was not kept"
+    seg.undo()  # napari undoes the stroke on both slices; so do the annotations
+    for z in (0, 1):
+        assert (painted[(_source_id(layer), (z,))] == -1).all()
+    seg.redo()
+    assert all((painted[(_source_id(layer), (z,))][disc] == 1).all() for z in (0, 1))
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, 1)
+    widget.run(layer)  # segmenting slice 1 keeps the stroke painted there in 3D
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert (seg.data[1][disc] == 1).all()
+
+
 def test_a_stroke_during_a_background_propagation_is_kept(segmented, qtbot, monkeypatch):
     import napari_clis._widget as w
 

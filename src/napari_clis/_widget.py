@@ -927,6 +927,34 @@ class SegmentWidget(Container):
         self._pending_strokes = self._pending_strokes + 1
         self._propagate_clicks()  # it records the stroke first
         QTimer.singleShot(0, self._late_edits)
+        if shown is None:  # a 3D or transposed view of a stack: the stroke may have touched any slice
+            QTimer.singleShot(0, self._absorb_other_slices)
+
+    def _absorb_other_slices(self) -> None:
+        """Edits on the target image's slices other than the target, by a stroke in a view that shows no single
+        slice: kept as those slices' annotations, in the same undo entry as the stroke's part on the target."""
+        if self._retired or self._target is None or self._session is None:
+            return
+        layer, idx = self._target
+        seg = self._find_layer(SEGMENTATION)
+        if seg is None or not idx or seg.metadata.get("source_id") != _source_id(layer):
+            return
+        parts, where = [], []
+        for other in np.ndindex(*seg.data.shape[: len(idx)]):
+            key = (_source_id(layer), tuple(other))
+            if key == self._target_key() or (key not in self._store()["written"] and not np.any(seg.data[other])):
+                continue  # the target is taken already; a slice never segmented and still empty has no edits
+            taken = self._absorb(key, tuple(other))
+            if taken is not None and len(taken[1]):
+                parts.append(taken)
+                where.append(str(other[0] if len(other) == 1 else other))
+        if not parts:
+            return
+        last = self._strokes.pop() if self._strokes and self._strokes[-1][0] == self._target_key() else None
+        self._strokes.append(("group", ([last] if last is not None else []) + parts))
+        self._undone.clear()
+        self._click_status.value = (f"Painted on slice(s) {', '.join(where)}: kept, and applied when segmented "
+                                    "(go to the slice and press Segment).")
 
     def _late_edits(self, shown=None) -> None:
         """Pixels written after their paint event: part of the last stroke."""
@@ -968,19 +996,23 @@ class SegmentWidget(Container):
         source, target = (self._strokes, self._undone) if name == "undo" else (self._undone, self._strokes)
         if not source:
             return
-        key, pixels, values = source.pop()
-        store = self._store()
-        painted, written = store["painted"].get(key), store["written"].get(key)
-        if painted is None or written is None:
-            return
-        flat = painted.reshape(-1)
-        target.append((key, pixels, flat[pixels].copy()))
-        flat[pixels] = values
-        idx = key[1]
-        plane = _slice(seg, idx)
-        if plane.shape == written.shape:  # the restored pixels are not new edits
-            written.reshape(-1)[pixels] = plane.reshape(-1)[pixels]
-        if key == self._target_key():
+        entry = source.pop()
+        group = entry[0] == "group"  # one stroke over several slices (a 3D view)
+        done, store, target_touched = [], self._store(), False
+        for key, pixels, values in (entry[1] if group else [entry]):
+            painted, written = store["painted"].get(key), store["written"].get(key)
+            if painted is None or written is None:
+                continue
+            flat = painted.reshape(-1)
+            done.append((key, pixels, flat[pixels].copy()))
+            flat[pixels] = values
+            plane = _slice(seg, key[1])
+            if plane.shape == written.shape:  # the restored pixels are not new edits
+                written.reshape(-1)[pixels] = plane.reshape(-1)[pixels]
+            target_touched |= key == self._target_key()
+        if done:
+            target.append(("group", done) if group else done[0])
+        if target_touched:
             self._propagate_clicks()
 
     def _propagate_clicks(self) -> None:
