@@ -199,6 +199,7 @@ class SegmentWidget(Container):
         self._written_base = None  # the propagated labels last written to the segmentation layer
         self._written_labels = None  # what was last written there (propagation with the painted edits)
         self._own_store = {"painted": {}, "written": {}}  # used only while there is no segmentation layer
+        self._applied_clicks = None  # the clicks layer's points and classes when they were last applied
         self._strokes: list = []  # per paint event: (flat pixel indices, their painted values before), for undo
         self._undone: list = []  # strokes undone, for redo
         self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
@@ -785,8 +786,16 @@ class SegmentWidget(Container):
                 return lyr
         return None
 
+    def _click_signature(self):
+        clicks = self._find_layer(CLICKS)
+        if clicks is None or "class" not in clicks.features:
+            return None
+        return np.asarray(clicks.data).tobytes(), np.asarray(clicks.features["class"]).tobytes()
+
     def _on_click_features(self, _event=None) -> None:
-        self._propagate_clicks()
+        # adding a point announces its data and then its features: the clicks applied already are not applied twice
+        if self._click_signature() != self._applied_clicks:
+            self._propagate_clicks()
 
     def _hook_segmentation(self, seg) -> None:
         """Paint strokes on the segmentation layer become annotations; napari's undo and redo take them back
@@ -1033,6 +1042,7 @@ class SegmentWidget(Container):
                 f"'{layer.name}' has changed since it was segmented: press Segment (Shift-S) to segment it as it is "
                 "now; your clicks are kept.")
             return
+        self._applied_clicks = self._click_signature()
         try:
             pts, labs, painted, notes = self._gather_inputs()
             inter = session.interaction
