@@ -40,7 +40,8 @@ def test_segment_adds_segmentation_uncertainty_and_superpixels_layers(viewer_and
     seg, unc, sp = viewer.layers["segmentation"], viewer.layers["uncertainty"], viewer.layers["superpixels"]
     assert type(seg).__name__ == "Labels" and type(unc).__name__ == "Image" and type(sp).__name__ == "Labels"
     assert seg.data.shape == unc.data.shape == sp.data.shape == image.shape
-    np.testing.assert_array_equal(seg.data, widget.session.result.labels)
+    np.testing.assert_array_equal(seg.data, widget.session.labels)  # the propagated segmentation
+    assert seg.data is not widget.session.result.labels and seg.data is not widget.session.labels  # painted on
     assert seg.data.max() == 1 and unc.data.max() > 0
     assert not sp.visible
     for lyr in (seg, unc, sp):
@@ -88,7 +89,10 @@ def test_all_slices_of_a_time_series_are_segmented_with_progress(viewer_and_widg
     shown = int(round(viewer.dims.point[0]))
     assert widget._target[1] == (shown,)  # the slice on screen went last: it is the one clicks correct
     other = next(t for t in range(3) if t != shown)
-    np.testing.assert_array_equal(seg[other], widget.session.segment(stack[other]).labels)
+    widget.session.segment(stack[other])  # every slice as it is when segmented alone: the propagated labels
+    np.testing.assert_array_equal(seg[other], widget.session.labels)
+    widget.session.segment(stack[shown])
+    np.testing.assert_array_equal(seg[shown], widget.session.labels)
     store = widget._store()  # per slice: what was written, in one byte a pixel; painted maps only where needed
     assert len(store["written"]) == 3 and len(store["painted"]) <= 1
     assert all(w.dtype == np.uint8 for key, w in store["written"].items() if key != widget._target_key())

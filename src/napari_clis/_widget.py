@@ -6,6 +6,7 @@ the results into the ``segmentation``, ``uncertainty`` and ``superpixels`` layer
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import weakref
@@ -439,7 +440,8 @@ class SegmentWidget(Container):
         def work():
             for i, idx in enumerate(planes):
                 result = session.segment(np.asarray(data[idx] if idx else data), task=task)
-                yield i, idx, result
+                # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
+                yield i, idx, dataclasses.replace(result, labels=session.labels.copy())
 
         worker = work()
         self._run = {"layer": layer, "n": n, "done": 0, "last": None}
@@ -681,8 +683,8 @@ class SegmentWidget(Container):
             if idx:
                 lyr.data[idx] = values
                 lyr.refresh()
-            else:
-                lyr.data = values
+            else:  # a copy: the layer is painted on, and must not write into the session's arrays
+                lyr.data = np.array(values, copy=True)
             if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
                 _clear_history(lyr)
             if role == UNCERTAINTY:  # no samples: an all-zero map says nothing
