@@ -113,6 +113,18 @@ def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qt
     assert widget._status.value.replace("\u200b", "").startswith(f"Cancelled: {len(done)} of 30 slice(s)")
 
 
+def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,
+                                                                                     nuclei_fluo, errors):
+    viewer, widget = viewer_and_widget
+    image = nuclei_fluo[0][:64, :64]
+    viewer.add_image(np.stack([image] * 6), name="long")
+    short = viewer.add_image(np.stack([image] * 3), name="short")
+    viewer.dims.set_point(0, 5)  # napari draws nothing of 'short' here
+    _run(widget, qtbot, short)
+    assert errors and "outside 'short' (slices 0..2)" in errors[0]
+    assert "segmentation" not in viewer.layers
+
+
 def test_rgb_image_keeps_its_scale(viewer_and_widget, qtbot, lesion):
     viewer, widget = viewer_and_widget
     image, _ = lesion

@@ -149,7 +149,11 @@ def plane_indices(layer, viewer, all_slices: bool) -> list[tuple[int, ...]]:
             "default axis order, or tick 'All slices'."
         )
     point = np.asarray(layer.world_to_data(viewer.dims.point), float)
-    idx = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(point[: len(lead)], lead))
+    idx = tuple(int(round(v)) for v in point[: len(lead)])
+    for axis, (i, n) in enumerate(zip(idx, lead)):
+        if not 0 <= i < n:  # napari draws nothing of the layer there: segmenting its last slice would surprise
+            raise ValueError(f"The sliders show slice {i} of axis {axis}, outside '{layer.name}' (slices 0..{n - 1}),"
+                             " where napari draws nothing of it. Move the slider onto it, or tick 'All slices'.")
     return [idx]
 
 
