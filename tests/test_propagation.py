@@ -90,3 +90,16 @@ def test_bad_arguments_are_refused():
         minimize_potts(np.zeros((3, 2)), [[0, 1]], [-1.0])
     with pytest.raises(ValueError, match="fixed"):
         minimize_potts(np.zeros((3, 2)), [[0, 1]], [1.0], fixed=[0, 5, -1])
+
+
+@pytest.mark.parametrize("size", [1e-310, 1e-300, 1e300])
+def test_the_cut_is_exact_for_energies_near_the_limits_of_floats(size):
+    """Capacities are scaled to integers; subnormal ones made that scale overflow to inf (and NaN capacities)."""
+    rng = np.random.default_rng(7)
+    unary = rng.normal(0, 2, (8, 2)) * size
+    edges = _random_graph(rng, 8)
+    weights = rng.exponential(1.5, len(edges)) * size
+    with np.errstate(all="raise"):
+        f = minimize_potts(unary, edges, weights)
+    _, e_best = _brute_force(unary / size, edges, weights / size)
+    assert potts_energy(f, unary / size, edges, weights / size) == pytest.approx(e_best, rel=1e-6, abs=1e-6)

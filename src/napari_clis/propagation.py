@@ -72,10 +72,10 @@ def minimize_binary(unary, edges, pairwise) -> np.ndarray:
     rows = np.concatenate([np.full(len(src), s), snk, edges[keep, 0]])
     cols = np.concatenate([src, np.full(len(snk), t), edges[keep, 1]])
     caps = np.concatenate([du[src], -du[snk], cross[keep]])
-    total = caps.sum()
-    if total <= 0:
+    if not caps.size or caps.max() <= 0:
         return np.zeros(n, np.int8)
-    scale = _INT_BUDGET / total
+    caps = caps / caps.max()  # so that tiny capacities (1e-310) cannot make the integer scale overflow to inf
+    scale = _INT_BUDGET / caps.sum()
     icaps = np.rint(caps * scale).astype(np.int64)
     ok = icaps > 0
     graph = sparse.csr_array((icaps[ok].astype(np.int32), (rows[ok], cols[ok])), shape=(n + 2, n + 2))
