@@ -111,6 +111,8 @@ def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qt
     done = [t for t in range(30) if seg[t].any()]
     assert 1 <= len(done) < 30 and done == list(range(len(done)))
     assert widget._status.value.replace("\u200b", "").startswith(f"Cancelled: {len(done)} of 30 slice(s)")
+    # the slice it stopped on is set up for correcting: its clicks layer, its suggestions
+    assert widget._target is not None and widget._target[1] == (done[-1],) and "clicks" in viewer.layers
 
 
 def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,

@@ -510,12 +510,15 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     assert len(viewer.layers) == 8  # back and forth without new corrections adds nothing more
 
 
-def test_an_image_given_data_of_another_shape_is_another_image_and_its_corrections_are_kept(segmented, qtbot):
+def test_an_image_given_data_of_another_shape_is_another_image_and_its_corrections_are_kept(segmented, qtbot,
+                                                                                            messages):
     viewer, widget, truth = segmented
     seg, clicks, image = viewer.layers["segmentation"], viewer.layers["clicks"], viewer.layers["he"]
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
     corrected, old = seg.data.copy(), image.data
     image.data = old[20:180, 10:230]  # the layer now holds another image
+    widget.learn()  # not from the old image's segmentation read as this one's annotations
+    assert any("has changed since it was segmented" in m for m in messages["error"]) and not widget.busy
     clicks.add([5, 5])  # not applied to the old image's segmentation: the status says to segment again
     assert "has changed since it was segmented" in widget._click_status.value.replace("\u200b", "")
     np.testing.assert_array_equal(seg.data, corrected)
@@ -722,17 +725,22 @@ def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back
 
 def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as_one(make_napari_viewer, qtbot,
                                                                                      nuclei_fluo):
+    from scipy import ndimage
+
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
     image, truth = nuclei_fluo
-    layer = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
+    layer = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1], image[::-1, ::-1]]), name="stack")
     viewer.dims.set_point(0, 2)
+    widget._all_slices.value = True  # every slice segmented: each has what was written there
     widget.run(layer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     seg = viewer.layers["segmentation"]
     viewer.dims.ndisplay = 3  # the view shows no single slice: a stroke may cross several
-    disc = _disc(image.shape, _wrong_pixel(seg.data[2], truth, 1)) & (seg.data[0] == 0) & (seg.data[1] == 0)
+    free = (seg.data[0] == 0) & (seg.data[1] == 0)  # background on both slices: the stroke changes every pixel
+    depth = ndimage.distance_transform_edt(free)
+    disc = _disc(image.shape, np.unravel_index(int(depth.argmax()), depth.shape)) & free
     where = np.nonzero(disc)
     with seg.block_history():
         for z in (0, 1):
@@ -741,6 +749,7 @@ def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as
     painted = widget._store()["painted"]
     for z in (0, 1):
         assert (painted[(_source_id(layer), (z,))][disc] == 1).all(), f"slice {z}'s stroke was not kept"
+    assert (_source_id(layer), (3,)) not in painted  # a slice the stroke did not touch gets no painted map
     seg.undo()  # napari undoes the stroke on both slices; so do the annotations
     for z in (0, 1):
         assert (painted[(_source_id(layer), (z,))] == -1).all()
@@ -748,6 +757,7 @@ def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as
     assert all((painted[(_source_id(layer), (z,))][disc] == 1).all() for z in (0, 1))
     viewer.dims.ndisplay = 2
     viewer.dims.set_point(0, 1)
+    widget._all_slices.value = False
     widget.run(layer)  # segmenting slice 1 keeps the stroke painted there in 3D
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert (seg.data[1][disc] == 1).all()

@@ -564,7 +564,9 @@ class SegmentWidget(Container):
         self._progress.visible = False
         if run is not None and run["done"] < run["n"]:  # cancelled, or failed on a later slice
             session = self._session
-            if run["done"] and session is not None and session.result is run["last"]:
+            last = run["last"]  # a copy of the session's result with the propagated labels: it shares the maps
+            if run["done"] and session is not None and session.result is not None and last is not None and \
+                    session.result.probabilities is last.probabilities:
                 self._finish_run(run["layer"])
             elif run["done"]:  # the session went on to a slice that was not shown: segment again to correct
                 self._target = None
@@ -957,8 +959,13 @@ class SegmentWidget(Container):
         parts, where = [], []
         for other in np.ndindex(*seg.data.shape[: len(idx)]):
             key = (_source_id(layer), tuple(other))
-            if key == self._target_key() or (key not in self._store()["written"] and not np.any(seg.data[other])):
-                continue  # the target is taken already; a slice never segmented and still empty has no edits
+            if key == self._target_key():
+                continue  # taken already
+            written, plane = self._store()["written"].get(key), seg.data[other]
+            unchanged = np.array_equal(plane, written) if written is not None and written.shape == plane.shape \
+                else not np.any(plane)  # a slice never segmented shows zeros
+            if unchanged:
+                continue  # nothing new there: no painted map is made for it
             taken = self._absorb(key, tuple(other))
             if taken is not None and len(taken[1]):
                 parts.append(taken)
@@ -1157,6 +1164,11 @@ class SegmentWidget(Container):
             return
         if session is None or session.interaction is None or self._target is None:
             _notify_error("Nothing to learn yet: segment an image and correct it first.")
+            return
+        seg = self._find_layer(SEGMENTATION)
+        if seg is None or seg.metadata.get("source_id") != _source_id(self._target[0]):
+            _notify_error(f"Cannot learn: '{self._target[0].name}' has changed since it was segmented (or the "
+                          "segmentation layer is gone). Press Segment, correct it, then Learn.")
             return
         try:  # the layers are the truth: take the latest clicks and paint before learning
             pts, labs, painted, _ = self._gather_inputs()
