@@ -689,18 +689,23 @@ def test_painted_edits_survive_closing_and_reopening_the_dock(make_napari_viewer
     assert (kept[one] == 1).all() and (kept[two] == 0).all()
 
 
-def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back(make_napari_viewer, qtbot,
-                                                                                 nuclei_fluo):
+def _all_slices_of(make_napari_viewer, qtbot, slices, shown=2):
+    """A viewer with the widget and a stack of ``slices``, all segmented, slice ``shown`` on screen (the target)."""
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    image, truth = nuclei_fluo
-    stack = np.stack([image, image[::-1], image[:, ::-1]])
-    layer = viewer.add_image(stack, name="stack")
-    viewer.dims.set_point(0, 2)
+    layer = viewer.add_image(np.stack(slices), name="stack")
+    viewer.dims.set_point(0, shown)
     widget._all_slices.value = True
     widget.run(layer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    return viewer, widget, layer
+
+
+def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back(make_napari_viewer, qtbot,
+                                                                                 nuclei_fluo):
+    image, truth = nuclei_fluo
+    viewer, widget, layer = _all_slices_of(make_napari_viewer, qtbot, [image, image[::-1], image[:, ::-1]])
     assert widget._target[1] == (2,)
     viewer.dims.set_point(0, 0)  # the user goes to slice 0 and paints there
     seg = viewer.layers["segmentation"]
@@ -727,15 +732,9 @@ def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as
                                                                                      nuclei_fluo):
     from scipy import ndimage
 
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    image, truth = nuclei_fluo
-    layer = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1], image[::-1, ::-1]]), name="stack")
-    viewer.dims.set_point(0, 2)
-    widget._all_slices.value = True  # every slice segmented: each has what was written there
-    widget.run(layer)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    image, truth = nuclei_fluo  # every slice segmented: each has what was written there
+    viewer, widget, layer = _all_slices_of(make_napari_viewer, qtbot,
+                                           [image, image[::-1], image[:, ::-1], image[::-1, ::-1]])
     seg = viewer.layers["segmentation"]
     viewer.dims.ndisplay = 3  # the view shows no single slice: a stroke may cross several
     free = (seg.data[0] == 0) & (seg.data[1] == 0)  # background on both slices: the stroke changes every pixel

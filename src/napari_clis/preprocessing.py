@@ -52,24 +52,18 @@ def as_2d_image(image) -> np.ndarray:
         raise ImageError(f"The image must hold numbers, got dtype {arr.dtype}.")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] == 2:  # grey and alpha (a PNG's "LA" mode)
-        alpha = arr[..., 1]
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # grey + alpha (a PNG's "LA" mode) or RGBA
+        c = arr.shape[-1]
+        alpha = arr[..., -1]
         if alpha.size and alpha.min() != alpha.max():
+            what, keep = ("grey + alpha", "image[..., 0]") if c == 2 else ("RGBA", "image[..., :3]")
             raise ImageError(
-                "The image has 2 channels and the 2nd is not a constant (opaque) alpha channel. If it is grey with "
-                "transparency, drop the alpha channel (image[..., 0]); if it is a 2-channel microscopy image, "
-                "segment one channel at a time."
+                f"The image has {c} channels and the {c}{'nd' if c == 2 else 'th'} is not a constant (opaque) alpha "
+                f"channel, so it looks like a {c}-channel microscopy image rather than {what}. Segment one channel"
+                f"{', or an RGB composite' if c == 4 else ''}; if it is {what} with transparency, drop the alpha "
+                f"channel first ({keep})."
             )
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        alpha = arr[..., 3]
-        if alpha.size and alpha.min() != alpha.max():
-            raise ImageError(
-                "The image has 4 channels and the 4th is not a constant (opaque) alpha channel, so it looks like "
-                "a 4-channel microscopy image rather than RGBA. Segment one channel, or an RGB composite; if it "
-                "is RGBA with transparency, drop the alpha channel first (image[..., :3])."
-            )
-        arr = arr[..., :3]
+        arr = arr[..., 0] if c == 2 else arr[..., :3]
     if arr.ndim == 2:
         pass
     elif arr.ndim == 3 and arr.shape[-1] == 3:
