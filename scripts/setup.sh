@@ -6,16 +6,15 @@
 # installed first (a bare "torch" would pull a CUDA build of several GB): pip also looks in PyTorch's CPU-only
 # index (TORCH_INDEX; where it cannot be reached, as on our CI machines, a CPU wheel on local disk or PyPI's build
 # is used); with a GPU (nvidia-smi works) the default PyTorch build, which includes CUDA.
-# Set TORCH_SPEC to choose yourself, e.g. TORCH_SPEC="torch==2.13.0", and TORCH_INDEX="" to look only in PyPI.
+# Set TORCH_SPEC to choose the version yourself, e.g. TORCH_SPEC="torch==2.12.0" (without a GPU still looked up in the
+# CPU-only index too), and TORCH_INDEX="" to look only in PyPI. Neither does anything when torch is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${TORCH_SPEC:-}" ]; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-        TORCH_SPEC="torch>=2.2,<3"
-    else
-        TORCH_SPEC="torch==2.13.0"
-        TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
-    fi
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    TORCH_SPEC="${TORCH_SPEC:-torch>=2.2,<3}"
+else
+    TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+    TORCH_INDEX="${TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
 fi
 PYTHON="${PYTHON:-python3}"
 with_tests=0

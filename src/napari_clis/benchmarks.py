@@ -889,7 +889,8 @@ def _subcommand(bsub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 def add_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality, clicks, learning")
+    b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality, interactive clicks against "
+                       "peers, click latency, learning, the continual protocol")
     b.set_defaults(func=run)
     bsub = b.add_subparsers(dest="bench", required=True)
     sp = _subcommand(bsub, "speed", "time and memory of segment() for 256 to 4096 px images")
