@@ -169,7 +169,7 @@ def test_cancel_leaves_the_model_as_it_was(learned):
     assert t.net is net and t.tasks == tasks and t.net.n_tasks == 2
 
 
-def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learned, monkeypatch):
+def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learned, monkeypatch, tmp_path):
     import napari_clis.session as session_module
 
     s, _, (a, _), _, _ = learned
@@ -184,9 +184,11 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
     monkeypatch.setattr(session_module, "learn_task", worse)
     net = t.net
     t.segment(a, task=0)
+    t.autosave = tmp_path / "auto.pt"  # the file that holds the session's task remembers the image too
     with pytest.raises(LearnRejected, match="rolled back"):
         t.learn(steps=2)
     assert t.net is net and len(t.tasks) == 1
+    assert ClisSession.load(t.autosave).remembered == t.remembered != []
     assert t.task_choice == {"nearest": 0, "known": True, "agreement": None}  # remembered from now on
     remembered = list(t.remembered)
     with pytest.raises(LearnRejected, match="rolled back"):  # the same image rolled back again: remembered once

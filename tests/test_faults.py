@@ -273,6 +273,10 @@ def test_a_full_disk_is_reported_and_leaves_the_previous_file_intact(tmp_path, m
     with pytest.raises(CheckpointError, match="No space left on device") as err:
         s.save(path)
     assert str(path) in str(err.value)
+    if stage != "create":  # the message says what is on disk: the previous file, or none at all for a new name
+        assert "previous file is unchanged" in str(err.value)
+        with pytest.raises(CheckpointError, match="No file was written"):
+            s.save(tmp_path / "new.pt")
     monkeypatch.undo()
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "a temporary file was left behind"

@@ -288,7 +288,7 @@ def test_learn_from_this_image_then_save_and_reload_the_model(segmented, qtbot, 
 
 
 def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(segmented, qtbot, tmp_path, monkeypatch,
-                                                                              messages):
+                                                                              messages, make_napari_viewer):
     viewer, widget, truth = segmented
     monkeypatch.setenv("NAPARI_CLIS_MODELS", str(tmp_path / "models"))
     assert widget._mask_plot.usage and widget._task_plot.after == []  # the pretrained task's mask, no task yet
@@ -309,10 +309,12 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     saved = list((tmp_path / "models").glob("nuclei-*.pt"))
     assert len(saved) == 1 and not messages["error"]
     assert widget._model_combo.value == str(saved[0])
-    other = SegmentWidget(viewer)
+    other_viewer = make_napari_viewer()  # another window: it loads the saved file
+    other = SegmentWidget(other_viewer)
     assert str(saved[0]) in other._model_combo.choices
     other._model_combo.value = str(saved[0])
-    other.run(viewer.layers["he"])
+    assert "Press Segment to use this model" in other._tasks_label.value  # its tasks show once it is loaded
+    other.run(other_viewer.add_image(viewer.layers["he"].data, name="he", rgb=True))
     qtbot.waitUntil(lambda: not other.busy, timeout=60_000)
     assert len(other.session.tasks) == 1 and other.session.source == str(saved[0])
     assert other._status.value.endswith("\nTask 1: this image's own.")  # the image task 1 learned from
@@ -623,6 +625,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     image = nuclei_fluo[0]
     first.run(viewer.add_image(image, name="a"))
     qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
+    labels_a = first.session.labels.copy()
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
     QApplication.processEvents()
     assert first._retired
@@ -635,7 +638,8 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
         seg.data_setitem(np.nonzero(_disc(seg.data.shape, (y, x))), 1)
     assert (second._painted >= 0).any()  # the new widget took the stroke
     np.testing.assert_array_equal(seg.data, second.session.labels)  # and nothing of the closed one's image came back
-    assert not np.array_equal(seg.data, first.session.labels)
+    assert not np.array_equal(seg.data, labels_a)
+    assert second.session is first.session  # the reopened dock goes on with the model in use
 
 
 def test_zero_mc_samples_hides_the_empty_map_and_suggests_nothing(segmented, qtbot):
@@ -818,3 +822,169 @@ def test_a_label_that_is_not_a_class_is_replaced_by_the_propagation(segmented, m
     assert any("not a class" in m for m in messages["warning"])
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
     assert (seg.data[box] < 2).all() and (widget._painted[box] == -1).all()
+
+
+def test_a_dock_closed_while_it_segments_stays_out_of_the_next_widgets_way(make_napari_viewer, qtbot, nuclei_he):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    dock, first = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    image, truth = nuclei_he
+    layer = viewer.add_image(image, name="he", rgb=True)
+    first.run(layer)
+    viewer.window.remove_dock_widget(dock)  # closed while it segments
+    QApplication.processEvents()
+    assert first._retired
+    qtbot.waitUntil(lambda: not first.busy, timeout=60_000)  # its result arrives after it was closed
+    assert not first._connections, "a closed widget hooked the layers again"
+    _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    second._model_combo.value = "skin-lesion"  # another model: the two widgets' results would differ
+    second.run(layer)
+    qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    for want in (1, 0):
+        clicks.add(list(_wrong_pixel(seg.data, truth, want)))
+        QApplication.processEvents()
+    assert not (second._painted >= 0).any(), "the user painted nothing"
+    np.testing.assert_array_equal(seg.data, second.session.labels)
+    assert first._click_status.value == ""
+
+
+def test_cancel_pressed_as_learning_ends_keeps_and_lists_the_task(segmented, qtbot, messages, monkeypatch):
+    import threading
+
+    import napari.utils.notifications as notifications
+
+    viewer, widget, truth = segmented
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    session = widget.session
+    real, finished, go_on = session.learn, threading.Event(), threading.Event()
+
+    def learn_then_wait(**kwargs):  # every step done: the cancel comes too late to stop it
+        record = real(steps=6)
+        finished.set()
+        go_on.wait(30)
+        return record
+
+    monkeypatch.setattr(session, "learn", learn_then_wait)
+    widget.learn()
+    qtbot.waitUntil(finished.is_set, timeout=120_000)
+    widget.cancel()
+    go_on.set()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert len(session.tasks) == 1
+    assert widget._tasks_label.value.startswith("task 1") and widget._task_plot.after
+    assert any(m.startswith("Learning had finished when Cancel was pressed") for m in infos), infos
+    assert widget._status.value.replace("\u200b", "").startswith("Learning had finished")
+
+
+def test_autosave_does_not_overwrite_a_model_file_another_window_wrote(segmented, qtbot, messages):
+    from pathlib import Path
+
+    from napari_clis import ClisSession
+
+    viewer, widget, truth = segmented
+    widget._save_path.line_edit.value = ""
+    widget.save_model()  # a file in the models folder, chosen: the one learning keeps up to date
+    path = Path(widget._model_combo.value)
+    assert path.is_file() and Path(widget.session.autosave) == path
+    other = ClisSession.from_pretrained("nuclei", device="cpu")  # another window saves its model over it
+    other.remembered.append(([0.0] * 128, 0))
+    other.save(path)
+    theirs = path.read_bytes()
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    widget._session.learn_settings.steps = 6
+    widget.learn()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert len(widget.session.tasks) == 1 and path.read_bytes() == theirs
+    mine = Path(widget.session.autosave)
+    assert mine != path and len(ClisSession.load(mine).tasks) == 1
+    assert any("changed by another window or program" in m and mine.name in m for m in messages["warning"])
+
+
+def test_new_model_files_get_names_no_file_and_no_other_window_has(tmp_path):
+    from napari_clis._widget import _new_model_path
+
+    first = _new_model_path(tmp_path, "nuclei")
+    second = _new_model_path(tmp_path, "nuclei")  # another window, the same second: not the same file
+    assert first != second and first.parent == second.parent == tmp_path
+    first.write_bytes(b"")
+    assert _new_model_path(tmp_path, "nuclei") not in (first, second)
+
+
+def test_the_model_in_use_stays_chosen_when_its_file_is_deleted_and_its_tasks_are_kept(segmented, qtbot, messages,
+                                                                                     nuclei_fluo):
+    from pathlib import Path
+
+    viewer, widget, truth = segmented
+    widget._save_path.line_edit.value = ""
+    widget.save_model()
+    path = Path(widget._model_combo.value)
+    combo = widget._model_combo.native
+    assert [combo.itemText(i) for i in range(combo.count())][-1] == "Model file…"  # saved models listed above it
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    widget._session.learn_settings.steps = 6
+    widget.learn()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    session = widget.session
+    assert len(session.tasks) == 1 and list(path.parent.glob("*.pt")) == [path]  # learning updated the saved file
+    path.unlink()  # tidied away in a file manager
+    viewer.add_image(nuclei_fluo[0], name="fluo")  # the lists refresh
+    assert widget._model_combo.value == str(path) and "file is gone" in widget._model_combo.native.currentText()
+    widget._model_combo.value = "skin-lesion"
+    widget.run(viewer.layers["he"])
+    assert widget.session is session and any("is gone" in m for m in messages["error"])
+    widget.save_model(path)  # saved again: the switch goes ahead
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.session.model_name == "skin-lesion"
+
+
+def test_another_model_chosen_while_learning_stays_chosen_and_a_second_press_says_what_runs(segmented, qtbot,
+                                                                                           messages, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    viewer, widget, truth = segmented
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    session = widget.session
+    session.learn_settings.steps = 6
+    widget.learn()
+    widget.run()  # Segment pressed while it learns
+    assert "Learning is still running; wait, or press Cancel." in infos
+    assert widget._status.value.replace("\u200b", "").startswith("Learning from")  # still says what runs
+    widget._model_combo.value = "skin-lesion"
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert len(session.tasks) == 1 and widget._model_combo.value == "skin-lesion"  # the user's choice stays
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.session.model_name == "skin-lesion" and any(str(session.autosave) in m for m in infos)
+
+
+def test_closing_the_viewer_while_it_learns_raises_nothing_and_the_task_is_saved(make_napari_viewer, qtbot,
+                                                                               nuclei_he, messages):
+    import os
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, truth = nuclei_he
+    widget.run(viewer.add_image(image, name="he", rgb=True))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    widget._session.learn_settings.steps = 6
+    widget.learn()
+    qtbot.wait(400)  # a few progress ticks
+    viewer.close()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    for _ in range(5):  # any late timer tick or callback would touch deleted Qt widgets here
+        QApplication.processEvents()
+        qtbot.wait(250)
+    assert widget._retired and not messages["error"] and not messages["warning"]
+    assert len(list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))) == 1

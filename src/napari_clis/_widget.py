@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import logging
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,7 +49,39 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
 
 
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
+_NAMES_GIVEN: set = set()  # model file names handed out in this process (two windows may save in the same second)
+
+
+def _file_stamp(path) -> tuple | None:
+    """(path, modification time, size) of a model file, or ``None`` when there is none: whether another window or
+    program wrote it since this widget last read or wrote it."""
+    try:
+        st = Path(path).stat()
+    except (OSError, TypeError, ValueError):
+        return None
+    return str(Path(path)), st.st_mtime_ns, st.st_size
+
+
+def _new_model_path(folder, stem: str):
+    """A model file name in ``folder`` that no file has and this process has not given out: ``stem-TIME.pt``,
+    then ``stem-TIME-2.pt`` ..."""
+    import time
+
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        path = folder / (f"{base}.pt" if n == 1 else f"{base}-{n}.pt")
+        if str(path) not in _NAMES_GIVEN and not path.exists():
+            _NAMES_GIVEN.add(str(path))
+            return path
+    raise RuntimeError(f"no free model file name in {folder}")
+
+
 _OWNERS: dict[int, weakref.ref] = {}  # id(viewer) -> the widget that owns its layers (the last one opened)
+
+
+def _unwrapped(viewer):
+    """The viewer itself: napari hands plugin widgets a new proxy of it each time."""
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 def _source_id(layer) -> str:
@@ -166,20 +199,25 @@ class SegmentWidget(Container):
 
         self._viewer = viewer
         self._retired = False  # closed, or replaced by a newer widget on the same viewer: it then does nothing
+        self._destroyed = False  # the viewer closed: its Qt widgets are deleted
+        self._learning = False  # the worker learns (else it segments)
         self._connections: list = []  # (emitter, callback) pairs to disconnect when retired
         self._hooked: dict[str, weakref.WeakSet] = {"paint": weakref.WeakSet(), "clicks": weakref.WeakSet(),
                                                     "geometry": weakref.WeakSet()}
-        previous = _OWNERS.get(id(viewer))
-        if previous is not None and previous() is not None:
-            previous()._retire()
-        _OWNERS[id(viewer)] = weakref.ref(self)
+        previous = _OWNERS.get(id(_unwrapped(viewer)))
+        previous = previous() if previous is not None else None
+        if previous is not None:
+            previous._retire()
+        _OWNERS[id(_unwrapped(viewer))] = weakref.ref(self)
         self._session = None
         self._session_key = None
         self._saved_tasks = 0  # how many of the session's tasks are in a file (autosave, or Save model)
+        self._stamp = None  # _file_stamp of the file the session was loaded from or last saved to
+        self._retry_autosave = None  # the autosave file a failed autosave left: the next learn saves there again
         self._worker = None
 
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, tooltip=tips.IMAGE)
-        self._model_combo = ComboBox(label="Model", choices=_model_choices, value="nuclei", tooltip=tips.MODEL)
+        self._model_combo = ComboBox(label="Model", choices=self._model_list, value="nuclei", tooltip=tips.MODEL)
         self._checkpoint = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False, tooltip=tips.CHECKPOINT)
         self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=tips.DEVICE)
         self._samples = SpinBox(label="MC samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
@@ -247,6 +285,9 @@ class SegmentWidget(Container):
         self._connect(viewer.layers.events.removed, self.reset_choices)
         self._connect(viewer.layers.selection.events.active, self._on_active_layer)
         self.reset_choices()
+        if previous is not None and _unwrapped(previous._viewer) is _unwrapped(viewer) and \
+                previous._worker is None and previous._session is not None:
+            self._adopt(previous)
         for key, action in (("Shift-S", self.run), ("Shift-B", lambda: self.set_click_class(0)),
                             ("Shift-F", lambda: self.set_click_class(1)), ("Shift-C", self.next_click_class),
                             ("Shift-L", self.learn)):  # a closed widget's shortcuts do nothing
@@ -254,7 +295,30 @@ class SegmentWidget(Container):
         self._watch_docking()
 
     # -- lifetime: one widget per viewer owns the layers ------------------------------------------------
+    def _adopt(self, previous) -> None:
+        """A widget opened again on the viewer (the dock closed and reopened) goes on with the model in use, its
+        learned tasks and where they are saved, rather than starting over on a shipped model. (Only Python state
+        is read: closing the dock may have deleted the old widget's Qt controls.)"""
+        from .session import resolve_device
+
+        self._session, self._session_key = previous._session, previous._session_key
+        self._saved_tasks, self._stamp = previous._saved_tasks, previous._stamp
+        self._retry_autosave = previous._retry_autosave
+        model, path = self._session_key
+        self._reset_models()
+        with self._model_combo.changed.blocked():
+            self._model_combo.value = model
+        if path is not None:
+            self._checkpoint.value = path
+        self._checkpoint.visible = model == CUSTOM_MODEL
+        device = self._session.device
+        self._device.value = "auto" if device == resolve_device("auto") else device.type
+        self._samples.value = int(self._session.n_samples)
+        self._show_tasks()
+
     def _connect(self, emitter, callback) -> None:
+        if self._retired:  # a run that ends after the dock closed must not hook the layers again
+            return
         emitter.connect(callback)
         self._connections.append((emitter, callback))
 
@@ -277,9 +341,18 @@ class SegmentWidget(Container):
 
         self._watcher = _Watcher()
         self.native.installEventFilter(self._watcher)
+        # the viewer closed: its Qt widgets are deleted under a run still going; its callbacks then do nothing
+        self.native.destroyed.connect(lambda *_: self._retire(destroyed=True))
 
-    def _retire(self) -> None:
-        """Stop listening to the viewer and its layers (the dock was closed, or a new widget took over)."""
+    def _retire(self, destroyed: bool = False) -> None:
+        """Stop listening to the viewer and its layers (the dock was closed, or a new widget took over, or the
+        viewer closed: ``destroyed``, the Qt widgets are gone). A run still going finishes in its thread (a
+        task being learned is still learned and autosaved) and its results go nowhere."""
+        if destroyed:
+            self._destroyed = True
+        timer, self._learn_timer = self._learn_timer, None
+        if timer is not None:
+            timer.stop()
         if self._retired:
             return
         self._retired = True
@@ -327,7 +400,39 @@ class SegmentWidget(Container):
         """Refresh the image list when layers change (the class list belongs to the model, not the layers),
         and the model list (models saved meanwhile)."""
         self._image_combo.reset_choices()
-        self._model_combo.reset_choices()
+        self._reset_models()
+
+    def _model_list(self, _widget=None) -> list[tuple[str, str]]:
+        """The Model list (:func:`_model_choices`); a saved model in use whose file is gone stays listed, so that
+        its learned tasks (in memory) are neither dropped nor swapped for another model's without a word."""
+        choices = _model_choices()
+        key = getattr(self, "_session_key", None)
+        if key is not None and key[1] is None and key[0] not in {value for _, value in choices}:
+            choices.insert(-1, (f"{Path(key[0]).stem} (in use; its file is gone)", key[0]))
+        return choices
+
+    def _reset_models(self) -> None:
+        """Refresh the Model list, 'Model file…' last (magicgui appends new entries after the old ones), keeping
+        the choice where it is still listed (under a new label: magicgui would fall back to the first entry)."""
+        before = self._model_combo.value
+        with self._model_combo.changed.blocked():
+            self._model_combo.reset_choices()
+            if self._model_combo.value != before and before in [v for _, v in self._model_list()]:
+                self._model_combo.value = before
+        if self._model_combo.value != before:  # the chosen file is gone
+            self._on_model_changed(self._model_combo.value)
+        q = self._model_combo.native
+        i = q.findText(CUSTOM_MODEL)
+        if 0 <= i < q.count() - 1:
+            current = q.currentText()
+            q.blockSignals(True)
+            try:
+                data = q.itemData(i)
+                q.removeItem(i)
+                q.addItem(CUSTOM_MODEL, data)
+                q.setCurrentIndex(q.findText(current))
+            finally:
+                q.blockSignals(False)
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -341,12 +446,13 @@ class SegmentWidget(Container):
 
     def _on_model_changed(self, value: str) -> None:
         self._checkpoint.visible = value == CUSTOM_MODEL
-        if self._session is not None and self._session_key != self._chosen_key():
+        if self._session_key != self._chosen_key():
             # the tasks listed are the model in use's; another model's are known once it is loaded (Segment)
             self._task_combo.value = AUTO_TASK
             self._task_combo.reset_choices()
-            self._tasks_label.value = breakable(f"Press Segment to use this model; its learned tasks show then. "
-                                                f"(In use: {self._session.model_name}.)")
+            in_use = f" (In use: {self._session.model_name}.)" if self._session is not None else ""
+            self._tasks_label.value = breakable(
+                f"Press Segment to use this model; its learned tasks show then.{in_use}")
 
     def _set_status(self, text: str) -> None:
         self._status.value = breakable(text)
@@ -373,10 +479,15 @@ class SegmentWidget(Container):
             if self._session.device != resolve_device(device):
                 self._session.to(device)
         else:
-            if self._session is not None and self._session.autosave is None and \
-                    len(self._session.tasks) > self._saved_tasks:
-                raise ValueError(f"the model in use has {len(self._session.tasks)} learned task(s) that are not "
-                                 "saved in any file. Press Save model first, or choose that model again to go on.")
+            old = self._session
+            if old is not None and old.tasks:
+                gone = old.autosave is not None and not Path(old.autosave).is_file()
+                unsaved = len(old.tasks) if gone else len(old.tasks) - self._saved_tasks
+                if (old.autosave is None or gone) and unsaved > 0:
+                    where = f" (its file {old.autosave} is gone)" if gone else ""
+                    raise ValueError(f"{unsaved} of the {len(old.tasks)} learned task(s) of the model in use are not "
+                                     f"saved in any file{where}. Press Save model first, or choose that model again "
+                                     "to go on.")
             if model == CUSTOM_MODEL:
                 if not path or path in (".", ""):
                     raise ValueError("Choose a model file first (Model file).")
@@ -385,8 +496,9 @@ class SegmentWidget(Container):
                 session = ClisSession.from_pretrained(model, device=device)
             else:  # a saved model, listed by its path
                 session = ClisSession.from_checkpoint(model, device=device)
-            old = self._session
             self._session, self._session_key, self._saved_tasks = session, key, len(session.tasks)
+            self._stamp = _file_stamp(session.source) if session.source else None
+            self._retry_autosave = None
             if old is not None and old.tasks and old.autosave is not None:
                 show_info(f"Switched to {session.model_name}. The {len(old.tasks)} task(s) learned before are saved "
                           f"in {old.autosave}; choose it in Model to go on with them.")
@@ -397,7 +509,7 @@ class SegmentWidget(Container):
     def run(self, image_layer=None) -> None:
         """Segment ``image_layer`` (default: the chosen one) off the GUI thread."""
         if self.busy:
-            self._set_status("Already segmenting; wait or cancel.")
+            self._say_busy()
             return
         layer = image_layer if image_layer is not None else self._image_combo.value
         try:
@@ -462,13 +574,22 @@ class SegmentWidget(Container):
         self._set_status(f"Segmenting '{layer.name}' with {session.model_name} on {session.device}…")
         worker.start()
 
+    def _say_busy(self) -> None:
+        """A second Segment or Learn while one runs: a notice, leaving the status that says what runs."""
+        from napari.utils.notifications import show_info
+
+        show_info(("Learning" if self._learning else "Segmenting") + " is still running; wait, or press Cancel.")
+
     def cancel(self) -> None:
         if self._worker is not None:
             self._cancel_requested = True
-            self._worker.quit()
+            if not self._learning:  # learning stops at its next step through its progress callback; quitting
+                self._worker.quit()  # its worker would also drop the result of a learn that had just finished
             self._set_status("Cancelling…")
 
     def _on_plane(self, layer, n, i, idx, result) -> None:
+        if self._retired:  # the dock or the viewer closed during the run: the layers are not ours any more
+            return
         key = (_source_id(layer), tuple(idx))
         seg = self._find_layer(SEGMENTATION)
         if seg is not None and seg.metadata.get("source_id") == key[0] and key in self._store()["written"]:
@@ -550,18 +671,26 @@ class SegmentWidget(Container):
         QTimer.singleShot(0, lambda: self._raise_above(layer))
 
     def _on_error(self, error: Exception) -> None:
+        if self._retired:
+            return
         _notify_error(f"Segmentation failed: {error}")
         self._set_status(f"Failed: {error}")
 
     def _on_finished(self) -> None:
         run, self._run = self._run, None
         self._worker = None
+        self._learning = False
         timer, self._learn_timer = self._learn_timer, None
         if timer is not None:
             timer.stop()
+        if self._destroyed:
+            return
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._progress.visible = False
+        if self._retired:
+            self._cancel_requested = False
+            return
         if run is not None and run["done"] < run["n"]:  # cancelled, or failed on a later slice
             session = self._session
             last = run["last"]  # a copy of the session's result with the propagated labels: it shares the maps
@@ -820,6 +949,8 @@ class SegmentWidget(Container):
         self._hooked["paint"].add(seg)
 
     def _on_clicks_event(self, event) -> None:
+        if self._retired:
+            return
         action = str(getattr(event, "action", "")).lower()
         if action.endswith(("adding", "removing", "changing")):
             return  # the matching 'added' / 'removed' / 'changed' event follows
@@ -1039,6 +1170,8 @@ class SegmentWidget(Container):
 
     def _propagate_clicks(self) -> None:
         """Apply the clicks and painted edits of the target plane and update 'segmentation' (and suggestions)."""
+        if self._retired:  # another widget owns the layers now
+            return
         session = self._session
         if self._target is None or session is None or session.interaction is None:
             clicks = self._find_layer(CLICKS)
@@ -1084,7 +1217,7 @@ class SegmentWidget(Container):
             return inter.propagated, inter.labels
 
         worker = work()
-        worker.returned.connect(lambda out: self._write_corrections(*out, msg))
+        worker.returned.connect(lambda out: None if self._retired else self._write_corrections(*out, msg))
         worker.errored.connect(lambda e: _notify_error(f"Propagation failed: {e}"))
         worker.finished.connect(self._on_click_worker_finished)
         self._click_worker = worker
@@ -1093,7 +1226,7 @@ class SegmentWidget(Container):
 
     def _on_click_worker_finished(self) -> None:
         self._click_worker = None
-        if self._click_pending:
+        if self._click_pending and not self._retired:
             self._click_pending = False
             self._propagate_clicks()
 
@@ -1160,7 +1293,7 @@ class SegmentWidget(Container):
 
         session = self._session
         if self.busy:
-            self._set_status("Busy; wait or cancel.")
+            self._say_busy()
             return
         if session is None or session.interaction is None or self._target is None:
             _notify_error("Nothing to learn yet: segment an image and correct it first.")
@@ -1196,7 +1329,7 @@ class SegmentWidget(Container):
         worker.returned.connect(self._on_learned)
         worker.errored.connect(self._on_learn_error)
         worker.finished.connect(self._on_finished)
-        self._worker = worker
+        self._worker, self._learning = worker, True
         self._run_button.enabled = False
         self._cancel_button.enabled = True
         self._progress.visible = True
@@ -1213,50 +1346,75 @@ class SegmentWidget(Container):
                          "segmentation but are not part of this task.")
         worker.start()
 
+    def _changed_elsewhere(self, path) -> bool:
+        """Whether the model file ``path`` was written by someone else since this widget read or wrote it (a file
+        that is not there, or one this widget never read, was not)."""
+        stamp = _file_stamp(path)
+        return stamp is not None and self._stamp is not None and self._stamp[0] == stamp[0] and stamp != self._stamp
+
     def _choose_autosave(self, session) -> None:
         """Where learning saves the session after each learned task: the file it was loaded from when that is one
-        of the user's models (in the models folder), else a new file there, which the Model list then shows."""
-        import time
-        from pathlib import Path
-
+        of the user's models (in the models folder), else a new file there, which the Model list then shows. A file
+        another window or program has written since this widget read or wrote it is not overwritten: the tasks
+        then go to a new file, and the user is told."""
         from napari.utils.notifications import show_warning
 
         from .checkpoint import models_dir
 
-        if session.autosave is not None:
-            return
         folder = models_dir()
-        source = Path(session.source) if session.source else None
-        if source is not None and source.is_file() and source.parent.resolve() == folder.resolve():
-            session.autosave = source
+        stem = Path(session.model_name).stem or "model"
+        if session.autosave is None and self._retry_autosave is not None:  # a failed autosave: the same file again
+            session.autosave, self._retry_autosave = self._retry_autosave, None
+        if session.autosave is None:
+            source = Path(session.source) if session.source else None
+            if source is not None and source.is_file() and source.parent.resolve() == folder.resolve():
+                session.autosave = source
+        if session.autosave is not None:
+            path = Path(session.autosave)
+            if not self._changed_elsewhere(path):
+                return
+            session.autosave = None
+            try:
+                new = _new_model_path(path.parent, stem)
+            except (OSError, RuntimeError):
+                new = None
+            show_warning(f"{path.name} was changed by another window or program since this model was loaded or saved "
+                         "here; so as not to overwrite it, the tasks learned here now go to "
+                         f"{new.name if new else 'a file you choose (Save model)'}.")
+            session.autosave = new
             return
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            show_warning(f"Learned tasks are not saved automatically: the models folder {folder} cannot be made "
-                         f"({e.strerror or e}). Save the model yourself (Save model).")
-            return
-        stem = Path(session.model_name).stem or "model"
-        session.autosave = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+            session.autosave = _new_model_path(folder, stem)
+        except (OSError, RuntimeError) as e:
+            show_warning(f"Learned tasks are not saved automatically: the models folder {folder} cannot be used "
+                         f"({getattr(e, 'strerror', None) or e}). Save the model yourself (Save model).")
 
     def _on_learned(self, record, unsaved: str | None = None) -> None:
         """A learned task: list it. ``unsaved``: why its autosave failed (the task is kept, not saved)."""
         from napari.utils.notifications import show_info, show_warning
 
+        if self._retired:  # the dock or viewer closed meanwhile: the task is learned (and autosaved) all the same
+            if not self._destroyed:
+                where = f" and saved as {Path(self._session.autosave).name}" if unsaved is None and \
+                    self._session.autosave is not None else ", but it is NOT saved"
+                show_info(f"Learned task {record.task}{where} (after the widget was closed).")
+            return
         session = self._session
         saved = ""
         if unsaved is not None:
-            session.autosave = None  # so that switching models asks for Save model first, as for any unsaved task
+            # so that switching models asks for Save model first, as for any unsaved task; the next learn retries it
+            self._retry_autosave, session.autosave = session.autosave, None
             saved = f" {unsaved}"
         elif session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
             self._on_saved(session.autosave)
-            from pathlib import Path
-
             saved = f" Saved as {Path(session.autosave).name} in the models folder."
         from .continual import kernel_usage
 
         free = sum(int((used == 0).sum()) for used in kernel_usage(session.net).values())
-        msg = (f"Learned task {record.task}: Dice on this image {record.dice_before:.3f} -> {record.dice_after:.3f} "
+        late = "Learning had finished when Cancel was pressed, so the task is kept. " if self._cancel_requested else ""
+        msg = (f"{late}Learned task {record.task}: Dice on this image "
+               f"{record.dice_before:.3f} -> {record.dice_after:.3f} "
                f"({record.seconds:.0f} s, {record.kernels_new} new kernels, {free} left free for later tasks)."
                f"{saved}")
         (show_warning if unsaved is not None else show_info)(msg)
@@ -1268,10 +1426,14 @@ class SegmentWidget(Container):
 
         from .session import AutosaveError, LearnCancelled, LearnRejected
 
+        if self._retired:
+            return
         if isinstance(error, AutosaveError):  # learned and kept, but not saved: say so, and keep it listed
             self._on_learned(error.record, unsaved=f"It is NOT saved: {error.__cause__ or error} Press Save model "
                                                    "to save it in a folder you can write.")
         elif isinstance(error, (LearnCancelled, LearnRejected)):
+            if isinstance(error, LearnRejected) and self._session is not None and self._session.autosave is not None:
+                self._stamp = _file_stamp(self._session.autosave)  # learn() saved the image it remembers there
             show_warning(str(error))
             self._set_status(str(error))
         else:
@@ -1304,25 +1466,27 @@ class SegmentWidget(Container):
 
     def _on_saved(self, path) -> None:
         """The session is in ``path`` now: a file of the models folder is listed and chosen in the Model list,
-        keeping this session for it (choosing it does not reload it)."""
-        from pathlib import Path
-
+        keeping this session for it (choosing it does not reload it), and is the one learning keeps up to date.
+        A user who chose another model meanwhile (while learning) keeps that choice."""
         from .checkpoint import models_dir
 
-        self._saved_tasks = len(self._session.tasks)
-        self._model_combo.reset_choices()
+        session = self._session
+        self._saved_tasks = len(session.tasks)
+        self._stamp, self._retry_autosave = _file_stamp(path), None
+        chosen = self._chosen_key() == self._session_key
         if Path(path).parent.resolve() == models_dir().resolve():
-            with self._model_combo.changed.blocked():
-                self._model_combo.value = str(Path(path))
-            self._checkpoint.visible = False
+            session.autosave = Path(path)
             self._session_key = (str(Path(path)), None)
+        self._reset_models()
+        if chosen and self._session_key[0] != self._model_combo.value:
+            with self._model_combo.changed.blocked():
+                self._model_combo.value = self._session_key[0]
+            self._checkpoint.visible = False
 
     def save_model(self, path=None) -> None:
         """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box, or
-        when that is empty a new file in the models folder, which the Model list shows)."""
-        import time
-        from pathlib import Path
-
+        when that is empty the file learning keeps up to date, else a new file in the models folder, which the
+        Model list shows)."""
         from .checkpoint import models_dir
 
         session = self._session
@@ -1330,22 +1494,23 @@ class SegmentWidget(Container):
             _notify_error("There is no model to save yet: segment an image first.")
             return
         path = str(path or self._save_path.line_edit.value or "").strip()
-        name = f"{Path(session.model_name).stem or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-        if (not path or path == ".") and session.autosave is not None and \
-                Path(session.autosave).parent.resolve() == models_dir().resolve():
-            path = str(session.autosave)  # the file learning keeps up to date
-        if not path or path == ".":
-            path = str(models_dir() / name)
-            try:
+        stem = Path(session.model_name).stem or "model"
+        auto = session.autosave if session.autosave is not None else self._retry_autosave
+        if (not path or path == ".") and auto is not None and \
+                Path(auto).parent.resolve() == models_dir().resolve() and not self._changed_elsewhere(auto):
+            path = str(auto)  # the file learning keeps up to date (or failed to, the last time)
+        try:
+            if not path or path == ".":
                 models_dir().mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                _notify_error(f"Could not create the models folder {models_dir()}: {e.strerror or e}. Choose a "
-                              "file in 'Save model to'.")
-                return
-        elif Path(path).is_dir():  # a folder: a new file in it
-            path = str(Path(path) / name)
-        elif not Path(path).suffix:  # the Model file chooser lists *.pt
-            path += ".pt"
+                path = str(_new_model_path(models_dir(), stem))
+            elif Path(path).is_dir():  # a folder: a new file in it
+                path = str(_new_model_path(Path(path), stem))
+            elif not Path(path).suffix:  # the Model file chooser lists *.pt
+                path += ".pt"
+        except (OSError, RuntimeError) as e:
+            _notify_error(f"Could not use the folder for the model: {getattr(e, 'strerror', None) or e}. Choose a "
+                          "file in 'Save model to'.")
+            return
         try:
             session.save(path)
         except Exception as e:

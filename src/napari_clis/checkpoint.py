@@ -82,6 +82,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         advice = (" Choose a folder you can write to." if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
                   else "")
         raise CheckpointError(f"Cannot save to {path}: {e.strerror or e}.{advice}") from e
+    existed = path.exists()
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
@@ -95,7 +96,8 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise CheckpointError(f"Could not save {path}: {e.strerror or e}. The previous file is unchanged.") from e
+            kept = "The previous file is unchanged." if existed else "No file was written."
+            raise CheckpointError(f"Could not save {path}: {e.strerror or e}. {kept}") from e
         raise
     _fsync_folder(folder)
     _remove_stale_temporaries(path)

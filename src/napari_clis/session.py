@@ -429,7 +429,8 @@ class ClisSession:
         The model changes only if the new task segments the current image at least as well as the task that
         segmented it (foreground Dice against the propagated labels); otherwise :class:`LearnRejected` says so
         and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
-        ``autosave`` set, the session is saved after each learned task.
+        ``autosave`` set, the session is saved after each learned task, and after a rollback once it has learned
+        tasks (the image rolled back is remembered in the file too).
 
         Parameters
         ----------
@@ -459,11 +460,17 @@ class ClisSession:
             self.task_choice = {"nearest": int(self.task), "known": True, "agreement": None}  # now remembered
             worse = "worse than the current model" if info["dice_after"] < info["dice_before"] else \
                 "no better than the current model, finding none of its objects"
+            kept = ""
+            if self.autosave is not None and self.tasks:  # the file that holds the tasks remembers it too
+                try:
+                    self.save(self.autosave)
+                except CheckpointError as e:
+                    kept = f" (only in this session: {e})"
             raise LearnRejected(
                 f"Learning was rolled back: the new task would segment this image {worse} "
                 f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on the accepted "
                 "segmentation). The network is unchanged; the image is remembered as one its current task "
-                "segments best."
+                f"segments best{kept}."
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
                             image_shape=list(labels.shape), clicks=clicks,
