@@ -307,6 +307,47 @@ def test_a_full_disk_during_autosave_keeps_the_model_and_the_file_as_they_were(t
     assert "is kept in this session, but it is not saved" in str(err.value)
 
 
+def test_autosave_never_overwrites_a_file_another_session_wrote_it_saves_beside_it(tmp_path, monkeypatch, learnable):
+    _, image = learnable
+    real = session_module.learn_task
+    monkeypatch.setattr(session_module, "learn_task", lambda *a, **k: (lambda r: (
+        r[0], r[1], {**r[2], "dice_after": r[2]["dice_before"] + 0.01}))(real(*a, **k)))
+    path = tmp_path / "lab.pt"
+    ClisSession.from_pretrained("nuclei", device="cpu").save(path)
+    s = ClisSession.from_checkpoint(path, device="cpu", n_samples=1)
+    s.learn_settings.steps, s.learn_settings.batch = 2, 1
+    assert s.file_state(path) == "unchanged" and s.file_state(tmp_path / "other.pt") == "unknown"
+    other = ClisSession.from_pretrained("nuclei", device="cpu")  # another window saves over the same file
+    other.remembered.append(([0.0] * 128, 0))
+    other.save(path)
+    theirs = path.read_bytes()
+    assert s.file_state(path) == "changed"
+    s.autosave = path
+    s.segment(image)
+    s.annotate(np.pad(np.ones((16, 16), bool), 24), 1)
+    s.learn()
+    assert path.read_bytes() == theirs, "another session's file was overwritten"
+    old, new = s.autosave_moved
+    assert old == path and new == s.autosave != path and new.parent == tmp_path
+    assert len(ClisSession.load(new).tasks) == 1 and s.file_state(new) == "unchanged"
+    s.autosave_moved = None
+    s.segment(image)
+    s.learn()  # its own file now: saved there, nothing moved
+    assert s.autosave == new and s.autosave_moved is None and len(ClisSession.load(new).tasks) == 2
+    new.unlink()
+    assert s.file_state(new) == "gone"
+
+
+def test_new_model_files_get_names_no_file_and_no_other_caller_has(tmp_path):
+    first = checkpoint.unique_model_path(tmp_path, "nuclei")
+    second = checkpoint.unique_model_path(tmp_path, "nuclei")  # another window, the same second: another file
+    assert first != second and first.parent == second.parent == tmp_path
+    assert first.name.startswith("nuclei-") and first.suffix == ".pt"
+    third = tmp_path / "nuclei-x.pt"
+    third.write_bytes(b"")
+    assert checkpoint.unique_model_path(tmp_path, "nuclei") not in (first, second, third)
+
+
 # -- folders that cannot be written ----------------------------------------------------------------------------------
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")

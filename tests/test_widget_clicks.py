@@ -625,7 +625,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     image = nuclei_fluo[0]
     first.run(viewer.add_image(image, name="a"))
     qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
-    labels_a = first.session.labels.copy()
+    labels_a, in_use = first.session.labels.copy(), first.session
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
     QApplication.processEvents()
     assert first._retired
@@ -639,7 +639,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     assert (second._painted >= 0).any()  # the new widget took the stroke
     np.testing.assert_array_equal(seg.data, second.session.labels)  # and nothing of the closed one's image came back
     assert not np.array_equal(seg.data, labels_a)
-    assert second.session is first.session  # the reopened dock goes on with the model in use
+    assert second.session is in_use and first.session is None  # the reopened dock goes on with the model in use
 
 
 def test_zero_mc_samples_hides_the_empty_map_and_suggests_nothing(segmented, qtbot):
@@ -904,16 +904,6 @@ def test_autosave_does_not_overwrite_a_model_file_another_window_wrote(segmented
     assert any("changed by another window or program" in m and mine.name in m for m in messages["warning"])
 
 
-def test_new_model_files_get_names_no_file_and_no_other_window_has(tmp_path):
-    from napari_clis._widget import _new_model_path
-
-    first = _new_model_path(tmp_path, "nuclei")
-    second = _new_model_path(tmp_path, "nuclei")  # another window, the same second: not the same file
-    assert first != second and first.parent == second.parent == tmp_path
-    first.write_bytes(b"")
-    assert _new_model_path(tmp_path, "nuclei") not in (first, second)
-
-
 def test_the_model_in_use_stays_chosen_when_its_file_is_deleted_and_its_tasks_are_kept(segmented, qtbot, messages,
                                                                                      nuclei_fluo):
     from pathlib import Path
@@ -988,3 +978,78 @@ def test_closing_the_viewer_while_it_learns_raises_nothing_and_the_task_is_saved
         qtbot.wait(250)
     assert widget._retired and not messages["error"] and not messages["warning"]
     assert len(list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))) == 1
+
+
+@pytest.mark.parametrize("save_fails", [False, True])
+def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_dock(make_napari_viewer, qtbot,
+                                                                                   nuclei_he, messages,
+                                                                                   monkeypatch, save_fails):
+    import os
+    from pathlib import Path
+
+    import napari.utils.notifications as notifications
+    from qtpy.QtWidgets import QApplication
+
+    import napari_clis.checkpoint as checkpoint
+    from napari_clis import ClisSession
+
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
+    viewer = make_napari_viewer()
+    dock, first = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    image, truth = nuclei_he
+    layer = viewer.add_image(image, name="he", rgb=True)
+    first.run(layer)
+    qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
+    first._save_path.line_edit.value = ""
+    first.save_model()  # the model's file in the models folder: learning keeps it up to date
+    path = Path(first._model_combo.value)
+    if save_fails:  # the disk fills up while it learns
+        real = checkpoint.atomic_write_bytes
+        monkeypatch.setattr(checkpoint, "atomic_write_bytes",
+                            lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    _correct_by_painting(viewer.layers["segmentation"], truth)
+    first._session.learn_settings.steps = 6
+    first.learn()
+    viewer.window.remove_dock_widget(dock)  # closed while it learns
+    QApplication.processEvents()
+    qtbot.waitUntil(lambda: not first.busy, timeout=120_000)
+    if save_fails:
+        assert any("Learned task 1, but it is NOT saved" in m for m in messages["warning"]), messages
+        monkeypatch.setattr(checkpoint, "atomic_write_bytes", real)
+    else:
+        assert any(f"Learned task 1 and saved as {path.name}" in m for m in infos), infos
+    _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    assert len(second.session.tasks) == 1 and second._model_combo.value == str(path)
+    assert second._tasks_label.value.startswith("task 1")
+    if save_fails:  # not saved anywhere: another model is refused until it is
+        second._model_combo.value = "skin-lesion"
+        second.run(layer)
+        assert any("not saved in any file" in m for m in messages["error"])
+        second._model_combo.value = str(path)
+    second.run(layer)
+    qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
+    second.learn()
+    qtbot.waitUntil(lambda: not second.busy, timeout=120_000)
+    assert not any("changed by another window" in m for m in messages["warning"] + infos)
+    assert list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt")) == [path]  # one file, kept up to date
+    assert len(ClisSession.load(path).tasks) == len(second.session.tasks) >= 1  # every task learned is in it
+
+
+def test_a_panel_replaced_by_a_newer_one_on_the_same_window_does_nothing_and_says_so(make_napari_viewer, qtbot,
+                                                                                   nuclei_he, messages):
+    viewer = make_napari_viewer()
+    first = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(first)
+    layer = viewer.add_image(nuclei_he[0], name="he", rgb=True)
+    first.run(layer)
+    qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
+    session = first.session
+    second = SegmentWidget(viewer)  # made from a script: the first stays on screen
+    viewer.window.add_dock_widget(second)
+    assert second.session is session and first.session is None
+    assert not first._run_button.enabled and "replaced" in first._status.value.replace("\u200b", "")
+    for action in (first.run, first.learn, first.save_model, first.clear_clicks):
+        action()
+    assert len(messages["error"]) == 4 and all("replaced by a newer one" in m for m in messages["error"])
+    assert not first.busy and second.session is session

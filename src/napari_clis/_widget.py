@@ -49,33 +49,7 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
 
 
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
-_NAMES_GIVEN: set = set()  # model file names handed out in this process (two windows may save in the same second)
-
-
-def _file_stamp(path) -> tuple | None:
-    """(path, modification time, size) of a model file, or ``None`` when there is none: whether another window or
-    program wrote it since this widget last read or wrote it."""
-    try:
-        st = Path(path).stat()
-    except (OSError, TypeError, ValueError):
-        return None
-    return str(Path(path)), st.st_mtime_ns, st.st_size
-
-
-def _new_model_path(folder, stem: str):
-    """A model file name in ``folder`` that no file has and this process has not given out: ``stem-TIME.pt``,
-    then ``stem-TIME-2.pt`` ..."""
-    import time
-
-    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 10_000):
-        path = folder / (f"{base}.pt" if n == 1 else f"{base}-{n}.pt")
-        if str(path) not in _NAMES_GIVEN and not path.exists():
-            _NAMES_GIVEN.add(str(path))
-            return path
-    raise RuntimeError(f"no free model file name in {folder}")
-
-
+REPLACED = "This panel was closed or replaced by a newer one on this window; use that one."
 _OWNERS: dict[int, weakref.ref] = {}  # id(viewer) -> the widget that owns its layers (the last one opened)
 
 
@@ -212,7 +186,6 @@ class SegmentWidget(Container):
         self._session = None
         self._session_key = None
         self._saved_tasks = 0  # how many of the session's tasks are in a file (autosave, or Save model)
-        self._stamp = None  # _file_stamp of the file the session was loaded from or last saved to
         self._retry_autosave = None  # the autosave file a failed autosave left: the next learn saves there again
         self._worker = None
 
@@ -286,7 +259,7 @@ class SegmentWidget(Container):
         self._connect(viewer.layers.selection.events.active, self._on_active_layer)
         self.reset_choices()
         if previous is not None and _unwrapped(previous._viewer) is _unwrapped(viewer) and \
-                previous._worker is None and previous._session is not None:
+                previous._worker is None and previous._click_worker is None and previous._session is not None:
             self._adopt(previous)
         for key, action in (("Shift-S", self.run), ("Shift-B", lambda: self.set_click_class(0)),
                             ("Shift-F", lambda: self.set_click_class(1)), ("Shift-C", self.next_click_class),
@@ -302,8 +275,8 @@ class SegmentWidget(Container):
         from .session import resolve_device
 
         self._session, self._session_key = previous._session, previous._session_key
-        self._saved_tasks, self._stamp = previous._saved_tasks, previous._stamp
-        self._retry_autosave = previous._retry_autosave
+        self._saved_tasks, self._retry_autosave = previous._saved_tasks, previous._retry_autosave
+        previous._session = None  # one widget drives a session: the retired one has nothing left to run
         model, path = self._session_key
         self._reset_models()
         with self._model_combo.changed.blocked():
@@ -356,6 +329,11 @@ class SegmentWidget(Container):
         if self._retired:
             return
         self._retired = True
+        if not destroyed:  # still on screen when another widget took over (made from a script): it says so
+            for button in (self._run_button, self._cancel_button, self._learn_button, self._save_button,
+                           self._clear_button):
+                button.enabled = False
+            self._set_status(REPLACED)
         for emitter, callback in self._connections:
             try:
                 emitter.disconnect(callback)
@@ -480,8 +458,8 @@ class SegmentWidget(Container):
                 self._session.to(device)
         else:
             old = self._session
-            if old is not None and old.tasks:
-                gone = old.autosave is not None and not Path(old.autosave).is_file()
+            if old is not None and old.tasks:  # a file it wrote or read and that was deleted since holds nothing
+                gone = old.autosave is not None and old.file_state(old.autosave) == "gone"
                 unsaved = len(old.tasks) if gone else len(old.tasks) - self._saved_tasks
                 if (old.autosave is None or gone) and unsaved > 0:
                     where = f" (its file {old.autosave} is gone)" if gone else ""
@@ -497,7 +475,6 @@ class SegmentWidget(Container):
             else:  # a saved model, listed by its path
                 session = ClisSession.from_checkpoint(model, device=device)
             self._session, self._session_key, self._saved_tasks = session, key, len(session.tasks)
-            self._stamp = _file_stamp(session.source) if session.source else None
             self._retry_autosave = None
             if old is not None and old.tasks and old.autosave is not None:
                 show_info(f"Switched to {session.model_name}. The {len(old.tasks)} task(s) learned before are saved "
@@ -508,6 +485,8 @@ class SegmentWidget(Container):
     # -- running ----------------------------------------------------------------------------------
     def run(self, image_layer=None) -> None:
         """Segment ``image_layer`` (default: the chosen one) off the GUI thread."""
+        if self._replaced():
+            return
         if self.busy:
             self._say_busy()
             return
@@ -573,6 +552,12 @@ class SegmentWidget(Container):
         self._progress.value = 0
         self._set_status(f"Segmenting '{layer.name}' with {session.model_name} on {session.device}…")
         worker.start()
+
+    def _replaced(self) -> bool:
+        """Whether this widget was closed or replaced (its session went to the newer widget); says so."""
+        if self._retired and not self._destroyed:
+            _notify_error(REPLACED)
+        return self._retired
 
     def _say_busy(self) -> None:
         """A second Segment or Learn while one runs: a notice, leaving the status that says what runs."""
@@ -685,12 +670,12 @@ class SegmentWidget(Container):
             timer.stop()
         if self._destroyed:
             return
-        self._run_button.enabled = True
-        self._cancel_button.enabled = False
         self._progress.visible = False
         if self._retired:
             self._cancel_requested = False
             return
+        self._run_button.enabled = True
+        self._cancel_button.enabled = False
         if run is not None and run["done"] < run["n"]:  # cancelled, or failed on a later slice
             session = self._session
             last = run["last"]  # a copy of the session's result with the propagated labels: it shares the maps
@@ -957,6 +942,8 @@ class SegmentWidget(Container):
         self._propagate_clicks()
 
     def clear_clicks(self) -> None:
+        if self._replaced():
+            return
         clicks = self._find_layer(CLICKS)
         if clicks is None or self._target is None:
             return
@@ -1292,6 +1279,8 @@ class SegmentWidget(Container):
         from napari.qt.threading import thread_worker
 
         session = self._session
+        if self._replaced():
+            return
         if self.busy:
             self._say_busy()
             return
@@ -1346,69 +1335,64 @@ class SegmentWidget(Container):
                          "segmentation but are not part of this task.")
         worker.start()
 
-    def _changed_elsewhere(self, path) -> bool:
-        """Whether the model file ``path`` was written by someone else since this widget read or wrote it (a file
-        that is not there, or one this widget never read, was not)."""
-        stamp = _file_stamp(path)
-        return stamp is not None and self._stamp is not None and self._stamp[0] == stamp[0] and stamp != self._stamp
-
     def _choose_autosave(self, session) -> None:
-        """Where learning saves the session after each learned task: the file it was loaded from when that is one
-        of the user's models (in the models folder), else a new file there, which the Model list then shows. A file
-        another window or program has written since this widget read or wrote it is not overwritten: the tasks
-        then go to a new file, and the user is told."""
+        """Where learning saves the session after each learned task: the file a failed autosave left, else the file
+        it was loaded from when that is one of the user's models (in the models folder), else a new file there,
+        which the Model list then shows. (A file someone else wrote meanwhile is not overwritten: ``learn()`` then
+        saves to a new file beside it, which ``_moved_note`` reports.)"""
         from napari.utils.notifications import show_warning
 
-        from .checkpoint import models_dir
+        from .checkpoint import CheckpointError, models_dir, unique_model_path
 
-        folder = models_dir()
-        stem = Path(session.model_name).stem or "model"
         if session.autosave is None and self._retry_autosave is not None:  # a failed autosave: the same file again
             session.autosave, self._retry_autosave = self._retry_autosave, None
-        if session.autosave is None:
-            source = Path(session.source) if session.source else None
-            if source is not None and source.is_file() and source.parent.resolve() == folder.resolve():
-                session.autosave = source
         if session.autosave is not None:
-            path = Path(session.autosave)
-            if not self._changed_elsewhere(path):
-                return
-            session.autosave = None
-            try:
-                new = _new_model_path(path.parent, stem)
-            except (OSError, RuntimeError):
-                new = None
-            show_warning(f"{path.name} was changed by another window or program since this model was loaded or saved "
-                         "here; so as not to overwrite it, the tasks learned here now go to "
-                         f"{new.name if new else 'a file you choose (Save model)'}.")
-            session.autosave = new
+            return
+        folder = models_dir()
+        source = Path(session.source) if session.source else None
+        if source is not None and source.is_file() and source.parent.resolve() == folder.resolve():
+            session.autosave = source
             return
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            session.autosave = _new_model_path(folder, stem)
-        except (OSError, RuntimeError) as e:
+            session.autosave = unique_model_path(folder, Path(session.model_name).stem or "model")
+        except (OSError, CheckpointError) as e:
             show_warning(f"Learned tasks are not saved automatically: the models folder {folder} cannot be used "
                          f"({getattr(e, 'strerror', None) or e}). Save the model yourself (Save model).")
 
+    @staticmethod
+    def _moved_note(session) -> str:
+        """What to tell the user when ``learn()`` saved to a new file because another window or program had written
+        the old one ('' when it did not)."""
+        moved, session.autosave_moved = session.autosave_moved, None
+        if moved is None:
+            return ""
+        old, new = moved
+        return (f" {Path(old).name} was changed by another window or program since this model was loaded or saved "
+                f"here, so it was not overwritten: the model is saved as {Path(new).name} instead.")
+
     def _on_learned(self, record, unsaved: str | None = None) -> None:
-        """A learned task: list it. ``unsaved``: why its autosave failed (the task is kept, not saved)."""
+        """A learned task: list it. ``unsaved``: why its autosave failed (the task is kept, not saved). A widget
+        closed meanwhile still keeps its Python state right (a reopened dock takes it over) and says what
+        happened while its window is open."""
         from napari.utils.notifications import show_info, show_warning
 
-        if self._retired:  # the dock or viewer closed meanwhile: the task is learned (and autosaved) all the same
-            if not self._destroyed:
-                where = f" and saved as {Path(self._session.autosave).name}" if unsaved is None and \
-                    self._session.autosave is not None else ", but it is NOT saved"
-                show_info(f"Learned task {record.task}{where} (after the widget was closed).")
-            return
         session = self._session
-        saved = ""
+        moved = self._moved_note(session)
         if unsaved is not None:
             # so that switching models asks for Save model first, as for any unsaved task; the next learn retries it
             self._retry_autosave, session.autosave = session.autosave, None
-            saved = f" {unsaved}"
         elif session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
             self._on_saved(session.autosave)
-            saved = f" Saved as {Path(session.autosave).name} in the models folder."
+        if self._retired:
+            if not self._destroyed:
+                what = f", but it is NOT saved: {unsaved}" if unsaved is not None else \
+                    f" and saved as {Path(session.autosave).name}" if session.autosave is not None else ""
+                (show_warning if unsaved is not None or moved else show_info)(
+                    f"Learned task {record.task}{what} (after the widget was closed).{moved}")
+            return
+        saved = f" {unsaved}" if unsaved is not None else \
+            f" Saved as {Path(session.autosave).name} in the models folder." if session.autosave is not None else ""
         from .continual import kernel_usage
 
         free = sum(int((used == 0).sum()) for used in kernel_usage(session.net).values())
@@ -1416,26 +1400,32 @@ class SegmentWidget(Container):
         msg = (f"{late}Learned task {record.task}: Dice on this image "
                f"{record.dice_before:.3f} -> {record.dice_after:.3f} "
                f"({record.seconds:.0f} s, {record.kernels_new} new kernels, {free} left free for later tasks)."
-               f"{saved}")
-        (show_warning if unsaved is not None else show_info)(msg)
+               f"{saved}{moved}")
+        (show_warning if unsaved is not None or moved else show_info)(msg)
         self._set_status(msg)
         self._show_tasks()
+        if self._chosen_key() != self._session_key:  # another model was chosen meanwhile: its hint stays
+            self._on_model_changed(self._model_combo.value)
 
     def _on_learn_error(self, error: Exception) -> None:
         from napari.utils.notifications import show_warning
 
         from .session import AutosaveError, LearnCancelled, LearnRejected
 
-        if self._retired:
-            return
         if isinstance(error, AutosaveError):  # learned and kept, but not saved: say so, and keep it listed
             self._on_learned(error.record, unsaved=f"It is NOT saved: {error.__cause__ or error} Press Save model "
                                                    "to save it in a folder you can write.")
-        elif isinstance(error, (LearnCancelled, LearnRejected)):
-            if isinstance(error, LearnRejected) and self._session is not None and self._session.autosave is not None:
-                self._stamp = _file_stamp(self._session.autosave)  # learn() saved the image it remembers there
-            show_warning(str(error))
-            self._set_status(str(error))
+            return
+        moved = self._moved_note(self._session) if self._session is not None else ""
+        if moved:  # the rollback saved the remembered image, to a new file
+            self._on_saved(self._session.autosave)
+        if self._retired:
+            if moved and not self._destroyed:
+                show_warning(moved.strip())
+            return
+        if isinstance(error, (LearnCancelled, LearnRejected)):
+            show_warning(str(error) + moved)
+            self._set_status(str(error) + moved)
         else:
             _notify_error(f"Learning failed, the model is unchanged: {error}")
             self._set_status(f"Learning failed: {error}")
@@ -1467,16 +1457,18 @@ class SegmentWidget(Container):
     def _on_saved(self, path) -> None:
         """The session is in ``path`` now: a file of the models folder is listed and chosen in the Model list,
         keeping this session for it (choosing it does not reload it), and is the one learning keeps up to date.
-        A user who chose another model meanwhile (while learning) keeps that choice."""
+        A user who chose another model meanwhile (while learning) keeps that choice; a closed widget only keeps
+        its state right (for a reopened dock to take over)."""
         from .checkpoint import models_dir
 
         session = self._session
-        self._saved_tasks = len(session.tasks)
-        self._stamp, self._retry_autosave = _file_stamp(path), None
         chosen = self._chosen_key() == self._session_key
+        self._saved_tasks, self._retry_autosave = len(session.tasks), None
         if Path(path).parent.resolve() == models_dir().resolve():
             session.autosave = Path(path)
             self._session_key = (str(Path(path)), None)
+        if self._retired:
+            return
         self._reset_models()
         if chosen and self._session_key[0] != self._model_combo.value:
             with self._model_combo.changed.blocked():
@@ -1487,9 +1479,11 @@ class SegmentWidget(Container):
         """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box, or
         when that is empty the file learning keeps up to date, else a new file in the models folder, which the
         Model list shows)."""
-        from .checkpoint import models_dir
+        from .checkpoint import CheckpointError, models_dir, unique_model_path
 
         session = self._session
+        if self._replaced():
+            return
         if session is None:
             _notify_error("There is no model to save yet: segment an image first.")
             return
@@ -1497,17 +1491,17 @@ class SegmentWidget(Container):
         stem = Path(session.model_name).stem or "model"
         auto = session.autosave if session.autosave is not None else self._retry_autosave
         if (not path or path == ".") and auto is not None and \
-                Path(auto).parent.resolve() == models_dir().resolve() and not self._changed_elsewhere(auto):
+                Path(auto).parent.resolve() == models_dir().resolve() and session.file_state(auto) != "changed":
             path = str(auto)  # the file learning keeps up to date (or failed to, the last time)
         try:
             if not path or path == ".":
                 models_dir().mkdir(parents=True, exist_ok=True)
-                path = str(_new_model_path(models_dir(), stem))
+                path = str(unique_model_path(models_dir(), stem))
             elif Path(path).is_dir():  # a folder: a new file in it
-                path = str(_new_model_path(Path(path), stem))
+                path = str(unique_model_path(Path(path), stem))
             elif not Path(path).suffix:  # the Model file chooser lists *.pt
                 path += ".pt"
-        except (OSError, RuntimeError) as e:
+        except (OSError, CheckpointError) as e:
             _notify_error(f"Could not use the folder for the model: {getattr(e, 'strerror', None) or e}. Choose a "
                           "file in 'Save model to'.")
             return

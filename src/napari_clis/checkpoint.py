@@ -237,6 +237,32 @@ def load_model(path: Path | str) -> tuple[ClisNet, dict, dict]:
     return net, dict(payload.get("metadata", {})), payload
 
 
+def file_stamp(path) -> tuple | None:
+    """``(device, inode, modification time in ns, size)`` of a file, or ``None`` where there is none. A save replaces
+    a file by a rename (:func:`atomic_write_bytes`), so a file written since a stamp was taken has another one."""
+    try:
+        st = Path(path).stat()
+    except (OSError, TypeError, ValueError):
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+_NAMES_GIVEN: set[str] = set()  # model file names handed out in this process (two windows may save in the same second)
+
+
+def unique_model_path(folder, stem: str) -> Path:
+    """A new model file name in ``folder`` that no file has and this process has not handed out yet:
+    ``STEM-DATE-TIME.pt``, else ``STEM-DATE-TIME-2.pt`` and so on."""
+    folder = Path(folder)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        path = folder / (f"{base}.pt" if n == 1 else f"{base}-{n}.pt")
+        if str(path) not in _NAMES_GIVEN and not path.exists():
+            _NAMES_GIVEN.add(str(path))
+            return path
+    raise CheckpointError(f"No free model file name for {stem} in {folder}.")
+
+
 def shipped_models() -> list[str]:
     """Names of the pretrained models inside the package."""
     return list(_SHIPPED)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_model, save_model, shipped_model_path, shipped_models
+from .checkpoint import (CheckpointError, file_stamp, load_model, save_model, shipped_model_path, shipped_models,
+                         unique_model_path)
 from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, learn_task
 from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
                           build_region_graph)
@@ -156,6 +157,10 @@ class ClisSession:
         self.remembered: list[tuple[list[float], int]] = [(list(f), int(t)) for f, t in
                                                           self.metadata.get("remembered_images", [])]
         self.autosave = Path(autosave) if autosave else None
+        # (old, new) when an autosave went to a new file because the old one was written by someone else since
+        # this session read or wrote it; for the caller to report (learn() sets it, the caller clears it)
+        self.autosave_moved: tuple[Path, Path] | None = None
+        self._stamps: dict[str, tuple] = {}  # file -> its file_stamp when this session last read or wrote it
         prior = self.class_log_prior
         self.learn_settings = LearnSettings(class_log_prior=None if prior is None else tuple(prior))
         self._fingerprint: np.ndarray | None = None
@@ -208,8 +213,11 @@ class ClisSession:
         session saved by :meth:`save` with its learned tasks and their annotations)."""
         resolve_device(device)
         path = Path(path).expanduser()
+        stamp = file_stamp(path)
         net, metadata, payload = load_model(path)
         s = cls(net, metadata, device=device, source=str(path), **kwargs)
+        if stamp is not None and stamp == file_stamp(path):  # not rewritten while it was read
+            s._stamps[_file_key(path)] = stamp
         s.annotations = {int(t): a.numpy() for t, a in payload.get("annotations", {}).items()}
         return s
 
@@ -430,7 +438,9 @@ class ClisSession:
         segmented it (foreground Dice against the propagated labels); otherwise :class:`LearnRejected` says so
         and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
         ``autosave`` set, the session is saved after each learned task, and after a rollback once it has learned
-        tasks (the image rolled back is remembered in the file too).
+        tasks (the image rolled back is remembered in the file too); a file someone else wrote since this session
+        read or wrote it is not overwritten: the session then goes to a new file beside it
+        (``autosave_moved``).
 
         Parameters
         ----------
@@ -463,7 +473,7 @@ class ClisSession:
             kept = ""
             if self.autosave is not None and self.tasks:  # the file that holds the tasks remembers it too
                 try:
-                    self.save(self.autosave)
+                    self._autosave()
                 except CheckpointError as e:
                     kept = f" (only in this session: {e})"
             raise LearnRejected(
@@ -486,7 +496,7 @@ class ClisSession:
         self.task_choice = {"nearest": task, "known": True, "agreement": None}  # the image is now this task's own
         if self.autosave is not None:
             try:
-                self.save(self.autosave)
+                self._autosave()
             except CheckpointError as e:  # the task stays learned here: throwing it away would lose the work
                 raise AutosaveError(
                     f"Task {task} was learned and is kept in this session, but it is not saved: {e} Save the "
@@ -513,6 +523,27 @@ class ClisSession:
         except OSError as e:
             raise CheckpointError(f"Could not save the session to {path}: {e.strerror or e}. The file on disk, "
                                   "if any, is unchanged.") from e
+        stamp = file_stamp(path)
+        if stamp is not None:
+            self._stamps[_file_key(path)] = stamp
+
+    def file_state(self, path: str | Path) -> str:
+        """What became of a model file since this session last read or wrote it: ``"unchanged"``, ``"changed"``
+        (written by someone else since), ``"gone"``, or ``"unknown"`` (this session never read or wrote it)."""
+        known = self._stamps.get(_file_key(path))
+        if known is None:
+            return "unknown"
+        now = file_stamp(path)
+        return "gone" if now is None else "unchanged" if now == known else "changed"
+
+    def _autosave(self) -> None:
+        """Save to ``autosave``; a file someone else wrote since this session read or wrote it is not overwritten:
+        the session goes to a new file beside it (``autosave`` changes, ``autosave_moved`` says from where)."""
+        path = Path(self.autosave)
+        if self.file_state(path) == "changed":
+            new = unique_model_path(path.parent, Path(self.model_name).stem or "model")
+            self.autosave, self.autosave_moved = new, (path, new)
+        self.save(self.autosave)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", **kwargs) -> ClisSession:
@@ -522,6 +553,10 @@ class ClisSession:
 
     def __repr__(self) -> str:
         return f"ClisSession(model={self.model_name!r}, device={str(self.device)!r}, n_samples={self.n_samples})"
+
+
+def _file_key(path) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _refuse_labels_layer(obj) -> None:
