@@ -336,6 +336,35 @@ def test_autosave_never_overwrites_a_file_another_session_wrote_it_saves_beside_
     assert s.autosave == new and s.autosave_moved is None and len(ClisSession.load(new).tasks) == 2
     new.unlink()
     assert s.file_state(new) == "gone"
+    monkeypatch.setenv("HOME", str(tmp_path))  # a path given with ~ is the same file
+    s.save("~/home.pt")
+    assert s.file_state("~/home.pt") == s.file_state(tmp_path / "home.pt") == "unchanged"
+
+
+def test_autosave_to_a_file_it_never_read_or_wrote_saves_beside_it_and_a_failed_move_changes_nothing(
+        tmp_path, monkeypatch, learnable):
+    _, image = learnable
+    real = session_module.learn_task
+    monkeypatch.setattr(session_module, "learn_task", lambda *a, **k: (lambda r: (
+        r[0], r[1], {**r[2], "dice_after": r[2]["dice_before"] + 0.01}))(real(*a, **k)))
+    path = tmp_path / "someone-elses.pt"
+    ClisSession.from_pretrained("nuclei", device="cpu").save(path)
+    theirs = path.read_bytes()
+    s = ClisSession.from_pretrained("nuclei", device="cpu", n_samples=1, autosave=path)
+    s.learn_settings.steps, s.learn_settings.batch = 2, 1
+    s.segment(image)
+    s.annotate(np.pad(np.ones((16, 16), bool), 24), 1)
+    _disk_full_at(monkeypatch, "write")  # the move to a new file fails: nothing may claim it was made
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        s.learn()
+    assert s.autosave == path and s.autosave_moved is None and [p.name for p in tmp_path.iterdir()] == [path.name]
+    monkeypatch.undo()
+    monkeypatch.setattr(session_module, "learn_task", lambda *a, **k: (lambda r: (
+        r[0], r[1], {**r[2], "dice_after": r[2]["dice_before"] + 0.01}))(real(*a, **k)))
+    s.segment(image)
+    s.learn()
+    assert path.read_bytes() == theirs and s.autosave_moved == (path, s.autosave) and s.autosave != path
+    assert len(ClisSession.load(s.autosave).tasks) == 2
 
 
 def test_new_model_files_get_names_no_file_and_no_other_caller_has(tmp_path):

@@ -901,7 +901,11 @@ def test_autosave_does_not_overwrite_a_model_file_another_window_wrote(segmented
     assert len(widget.session.tasks) == 1 and path.read_bytes() == theirs
     mine = Path(widget.session.autosave)
     assert mine != path and len(ClisSession.load(mine).tasks) == 1
-    assert any("changed by another window or program" in m and mine.name in m for m in messages["warning"])
+    assert any("written by another window or program" in m and mine.name in m for m in messages["warning"])
+    other.save(mine)  # and over that one too: the task is in no file now, so another model is refused
+    widget._model_combo.value = "skin-lesion"
+    widget.run(viewer.layers["he"])
+    assert widget.session.model_name == "nuclei" and any("wrote over its file" in m for m in messages["error"])
 
 
 def test_the_model_in_use_stays_chosen_when_its_file_is_deleted_and_its_tasks_are_kept(segmented, qtbot, messages,
@@ -1015,10 +1019,10 @@ def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_d
     QApplication.processEvents()
     qtbot.waitUntil(lambda: not first.busy, timeout=120_000)
     if save_fails:
-        assert any("Learned task 1, but it is NOT saved" in m for m in messages["warning"]), messages
+        assert any("Learned task 1 (after the widget was closed). It is NOT saved" in m for m in messages["warning"])
         monkeypatch.setattr(checkpoint, "atomic_write_bytes", real)
     else:
-        assert any(f"Learned task 1 and saved as {path.name}" in m for m in infos), infos
+        assert any(f"Learned task 1 (after the widget was closed). Saved as {path.name}" in m for m in infos), infos
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     assert len(second.session.tasks) == 1 and second._model_combo.value == str(path)
     assert second._tasks_label.value.startswith("task 1")
@@ -1031,7 +1035,7 @@ def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_d
     qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
     second.learn()
     qtbot.waitUntil(lambda: not second.busy, timeout=120_000)
-    assert not any("changed by another window" in m for m in messages["warning"] + infos)
+    assert not any("written by another window" in m for m in messages["warning"] + infos)
     assert list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt")) == [path]  # one file, kept up to date
     assert len(ClisSession.load(path).tasks) == len(second.session.tasks) >= 1  # every task learned is in it
 

@@ -440,6 +440,17 @@ class SegmentWidget(Container):
         model = self._model_combo.value
         return model, (str(self._checkpoint.value) if model == CUSTOM_MODEL else None)
 
+    @staticmethod
+    def _tasks_file(session):
+        """The file that holds a session as it is now: its autosave file, else the file it came from, if this
+        session wrote or read it and nobody changed it since (``None`` otherwise, or without a session)."""
+        if session is None:
+            return None
+        for path in (session.autosave, session.source):
+            if path is not None and session.file_state(path) == "unchanged":
+                return path
+        return None
+
     def _get_session(self):
         """Load (or reuse) the session for the chosen model and device; raises with a user message.
 
@@ -458,11 +469,16 @@ class SegmentWidget(Container):
                 self._session.to(device)
         else:
             old = self._session
-            if old is not None and old.tasks:  # a file it wrote or read and that was deleted since holds nothing
-                gone = old.autosave is not None and old.file_state(old.autosave) == "gone"
-                unsaved = len(old.tasks) if gone else len(old.tasks) - self._saved_tasks
-                if (old.autosave is None or gone) and unsaved > 0:
-                    where = f" (its file {old.autosave} is gone)" if gone else ""
+            held = self._tasks_file(old)
+            if old is not None and old.tasks:
+                # the autosave file, deleted or overwritten by someone else since, holds none of them any more
+                state = old.file_state(old.autosave) if old.autosave is not None else None
+                lost = state in ("gone", "changed")
+                unsaved = len(old.tasks) if lost else len(old.tasks) - self._saved_tasks
+                if (old.autosave is None or lost) and unsaved > 0:
+                    where = {"gone": f" (its file {old.autosave} is gone)",
+                             "changed": f" (another window or program wrote over its file {old.autosave})",
+                             }.get(state, "")
                     raise ValueError(f"{unsaved} of the {len(old.tasks)} learned task(s) of the model in use are not "
                                      f"saved in any file{where}. Press Save model first, or choose that model again "
                                      "to go on.")
@@ -476,9 +492,9 @@ class SegmentWidget(Container):
                 session = ClisSession.from_checkpoint(model, device=device)
             self._session, self._session_key, self._saved_tasks = session, key, len(session.tasks)
             self._retry_autosave = None
-            if old is not None and old.tasks and old.autosave is not None:
+            if old is not None and old.tasks and held is not None:
                 show_info(f"Switched to {session.model_name}. The {len(old.tasks)} task(s) learned before are saved "
-                          f"in {old.autosave}; choose it in Model to go on with them.")
+                          f"in {held}; choose it in Model to go on with them.")
         self._session.n_samples = int(self._samples.value)
         return self._session
 
@@ -1368,8 +1384,8 @@ class SegmentWidget(Container):
         if moved is None:
             return ""
         old, new = moved
-        return (f" {Path(old).name} was changed by another window or program since this model was loaded or saved "
-                f"here, so it was not overwritten: the model is saved as {Path(new).name} instead.")
+        return (f" {Path(old).name} was written by another window or program (since this model was loaded or saved "
+                f"here), so it was not overwritten: the model is saved as {Path(new).name} instead.")
 
     def _on_learned(self, record, unsaved: str | None = None) -> None:
         """A learned task: list it. ``unsaved``: why its autosave failed (the task is kept, not saved). A widget
@@ -1384,15 +1400,14 @@ class SegmentWidget(Container):
             self._retry_autosave, session.autosave = session.autosave, None
         elif session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
             self._on_saved(session.autosave)
+        saved = f" {unsaved}" if unsaved is not None else \
+            f" Saved as {Path(session.autosave).name} in the models folder." if session.autosave is not None else \
+            " It is not saved in any file yet: press Save model."
         if self._retired:
             if not self._destroyed:
-                what = f", but it is NOT saved: {unsaved}" if unsaved is not None else \
-                    f" and saved as {Path(session.autosave).name}" if session.autosave is not None else ""
-                (show_warning if unsaved is not None or moved else show_info)(
-                    f"Learned task {record.task}{what} (after the widget was closed).{moved}")
+                (show_warning if unsaved is not None or moved or session.autosave is None else show_info)(
+                    f"Learned task {record.task} (after the widget was closed).{saved}{moved}")
             return
-        saved = f" {unsaved}" if unsaved is not None else \
-            f" Saved as {Path(session.autosave).name} in the models folder." if session.autosave is not None else ""
         from .continual import kernel_usage
 
         free = sum(int((used == 0).sum()) for used in kernel_usage(session.net).values())
@@ -1490,9 +1505,13 @@ class SegmentWidget(Container):
         path = str(path or self._save_path.line_edit.value or "").strip()
         stem = Path(session.model_name).stem or "model"
         auto = session.autosave if session.autosave is not None else self._retry_autosave
-        if (not path or path == ".") and auto is not None and \
-                Path(auto).parent.resolve() == models_dir().resolve() and session.file_state(auto) != "changed":
-            path = str(auto)  # the file learning keeps up to date (or failed to, the last time)
+        skipped = None
+        if (not path or path == ".") and auto is not None and Path(auto).parent.resolve() == models_dir().resolve():
+            state = session.file_state(auto)
+            if state == "changed" or (state == "unknown" and Path(auto).exists()):
+                skipped = Path(auto)  # someone else's file now: not overwritten, a new file instead
+            else:
+                path = str(auto)  # the file learning keeps up to date (or failed to, the last time)
         try:
             if not path or path == ".":
                 models_dir().mkdir(parents=True, exist_ok=True)
@@ -1514,5 +1533,7 @@ class SegmentWidget(Container):
         from napari.utils.notifications import show_info
 
         self._on_saved(path)
-        show_info(f"Saved the model with {len(session.tasks)} learned task(s) to {path}.")
+        why = f" ({skipped.name} was written by another window or program, so it was not overwritten.)" \
+            if skipped is not None else ""
+        show_info(f"Saved the model with {len(session.tasks)} learned task(s) to {path}.{why}")
         self._set_status(f"Saved to {path}.")

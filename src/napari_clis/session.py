@@ -438,9 +438,9 @@ class ClisSession:
         segmented it (foreground Dice against the propagated labels); otherwise :class:`LearnRejected` says so
         and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
         ``autosave`` set, the session is saved after each learned task, and after a rollback once it has learned
-        tasks (the image rolled back is remembered in the file too); a file someone else wrote since this session
-        read or wrote it is not overwritten: the session then goes to a new file beside it
-        (``autosave_moved``).
+        tasks (the image rolled back is remembered in the file too). A file someone else wrote since this session
+        read or wrote it (or one it never read or wrote) is not overwritten: the session then goes to a new file
+        beside it (``autosave_moved``).
 
         Parameters
         ----------
@@ -512,7 +512,8 @@ class ClisSession:
 
     def save(self, path: str | Path) -> None:
         """Save the model, its kernel masks, the task history and every task's clicks and annotations, atomically
-        (a failure leaves an existing file as it was)."""
+        (a failure leaves an existing file as it was). ``~`` is your home folder."""
+        path = Path(path).expanduser()
         metadata = dict(self.metadata)
         metadata["learned_tasks"] = [r.to_dict() for r in self.tasks]
         metadata["remembered_images"] = [[list(f), t] for f, t in self.remembered]
@@ -533,17 +534,21 @@ class ClisSession:
         known = self._stamps.get(_file_key(path))
         if known is None:
             return "unknown"
-        now = file_stamp(path)
+        now = file_stamp(Path(path).expanduser())
         return "gone" if now is None else "unchanged" if now == known else "changed"
 
     def _autosave(self) -> None:
-        """Save to ``autosave``; a file someone else wrote since this session read or wrote it is not overwritten:
-        the session goes to a new file beside it (``autosave`` changes, ``autosave_moved`` says from where)."""
-        path = Path(self.autosave)
-        if self.file_state(path) == "changed":
+        """Save to ``autosave``. A file someone else wrote since this session read or wrote it, or one this session
+        never read or wrote, is not overwritten: the session goes to a new file beside it (once that is written,
+        ``autosave`` names it and ``autosave_moved`` says from where)."""
+        path = Path(self.autosave).expanduser()
+        state = self.file_state(path)
+        if state == "changed" or (state == "unknown" and path.exists()):
             new = unique_model_path(path.parent, Path(self.model_name).stem or "model")
+            self.save(new)
             self.autosave, self.autosave_moved = new, (path, new)
-        self.save(self.autosave)
+            return
+        self.save(path)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", **kwargs) -> ClisSession:
