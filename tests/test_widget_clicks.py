@@ -1057,3 +1057,23 @@ def test_a_panel_replaced_by_a_newer_one_on_the_same_window_does_nothing_and_say
         action()
     assert len(messages["error"]) == 4 and all("replaced by a newer one" in m for m in messages["error"])
     assert not first.busy and second.session is session
+
+
+def test_a_listed_model_deleted_before_it_is_chosen_leaves_the_list_and_the_model_in_use_stays(segmented, qtbot,
+                                                                                              messages, nuclei_fluo):
+    import shutil
+    from pathlib import Path
+
+    viewer, widget, _ = segmented
+    widget._save_path.line_edit.value = ""
+    widget.save_model()
+    in_use, session = widget._model_combo.value, widget.session
+    copy = Path(in_use).with_name("copy.pt")
+    shutil.copy(in_use, copy)
+    viewer.add_image(nuclei_fluo[0], name="fluo")  # the list refreshes: the copy is listed
+    widget._model_combo.value = str(copy)
+    copy.unlink()  # deleted in a file manager before Segment
+    widget.run(viewer.layers["he"])
+    assert any("does not exist" in m for m in messages["error"]) and widget.session is session
+    assert str(copy) not in widget._model_combo.choices and widget._model_combo.value == in_use
+    assert widget._model_combo.native.itemText(widget._model_combo.native.count() - 1) == "Model file…"

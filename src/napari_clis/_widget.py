@@ -520,6 +520,7 @@ class SegmentWidget(Container):
         except Exception as e:  # every failure here is shown to the user; nothing has been changed yet
             _notify_error(f"Cannot segment: {e}")
             self._set_status(f"Not segmented: {e}")
+            self._forget_missing_model()
             return
         shape = _spatial_shape(layer)
         if len(shape) >= 3 and shape[-1] <= 4 < shape[-2]:  # e.g. (H, W, 2): napari shows it as a stack of strips
@@ -530,6 +531,24 @@ class SegmentWidget(Container):
                          "split its channels first.")
         task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
         self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
+
+    def _forget_missing_model(self) -> None:
+        """A saved model chosen in the list whose file was deleted since the list was made: it leaves the list, and
+        the list shows the model in use again."""
+        from .checkpoint import shipped_models
+
+        value = self._model_combo.value
+        if value == CUSTOM_MODEL or value in shipped_models() or Path(value).is_file():
+            return
+        self._reset_models()
+        key = self._session_key
+        if key is not None and key[0] in [v for _, v in self._model_list()]:
+            with self._model_combo.changed.blocked():
+                self._model_combo.value = key[0]
+            if key[1] is not None:
+                self._checkpoint.value = key[1]
+            self._checkpoint.visible = key[0] == CUSTOM_MODEL
+            self._show_tasks()
 
     def _check_layer(self, layer):
         from napari.layers import Image
