@@ -200,6 +200,50 @@ def test_the_plugin_tiff_writer_keeps_scale_and_translate(segmented, tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_the_uncertainty_map_saves_as_tiff_with_its_scale_and_values(segmented, tmp_path):
+    import napari
+    import tifffile
+
+    from napari_clis._writer import read_metadata
+
+    viewer, widget, truth = segmented
+    unc = viewer.layers["uncertainty"]
+    unc.translate = (2.0, -1.0)
+    path = napari.save_layers(str(tmp_path / "uncertainty"), [unc], plugin="napari-clis")[0]
+    assert path.endswith("uncertainty.tif")
+    meta = read_metadata(path)
+    assert meta["layer_type"] == "image" and meta["name"] == "uncertainty"
+    assert meta["scale"] == [0.5, 0.5] and meta["translate"] == [2.0, -1.0]
+    assert meta["contrast_limits"] == [float(v) for v in unc.contrast_limits]
+    saved = tifffile.imread(path)
+    assert saved.dtype == np.float32
+    np.testing.assert_array_equal(saved, unc.data)  # the map's values, not a rendering of them
+    np.testing.assert_array_equal(saved, widget.session.result.uncertainty)
+    back = viewer.open(path, plugin="napari")[0]  # napari's own reader opens it as an image
+    assert type(back).__name__ == "Image"
+    np.testing.assert_array_equal(np.asarray(back.data), unc.data)
+    tifffile.imwrite(tmp_path / "plain.tif", saved)
+    assert read_metadata(str(tmp_path / "plain.tif")) == {}  # a TIFF from elsewhere has none
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_the_plugin_writer_keeps_an_rgb_image_as_colour(make_napari_viewer, tmp_path):
+    import napari
+    import tifffile
+
+    from napari_clis._writer import read_metadata
+
+    viewer = make_napari_viewer()
+    rgb = (np.arange(40 * 50 * 3) % 251).astype(np.uint8).reshape(40, 50, 3)
+    layer = viewer.add_image(rgb, name="photo", scale=(2.0, 3.0), rgb=True)
+    assert layer.rgb
+    path = napari.save_layers(str(tmp_path / "photo.tif"), [layer], plugin="napari-clis")[0]
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+        np.testing.assert_array_equal(tif.asarray(), rgb)
+    assert read_metadata(path)["scale"] == [2.0, 3.0]
+
+
 def test_the_layers_follow_the_image_when_it_is_rotated_sheared_or_rescaled_and_a_click_lands_on_its_pixel(
         segmented, tmp_path):
     import napari

@@ -1,8 +1,10 @@
-"""npe2 writer: a Labels layer as TIFF that keeps its scale and translate (napari's own TIFF writer drops them).
+"""npe2 writers: a Labels or Image layer as TIFF that keeps its scale and translate (napari's own TIFF writer
+drops them). The Image writer is for the ``uncertainty`` map, and any other image.
 
-The file is a plain TIFF that any TIFF reader opens (napari's built-in reader gives the same labels); the
-layer's name, scale, translate and class names are in its ImageDescription as JSON, and the YX pixel size also in
-the standard resolution tags (as a positive size, when they can hold it). Written atomically: a temporary file in the same folder, then one rename.
+The file is a plain TIFF that any TIFF reader opens (napari's built-in reader gives the same pixels); the
+layer's name, kind, scale and translate (and the class names of a Labels layer, the contrast limits of an Image
+layer) are in its ImageDescription as JSON, and the YX pixel size also in the standard resolution tags (as a
+positive size, when they can hold it). Written atomically: a temporary file in the same folder, then one rename.
 """
 
 from __future__ import annotations
@@ -14,30 +16,45 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_labels", "read_labels_metadata"]
+__all__ = ["write_labels", "write_image", "read_metadata", "read_labels_metadata"]
 
 KEY = "napari_clis"
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
+    """A Labels layer (the ``segmentation``): the labels as they are, with the class names."""
+    return _write_tiff(path, data, meta, "labels",
+                       {"class_names": (meta.get("metadata") or {}).get("class_names")}, rgb=False)
+
+
+def write_image(path: str, data, meta: dict) -> list[str]:
+    """An Image layer (the ``uncertainty`` map, float32): the values as they are, with the contrast limits."""
+    limits = meta.get("contrast_limits")
+    return _write_tiff(path, data, meta, "image",
+                       {"contrast_limits": [float(v) for v in limits] if limits is not None else None},
+                       rgb=bool(meta.get("rgb")))
+
+
+def _write_tiff(path: str, data, meta: dict, kind: str, extra: dict, *, rgb: bool) -> list[str]:
     import tifffile
 
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         path = path.with_suffix(".tif")
     arr = np.asarray(data)
-    scale = [float(v) for v in meta.get("scale", [1.0] * arr.ndim)]
-    translate = [float(v) for v in meta.get("translate", [0.0] * arr.ndim)]
-    info = {KEY: {"name": meta.get("name"), "scale": scale, "translate": translate,
-                  "class_names": (meta.get("metadata") or {}).get("class_names")}}
+    spatial = arr.ndim - 1 if rgb else arr.ndim
+    scale = [float(v) for v in meta.get("scale", [1.0] * spatial)]
+    translate = [float(v) for v in meta.get("translate", [0.0] * spatial)]
+    info = {KEY: {"name": meta.get("name"), "layer_type": kind, "scale": scale, "translate": translate, **extra}}
     # TIFF's resolution tags are positive fractions of modest size: a flipped axis (negative scale) keeps its
     # sign in the JSON only, and a pixel size they cannot hold leaves the tags out
-    sizes = [abs(scale[-1]), abs(scale[-2])] if arr.ndim >= 2 else []
+    sizes = [abs(scale[-1]), abs(scale[-2])] if spatial >= 2 else []
     resolution = tuple(1.0 / s for s in sizes) if sizes and all(1e-6 <= s <= 1e6 for s in sizes) else None
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, arr, description=json.dumps(info), resolution=resolution, metadata=None)
+        tifffile.imwrite(tmp, arr, description=json.dumps(info), resolution=resolution, metadata=None,
+                         photometric="rgb" if rgb else "minisblack")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -45,8 +62,9 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     return [str(path)]
 
 
-def read_labels_metadata(path: str) -> dict:
-    """The name, scale, translate and class names stored by :func:`write_labels` (empty for other TIFFs)."""
+def read_metadata(path: str) -> dict:
+    """What :func:`write_labels` or :func:`write_image` stored: name, layer type, scale, translate, and the class
+    names or contrast limits (empty for other TIFFs)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -55,3 +73,6 @@ def read_labels_metadata(path: str) -> dict:
         return json.loads(desc).get(KEY, {})
     except (ValueError, AttributeError):
         return {}
+
+
+read_labels_metadata = read_metadata  # the name the docs gave first
