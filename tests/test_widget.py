@@ -115,6 +115,35 @@ def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qt
     assert widget._target is not None and widget._target[1] == (done[-1],) and "clicks" in viewer.layers
 
 
+def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_and_widget, qtbot, nuclei_fluo,
+                                                                       errors):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    reps = (-(-1100 // image.shape[0]), -(-1100 // image.shape[1]))
+    big = np.tile(image, reps)[:1100, :1100]  # four tiles of at most 1024 px
+    layer = viewer.add_image(big, name="big")
+    shown = []
+    widget._progress.changed.connect(lambda v: shown.append((widget._progress.max, v)))
+    widget.run(layer)
+    assert widget._cancel_button.enabled  # one image, but a large one: it can be stopped
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not errors
+    assert (5, 1) in shown  # 4 tiles and the superpixels: the bar moved on after the first tile
+    seg = viewer.layers["segmentation"]
+    before = seg.data.copy()
+    assert before.any() and "Segmented 'big'" in widget._status.value
+    result = widget.session.result
+
+    widget.run(layer)
+    widget.cancel()  # long before the first of the four tiles is done
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not errors  # a cancel is no failure
+    assert widget._status.value.replace("\u200b", "") == "Cancelled: 'big' was not segmented; the layers are as they were."
+    np.testing.assert_array_equal(seg.data, before)
+    assert widget.session.result is result  # the session still holds the image as it was
+    assert not widget._progress.visible and widget._run_button.enabled and not widget._cancel_button.enabled
+
+
 def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,
                                                                                      nuclei_fluo, errors):
     viewer, widget = viewer_and_widget

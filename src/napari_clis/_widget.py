@@ -127,6 +127,10 @@ def _clear_history(labels_layer) -> None:
         reset()
 
 
+class _Cancelled(Exception):
+    """Raised in a segmentation worker at the next tile once Cancel was pressed."""
+
+
 def _notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -220,7 +224,8 @@ class SegmentWidget(Container):
         self._undone: list = []  # strokes undone, for redo
         self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
         self._learn_step = 0
-        self._learn_timer = None
+        self._tiles = (0, 0)  # (done, total) tiles of the image being segmented, set from the worker thread
+        self._progress_timer = None  # polls _learn_step or _tiles while a worker runs
         self._pending_strokes = 0  # paint events whose stroke is not taken in yet
         self._click_worker = None
         self._click_pending = False
@@ -323,7 +328,7 @@ class SegmentWidget(Container):
         task being learned is still learned and autosaved) and its results go nowhere."""
         if destroyed:
             self._destroyed = True
-        timer, self._learn_timer = self._learn_timer, None
+        timer, self._progress_timer = self._progress_timer, None
         if timer is not None:
             timer.stop()
         if self._retired:
@@ -566,10 +571,16 @@ class SegmentWidget(Container):
         data = _pixels(layer)
         n = len(planes)
 
+        def tiles(done, total):  # in the worker, after each tile of a large image: Cancel stops at the next one
+            if self._cancel_requested:
+                raise _Cancelled()
+            self._tiles = (done, total)
+
         @thread_worker(ignore_errors=True)  # errors are shown to the user by _on_error
         def work():
             for i, idx in enumerate(planes):
-                result = session.segment(np.asarray(data[idx] if idx else data), task=task)
+                self._tiles = (0, 0)
+                result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles)
                 # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
                 yield i, idx, dataclasses.replace(result, labels=session.labels.copy())
 
@@ -581,12 +592,25 @@ class SegmentWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._run_button.enabled = False
-        self._cancel_button.enabled = n > 1
+        self._cancel_button.enabled = True
         self._progress.visible = True
-        self._progress.max = n if n > 1 else 0  # 0 = busy indicator for a single plane
+        self._progress.max = n if n > 1 else 0  # 0 = busy indicator for a single plane, until it has tiles
         self._progress.value = 0
+        if n == 1:  # a large image runs in tiles: the bar counts them (and one more step for its superpixels)
+            from qtpy.QtCore import QTimer
+
+            self._tiles = (0, 0)
+            self._progress_timer = QTimer()
+            self._progress_timer.timeout.connect(self._show_tiles)
+            self._progress_timer.start(200)
         self._set_status(f"Segmenting '{layer.name}' with {session.model_name} on {session.device}…")
         worker.start()
+
+    def _show_tiles(self) -> None:
+        done, total = self._tiles
+        if total > 1 and not self._destroyed:
+            self._progress.max = total + 1
+            self._progress.value = done
 
     def _replaced(self) -> bool:
         """Whether this widget was closed or replaced (its session went to the newer widget); says so."""
@@ -691,7 +715,7 @@ class SegmentWidget(Container):
         QTimer.singleShot(0, lambda: self._raise_above(layer))
 
     def _on_error(self, error: Exception) -> None:
-        if self._retired:
+        if self._retired or isinstance(error, _Cancelled):  # Cancel between two tiles: _on_finished says so
             return
         _notify_error(f"Segmentation failed: {error}")
         self._set_status(f"Failed: {error}")
@@ -700,7 +724,7 @@ class SegmentWidget(Container):
         run, self._run = self._run, None
         self._worker = None
         self._learning = False
-        timer, self._learn_timer = self._learn_timer, None
+        timer, self._progress_timer = self._progress_timer, None
         if timer is not None:
             timer.stop()
         if self._destroyed:
@@ -719,7 +743,9 @@ class SegmentWidget(Container):
                 self._finish_run(run["layer"])
             elif run["done"]:  # the session went on to a slice that was not shown: segment again to correct
                 self._target = None
-            if self._cancel_requested:
+            if self._cancel_requested and run["n"] == 1:
+                self._set_status(f"Cancelled: '{run['layer'].name}' was not segmented; the layers are as they were.")
+            elif self._cancel_requested:
                 self._set_status(f"Cancelled: {run['done']} of {run['n']} slice(s) of '{run['layer'].name}' "
                                  "segmented." + (" Press Segment to correct one." if self._target is None else ""))
         self._cancel_requested = False
@@ -1361,9 +1387,9 @@ class SegmentWidget(Container):
         self._progress.value = 0
         from qtpy.QtCore import QTimer
 
-        self._learn_timer = QTimer()
-        self._learn_timer.timeout.connect(lambda: setattr(self._progress, "value", self._learn_step))
-        self._learn_timer.start(200)
+        self._progress_timer = QTimer()
+        self._progress_timer.timeout.connect(lambda: setattr(self._progress, "value", self._learn_step))
+        self._progress_timer.start(200)
         _, idx = self._target
         what = f"slice {tuple(int(i) for i in idx)} of this image (the slice segmented last)" if idx else "this image"
         self._set_status(f"Learning from {what} ({total} steps)… Corrections made meanwhile apply to the "
