@@ -750,6 +750,37 @@ def _all_slices_of(make_napari_viewer, qtbot, slices, shown=2):
     return viewer, widget, layer
 
 
+def test_a_run_over_all_slices_keeps_the_clicks_of_every_slice_and_their_note_shows_once(
+        make_napari_viewer, qtbot, nuclei_fluo, messages):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, truth = nuclei_fluo
+    stack = np.stack([image[::-1], image[:, ::-1], image])
+    layer = viewer.add_image(stack, name="zstack")
+    widget._all_slices.value = True
+    viewer.dims.set_current_step(0, 2)
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    y, x = _wrong_pixel(seg.data[2], truth, 1)
+    clicks.add([2, y, x])  # a correction of slice 2, the one on screen
+    corrected = seg.data[2].copy()
+    assert corrected[y, x] == 1
+    viewer.dims.set_current_step(0, 0)
+    widget.run(layer)  # All slices is still ticked: every slice again, slice 0 (on screen) last
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    np.testing.assert_array_equal(seg.data[2], corrected)  # slice 2 keeps its click (it lost it before)
+    assert widget._target[1] == (0,)
+    assert sum("other slices" in w for w in messages["warning"]) == 1
+    for want in (1, 0):  # clicks on slice 0: the note about slice 2's click is not shown again at each
+        widget.set_click_class(want)
+        clicks.add([0, *_wrong_pixel(seg.data[0], truth, want)])
+    assert sum("other slices" in w for w in messages["warning"]) == 1
+    assert messages["warning"][0].startswith("1 click(s) on other slices apply once that slice is the one "
+                                             "segmented (go to it and press Segment")
+
+
 def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back(make_napari_viewer, qtbot,
                                                                                  nuclei_fluo):
     image, truth = nuclei_fluo

@@ -224,6 +224,7 @@ class SegmentWidget(Container):
         self._undone: list = []  # strokes undone, for redo
         self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
         self._learn_step = 0
+        self._shown_notes: list = []  # the click notes last shown as a notification
         self._tiles = (0, 0)  # (done, total) tiles of the image being segmented, set from the worker thread
         self._progress_timer = None  # polls _learn_step or _tiles while a worker runs
         self._pending_strokes = 0  # paint events whose stroke is not taken in yet
@@ -570,6 +571,9 @@ class SegmentWidget(Container):
 
         data = _pixels(layer)
         n = len(planes)
+        # each slice of a run over several gets its own clicks, as when it is segmented alone (only the slice
+        # corrected last had them before: a run over all slices undid the clicks on every other one)
+        per_slice = self._clicks_per_slice(layer, planes, session.n_classes) if n > 1 else {}
 
         def tiles(done, total):  # in the worker, after each tile of a large image: Cancel stops at the next one
             if self._cancel_requested:
@@ -581,6 +585,8 @@ class SegmentWidget(Container):
             for i, idx in enumerate(planes):
                 self._tiles = (0, 0)
                 result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles)
+                if tuple(idx) in per_slice:
+                    session.interaction.set_clicks(*per_slice[tuple(idx)])
                 # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
                 yield i, idx, dataclasses.replace(result, labels=session.labels.copy())
 
@@ -1016,6 +1022,28 @@ class SegmentWidget(Container):
         self._recolour_clicks(clicks)
         self._propagate_clicks()
 
+    def _clicks_per_slice(self, layer, planes, n_classes: int) -> dict:
+        """``{slice index: (points (N, 2), classes)}``: the clicks of ``layer`` (in 'clicks', or kept for it in
+        'clicks [name]') on each of ``planes`` that are inside the image and of a known class."""
+        ndim = len(_spatial_shape(layer))
+        clicks = self._find_layer(CLICKS)
+        if clicks is None or clicks.ndim != ndim or not _same_source(clicks, layer):
+            clicks = self._kept_clicks(layer, ndim)
+        if clicks is None or not len(clicks.data) or "class" not in clicks.features:
+            return {}
+        data = np.asarray(clicks.data, float)
+        classes = clicks.features["class"].to_numpy().astype(int)
+        h, w = _spatial_shape(layer)[-2:]
+        lead = np.round(data[:, :-2]).astype(int)
+        y, x = data[:, -2], data[:, -1]
+        usable = (y > -0.5) & (y < h - 0.5) & (x > -0.5) & (x < w - 0.5) & (classes >= 0) & (classes < n_classes)
+        out = {}
+        for idx in planes:
+            on = usable & (lead == np.asarray(idx, int)).all(1)
+            if on.any():
+                out[tuple(idx)] = (data[on, -2:], classes[on].tolist())
+        return out
+
     def _on_target_plane(self, point) -> bool:
         _, idx = self._target
         lead = np.round(np.asarray(point[: len(idx)], float)).astype(int)
@@ -1038,7 +1066,7 @@ class SegmentWidget(Container):
             on_plane = np.array([self._on_target_plane(p) for p in data], bool)
             if (~on_plane).any():
                 notes.append(f"{int((~on_plane).sum())} click(s) on other slices apply once that slice is the "
-                             "one segmented (go to it and press Segment)")
+                             "one segmented (go to it and press Segment, or tick All slices)")
             h, w = self._written_base.shape
             yx = data[on_plane, -2:]
             inside = (yx[:, 0] > -0.5) & (yx[:, 0] < h - 0.5) & (yx[:, 1] > -0.5) & (yx[:, 1] < w - 0.5)
@@ -1248,10 +1276,12 @@ class SegmentWidget(Container):
             self._click_status.value = breakable(f"Not applied: {e}")
             return
         msg = f"{len(labs)} click(s) applied" + ("; " + "; ".join(notes) if notes else "") + "."
-        if notes:
+        if notes and notes != self._shown_notes:  # once, not again at every click: the click status keeps it
             from napari.utils.notifications import show_warning
 
-            show_warning("; ".join(notes).capitalize() + ".")
+            text = "; ".join(notes)
+            show_warning(text[:1].upper() + text[1:] + ".")
+        self._shown_notes = notes
         if self._written_base.size > ASYNC_PIXELS:
             self._propagate_in_worker(inter, msg)
         else:
