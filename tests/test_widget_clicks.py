@@ -554,6 +554,17 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     assert "clicks [he]" not in viewer.layers and len(viewer.layers["clicks"].data) == 1
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, corrected)
     assert len(viewer.layers) == 8  # back and forth without new corrections adds nothing more
+    widget.set_click_class(0)
+    clicks = viewer.layers["clicks"]
+    clicks.add(list(_wrong_pixel(viewer.layers["segmentation"].data, truth, 0)))  # corrected once more
+    corrected_again = viewer.layers["segmentation"].data.copy()
+    assert (corrected_again != corrected).any()
+    widget.run(other)  # and left again: the kept copy is brought up to date, not joined by a second one
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    kept_layers = [lyr.name for lyr in viewer.layers if lyr.name.startswith("segmentation [")]
+    assert kept_layers == ["segmentation [he]"]
+    np.testing.assert_array_equal(viewer.layers["segmentation [he]"].data, corrected_again)
+    assert len(viewer.layers["clicks [he]"].data) == 2 and len(viewer.layers) == 9
 
 
 def test_an_image_given_data_of_another_shape_is_another_image_and_its_corrections_are_kept(segmented, qtbot,

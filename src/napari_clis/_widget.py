@@ -777,10 +777,16 @@ class SegmentWidget(Container):
         if not (has_clicks or painted):
             return
         name = seg.metadata["source"]
-        kept = [self._viewer.add_labels(np.array(seg.data, copy=True), name=f"{SEGMENTATION} [{name}]",
-                                        visible=False,
-                                        metadata={"source": name, "source_id": source,
-                                                  "class_names": seg.metadata.get("class_names")})]
+        earlier = self._kept_segmentation(source)
+        if earlier is not None:  # the image was corrected, left and come back to before: one copy, the latest
+            earlier.data = np.array(seg.data, copy=True)
+            earlier.metadata["class_names"] = seg.metadata.get("class_names")
+            kept = [earlier]
+        else:
+            kept = [self._viewer.add_labels(np.array(seg.data, copy=True), name=f"{SEGMENTATION} [{name}]",
+                                            visible=False,
+                                            metadata={"source": name, "source_id": source,
+                                                      "class_names": seg.metadata.get("class_names")})]
         _copy_geometry(kept[0], seg)
         if has_clicks:
             kept.append(self._viewer.add_points(np.array(clicks.data, copy=True), name=f"{CLICKS} [{name}]",
@@ -790,6 +796,16 @@ class SegmentWidget(Container):
             _copy_geometry(kept[1], clicks)
         show_info(f"Your corrected segmentation of '{name}' is kept as layer '{kept[0].name}'"
                   + (f", its clicks as '{kept[1].name}'" if len(kept) > 1 else "") + ".")
+
+    def _kept_segmentation(self, source_id: str):
+        """The hidden ``segmentation [name]`` copy kept for an image (by its source id), if there is one."""
+        from napari.layers import Labels
+
+        for lyr in self._viewer.layers:
+            if isinstance(lyr, Labels) and lyr.metadata.get(LAYER_TAG) is None and \
+                    lyr.metadata.get("source_id") == source_id and lyr.name.startswith(f"{SEGMENTATION} ["):
+                return lyr
+        return None
 
     def _prepare_layers(self, image_layer) -> None:
         """Create the output layers, or reset them when they were made for a differently shaped image."""
