@@ -199,6 +199,32 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
     assert t.task == 0 and t.remembered[-1][1] == 0 and t.task_choice["known"]
 
 
+def test_the_kernels_left_free_for_new_tasks_are_counted_and_a_rollback_says_when_none_are(learned, monkeypatch):
+    import torch
+
+    import napari_clis.session as session_module
+
+    s, record, (a, _), _, _ = learned
+    fresh = ClisSession.from_pretrained("nuclei", device="cpu")
+    free0, reserve = fresh.free_kernels
+    assert free0 == reserve == 80  # the pretrained task leaves 80 of its 704 kernels off: all free
+    assert s.free_kernels == (reserve - record.kernels_new, reserve)
+    t = _copy(s)
+    real = session_module.learn_task
+    monkeypatch.setattr(session_module, "learn_task", lambda *args, **kwargs: (lambda r: (
+        r[0], r[1], {**r[2], "dice_after": r[2]["dice_before"] - 0.1}))(real(*args, **kwargs)))
+    t.segment(a, task=0)
+    with pytest.raises(LearnRejected) as first:
+        t.learn(steps=2)
+    assert "free" not in str(first.value)
+    with torch.no_grad():  # task 1 takes every kernel still free
+        for conv in t.net.masked_convs().values():
+            conv.gates.logits[1].fill_(3.0)
+    assert t.free_kernels == (0, reserve)
+    with pytest.raises(LearnRejected, match="No kernel of the network is free any more"):
+        t.learn(steps=2)
+
+
 def test_a_task_that_finds_none_of_the_objects_is_not_kept_even_if_the_model_did_no_better(learned, monkeypatch):
     import napari_clis.session as session_module
 

@@ -344,6 +344,8 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     widget._on_learned(record)
     assert widget._task_plot.after == [record.dice_after] and widget._task_plot.before == [record.dice_before]
     assert widget._mask_plot.task == record.task
+    free, reserve = session.free_kernels  # what later tasks can still learn with is in view, not only in a notice
+    assert free < reserve and widget._tasks_label.value.endswith(f"free kernels for new tasks: {free} of {reserve}")
     image = widget._task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
     blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
             if image.pixelColor(x, y).name() == "#42a5f5"]

@@ -1499,9 +1499,7 @@ class SegmentWidget(Container):
                 (show_warning if unsaved is not None or moved or session.autosave is None else show_info)(
                     f"Learned task {record.task} (after the widget was closed).{saved}{moved}")
             return
-        from .continual import kernel_usage
-
-        free = sum(int((used == 0).sum()) for used in kernel_usage(session.net).values())
+        free = session.free_kernels[0]
         late = "Learning had finished when Cancel was pressed, so the task is kept. " if self._cancel_requested else ""
         msg = (f"{late}Learned task {record.task}: Dice on this image "
                f"{record.dice_before:.3f} -> {record.dice_after:.3f} "
@@ -1558,6 +1556,8 @@ class SegmentWidget(Container):
         lines = [f"task {r.task}: Dice {r.dice_before:.2f} -> {r.dice_after:.2f}" for r in session.tasks[-4:]]
         if len(session.tasks) > 4:
             lines.insert(0, f"({len(session.tasks)} tasks; the last 4:)")
+        free, reserve = session.free_kernels
+        lines.append(f"free kernels for new tasks: {free} of {reserve}" + ("" if free else " (all in use)"))
         self._tasks_label.value = "\n".join(lines)
 
     def _on_saved(self, path) -> None:

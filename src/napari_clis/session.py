@@ -24,7 +24,8 @@ import torch
 
 from .checkpoint import (CheckpointError, file_stamp, load_model, save_model, shipped_model_path, shipped_models,
                          unique_model_path)
-from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, learn_task
+from .continual import (LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, kernel_usage,
+                        learn_task)
 from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
                           build_region_graph)
 from .network import ClisNet
@@ -243,6 +244,16 @@ class ClisSession:
     @property
     def test_time_flips(self) -> bool:
         return bool(self.metadata.get("test_time_flips", False))
+
+    @property
+    def free_kernels(self) -> tuple[int, int]:
+        """``(free, reserve)``: the kernels no task uses yet, which a new task can train, and the kernels the
+        pretrained task leaves off (the reserve learning starts with). At 0 free a new task can only choose
+        among kernels in use, and trains none of its own."""
+        usage = kernel_usage(self.net)
+        free = sum(int((used == 0).sum()) for used in usage.values())
+        reserve = sum(int((conv.gates.hard(0) == 0).sum()) for conv in self.net.masked_convs().values())
+        return free, reserve
 
     @property
     def single_object(self) -> bool:
@@ -476,11 +487,14 @@ class ClisSession:
                     self._autosave()
                 except CheckpointError as e:
                     kept = f" (only in this session: {e})"
+            full = "" if self.free_kernels[0] else (
+                " No kernel of the network is free any more (the earlier tasks use them all), so a new task can "
+                "only choose among kernels in use; the tasks learned so far keep working.")
             raise LearnRejected(
                 f"Learning was rolled back: the new task would segment this image {worse} "
                 f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on the accepted "
                 "segmentation). The network is unchanged; the image is remembered as one its current task "
-                f"segments best{kept}."
+                f"segments best{kept}.{full}"
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
                             image_shape=list(labels.shape), clicks=clicks,
