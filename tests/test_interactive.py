@@ -248,6 +248,22 @@ def test_a_large_unsure_region_is_suggested_before_a_sliver_that_is_a_little_mor
     assert first[1] >= 20, "the sliver came first"
 
 
+def test_a_large_region_the_model_is_sure_of_is_never_suggested():
+    img = np.zeros((3, 40, 40), np.float32)
+    sp = np.ones((40, 40), np.int32)
+    sp[:, 32:] = 2  # a small unsure strip beside a large, nearly certain background
+    p1 = np.full((40, 40), 0.0005, np.float32)  # uncertainty about 0.001 there: below 1% of the largest (0.5)
+    p1[:, 32:] = 0.4
+    probs = np.stack([1 - p1, p1])
+    unc = 1 - (probs**2).sum(0)
+    inter = Interaction(build_region_graph(sp, probs, unc, img))
+    g = inter.graph
+    big = g.regions[5, 5]
+    assert g.doubt[big] > 0 and g.area[big] > 3 * g.area[g.regions[5, 35]]
+    pts = inter.suggest(16, min_area=1)
+    assert len(pts) >= 1 and all(x >= 32 for _, x in pts)  # only the unsure strip
+
+
 def test_without_an_uncertainty_map_nothing_is_suggested_and_a_painted_mask_can_be_taken_back(nuclei_session,
                                                                                                nuclei_he):
     image, _ = nuclei_he

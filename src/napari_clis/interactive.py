@@ -30,6 +30,7 @@ DEFAULT_SMOOTHNESS = 2.0
 DEFAULT_CALIBRATION = 1.0  # chosen on pretraining / validation images (docs/method.md)
 DEFAULT_LOCALITY = 0.2  # the calibration's reach: sd of its Gaussian fall-off, a fraction of the longer side
 CONFIDENT = 0.75
+SURE = 0.01  # regions whose mean uncertainty is below this share of its largest possible value are not suggested
 _LOG_FLOOR = np.log(1e-4)
 
 
@@ -582,7 +583,9 @@ class Interaction:
     def suggest(self, n: int = 16, *, min_area: float | None = None) -> np.ndarray:
         """(m, 2) int (y, x): interior points of the ``n`` most uncertain regions not annotated yet, at least
         about two superpixels apart (a less uncertain region gives way to a nearby more uncertain one). Regions
-        without any uncertainty are never suggested: without Monte-Carlo samples (a zero map) there are none."""
+        where the model is sure are never suggested, however large (their mean uncertainty below ``SURE`` of the
+        map's largest possible value, ``1 - 1/K``): a dark background along the border of a nearly empty image
+        would otherwise fill the list. Without Monte-Carlo samples (a zero map) there are none."""
         g = self.graph
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise InteractionError(f"the number of suggestions must be a whole number, got {n!r}")
@@ -590,7 +593,8 @@ class Interaction:
             return np.zeros((0, 2), np.int64)
         if min_area is None:
             min_area = max(8.0, 0.15 * float(np.median(g.area)))
-        free = (self.fixed_regions() < 0) & (g.area >= min_area) & (g.doubt > 0)
+        sure = SURE * (1.0 - 1.0 / g.n_classes)
+        free = (self.fixed_regions() < 0) & (g.area >= min_area) & (g.doubt > 0) & (g.uncertainty >= sure)
         cand = np.flatnonzero(free)
         order = cand[np.argsort(-g.doubt[cand], kind="stable")]
         # spread the suggestions: none closer than about two superpixels to a more uncertain one
