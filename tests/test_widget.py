@@ -144,6 +144,44 @@ def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_a
     assert not widget._progress.visible and widget._run_button.enabled and not widget._cancel_button.enabled
 
 
+def test_channels_opened_as_one_stack_are_pointed_out_and_the_status_names_the_slice(viewer_and_widget, qtbot,
+                                                                                      nuclei_fluo, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    warnings = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: warnings.append(str(msg)))
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    layer = viewer.add_image(np.stack([image, image // 2]), name="cyx")  # (C, Y, X): two channels
+    viewer.dims.set_current_step(0, 1)
+    _run(widget, qtbot, layer)
+    assert any("2 planes along its first axis" in w and "Split Stack" in w for w in warnings)
+    assert widget._status.value.replace("\u200b", "").startswith("Segmented slice 1 of 'cyx'.")
+    warnings.clear()
+    movie = viewer.add_image(np.stack([image] * 6), name="movie")  # six time points: no channel hint
+    _run(widget, qtbot, movie)
+    assert not any("first axis" in w for w in warnings)
+
+
+def test_a_partly_transparent_rgba_image_is_segmented_by_its_colours_with_a_warning(viewer_and_widget, qtbot,
+                                                                                    nuclei_he, errors,
+                                                                                    monkeypatch):
+    import napari.utils.notifications as notifications
+
+    warnings = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: warnings.append(str(msg)))
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_he
+    alpha = np.full(image.shape[:2] + (1,), 255, np.uint8)
+    alpha[:40, :40] = 0  # a transparent corner: segment() alone refuses such an alpha channel
+    layer = viewer.add_image(np.concatenate([image, alpha], -1), name="rgba", rgb=True)
+    _run(widget, qtbot, layer)
+    assert not errors and any("partly transparent" in w for w in warnings)
+    seg = viewer.layers["segmentation"].data
+    assert seg.shape == image.shape[:2] and seg.any()
+    np.testing.assert_array_equal(widget.session.result.labels, widget.session.segment(image).labels)
+
+
 def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,
                                                                                      nuclei_fluo, errors):
     viewer, widget = viewer_and_widget

@@ -790,8 +790,9 @@ def test_a_run_over_all_slices_keeps_the_clicks_of_every_slice_and_their_note_sh
         widget.set_click_class(want)
         clicks.add([0, *_wrong_pixel(seg.data[0], truth, want)])
     assert sum("other slices" in w for w in messages["warning"]) == 1
-    assert messages["warning"][0].startswith("1 click(s) on other slices apply once that slice is the one "
-                                             "segmented (go to it and press Segment")
+    note = next(w for w in messages["warning"] if "other slices" in w)
+    assert note.startswith("1 click(s) on other slices apply once that slice is the one segmented (go to it and "
+                           "press Segment")
 
 
 def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back(make_napari_viewer, qtbot,

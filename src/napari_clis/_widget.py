@@ -528,13 +528,22 @@ class SegmentWidget(Container):
             self._set_status(f"Not segmented: {e}")
             self._forget_missing_model()
             return
+        from napari.utils.notifications import show_warning
+
         shape = _spatial_shape(layer)
         if len(shape) >= 3 and shape[-1] <= 4 < shape[-2]:  # e.g. (H, W, 2): napari shows it as a stack of strips
-            from napari.utils.notifications import show_warning
-
             show_warning(f"'{layer.name}' has only {shape[-1]} pixels along its last axis, so it is segmented as "
                          f"{shape[-2]}x{shape[-1]} slices. If that axis holds channels, open the image as RGB or "
                          "split its channels first.")
+        elif len(shape) == 3 and 2 <= shape[0] <= 4 < min(shape[1:]):  # (C, Y, X) opened as one layer, say
+            show_warning(f"'{layer.name}' has {shape[0]} planes along its first axis; each is segmented as a slice. "
+                         "If they are channels, right-click the layer and choose Split Stack, then segment the "
+                         "channel that shows the objects.")
+        if getattr(layer, "rgb", False) and _pixels(layer).shape[-1] == 4:
+            alpha = np.asarray(_pixels(layer)[..., 3])
+            if alpha.size and alpha.min() != alpha.max():
+                show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
+                             "channel is left out, so transparent pixels are segmented by the colour they hold.")
         task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
         self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
 
@@ -570,6 +579,8 @@ class SegmentWidget(Container):
         from napari.qt.threading import thread_worker
 
         data = _pixels(layer)
+        if getattr(layer, "rgb", False) and data.shape[-1] == 4:  # RGBA: the colours (segment() refuses an alpha
+            data = data[..., :3]  # channel that is not constant, which napari's RGBA images may well have)
         n = len(planes)
         # each slice of a run over several gets its own clicks, as when it is segmented alone (only the slice
         # corrected last had them before: a run over all slices undid the clicks on every other one)
@@ -664,8 +675,9 @@ class SegmentWidget(Container):
             note = " MC samples is 0: no uncertainty map and no suggestions."
         else:
             note = " Bright areas of 'uncertainty' need checking."
+        where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
         self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
-                          f"Segmented '{layer.name}'.{note}")
+                          f"Segmented {where}'{layer.name}'.{note}")
                          + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
 
     def _store(self) -> dict:
