@@ -182,6 +182,24 @@ def test_a_partly_transparent_rgba_image_is_segmented_by_its_colours_with_a_warn
     np.testing.assert_array_equal(widget.session.result.labels, widget.session.segment(image).labels)
 
 
+def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(viewer_and_widget, qtbot,
+                                                                                nuclei_fluo, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    warnings = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: warnings.append(str(msg)))
+    viewer, widget = viewer_and_widget
+    image = nuclei_fluo[0][:96, :96]
+    layer = viewer.add_image(np.stack([image] * 12), name="movie")
+    widget._all_slices.value = True
+    widget.run(layer)
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=60_000)
+    viewer.layers.remove("segmentation")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert any("'segmentation' was deleted during the run" in w for w in warnings)
+    assert viewer.layers["segmentation"].data.any()  # made again, for the slices still to come
+
+
 def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,
                                                                                      nuclei_fluo, errors):
     viewer, widget = viewer_and_widget

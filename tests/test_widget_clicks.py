@@ -158,6 +158,16 @@ def test_clicks_before_any_segmentation_say_what_to_do(make_napari_viewer, nucle
     assert widget.session is None
 
 
+def test_a_segmentation_layer_made_again_goes_under_the_clicks(segmented, qtbot):
+    viewer, widget, _ = segmented
+    viewer.layers.remove("segmentation")
+    widget.run(viewer.layers["he"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    layers = viewer.layers  # napari adds the new layer on top; the rings and the clicks must stay visible over it
+    qtbot.waitUntil(lambda: layers.index(layers["segmentation"]) < layers.index(layers["suggestions"])
+                    < layers.index(layers["clicks"]), timeout=5_000)
+
+
 def test_clear_clicks_restores_the_network_segmentation(segmented):
     viewer, widget, truth = segmented
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]

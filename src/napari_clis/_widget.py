@@ -204,7 +204,7 @@ class SegmentWidget(Container):
         self._cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
         self._progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self._status = Label(value="Choose an image and press Segment.", tooltip=tips.UNCERTAINTY_LAYER)
-        self._class_combo = ComboBox(label="Click class", choices=[("background", 0), ("object", 1)], value=1,
+        self._class_combo = ComboBox(label="Click class", choices=[("0: background", 0), ("1: object", 1)], value=1,
                                      tooltip=tips.CLASS)
         self._suggest = CheckBox(text="Suggest where to click", value=True, tooltip=tips.SUGGEST)
         self._clear_button = PushButton(text="Clear clicks", tooltip=tips.CLEAR)
@@ -881,8 +881,12 @@ class SegmentWidget(Container):
         if image_layer in layers and lowest is not None and lowest < layers.index(image_layer):
             layers.move(layers.index(image_layer), lowest)  # one move: the image goes under them
         clicks, sugg = self._find_layer(CLICKS), self._find_layer(SUGGESTIONS)
-        if clicks is not None and sugg is not None and layers.index(clicks) < layers.index(sugg):
-            layers.move(layers.index(clicks), len(layers))  # the clicks over the suggestion rings
+        below = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS) if (lyr := self._find_layer(role))]
+        top = max((layers.index(lyr) for lyr in below), default=-1)  # a layer made again (deleted, then Segment)
+        for points in (sugg, clicks):  # the rings, then the clicks over them, over the maps
+            if points is not None and (layers.index(points) < top or (points is clicks and sugg is not None and
+                                                                        layers.index(clicks) < layers.index(sugg))):
+                layers.move(layers.index(points), len(layers))
 
     def _write_plane(self, image_layer, idx, result, painted=None) -> np.ndarray:
         """Write one slice's results; the segmentation with the slice's painted edits over it (returned)."""
@@ -893,6 +897,11 @@ class SegmentWidget(Container):
                              (SUPERPIXELS, result.superpixels)):
             lyr = self._find_layer(role)
             if lyr is None:  # the user deleted it while we worked: make it again
+                if idx and self._run is not None and self._run["done"]:
+                    from napari.utils.notifications import show_warning
+
+                    show_warning(f"'{role}' was deleted during the run: the slices segmented before are empty in "
+                                 "the new layer. Segment them again (All slices).")
                 self._prepare_layers(image_layer)
                 lyr = self._find_layer(role)
             if idx:
