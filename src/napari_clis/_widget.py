@@ -103,6 +103,20 @@ def _pixels(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def _transparent_rgba(layer) -> bool:
+    """Whether ``layer`` is an RGBA image with a real alpha channel that is not constant: opaque (the type's
+    largest value, 1.0 for floats) on at least half of the pixels, less elsewhere. A fourth channel of any other
+    kind holds data (four channels napari took for RGBA), which ``segment()`` refuses with its message."""
+    data = _pixels(layer)
+    if not getattr(layer, "rgb", False) or data.shape[-1] != 4:
+        return False
+    alpha = np.asarray(data[..., 3])
+    if not alpha.size or alpha.min() == alpha.max():
+        return False
+    opaque = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
+    return bool(alpha.min() >= 0 and alpha.max() == opaque and (alpha == opaque).mean() >= 0.5)
+
+
 def _slice(layer, idx) -> np.ndarray:
     """The (H, W) slice ``idx`` of a layer's pixels (the whole of them for a 2D layer)."""
     data = _pixels(layer)
@@ -539,11 +553,9 @@ class SegmentWidget(Container):
             show_warning(f"'{layer.name}' has {shape[0]} planes along its first axis; each is segmented as a slice. "
                          "If they are channels, right-click the layer and choose Split Stack, then segment the "
                          "channel that shows the objects.")
-        if getattr(layer, "rgb", False) and _pixels(layer).shape[-1] == 4:
-            alpha = np.asarray(_pixels(layer)[..., 3])
-            if alpha.size and alpha.min() != alpha.max():
-                show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
-                             "channel is left out, so transparent pixels are segmented by the colour they hold.")
+        if _transparent_rgba(layer):
+            show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
+                         "channel is left out, so transparent pixels are segmented by the colour they hold.")
         task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
         self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
 
@@ -579,8 +591,8 @@ class SegmentWidget(Container):
         from napari.qt.threading import thread_worker
 
         data = _pixels(layer)
-        if getattr(layer, "rgb", False) and data.shape[-1] == 4:  # RGBA: the colours (segment() refuses an alpha
-            data = data[..., :3]  # channel that is not constant, which napari's RGBA images may well have)
+        if _transparent_rgba(layer):  # the colours (segment() refuses an alpha channel that is not constant)
+            data = data[..., :3]
         n = len(planes)
         # each slice of a run over several gets its own clicks, as when it is segmented alone (only the slice
         # corrected last had them before: a run over all slices undid the clicks on every other one)
