@@ -138,7 +138,8 @@ def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and
     widget.run(layer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
-    assert clicks.ndim == 3 and viewer.layers["suggestions"].data[:, 0].tolist() == [0] * 16
+    rings = viewer.layers["suggestions"].data  # on the slice segmented (fewer than 16: much of it is sure)
+    assert clicks.ndim == 3 and len(rings) >= 8 and (rings[:, 0] == 0).all()
     before = seg.data.copy()
     clicks.add([1, 10, 10])  # the other slice
     assert sum("other slices" in w for w in messages["warning"]) == 1  # one click, one warning (it was two)

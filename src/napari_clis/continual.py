@@ -53,6 +53,7 @@ class LearnSettings:
     lr: float = 2e-3
     gate_lr: float = 5e-2
     idle_scale: float = 1e-2
+    sparsity: float = 0.0  # L1 weight on the free kernels' BatchNorm scales: a task keeps only the kernels it needs
     kl_weight: float = 1e-3
     ibp_alpha_per_kernel: float = 1.0
     seed: int = 0
@@ -275,6 +276,9 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         kl = sum(bernoulli_kl(conv.gates.probabilities(task), priors[name])
                  for name, conv in new.masked_convs().items())
         loss = _seg_loss(_decided(logits, s), yb) + s.kl_weight * kl / max(1, target.numel() / 1e4)
+        if s.sparsity > 0:
+            loss = loss + s.sparsity * sum(conv.norm.weight[free_masks[name]].abs().sum()
+                                           for name, conv in new.masked_convs().items() if free_masks[name].any())
         opt.zero_grad()
         loss.backward()
         opt.step()
