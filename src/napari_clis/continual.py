@@ -53,7 +53,9 @@ class LearnSettings:
     lr: float = 2e-3
     gate_lr: float = 5e-2
     idle_scale: float = 1e-2
-    sparsity: float = 0.0  # L1 weight on the free kernels' BatchNorm scales: a task keeps only the kernels it needs
+    # L1 weight on the free kernels' BatchNorm scales: a task keeps only the kernels it needs, and leaves the rest
+    # free for later tasks (docs/method.md; 0 let the first two or three tasks take every free kernel)
+    sparsity: float = 3e-3
     kl_weight: float = 1e-3
     ibp_alpha_per_kernel: float = 1.0
     seed: int = 0
