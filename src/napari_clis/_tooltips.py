@@ -31,7 +31,7 @@ CLICKS = (
     "click takes the chosen class and the segmentation follows. Delete or move points to undo. Paint on "
     "'segmentation' for pixel edits; they are kept."
 )
-SUGGEST = "Show the 16 most uncertain places not annotated yet ('suggestions' layer): click there first."
+SUGGEST = "Show up to 16 of the most uncertain places not annotated yet ('suggestions' layer): click there first."
 CLEAR = "Remove all clicks on the slice being corrected (painted edits stay)."
 LEARN = (
     "Learn from this image (Shift-L): the model adds a task from the corrected segmentation, so similar images "
