@@ -103,6 +103,13 @@ def normalize_image(image, *, value_range: tuple[float, float] | None = None) ->
         lo, hi = (float(np.ldexp(v, -exponent)) for v in value_range)
         if exponent and arr.dtype.kind == "f":
             arr = np.ldexp(arr, -exponent).astype(arr.dtype, copy=False)
+    if hi > lo and arr.dtype.kind in "iu" and arr.dtype.itemsize <= 4:
+        # the whole part of the low end is subtracted in integers, exactly: float32 then holds each pixel's
+        # distance from it, where 16-bit counts far above a narrow range lost digits (1.5e-6 of the range)
+        base = int(np.floor(lo))
+        arr = arr.astype(np.int32 if arr.dtype.itemsize <= 2 else np.int64)
+        arr -= base
+        lo, hi = lo - base, hi - base
     out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
     if hi > lo:
         width = hi - lo
