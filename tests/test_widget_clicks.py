@@ -580,6 +580,45 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     assert len(viewer.layers["clicks [he]"].data) == 2 and len(viewer.layers) == 9
 
 
+def test_a_kept_copy_someone_edited_is_never_overwritten_and_a_stack_keeps_the_slices_not_segmented_again(
+        make_napari_viewer, qtbot, nuclei_fluo, nuclei_he):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, truth = nuclei_fluo
+    stack = viewer.add_image(np.stack([image[::-1], image[:, ::-1], image]), name="zstack")
+    other = viewer.add_image(nuclei_he[0], name="he", rgb=True)
+
+    def segment(layer, all_slices=False):
+        widget._all_slices.value = all_slices
+        widget.run(layer)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+
+    viewer.dims.set_current_step(0, 2)
+    segment(stack, all_slices=True)
+    viewer.layers["clicks"].add([2, *_wrong_pixel(viewer.layers["segmentation"].data[2], truth, 1)])
+    first = viewer.layers["segmentation"].data.copy()
+    segment(other)  # leave the stack: all three slices are kept
+    kept = viewer.layers["segmentation [zstack]"]
+    np.testing.assert_array_equal(kept.data, first)
+    segment(stack)  # back, the slice on screen only (2), corrected once more, and left again
+    widget.set_click_class(0)
+    viewer.layers["clicks"].add([2, *_wrong_pixel(viewer.layers["segmentation"].data[2], truth, 0)])
+    again = viewer.layers["segmentation"].data[2].copy()
+    segment(other)
+    assert [lyr.name for lyr in viewer.layers if lyr.name.startswith("segmentation [")] == ["segmentation [zstack]"]
+    np.testing.assert_array_equal(kept.data[:2], first[:2])  # not segmented in the second visit: as they were
+    np.testing.assert_array_equal(kept.data[2], again)
+
+    kept.data[0, :5, :5] = 1  # the user polishes the kept copy
+    polished = kept.data.copy()
+    segment(stack)
+    viewer.layers["clicks"].add([2, 10, 10])
+    segment(other)
+    np.testing.assert_array_equal(viewer.layers["segmentation [zstack]"].data, polished)  # theirs: untouched
+    assert len([lyr for lyr in viewer.layers if lyr.name.startswith("segmentation [zstack]")]) == 2
+
+
 def test_an_image_given_data_of_another_shape_is_another_image_and_its_corrections_are_kept(segmented, qtbot,
                                                                                             messages):
     viewer, widget, truth = segmented

@@ -141,6 +141,14 @@ def _clear_history(labels_layer) -> None:
         reset()
 
 
+def _digest(data) -> str:
+    """A fingerprint of a layer's pixels (to tell whether anyone changed them since)."""
+    import hashlib
+
+    arr = np.ascontiguousarray(data)
+    return f"{arr.shape}:{arr.dtype}:" + hashlib.blake2b(arr.view(np.uint8), digest_size=16).hexdigest()
+
+
 class _Cancelled(Exception):
     """Raised in a segmentation worker at the next tile once Cancel was pressed."""
 
@@ -232,7 +240,7 @@ class SegmentWidget(Container):
         self._target = None
         self._written_base = None  # the propagated labels last written to the segmentation layer
         self._written_labels = None  # what was last written there (propagation with the painted edits)
-        self._own_store = {"painted": {}, "written": {}}  # used only while there is no segmentation layer
+        self._own_store = {"painted": {}, "written": {}, "segmented": set()}  # while there is no segmentation layer
         self._applied_clicks = None  # the clicks layer's points and classes when they were last applied
         self._strokes: list = []  # per paint event: (flat pixel indices, their painted values before), for undo
         self._undone: list = []  # strokes undone, for redo
@@ -674,6 +682,7 @@ class SegmentWidget(Container):
         painted = painted if painted is not None and painted.shape == result.labels.shape else None
         self._written_labels = self._compact(self._write_plane(layer, idx, result, painted))
         self._store()["written"][key] = self._written_labels
+        self._store().setdefault("segmented", set()).add(key)  # segmented in this visit (not only painted on)
         self._target = (layer, idx)
         self._written_base = result.labels.copy()
         self._strokes, self._undone, self._pending_strokes = [], [], 0
@@ -701,7 +710,7 @@ class SegmentWidget(Container):
             return self._own_store
         store = seg.__dict__.get("_clis_store")
         if store is None:
-            store = seg.__dict__["_clis_store"] = {"painted": {}, "written": {}}
+            store = seg.__dict__["_clis_store"] = {"painted": {}, "written": {}, "segmented": set()}
         return store
 
     def _painted_for(self, layer, idx, shape) -> np.ndarray:
@@ -802,15 +811,25 @@ class SegmentWidget(Container):
             return
         name = seg.metadata["source"]
         earlier = self._kept_segmentation(source)
-        if earlier is not None:  # the image was corrected, left and come back to before: one copy, the latest
-            earlier.data = np.array(seg.data, copy=True)
+        if earlier is not None:  # the image was corrected, left and come back to before: one copy, brought up
+            # to date with the slices segmented since (a stack keeps the others), and only when nobody edited it
+            data = np.array(earlier.data, copy=True)
+            segmented = [idx for (sid, idx) in self._store().get("segmented", ()) if sid == source]
+            for idx in segmented:
+                if idx:
+                    data[idx] = seg.data[idx]
+                else:
+                    data = np.array(seg.data, copy=True)
+            earlier.data = data
             earlier.metadata["class_names"] = seg.metadata.get("class_names")
+            earlier.metadata["clis_digest"] = _digest(data)
             kept = [earlier]
         else:
-            kept = [self._viewer.add_labels(np.array(seg.data, copy=True), name=f"{SEGMENTATION} [{name}]",
-                                            visible=False,
+            data = np.array(seg.data, copy=True)
+            kept = [self._viewer.add_labels(data, name=f"{SEGMENTATION} [{name}]", visible=False,
                                             metadata={"source": name, "source_id": source,
-                                                      "class_names": seg.metadata.get("class_names")})]
+                                                      "class_names": seg.metadata.get("class_names"),
+                                                      "clis_digest": _digest(data)})]
         _copy_geometry(kept[0], seg)
         if has_clicks:
             kept.append(self._viewer.add_points(np.array(clicks.data, copy=True), name=f"{CLICKS} [{name}]",
@@ -822,12 +841,14 @@ class SegmentWidget(Container):
                   + (f", its clicks as '{kept[1].name}'" if len(kept) > 1 else "") + ".")
 
     def _kept_segmentation(self, source_id: str):
-        """The hidden ``segmentation [name]`` copy kept for an image (by its source id), if there is one."""
+        """The hidden ``segmentation [name]`` copy kept for an image (by its source id) as the widget last wrote
+        it, if there is one: a copy the user edited since (painted on it, to polish and save it) is theirs."""
         from napari.layers import Labels
 
         for lyr in self._viewer.layers:
             if isinstance(lyr, Labels) and lyr.metadata.get(LAYER_TAG) is None and \
-                    lyr.metadata.get("source_id") == source_id and lyr.name.startswith(f"{SEGMENTATION} ["):
+                    lyr.metadata.get("source_id") == source_id and lyr.name.startswith(f"{SEGMENTATION} [") and \
+                    lyr.metadata.get("clis_digest") == _digest(lyr.data):
                 return lyr
         return None
 
@@ -847,6 +868,7 @@ class SegmentWidget(Container):
                 lyr.data = np.zeros(shape, dtype)
                 if role == SEGMENTATION:  # it shows none of what was written: edits are found against zeros now
                     self._store()["written"].clear()
+                    self._store().setdefault("segmented", set()).clear()
             elif lyr is None:  # tagged as it is added: the Image list never offers the widget's own layers
                 lyr = getattr(self._viewer, adder)(np.zeros(shape, dtype), name=role, metadata={LAYER_TAG: role},
                                                    **kwargs)
