@@ -238,6 +238,26 @@ def test_the_uncertainty_map_saves_as_tiff_with_its_scale_and_values(segmented, 
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_4d_image_and_a_pyramid_save_whole_through_the_plugin_writer(make_napari_viewer, tmp_path):
+    import napari
+
+    from napari_clis._writer import read_metadata
+
+    viewer = make_napari_viewer()
+    tzyx = (np.arange(2 * 5 * 20 * 20) % 999).astype(np.uint16).reshape(2, 5, 20, 20)
+    layer = viewer.add_image(tzyx, name="tzyx", scale=(1.0, 2.0, 0.5, 0.5))
+    path = napari.save_layers(str(tmp_path / "tzyx.tif"), [layer])[0]  # as File > Save Selected Layers does
+    back = viewer.open(path, plugin="napari")[0]
+    assert np.asarray(back.data).shape == (2, 5, 20, 20)  # T and Z stay apart (they were one run of 10 pages)
+    np.testing.assert_array_equal(np.asarray(back.data), tzyx)
+    full = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    pyramid = viewer.add_image([full, full[::2, ::2]], name="pyramid", multiscale=True, scale=(0.25, 0.25))
+    path = napari.save_layers(str(tmp_path / "pyramid.tif"), [pyramid], plugin="napari-clis")[0]
+    back = viewer.open(path, plugin="napari")[0]
+    np.testing.assert_array_equal(np.asarray(back.data), full)  # the full resolution, which the scale is of
+    assert read_metadata(path)["scale"] == [0.25, 0.25]
+
+
 def test_the_plugin_writer_keeps_an_rgb_image_as_colour(make_napari_viewer, tmp_path):
     import napari
     import tifffile

@@ -41,11 +41,16 @@ def _write_tiff(path: str, data, meta: dict, kind: str, extra: dict, *, rgb: boo
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         path = path.with_suffix(".tif")
+    if meta.get("multiscale") or (isinstance(data, (list, tuple)) and len(data) and hasattr(data[0], "shape")):
+        data = data[0]  # a pyramid: its full resolution, the level the scale is of (numpy would take the coarsest)
     arr = np.asarray(data)
     spatial = arr.ndim - 1 if rgb else arr.ndim
     scale = [float(v) for v in meta.get("scale", [1.0] * spatial)]
     translate = [float(v) for v in meta.get("translate", [0.0] * spatial)]
-    info = {KEY: {"name": meta.get("name"), "layer_type": kind, "scale": scale, "translate": translate, **extra}}
+    # "shape" first: tifffile (and napari's reader through it) then gives back every axis of a stack, (T, Z, Y, X)
+    # say, instead of one long run of pages
+    info = {"shape": list(arr.shape),
+            KEY: {"name": meta.get("name"), "layer_type": kind, "scale": scale, "translate": translate, **extra}}
     # TIFF's resolution tags are positive fractions of modest size: a flipped axis (negative scale) keeps its
     # sign in the JSON only, and a pixel size they cannot hold leaves the tags out
     sizes = [abs(scale[-1]), abs(scale[-2])] if spatial >= 2 else []
