@@ -891,6 +891,61 @@ def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back
     assert (widget._store()["painted"][key] == -1).all()
 
 
+def test_a_run_over_all_slices_uses_each_slices_painted_edits_as_annotations(make_napari_viewer, qtbot,
+                                                                              nuclei_fluo):
+    image, truth = nuclei_fluo
+    viewer, widget, layer = _all_slices_of(make_napari_viewer, qtbot, [image, image[::-1], image[:, ::-1]])
+    seg = viewer.layers["segmentation"]
+    viewer.dims.set_point(0, 0)
+    disc = _disc(image.shape, _wrong_pixel(seg.data[0], truth, 1), radius=5) & (seg.data[0] == 0)
+    where = np.nonzero(disc)
+    with seg.block_history():  # a stroke on slice 0, which is not the one corrected last
+        seg.data_setitem((np.zeros(len(where[0]), int),) + where, 1)
+    viewer.dims.set_point(0, 2)
+    widget.run(layer)  # All slices again: slice 0 comes out as when it is segmented alone
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    all_run = seg.data[0].copy()
+    assert (all_run[disc] == 1).all()
+    viewer.dims.set_point(0, 0)
+    widget._all_slices.value = False
+    widget.run(layer)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    np.testing.assert_array_equal(all_run, seg.data[0])  # the stroke propagated the same way in both
+
+
+def test_a_click_made_while_slices_are_segmented_waits_for_the_run_and_lands_on_its_slice(make_napari_viewer, qtbot,
+                                                                                         nuclei_fluo):
+    import threading
+
+    image, truth = nuclei_fluo
+    slices = [image, image[::-1], image[:, ::-1], image[::-1, ::-1]]
+    viewer, widget, layer = _all_slices_of(make_napari_viewer, qtbot, slices, shown=3)
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    alone = seg.data.copy()
+    session = widget.session
+    real, held, go_on = session.segment, threading.Event(), threading.Event()
+
+    def segment_and_hold(*args, **kwargs):  # the worker holds after slice 1, the GUI showing slice 0's result
+        result = real(*args, **kwargs)
+        if np.array_equal(args[0], slices[1]):
+            held.set()
+            go_on.wait(30)
+        return result
+
+    session.segment = segment_and_hold
+    widget.run(layer)
+    qtbot.waitUntil(held.is_set, timeout=60_000)
+    qtbot.wait(200)
+    y, x = _wrong_pixel(alone[3], truth[::-1, ::-1], 1)
+    clicks.add([3, y, x])  # on the slice on screen, while the worker holds slice 1's image
+    assert "applied when it is done" in widget._click_status.value
+    go_on.set()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    for k in range(3):
+        np.testing.assert_array_equal(seg.data[k], alone[k])  # no slice took another's segmentation
+    assert seg.data[3][y, x] == 1 and widget.session.clicks == [(y, x, 1)]
+
+
 def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as_one(make_napari_viewer, qtbot,
                                                                                      nuclei_fluo):
     from scipy import ndimage

@@ -602,9 +602,9 @@ class SegmentWidget(Container):
         if _transparent_rgba(layer):  # the colours (segment() refuses an alpha channel that is not constant)
             data = data[..., :3]
         n = len(planes)
-        # each slice of a run over several gets its own clicks, as when it is segmented alone (only the slice
-        # corrected last had them before: a run over all slices undid the clicks on every other one)
-        per_slice = self._clicks_per_slice(layer, planes, session.n_classes) if n > 1 else {}
+        # each slice of a run over several gets its own clicks and painted edits, as when it is segmented alone
+        # (only the slice corrected last had them before: a run over all slices undid the clicks on every other)
+        per_slice = self._corrections_per_slice(layer, planes, session.n_classes) if n > 1 else {}
 
         def tiles(done, total):  # in the worker, after each tile of a large image: Cancel stops at the next one
             if self._cancel_requested:
@@ -616,8 +616,11 @@ class SegmentWidget(Container):
             for i, idx in enumerate(planes):
                 self._tiles = (0, 0)
                 result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles)
-                if tuple(idx) in per_slice:
-                    session.interaction.set_clicks(*per_slice[tuple(idx)])
+                clicks, painted = per_slice.get(tuple(idx), (None, None))
+                if clicks is not None:
+                    session.interaction.set_clicks(*clicks)
+                if painted is not None and painted.shape == result.labels.shape:
+                    session.interaction.set_painted(painted)
                 # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
                 yield i, idx, dataclasses.replace(result, labels=session.labels.copy())
 
@@ -746,6 +749,7 @@ class SegmentWidget(Container):
     def _finish_run(self, layer) -> None:
         """The slice segmented last is the one to correct: click layers, the clicks and edits, the task panel."""
         self._prepare_click_layers(layer)
+        self._shown_notes = []  # a new run: its notes are news
         self._propagate_clicks()
         self._show_tasks()
         from qtpy.QtCore import QTimer
@@ -1093,26 +1097,31 @@ class SegmentWidget(Container):
         self._recolour_clicks(clicks)
         self._propagate_clicks()
 
-    def _clicks_per_slice(self, layer, planes, n_classes: int) -> dict:
-        """``{slice index: (points (N, 2), classes)}``: the clicks of ``layer`` (in 'clicks', or kept for it in
-        'clicks [name]') on each of ``planes`` that are inside the image and of a known class."""
+    def _corrections_per_slice(self, layer, planes, n_classes: int) -> dict:
+        """``{slice index: (clicks, painted)}`` for each of ``planes`` that has any, copied for a worker: the
+        clicks of ``layer`` (in 'clicks', or kept for it in 'clicks [name]') inside the image and of a known class,
+        as ``(points (N, 2), classes)``, and the slice's painted map; ``None`` for what a slice lacks."""
         ndim = len(_spatial_shape(layer))
         clicks = self._find_layer(CLICKS)
         if clicks is None or clicks.ndim != ndim or not _same_source(clicks, layer):
             clicks = self._kept_clicks(layer, ndim)
-        if clicks is None or not len(clicks.data) or "class" not in clicks.features:
-            return {}
-        data = np.asarray(clicks.data, float)
-        classes = clicks.features["class"].to_numpy().astype(int)
-        h, w = _spatial_shape(layer)[-2:]
-        lead = np.round(data[:, :-2]).astype(int)
-        y, x = data[:, -2], data[:, -1]
-        usable = (y > -0.5) & (y < h - 0.5) & (x > -0.5) & (x < w - 0.5) & (classes >= 0) & (classes < n_classes)
         out = {}
+        if clicks is not None and len(clicks.data) and "class" in clicks.features:
+            data = np.asarray(clicks.data, float)
+            classes = clicks.features["class"].to_numpy().astype(int)
+            h, w = _spatial_shape(layer)[-2:]
+            lead = np.round(data[:, :-2]).astype(int)
+            y, x = data[:, -2], data[:, -1]
+            usable = (y > -0.5) & (y < h - 0.5) & (x > -0.5) & (x < w - 0.5) & (classes >= 0) & (classes < n_classes)
+            for idx in planes:
+                on = usable & (lead == np.asarray(idx, int)).all(1)
+                if on.any():
+                    out[tuple(idx)] = ((data[on, -2:], classes[on].tolist()), None)
+        source = _source_id(layer)
         for idx in planes:
-            on = usable & (lead == np.asarray(idx, int)).all(1)
-            if on.any():
-                out[tuple(idx)] = (data[on, -2:], classes[on].tolist())
+            painted = self._store()["painted"].get((source, tuple(idx)))
+            if painted is not None and (painted >= 0).any() and int(painted.max()) < n_classes:
+                out[tuple(idx)] = (out.get(tuple(idx), (None, None))[0], painted.copy())
         return out
 
     def _on_target_plane(self, point) -> bool:
@@ -1327,6 +1336,11 @@ class SegmentWidget(Container):
             return
         if self._click_worker is not None:
             self._click_pending = True
+            return
+        run = self._run
+        if run is not None and run["done"] < run["n"]:  # the session is on the worker's image or slice, not on
+            # the one clicked: the clicks are applied when the run ends (_finish_run)
+            self._click_status.value = "Segmenting: your clicks are kept and applied when it is done."
             return
         layer = self._target[0]
         seg = self._find_layer(SEGMENTATION)
