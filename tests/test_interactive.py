@@ -249,19 +249,16 @@ def test_a_large_unsure_region_is_suggested_before_a_sliver_that_is_a_little_mor
 
 
 def test_a_large_region_the_model_is_sure_of_is_never_suggested():
-    img = np.zeros((3, 40, 40), np.float32)
-    sp = np.ones((40, 40), np.int32)
-    sp[:, 32:] = 2  # a small unsure strip beside a large, nearly certain background
-    p1 = np.full((40, 40), 0.0005, np.float32)  # uncertainty about 0.001 there: below 1% of the largest (0.5)
-    p1[:, 32:] = 0.4
+    img = np.zeros((3, 40, 120), np.float32)
+    sp = (np.arange(40)[:, None] // 10) * 12 + np.arange(120)[None, :] // 10  # 10 px superpixels: rings 20 px apart
+    p1 = np.full((40, 120), 0.0005, np.float32)  # uncertainty about 0.001: below 1% of the largest (0.5)
+    p1[:, 100:] = 0.4  # a strip the model is unsure of, far from most of the sure part
     probs = np.stack([1 - p1, p1])
     unc = 1 - (probs**2).sum(0)
-    inter = Interaction(build_region_graph(sp, probs, unc, img))
-    g = inter.graph
-    big = g.regions[5, 5]
-    assert g.doubt[big] > 0 and g.area[big] > 3 * g.area[g.regions[5, 35]]
+    inter = Interaction(build_region_graph(sp.astype(np.int32), probs, unc, img))
+    assert (inter.graph.doubt > 0).all()  # every region has some uncertainty in it
     pts = inter.suggest(16, min_area=1)
-    assert len(pts) >= 1 and all(x >= 32 for _, x in pts)  # only the unsure strip
+    assert len(pts) >= 1 and all(x >= 100 for _, x in pts)  # only the unsure strip (the sure part filled the list)
 
 
 def test_without_an_uncertainty_map_nothing_is_suggested_and_a_painted_mask_can_be_taken_back(nuclei_session,

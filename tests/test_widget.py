@@ -157,6 +157,8 @@ def test_channels_opened_as_one_stack_are_pointed_out_and_the_status_names_the_s
     _run(widget, qtbot, layer)
     assert any("2 planes along its first axis" in w and "Split Stack" in w for w in warnings)
     assert widget._status.value.replace("\u200b", "").startswith("Segmented slice 1 of 'cyx'.")
+    _run(widget, qtbot, layer)
+    assert sum("first axis" in w for w in warnings) == 1  # said once for the layer, not at every Segment
     warnings.clear()
     movie = viewer.add_image(np.stack([image] * 6), name="movie")  # six time points: no channel hint
     _run(widget, qtbot, movie)
@@ -180,6 +182,10 @@ def test_a_partly_transparent_rgba_image_is_segmented_by_its_colours_with_a_warn
     seg = viewer.layers["segmentation"].data
     assert seg.shape == image.shape[:2] and seg.any()
     np.testing.assert_array_equal(widget.session.result.labels, widget.session.segment(image).labels)
+    alpha[:, : image.shape[1] * 2 // 3] = 0  # a cut-out: most of it transparent, the rest opaque
+    cut = viewer.add_image(np.concatenate([image, alpha], -1), name="cut-out", rgb=True)
+    _run(widget, qtbot, cut)
+    assert not errors and sum("partly transparent" in w for w in warnings) == 2
 
 
 def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(viewer_and_widget, qtbot,
@@ -198,6 +204,24 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert any("'segmentation' was deleted during the run" in w for w in warnings)
     assert viewer.layers["segmentation"].data.any()  # made again, for the slices still to come
+
+
+def test_cancel_pressed_as_an_image_finishes_says_it_had_finished(viewer_and_widget, qtbot, nuclei_fluo):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(nuclei_fluo[0], name="img")
+    _run(widget, qtbot, layer)
+    session = widget.session
+    real = session.segment
+
+    def segment_then_cancel(*args, **kwargs):  # every tile done: Cancel comes too late to stop it
+        result = real(*args, **kwargs)
+        widget._cancel_requested = True  # what Cancel sets
+        return result
+
+    session.segment = segment_then_cancel
+    _run(widget, qtbot, layer)
+    assert widget._status.value.replace("\u200b", "").startswith(
+        "Segmenting had finished when Cancel was pressed. Segmented 'img'.")
 
 
 def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,

@@ -103,18 +103,21 @@ def _pixels(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def _transparent_rgba(layer) -> bool:
-    """Whether ``layer`` is an RGBA image with a real alpha channel that is not constant: opaque (the type's
-    largest value, 1.0 for floats) on at least half of the pixels, less elsewhere. A fourth channel of any other
-    kind holds data (four channels napari took for RGBA), which ``segment()`` refuses with its message."""
+def _transparent_rgba(layer, idx=()) -> bool:
+    """Whether ``layer`` is an RGBA image with a real alpha channel that is not constant, judged on its slice
+    ``idx`` (one slice: a lazy stack is not read whole): nearly all of it (90%) fully transparent or fully opaque
+    (the type's largest value; 1.0 for floats), with an opaque part of at least a tenth, as a cut-out or a photo
+    with a transparent corner has. A fourth channel of any other kind holds data (four channels napari took for
+    RGBA), which ``segment()`` refuses with its message."""
     data = _pixels(layer)
     if not getattr(layer, "rgb", False) or data.shape[-1] != 4:
         return False
-    alpha = np.asarray(data[..., 3])
+    alpha = np.asarray(data[idx][..., 3] if idx else data[..., 3])
     if not alpha.size or alpha.min() == alpha.max():
         return False
     opaque = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
-    return bool(alpha.min() >= 0 and alpha.max() == opaque and (alpha == opaque).mean() >= 0.5)
+    solid = (alpha == opaque).mean()
+    return bool(alpha.min() >= 0 and solid >= 0.1 and solid + (alpha == 0).mean() >= 0.9)
 
 
 def _slice(layer, idx) -> np.ndarray:
@@ -247,6 +250,7 @@ class SegmentWidget(Container):
         self._run = None  # the segmentation run: {"layer", "n", "done", "last"}
         self._learn_step = 0
         self._shown_notes: list = []  # the click notes last shown as a notification
+        self._hinted: set = set()  # layers told that their first axis may hold channels
         self._tiles = (0, 0)  # (done, total) tiles of the image being segmented, set from the worker thread
         self._progress_timer = None  # polls _learn_step or _tiles while a worker runs
         self._pending_strokes = 0  # paint events whose stroke is not taken in yet
@@ -557,15 +561,17 @@ class SegmentWidget(Container):
             show_warning(f"'{layer.name}' has only {shape[-1]} pixels along its last axis, so it is segmented as "
                          f"{shape[-2]}x{shape[-1]} slices. If that axis holds channels, open the image as RGB or "
                          "split its channels first.")
-        elif len(shape) == 3 and 2 <= shape[0] <= 4 < min(shape[1:]):  # (C, Y, X) opened as one layer, say
+        elif len(shape) == 3 and 2 <= shape[0] <= 4 < min(shape[1:]) and layer.unique_id not in self._hinted:
+            self._hinted.add(layer.unique_id)  # (C, Y, X) opened as one layer, say: said once per layer
             show_warning(f"'{layer.name}' has {shape[0]} planes along its first axis; each is segmented as a slice. "
                          "If they are channels, right-click the layer and choose Split Stack, then segment the "
                          "channel that shows the objects.")
-        if _transparent_rgba(layer):
+        colours_only = _transparent_rgba(layer, planes[0])
+        if colours_only:
             show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
                          "channel is left out, so transparent pixels are segmented by the colour they hold.")
         task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
-        self._start_worker(layer, planes, session, None if task == AUTO_TASK else task)
+        self._start_worker(layer, planes, session, None if task == AUTO_TASK else task, colours_only=colours_only)
 
     def _forget_missing_model(self) -> None:
         """A saved model chosen in the list whose file was deleted since the list was made: it leaves the list, and
@@ -595,11 +601,11 @@ class SegmentWidget(Container):
             raise ValueError(f"'{layer.name}' is a {kind} layer, not an image. Choose an image layer.")
         return layer
 
-    def _start_worker(self, layer, planes, session, task: int | None = None) -> None:
+    def _start_worker(self, layer, planes, session, task: int | None = None, colours_only: bool = False) -> None:
         from napari.qt.threading import thread_worker
 
         data = _pixels(layer)
-        if _transparent_rgba(layer):  # the colours (segment() refuses an alpha channel that is not constant)
+        if colours_only:  # RGBA with transparency: the colours (segment() refuses an alpha that is not constant)
             data = data[..., :3]
         n = len(planes)
         # each slice of a run over several gets its own clicks and painted edits, as when it is segmented alone
@@ -700,8 +706,9 @@ class SegmentWidget(Container):
         else:
             note = " Bright areas of 'uncertainty' need checking."
         where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
+        late = "Segmenting had finished when Cancel was pressed. " if n == 1 and self._cancel_requested else ""
         self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
-                          f"Segmented {where}'{layer.name}'.{note}")
+                          f"{late}Segmented {where}'{layer.name}'.{note}")
                          + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
 
     def _store(self) -> dict:
