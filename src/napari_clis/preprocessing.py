@@ -107,7 +107,7 @@ def normalize_image(image, *, value_range: tuple[float, float] | None = None) ->
         # the whole part of the low end is subtracted in integers, exactly: float32 then holds each pixel's
         # distance from it, where 16-bit counts far above a narrow range lost digits (1.5e-6 of the range)
         base = int(np.floor(lo))
-        arr = arr.astype(np.int32 if arr.dtype.itemsize <= 2 else np.int64)
+        arr = arr.astype({1: np.int16, 2: np.int32}.get(arr.dtype.itemsize, np.int64))  # room for the sign
         arr -= base
         lo, hi = lo - base, hi - base
     out = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)  # 64-bit values keep their precision
