@@ -835,22 +835,14 @@ def _all_slices_of(make_napari_viewer, qtbot, slices, shown=2):
 
 def test_a_run_over_all_slices_keeps_the_clicks_of_every_slice_and_their_note_shows_once(
         make_napari_viewer, qtbot, nuclei_fluo, messages):
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
     image, truth = nuclei_fluo
-    stack = np.stack([image[::-1], image[:, ::-1], image])
-    layer = viewer.add_image(stack, name="zstack")
-    widget._all_slices.value = True
-    viewer.dims.set_current_step(0, 2)
-    widget.run(layer)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    viewer, widget, layer = _all_slices_of(make_napari_viewer, qtbot, [image[::-1], image[:, ::-1], image])
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     y, x = _wrong_pixel(seg.data[2], truth, 1)
     clicks.add([2, y, x])  # a correction of slice 2, the one on screen
     corrected = seg.data[2].copy()
     assert corrected[y, x] == 1
-    viewer.dims.set_current_step(0, 0)
+    viewer.dims.set_point(0, 0)
     widget.run(layer)  # All slices is still ticked: every slice again, slice 0 (on screen) last
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     np.testing.assert_array_equal(seg.data[2], corrected)  # slice 2 keeps its click (it lost it before)

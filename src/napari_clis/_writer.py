@@ -41,7 +41,7 @@ def _write_tiff(path: str, data, meta: dict, kind: str, extra: dict, *, rgb: boo
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         path = path.with_suffix(".tif")
-    if meta.get("multiscale") or (isinstance(data, (list, tuple)) and len(data) and hasattr(data[0], "shape")):
+    if meta.get("multiscale"):
         data = data[0]  # a pyramid: its full resolution, the level the scale is of (numpy would take the coarsest)
     arr = np.asarray(data)
     spatial = arr.ndim - 1 if rgb else arr.ndim
