@@ -41,7 +41,9 @@ def test_per_image_dice_loss_weighs_a_small_object_as_much_as_a_large_one():
     logits[0, 0, :, :12], logits[0, 1, :, :12] = 0.0, 20.0  # ... but image 0's object is found
     per_image = soft_dice_loss(logits, target, per_image=True)
     batch = soft_dice_loss(logits, target)
-    singles = [soft_dice_loss(logits[i:i + 1], target[i:i + 1]) for i in range(2)]
+    # plain floats: pytest >= 9.2 cannot compare a 0-d tensor with approx (it tries to iterate it)
+    per_image, batch = float(per_image), float(batch)
+    singles = [float(soft_dice_loss(logits[i:i + 1], target[i:i + 1])) for i in range(2)]
     assert singles[0] < 0.01 and singles[1] > 0.75  # (+1 smoothing keeps the missed one just below 1)
     assert per_image == pytest.approx((singles[0] + singles[1]) / 2, abs=1e-6)
     assert batch < 0.05 < 0.35 < per_image  # over the batch, the missed small object hardly counts
