@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QApplication
 from skimage.io import imread
 
 from napari_clis._sample_data import skin_lesion_sample
-from napari_clis.simulated_user import iou, next_click
+from napari_clis.evaluation.simulated_user import iou, next_click
 
 
 def settle(seconds=1.0):

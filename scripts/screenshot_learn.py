@@ -13,7 +13,7 @@ import numpy as np
 from qtpy.QtWidgets import QApplication
 from skimage.io import imread
 
-from napari_clis.simulated_user import next_click
+from napari_clis.evaluation.simulated_user import next_click
 
 DATA = Path(__file__).parents[1] / "tests" / "data" / "dsb2018"
 STEM = "0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_clis.baselines import EWC, LwF, PackNet, fisher_diagonal, make_learner
 from napari_clis.continual import LearnSettings, fit
+from napari_clis.evaluation.baselines import EWC, LwF, PackNet, fisher_diagonal, make_learner
 from napari_clis.preprocessing import normalize_image
 
 SETTINGS = LearnSettings(steps=4, batch=2, crop=64, lr=2e-3)

@@ -1,10 +1,10 @@
 """The napari-clis command line: pretraining end to end on a tiny data folder, and the speed benchmark."""
 
 import json
-from pathlib import Path
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,7 +78,7 @@ def test_speed_benchmark_prints_a_table_with_the_ratio_to_one_forward_pass():
 
 
 def test_the_speed_benchmarks_learned_task_makes_segment_run_the_agreement_check(nuclei_fluo):
-    from napari_clis.benchmarks import _with_a_learned_task
+    from napari_clis.evaluation.benchmarks import _with_a_learned_task
 
     s = _with_a_learned_task("nuclei", 2)
     r = s.segment(nuclei_fluo[0])

@@ -5,9 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_clis.interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction,
-                                     InteractionError, build_region_graph)
-from napari_clis.simulated_user import ClisMethod, iou, next_click, noc, region_oracle, run_protocol, wrong_regions
+from napari_clis.evaluation.simulated_user import (
+    ClisMethod,
+    iou,
+    next_click,
+    noc,
+    region_oracle,
+    run_protocol,
+    wrong_regions,
+)
+from napari_clis.interactive import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_LOCALITY,
+    DEFAULT_SMOOTHNESS,
+    Interaction,
+    InteractionError,
+    build_region_graph,
+)
 
 
 def _straddling_scene():
@@ -364,7 +378,7 @@ def test_simulated_user_protocols_improve_the_segmentation(nuclei_session, nucle
 
 
 def test_peers_follow_their_seeds(nuclei_he, nuclei_session):
-    from napari_clis.simulated_user import PixelClassifierPeer, RandomWalkerPeer
+    from napari_clis.evaluation.simulated_user import PixelClassifierPeer, RandomWalkerPeer
 
     image, truth = nuclei_he
     nuclei_session.segment(image)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from skimage.io import imsave
 
+from napari_clis.evaluation.simulated_user import next_click
 from napari_clis.metrics import dice, iou
-from napari_clis.simulated_user import next_click
 
 SHOTS = os.environ.get("CLIS_JOURNEY_SHOTS")
 

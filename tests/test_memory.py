@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from napari_clis import ClisSession
-from napari_clis.benchmarks import memory_cycles
+from napari_clis.evaluation.benchmarks import memory_cycles
 
 CROP = 96
 HEAP_PER_CYCLE = 32 * 2**10  # a task record (~5 KB, mostly its fingerprint) and small caches, with room to spare

@@ -9,6 +9,10 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+# `bench` in the list of commands; the benchmarks' own parser (napari_clis.evaluation) describes itself with it too
+BENCH_HELP = ("benchmarks: speed and memory, held-out quality, interactive clicks against peers, click latency, "
+              "learning, the continual protocol")
+
 
 def _threads(value: str) -> int:
     """argparse type of ``--threads``: a whole number >= 1."""
@@ -25,7 +29,8 @@ def _pretrain(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from .training import MODEL_PRESETS, PretrainSettings, pretrain
+    from .checkpoint import CheckpointError
+    from .training import MODEL_PRESETS, PretrainSettings, TrainingDiverged, pretrain
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,7 +63,12 @@ def _pretrain(args) -> int:
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.refresh()
 
-    pretrain(settings, output, data_root=args.data, resume=not args.restart, log=log, progress=progress)
+    try:
+        pretrain(settings, output, data_root=args.data, resume=not args.restart, log=log, progress=progress)
+    except (TrainingDiverged, CheckpointError) as e:  # a diverged training, a model that cannot be written
+        bar.close()
+        print(f"napari-clis pretrain: {e}", file=sys.stderr)
+        return 1
     bar.close()
     return 0
 
@@ -146,7 +156,7 @@ def _report(records, output) -> int:
 
 
 def _add_segment_parser(sub) -> None:
-    from .batch import DEFAULT_BATCH_TILE
+    from .preprocessing import DEFAULT_TILE
 
     sg = sub.add_parser("segment", help="segment image files and folders into labels and uncertainty TIFFs "
                                         "(resumable; in this process or on a Dask cluster)")
@@ -159,8 +169,9 @@ def _add_segment_parser(sub) -> None:
     sg.add_argument("--workers", type=int, default=1, metavar="N",
                     help="N > 1: start a local Dask cluster of N worker processes (needs napari-clis[batch])")
     sg.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786")
-    sg.add_argument("--tile", type=int, default=DEFAULT_BATCH_TILE, metavar="PX",
-                    help=f"images larger than PX on a side go in tiles of at most PX (default {DEFAULT_BATCH_TILE})")
+    sg.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PX",
+                    help=f"images larger than PX on a side go in tiles of at most PX (default {DEFAULT_TILE}, as "
+                         "in napari)")
     sg.add_argument("--superpixels", action="store_true", help="also write the superpixels (<name>_superpixels.tif)")
     sg.add_argument("--samples", type=int, metavar="T", help="Monte-Carlo samples for the uncertainty (default 8)")
     sg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -207,6 +218,8 @@ def _calibrate(args) -> int:
                                                           "metadata")}
     try:
         save_model(args.output, net, metadata, extra=extra)
+    except CheckpointError as e:  # it names the file and why (a full disk, a field out of range)
+        raise SystemExit(f"napari-clis calibrate: {e}") from None
     except OSError as e:
         raise SystemExit(f"napari-clis calibrate: could not write {args.output}: {e.strerror or e}") from None
     print(f"saved {args.output}")
@@ -267,16 +280,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_segment_parser(sub)
 
-    from . import benchmarks
-
-    benchmarks.add_parser(sub)
+    # The benchmarks are evaluation code (napari_clis.evaluation, with its own parser and Unix-only memory
+    # measures): only `bench` imports them, so the product's commands and `--help` start on any platform.
+    bn = sub.add_parser("bench", add_help=False, help=BENCH_HELP,
+                        usage="napari-clis bench BENCHMARK [options] (napari-clis bench --help lists them)")
+    bn.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bn.set_defaults(func=_bench)
     return p
+
+
+def _bench(args) -> int:
+    from .evaluation.benchmarks import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DataNotFoundError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.command == "bench":  # everything after `bench`, untouched, goes to the benchmarks' own parser
+        args.bench_args = argv[argv.index("bench") + 1:]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return args.func(args)
     except DataNotFoundError as e:  # pretraining and the benchmarks read the real data: say where it was looked for

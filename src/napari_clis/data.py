@@ -26,6 +26,7 @@ __all__ = [
     "dsb2018_split",
     "make_dsb2018_split",
     "load_dataset",
+    "image_kind",
 ]
 
 DSB_SPLIT_SEED = 2018
@@ -142,3 +143,14 @@ def load_dataset(name: str, part: str, root: Path | str | None = None, limit: in
     if name == "skin-lesion":
         return load_isic2017(root, {"pretrain": "train", "monitor": "val", "heldout": "test"}[part], limit)
     raise ValueError(f"Unknown dataset {name!r}; expected 'nuclei' or 'skin-lesion'.")
+
+
+def image_kind(image: np.ndarray, dataset: str) -> str:
+    """A coarse modality label for per-kind results: fluorescence, brightfield or stained (colour)."""
+    if dataset == "isic2017":
+        return "dermoscopy"
+    grey = image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1])
+                               and np.array_equal(image[..., 0], image[..., 2]))
+    if not grey:
+        return "stained (colour)"
+    return "brightfield (grey, bright)" if image.mean() > 128 else "fluorescence (grey, dark)"

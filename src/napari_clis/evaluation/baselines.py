@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .continual import LearnSettings, _crops, fit
-from .network import ClisNet
+from ..continual import LearnSettings, _crops, fit
+from ..network import ClisNet
 
 __all__ = ["Learner", "FineTune", "LwF", "EWC", "PackNet", "make_learner", "BASELINES"]
 

@@ -26,18 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .interactive import Interaction
+from ..interactive import Interaction
+from ..metrics import iou
 
 __all__ = ["next_click", "wrong_regions", "region_oracle", "noc", "run_protocol", "ClisMethod", "RandomWalkerPeer",
            "PixelClassifierPeer", "ProtocolResult"]
 
 PER_ITERATION = 16
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    p, t = pred > 0, truth > 0
-    union = np.logical_or(p, t).sum()
-    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
 
 
 def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | None:

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_parser", "run", "speed", "quality", "interactive", "clicks", "memory", "memory_cycles",
-           "otsu_foreground"]
+__all__ = ["build_parser", "main", "speed", "quality", "interactive", "clicks", "memory", "memory_cycles",
+           "otsu_foreground", "MemoryMeasureUnavailable"]
 
 SPEED_SIZES = (256, 512, 1024, 4096)
 
@@ -44,12 +43,30 @@ def _machine() -> str:
             f"Python {platform.python_version()}, {date.today().isoformat()}")
 
 
+class MemoryMeasureUnavailable(RuntimeError):
+    """This system lacks what the memory measures read (Linux's ``/proc`` and the Unix ``resource`` module)."""
+
+
+def _check_memory_measures(command: str) -> None:
+    """Raise :class:`MemoryMeasureUnavailable` before a benchmark that reports memory starts, where it cannot."""
+    try:
+        import resource  # Unix only: absent on Windows
+    except ImportError:
+        resource = None
+    if resource is None or not Path("/proc/self/statm").exists():
+        raise MemoryMeasureUnavailable(
+            f"`bench {command}` reports the memory the process uses, which it reads from Linux's /proc and the "
+            f"Unix resource module; this system ({platform.system()}) has not both. The other benchmarks run here.")
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _peak_rss_mb() -> float:
+    import resource  # Unix only: imported here so the rest of the benchmarks load anywhere
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -58,14 +75,14 @@ def _speed_image(size: int, data_root: str | None) -> np.ndarray:
     else the dermoscopy sample shipped with the package."""
     from skimage.io import imread
 
-    from .data import default_data_root
+    from ..data import default_data_root
 
     root = Path(data_root) if data_root else default_data_root()
     candidate = root / "dsb2018" / "images" / "0bf33d3db4282d918ec3da7112d0bf0427d4eafe74b3ee0bb419770eefe8d7d6.png"
     if candidate.exists():
         base = imread(candidate)[..., :3]
     else:
-        from ._sample_data import skin_lesion_sample
+        from .._sample_data import skin_lesion_sample
 
         base = skin_lesion_sample()[0][0]
     reps = (-(-size // base.shape[0]), -(-size // base.shape[1]), 1)
@@ -76,10 +93,11 @@ def _naive_mc(net, x, n_samples: int, seed: int = 0):
     """The baseline: ``n_samples`` full forward passes, each with its own gates and dropout."""
     import torch
 
-    from .uncertainty import _pad_to_multiple
+    from ..uncertainty import fit_grid
 
     g = torch.Generator().manual_seed(seed)
-    xt, (h, w) = _pad_to_multiple(torch.from_numpy(x)[None])
+    h, w = x.shape[-2:]
+    xt, _ = fit_grid(torch.from_numpy(x)[None])
     last = net.B3.conv2
     keep = 1 - net.config.dropout
     probs = []
@@ -95,10 +113,10 @@ def _naive_mc(net, x, n_samples: int, seed: int = 0):
 
 def _speed_one(size: int, model: str, n_samples: int, repeats: int, data_root: str | None, naive: bool) -> dict:
     """Time one size in this process; the caller runs it in a fresh process so peak memory is its own."""
-    from .preprocessing import normalize_image
-    from .session import ClisSession
-    from .superpixels import compute_superpixels
-    from .uncertainty import predict
+    from ..preprocessing import normalize_image
+    from ..session import ClisSession
+    from ..superpixels import compute_superpixels
+    from ..uncertainty import predict
 
     session = ClisSession.from_pretrained(model, device="cpu", n_samples=n_samples)
     image = _speed_image(size, data_root)
@@ -158,8 +176,8 @@ def _with_a_learned_task(model: str, n_samples: int):
     module's agreement check: task 1 is a copy of task 0's mask (what it learned does not change the cost)."""
     import torch
 
-    from .continual import TaskRecord, fingerprint
-    from .session import ClisSession
+    from ..continual import TaskRecord, fingerprint
+    from ..session import ClisSession
 
     s = ClisSession.from_pretrained(model, device="cpu", n_samples=n_samples)
     s.net.add_task(init_from=0)
@@ -170,13 +188,15 @@ def _with_a_learned_task(model: str, n_samples: int):
 
 
 def speed(args) -> int:
+    _check_memory_measures("speed")
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for size in sizes:
         repeats = args.repeats if size <= 1024 else 1
         naive = size <= 1024
-        cmd = [sys.executable, "-m", "napari_clis.benchmarks", "_speed_one", json.dumps(
-            dict(size=size, model=args.model, n_samples=args.samples, repeats=repeats, data_root=args.data, naive=naive))]
+        one = dict(size=size, model=args.model, n_samples=args.samples, repeats=repeats, data_root=args.data,
+                   naive=naive)
+        cmd = [sys.executable, "-m", "napari_clis.evaluation.benchmarks", "_speed_one", json.dumps(one)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
@@ -221,20 +241,10 @@ def otsu_foreground(image: np.ndarray, dataset: str) -> np.ndarray:
     return ~fg if fg.mean() > 0.5 else fg
 
 
-def image_kind(image: np.ndarray, dataset: str) -> str:
-    """A coarse modality label for per-kind results: fluorescence, brightfield or stained (colour)."""
-    if dataset == "isic2017":
-        return "dermoscopy"
-    grey = image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
-    if not grey:
-        return "stained (colour)"
-    return "brightfield (grey, bright)" if image.mean() > 128 else "fluorescence (grey, dark)"
-
-
 def quality(args) -> int:
-    from .data import load_dataset
-    from .metrics import dice, iou, roc_auc
-    from .session import ClisSession
+    from ..data import image_kind, load_dataset
+    from ..metrics import dice, iou, roc_auc
+    from ..session import ClisSession
 
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
     if args.checkpoint and len(models) > 1:
@@ -287,12 +297,12 @@ def quality(args) -> int:
     print("| model | held-out images | Dice (sd) | IoU | Otsu Dice | Otsu IoU | AUROC uncertainty->errors "
           "(pooled / per image) | AUROC softmax entropy (pooled / per image) |")
     print("|---|---|---|---|---|---|---|---|")
-    for model, m in summary.items():
+    for m in summary.values():
         print(f"| {m['label']} | {m['n']} ({m['dataset']} {m['split']}) | {m['dice']:.3f} ({m['dice_sd']:.3f}) | "
               f"{m['iou']:.3f} | {m['otsu_dice']:.3f} | {m['otsu_iou']:.3f} | {m['auc_unc_pooled']:.3f} / "
               f"{m['auc_unc']:.3f} | {m['auc_ent_pooled']:.3f} / {m['auc_ent']:.3f} |")
     print("\n| model | kind of image | images | Dice |\n|---|---|---|---|")
-    for model, m in summary.items():
+    for m in summary.values():
         for kind, (d, n) in m["dice_by_kind"].items():
             print(f"| {m['label']} | {kind} | {n} | {d:.3f} |")
     if args.json:
@@ -311,8 +321,8 @@ def _pick(samples, n: int | None, seed: int = 0):
 
 def interactive(args) -> int:
     """NoC@85/90 and IoU after k clicks for CLIS and two classical peers, both simulated-user protocols."""
-    from .data import load_dataset
-    from .session import ClisSession
+    from ..data import load_dataset
+    from ..session import ClisSession
     from .simulated_user import ClisMethod, PixelClassifierPeer, RandomWalkerPeer, noc, region_oracle, run_protocol
 
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
@@ -383,7 +393,8 @@ def interactive(args) -> int:
     print("| dataset | images | oracle IoU | oracle below 0.85 | oracle below 0.90 |\n|---|---|---|---|---|")
     for dataset, v in oracles.items():
         v = np.asarray(v)
-        print(f"| {dataset} | {len(v)} | {v.mean():.3f} | {100 * np.mean(v < 0.85):.0f}% | {100 * np.mean(v < 0.90):.0f}% |")
+        print(f"| {dataset} | {len(v)} | {v.mean():.3f} | {100 * np.mean(v < 0.85):.0f}% | "
+              f"{100 * np.mean(v < 0.90):.0f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "curves": detail,
                                                "region_oracle": {d: list(map(float, v)) for d, v in oracles.items()}},
@@ -393,9 +404,9 @@ def interactive(args) -> int:
 
 def clicks(args) -> int:
     """Latency of one click (click -> updated labels) beside a full re-segmentation of the same image."""
-    from .interactive import build_region_graph
-    from .preprocessing import normalize_image
-    from .session import ClisSession
+    from ..interactive import build_region_graph
+    from ..preprocessing import normalize_image
+    from ..session import ClisSession
 
     session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
     rng = np.random.default_rng(0)
@@ -428,7 +439,7 @@ def clicks(args) -> int:
 
 def learn_speed(args) -> int:
     """Time of ``learn()`` for one image, beside ``segment()`` of the same image in the same run."""
-    from .session import ClisSession, LearnRejected
+    from ..session import ClisSession, LearnRejected
 
     print(f"\nLearning speed ({args.steps} steps), {_machine()}\n")
     print("| image | segment() s | learn() s | learn / segment | Dice before -> after (its own labels) | "
@@ -458,9 +469,9 @@ CONTINUAL_NAMES = {"clis": "CLIS (ours)", "none": "no update (pretrained)", "fin
 
 def _baseline(method: str, session, settings, args, model: str, packnet_cache: dict):
     """The learner of a baseline method, built on the session's pretrained network (None: CLIS or no update)."""
+    from ..data import load_dataset
+    from ..preprocessing import normalize_image
     from .baselines import make_learner
-    from .data import load_dataset
-    from .preprocessing import normalize_image
 
     if method in ("clis", "none"):
         return None
@@ -545,7 +556,7 @@ def _memory_samples(model: str, data: str | None, size: int, n: int) -> list[tup
     """``n`` real images, centre crops of at most ``size`` px, with their ground truth: held-out images of the
     model's dataset; without the data, crops of the speed benchmark's image (no ground truth: clicks then
     contradict the network)."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     def crop(a):
         y0, x0 = max(0, (a.shape[0] - size) // 2), max(0, (a.shape[1] - size) // 2)
@@ -559,7 +570,8 @@ def _memory_samples(model: str, data: str | None, size: int, n: int) -> list[tup
         return [(base[o:o + size, o:o + size], None) for o in np.linspace(0, size, n).astype(int)]
 
 
-def memory_cycles(session, samples, cycles: int, *, clicks: int = 3, at=MEMORY_CHECKPOINTS, seed: int = 0) -> list[dict]:
+def memory_cycles(session, samples, cycles: int, *, clicks: int = 3, at=MEMORY_CHECKPOINTS,
+                  seed: int = 0) -> list[dict]:
     """Run ``cycles`` cycles of segment, a few clicks and learn on ``samples`` (image, truth or None), in turn.
 
     Returns one record before the first cycle (``cycle`` 0) and one after each cycle in ``at``: RSS (MB), the
@@ -569,8 +581,8 @@ def memory_cycles(session, samples, cycles: int, *, clicks: int = 3, at=MEMORY_C
     import gc
     import tracemalloc
 
-    from .interactive import InteractionError
-    from .session import LearnRejected
+    from ..interactive import InteractionError
+    from ..session import LearnRejected
     from .simulated_user import next_click
 
     rng = np.random.default_rng(seed)
@@ -639,8 +651,9 @@ def memory(args) -> int:
     """RSS over repeated segment / click / learn cycles, against a margin net of the per-task state."""
     import tracemalloc
 
-    from .session import ClisSession
+    from ..session import ClisSession
 
+    _check_memory_measures("memory")
     session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
     session.learn_settings.steps = args.steps
     samples = _memory_samples(args.model, args.data, args.size, args.images)
@@ -684,11 +697,10 @@ def continual(args) -> int:
     """The paper's transfer protocol: CLIS beside no update, fine-tuning, LwF, EWC and PackNet."""
     import torch
 
-    from .continual import kernel_usage
-    from .data import load_dataset
-    from .interactive import DEFAULT_LOCALITY
-    from .metrics import dice, iou
-    from .session import ClisSession, LearnRejected
+    from ..data import load_dataset
+    from ..interactive import DEFAULT_LOCALITY
+    from ..metrics import dice, iou
+    from ..session import ClisSession, LearnRejected
     from .simulated_user import ClisMethod, run_protocol
 
     if args.merge:
@@ -831,7 +843,8 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
         for k in measures:
             for m in ("dice", "iou"):
                 v = np.asarray(r[k][m])
-                cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward" else f"{v.mean():.3f} ({v.std():.3f})")
+                cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward"
+                             else f"{v.mean():.3f} ({v.std():.3f})")
         print(f"| {dataset} | {CONTINUAL_NAMES[method]} | " + " | ".join(cells) + " |")
     counts = {len(r["forward"]["dice"]) for _, _, r in rows}
     if len(counts) > 1:  # merged parts that ran different methods
@@ -847,7 +860,8 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
             theirs = dict(zip(r.get("sequences") or range(len(r["forward"]["dice"])), r["forward"]["dice"]))
             common = [q for q in theirs if q in mine]  # a method run on fewer sequences: the ones both have
             diff = np.asarray([mine[q] - theirs[q] for q in common])
-            print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {diff.mean():+.4f} | {int((diff > 0).sum())} of {len(diff)} |")
+            print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {diff.mean():+.4f} | {int((diff > 0).sum())} of "
+                  f"{len(diff)} |")
     if seconds:
         print("\nSeconds per method (all sequences, both datasets): " +
               ", ".join(f"{CONTINUAL_NAMES[m]} {s:.0f}" for m, s in seconds.items()))
@@ -888,10 +902,11 @@ def _subcommand(bsub, name: str, help: str) -> argparse.ArgumentParser:
     return bsub.add_parser(name, help=help, formatter_class=_DefaultsHelp)
 
 
-def add_parser(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks: speed and memory, held-out quality, interactive clicks against "
-                       "peers, click latency, learning, the continual protocol")
-    b.set_defaults(func=run)
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``napari-clis bench ...``: the ``bench`` command hands it every argument after ``bench``."""
+    from ..cli import BENCH_HELP
+
+    b = argparse.ArgumentParser(prog="napari-clis bench", description=BENCH_HELP[0].upper() + BENCH_HELP[1:] + ".")
     bsub = b.add_subparsers(dest="bench", required=True)
     sp = _subcommand(bsub, "speed", "time and memory of segment() for 256 to 4096 px images")
     _model_args(sp, default="nuclei", allow_all=False, image_only=True)
@@ -969,10 +984,18 @@ def add_parser(sub) -> None:
     me.add_argument("--margin", type=float, default=MEMORY_MARGIN_MB,
                     help="allowed RSS growth (MB) after cycle 10, net of the tasks")
     me.set_defaults(bench_func=memory)
+    return b
 
 
-def run(args) -> int:
-    return args.bench_func(args)
+def main(argv: list[str]) -> int:
+    """``napari-clis bench ARGS``: parse ARGS and run that benchmark. The data folder's absence
+    (``DataNotFoundError``) is left to the caller, which names it for every command alike."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.bench_func(args)
+    except MemoryMeasureUnavailable as e:
+        print(f"napari-clis bench: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "_speed_one":
