@@ -2,7 +2,13 @@
 
 import json
 import os
+import shlex
 import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,10 +181,9 @@ def test_a_failed_write_leaves_no_output_that_looks_complete(tmp_path, monkeypat
     out = tmp_path / "out"
     real_imwrite = tifffile.imwrite
 
-    def disk_full(path, data, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"II*\x00half a file")
-        raise OSError(28, "No space left on device", str(path))
+    def disk_full(file, data, **kwargs):  # the temporary file, open: half of it written, then the disk is full
+        file.write(b"II*\x00half a file")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tifffile, "imwrite", disk_full)
     (r,) = nuclei_session.segment_many(image, out)
@@ -220,6 +225,35 @@ def test_a_large_image_is_tiled_and_stitched_without_seams(nuclei_he, nuclei_ses
         for sp in np.unique(r.superpixels[y0:y1, x0:x1]):
             assert owners.setdefault(int(sp), i) == i
     assert r.superpixels.min() == 1 and len(owners) == r.superpixels.max()
+
+
+@pytest.mark.parametrize("model, source, tile, pieces", [
+    ("nuclei", NUCLEI_DIR / f"{NUCLEI_HE}.png", 128, 6),  # 256x320: 2 x 3 tiles, in batch and in segment()
+    ("nuclei", NUCLEI_DIR / f"{NUCLEI_HE}.png", None, 1),  # both defaults: one piece
+    # a model with a working resolution and one object per class: batch hands the plane over whole, and the
+    # network's 96x128 input is tiled at 64 px inside as in segment()
+    ("skin-lesion", DATA / "isic2017" / "images" / "2.jpg", 64, 1),
+])
+def test_segment_and_batch_give_identical_labels(model, source, tile, pieces, nuclei_session, lesion_session):
+    """The widget (ClisSession.segment) and `napari-clis segment` (batch) tile alike: the same labels, bit for bit."""
+    session = {"nuclei": nuclei_session, "skin-lesion": lesion_session}[model]
+    size = {} if tile is None else {"tile": tile}
+    (r,) = session.segment_many(source, **size)
+    whole = session.segment(imread(source), **size)
+    assert r.status == "segmented" and r.tiles == pieces
+    np.testing.assert_array_equal(r.labels, whole.labels)
+    np.testing.assert_array_equal(r.uncertainty, whole.uncertainty)
+    assert 0 < (whole.labels > 0).mean() < 1  # a real segmentation, not an empty one
+
+
+def test_the_command_line_and_segment_tile_at_the_same_size():
+    import inspect
+
+    from napari_clis import ClisSession
+    from napari_clis.cli import build_parser
+
+    args = build_parser().parse_args(["segment", "in.tif", "--model", "nuclei", "--output", "out"])
+    assert args.tile == inspect.signature(ClisSession.segment).parameters["tile"].default
 
 
 @pytest.fixture
@@ -328,3 +362,75 @@ def test_overwrite_removes_an_earlier_runs_output_it_does_not_write_and_a_file_n
                                                                                       "a_uncertainty.tif"]
     with pytest.raises(ValueError, match="is given twice"):
         nuclei_session.segment_many([folder, folder / "a.png"], out)
+
+
+# -- resume, a full disk, a pipe: outputs trusted only when whole ---------------------------------------------------
+
+@pytest.mark.parametrize("which", [0, 1])  # the labels (compressed) or the uncertainty (raw) TIFF
+def test_resume_redoes_an_output_cut_short_after_its_description_was_written(tmp_path, nuclei_session, which):
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"
+    out = tmp_path / "out"
+    (first,) = nuclei_session.segment_many(image, out)
+    assert first.status == "segmented"
+    outputs = _outputs(out, NUCLEI_FLUO)
+    whole = [tifffile.imread(p) for p in outputs]
+    cut = outputs[which]
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # e.g. a copy that stopped half way
+    assert read_batch_metadata(cut)["job"]  # the record still reads as this run's: it alone cannot tell
+    (again,) = nuclei_session.segment_many(image, out)
+    assert again.status == "segmented"
+    for path, array in zip(outputs, whole):
+        np.testing.assert_array_equal(tifffile.imread(path), array)
+    assert [r.status for r in nuclei_session.segment_many(image, out)] == ["skipped"]
+
+
+def _unshare_available() -> bool:
+    if shutil.which("unshare") is None or sys.platform != "linux":
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_available(), reason="a real full disk needs a small tmpfs in a user namespace")
+def test_a_full_disk_is_named_with_its_folder_not_as_bytes_requested_and_written(tmp_path):
+    """A real full disk: the output folder is a 128 KiB tmpfs, mounted in a user namespace of the child."""
+    import napari_clis
+
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"  # its uncertainty TIFF (256 KiB of float32) cannot fit
+    out = tmp_path / "small-disk"
+    out.mkdir()
+    script = (f"mount -t tmpfs -o size=128k none {shlex.quote(str(out))} && exec {shlex.quote(sys.executable)} -m "
+              f"napari_clis.cli segment {shlex.quote(str(image))} --model nuclei --samples 1 --device cpu "
+              f"--output {shlex.quote(str(out))}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(napari_clis.__file__).resolve().parents[1])}
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    failure = done.stderr.split("These could not be segmented:")[1]
+    assert "No space left on device: the disk that holds the folder" in failure and str(out) in failure, failure
+    assert "requested and" not in failure
+    assert not any(out.iterdir())  # the tmpfs is gone with the child; nothing was written to the folder below
+
+
+def test_a_pipe_given_as_an_image_is_refused_at_once(tmp_path, capsys):
+    fifo = tmp_path / "image.tif"
+    os.mkfifo(fifo)
+
+    def unblock():  # a reader waiting on the pipe (the fault) gets an end of file instead of waiting for ever
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    timer = threading.Timer(60, unblock)
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        code = main(["segment", str(fifo), "--model", "nuclei", "--output", str(tmp_path / "out")])
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert code == 1 and f"{fifo} is not a regular file" in err, err

@@ -3,22 +3,20 @@ drops them). The Image writer is for the ``uncertainty`` map, and any other imag
 
 The file is a plain TIFF that any TIFF reader opens (napari's built-in reader gives the same pixels); the
 layer's name, kind, scale and translate (and the class names of a Labels layer, the contrast limits of an Image
-layer) are in its ImageDescription as JSON, and the YX pixel size also in the standard resolution tags (as a
-positive size, when they can hold it). Written atomically: a temporary file in the same folder, then one rename.
+layer) are in its ImageDescription as JSON (the schema of :mod:`napari_clis.tiffs`, which batch outputs share),
+and the YX pixel size also in the standard resolution tags (as a positive size, when they can hold it). Written
+atomically (a temporary file in the same folder, then one rename), with the permissions of the user's umask.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_labels", "write_image", "read_metadata", "read_labels_metadata"]
+from .tiffs import read_metadata
 
-KEY = "napari_clis"
+__all__ = ["write_labels", "write_image", "read_metadata", "read_labels_metadata"]
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
@@ -36,7 +34,7 @@ def write_image(path: str, data, meta: dict) -> list[str]:
 
 
 def _write_tiff(path: str, data, meta: dict, kind: str, extra: dict, *, rgb: bool) -> list[str]:
-    import tifffile
+    from .tiffs import write_tiff
 
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
@@ -47,37 +45,17 @@ def _write_tiff(path: str, data, meta: dict, kind: str, extra: dict, *, rgb: boo
     spatial = arr.ndim - 1 if rgb else arr.ndim
     scale = [float(v) for v in meta.get("scale", [1.0] * spatial)]
     translate = [float(v) for v in meta.get("translate", [0.0] * spatial)]
-    # "shape" first: tifffile (and napari's reader through it) then gives back every axis of a stack, (T, Z, Y, X)
-    # say, instead of one long run of pages
-    info = {"shape": list(arr.shape),
-            KEY: {"name": meta.get("name"), "layer_type": kind, "scale": scale, "translate": translate, **extra}}
+    # the shaped description (tifffile writes "shape" first): tifffile, and napari's reader through it, then give
+    # back every axis of a stack, (T, Z, Y, X) say, instead of one long run of pages
+    fields = {"name": meta.get("name"), "scale": scale, "translate": translate, **extra}
     # TIFF's resolution tags are positive fractions of modest size: a flipped axis (negative scale) keeps its
     # sign in the JSON only, and a pixel size they cannot hold leaves the tags out
     sizes = [abs(scale[-1]), abs(scale[-2])] if spatial >= 2 else []
     resolution = tuple(1.0 / s for s in sizes) if sizes and all(1e-6 <= s <= 1e6 for s in sizes) else None
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, arr, description=json.dumps(info), resolution=resolution, metadata=None,
-                         photometric="rgb" if rgb else "minisblack")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_tiff(path, arr, kind, fields, resolution=resolution, photometric="rgb" if rgb else "minisblack")
     return [str(path)]
 
 
-def read_metadata(path: str) -> dict:
-    """What :func:`write_labels` or :func:`write_image` stored: name, layer type, scale, translate, and the class
-    names or contrast limits (empty for other TIFFs)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        desc = tif.pages[0].description
-    try:
-        return json.loads(desc).get(KEY, {})
-    except (ValueError, AttributeError):
-        return {}
-
-
+# read_metadata (from napari_clis.tiffs): what write_labels or write_image stored (name, layer type, scale,
+# translate, and the class names or contrast limits), and batch outputs' records; empty for other TIFFs
 read_labels_metadata = read_metadata  # the name the docs gave first

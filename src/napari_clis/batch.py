@@ -11,18 +11,21 @@ What makes a run safe to repeat:
 * every output is written atomically (a temporary file in the output folder, then one rename), and its TIFF
   description records, as JSON, the run that wrote it: input file (path, size, modification time), model
   (name, file, a digest of its weights and tasks), napari-clis version and settings. An output whose record
-  matches the present run is complete and is skipped: an interrupted run resumes where it stopped;
+  matches the present run, and which reads back whole (every plane), is skipped: an interrupted run resumes where
+  it stopped, and redoes an output cut short since;
 * an existing output that another run wrote (or any other file in its place) is never replaced unless
   ``overwrite`` is given: the run refuses before segmenting anything, naming the files.
 
 Large images and the cluster: a plane larger than ``tile`` pixels on a side is cut into tiles (cores of at
-most ``tile`` px, aligned to 8 px, each seen with ``TILE_MARGIN`` px of context); each tile is segmented
-on its own and the cores are put back together, so the overlaps are cut in half. Every tile uses the session's
-seed, so it draws the same Monte-Carlo samples as one pass over the whole image (the samples are per channel,
-not per pixel), and with the context wider than the network's receptive field the tiled result equals that
-pass up to floating-point rounding (the network's arithmetic depends a little on the size of its input: the
-uncertainty differs by about 1e-7, and a label only where a probability is 0.5 to that precision). The same
-tiles are made whether the work runs here or on a cluster, so both give identical files.
+most ``tile`` px, aligned to 8 px, each seen with ``DEFAULT_MARGIN`` px of context:
+:func:`~napari_clis.preprocessing.plan_tiles`, the tiles :meth:`ClisSession.segment` makes too); each tile is
+segmented on its own (:func:`~napari_clis.uncertainty.segment_normalized`, what ``segment()`` runs) and the cores
+are put back together, so the overlaps are cut in half. Every tile uses the session's seed, as ``segment()``'s
+tiles do, so batch and ``segment()`` give identical labels and uncertainty; and with the context wider than the
+network's receptive field the tiled result equals one pass over the whole image up to floating-point rounding
+(the network's arithmetic depends a little on the size of its input: the uncertainty differs by about 1e-7, and a
+label only where a probability is 0.5 to that precision). The same tiles are made whether the work runs here or
+on a cluster, so both give identical files.
 Superpixels are computed per tile core and renumbered by tile (ids stay unique within a plane).
 
 Pure numpy/torch and, for a cluster, ``distributed`` (the ``batch`` extra): no Qt, no napari.
@@ -41,7 +44,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -53,15 +55,23 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .preprocessing import ImageError, as_2d_image, check_tiling, intensity_range, normalize_image
+from .preprocessing import (
+    DEFAULT_MARGIN,
+    DEFAULT_TILE,
+    ImageError,
+    Tile,
+    as_2d_image,
+    check_tiling,
+    intensity_range,
+    normalize_image,
+    plan_tiles,
+)
+from .tiffs import read_metadata, write_tiff
 
 __all__ = ["segment_many", "FileResult", "Tile", "plan_tiles", "find_images", "output_paths", "read_image",
-           "read_batch_metadata", "OutputExistsError", "SUPPORTED_SUFFIXES", "DEFAULT_BATCH_TILE"]
+           "read_batch_metadata", "OutputExistsError", "SUPPORTED_SUFFIXES", "DEFAULT_TILE"]
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-DEFAULT_BATCH_TILE = 2048  # planes up to this many pixels on a side are segmented in one piece
-TILE_MARGIN = 96  # context around each tile, as uncertainty.DEFAULT_MARGIN: wider than the network's receptive field
-KEY = "napari_clis"  # the key of our record in an output's TIFF description
 _DTYPES = {"labels": np.int32, "uncertainty": np.float32, "superpixels": np.int32}
 _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
 MIN_PLANE_SIDE = 8  # px: a stack's planes narrower than this are an image's channels, read as planes
@@ -113,41 +123,6 @@ class FileResult:
     tasks: tuple = ()
 
 
-# -- tiles ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tile:
-    """One piece of a plane: ``core`` (y0, y1, x0, x1) is what it contributes, ``crop`` (ya, yb, xa, xb) what
-    the network sees (the core and up to ``margin`` px of context on each side)."""
-
-    core: tuple[int, int, int, int]
-    crop: tuple[int, int, int, int]
-
-    @property
-    def core_in_crop(self) -> tuple[int, int, int, int]:
-        (y0, y1, x0, x1), (ya, _, xa, _) = self.core, self.crop
-        return y0 - ya, y1 - ya, x0 - xa, x1 - xa
-
-
-def plan_tiles(height: int, width: int, tile: int, margin: int = TILE_MARGIN) -> list[Tile]:
-    """The tiles of an ``(height, width)`` plane, row by row; one tile when neither side exceeds ``tile``.
-
-    A side longer than ``tile`` is split into ``ceil(side / tile)`` equal cores, rounded up to a multiple of 8
-    so that every crop starts on the network's 8-pixel grid (the tiled result then matches the untiled one).
-    """
-    if height <= tile and width <= tile:
-        return [Tile((0, height, 0, width), (0, height, 0, width))]
-    check_tiling(tile, margin)
-
-    def cores(side):
-        step = -(-side // math.ceil(side / tile))
-        step += -step % 8
-        return [(a, min(a + step, side)) for a in range(0, side, step)]
-
-    return [Tile((y0, y1, x0, x1), (max(0, y0 - margin), min(height, y1 + margin),
-                                     max(0, x0 - margin), min(width, x1 + margin)))
-            for y0, y1 in cores(height) for x0, x1 in cores(width)]
-
-
 # -- inputs and outputs -------------------------------------------------------------------------------------------
 def find_images(paths, *, output: str | Path | None = None) -> list[Path | FileResult]:
     """The image files named by ``paths`` (files, or folders whose images are taken in name order).
@@ -167,6 +142,9 @@ def find_images(paths, *, output: str | Path | None = None) -> list[Path | FileR
                                                                   f"({', '.join(SUPPORTED_SUFFIXES)}).")]
         elif not path.exists():
             found.append(FileResult(path, "failed", error=f"{path} does not exist."))
+        elif not path.is_file():  # reading a pipe (FIFO) would wait for a writer for ever
+            found.append(FileResult(path, "failed", error=f"{path} is not a regular file (a pipe, socket or device): "
+                                                          "napari-clis reads image files; save the image to a file."))
         elif path.suffix.lower() not in SUPPORTED_SUFFIXES:
             found.append(FileResult(path, "failed", error=f"{path} is not a supported image file: napari-clis "
                                                           f"reads {', '.join(SUPPORTED_SUFFIXES)}."))
@@ -182,7 +160,7 @@ def _is_input_image(path: Path, out_dir: Path | None) -> bool:
         return True
     if out_dir is not None and path.parent.resolve() == out_dir:
         return False
-    return not read_batch_metadata(path)  # an earlier run's output, wherever it is now, is not an input
+    return not read_metadata(path)  # an earlier run's output (or a layer saved from napari) is not an input
 
 
 def output_paths(source: str | Path, folder: str | Path, kinds=("labels", "uncertainty")) -> dict[str, Path]:
@@ -285,29 +263,24 @@ def _plane_stack(data: np.ndarray, axes: str | None) -> tuple[np.ndarray, tuple[
 # -- what the workers run -----------------------------------------------------------------------------------------
 @dataclass
 class TileModel:
-    """What segmenting a tile needs: the network and the session's sampling settings. Sent to Dask workers.
+    """What segmenting a tile needs: the network and the session's :meth:`~ClisSession.segment_settings`. Sent
+    to Dask workers.
 
     ``superpixel_size`` 0 skips the superpixels. ``device`` is the session's kind of device; a worker without
     a GPU uses its CPU.
     """
 
     net: object
-    n_samples: int
-    seed: int
-    working_long_side: int | None
-    flips: bool
+    settings: object  # napari_clis.uncertainty.SegmentSettings
     superpixel_size: int
     device: str = "cpu"
     placed: bool = False
-    single_object: bool = False
-    class_log_prior: list | None = None
 
     @classmethod
     def from_session(cls, session, *, superpixels: bool, for_workers: bool) -> TileModel:
         net = copy.deepcopy(session.net).cpu() if for_workers else session.net
-        return cls(net, session.n_samples, session.seed, session.working_long_side, session.test_time_flips,
-                   session.superpixel_size if superpixels else 0, session.device.type, placed=not for_workers,
-                   single_object=session.single_object, class_log_prior=session.class_log_prior)
+        return cls(net, session.segment_settings(), session.superpixel_size if superpixels else 0,
+                   session.device.type, placed=not for_workers)
 
     def ready_net(self):
         if not self.placed:
@@ -320,8 +293,8 @@ class TileModel:
 
 
 def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, float], task: int,
-                 core: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
-    """Segment one crop of a plane as :meth:`ClisSession.segment` would, and return its core.
+                 core: tuple[int, int, int, int], tile: int | None = None) -> dict[str, np.ndarray]:
+    """Segment one crop of a plane as :meth:`ClisSession.segment` does, and return its core.
 
     Parameters
     ----------
@@ -334,6 +307,9 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
         The task chosen for the whole plane.
     core : (y0, y1, x0, x1)
         The part of the crop to return.
+    tile : int, optional
+        The run's tile size, for a plane that is not cut into tiles here (a model that sees the whole plane tiles
+        it, if at all, as ``segment()`` does); None for one tile of a plane cut here.
 
     Returns
     -------
@@ -342,14 +318,12 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
         ``(y1 - y0, x1 - x0)``.
     """
     from .superpixels import compute_superpixels
-    from .uncertainty import decide, predict
+    from .uncertainty import segment_normalized
 
     normalized = normalize_image(raw, value_range=value_range)
-    out = predict(model.ready_net(), normalized, task=task, n_samples=model.n_samples, seed=model.seed,
-                  working_long_side=model.working_long_side, flips=model.flips)
-    y0, y1, x0, x1 = core
     # a single_object model sees the whole plane at once (one tile, _plan_plane), so its rule sees the plane
-    labels = decide(out.probabilities, model.class_log_prior, model.single_object)
+    out, labels = segment_normalized(model.ready_net(), normalized, model.settings, task=task, tile=tile)
+    y0, y1, x0, x1 = core
     result = {"labels": labels[y0:y1, x0:x1],
               "uncertainty": out.uncertainty[y0:y1, x0:x1]}
     if model.superpixel_size:
@@ -386,17 +360,20 @@ class _Prepared:
     results: dict = field(default_factory=dict)  # (plane, tile) -> segment_tile's dict
     error: str | None = None
     remaining: int = 0  # tiles still out on the cluster
+    tile: int = DEFAULT_TILE  # the run's tile size
 
     @property
     def n_pieces(self) -> int:
         return sum(len(tiles) for _, _, tiles in self.plans)
 
     def pieces(self):
-        """``((plane, tile), (raw crop, value range, task, core in crop))`` for every tile of every plane."""
+        """``((plane, tile), (raw crop, value range, task, core in crop, tile size))`` for every tile of every
+        plane (the tile size :func:`segment_tile` takes: the run's for a plane in one piece, else None)."""
         for p, (value_range, task, tiles) in enumerate(self.plans):
             for t, tile in enumerate(tiles):
                 ya, yb, xa, xb = tile.crop
-                yield (p, t), (self.planes[p, ya:yb, xa:xb], value_range, task, tile.core_in_crop)
+                yield (p, t), (self.planes[p, ya:yb, xa:xb], value_range, task, tile.core_in_crop,
+                               self.tile if len(tiles) == 1 else None)
 
 
 def _prepare(job: _Job, session, tile: int) -> _Prepared | FileResult:
@@ -409,7 +386,7 @@ def _prepare(job: _Job, session, tile: int) -> _Prepared | FileResult:
     except ImageError as e:
         message = str(e) if str(job.source) in str(e) else f"{job.source}: {e}"
         return FileResult(job.source, "failed", error=message)
-    return _Prepared(job, planes, lead, axes, info, plans, t0)
+    return _Prepared(job, planes, lead, axes, info, plans, t0, tile=tile)
 
 
 def _plan_plane(session, plane: np.ndarray, tile: int):
@@ -433,6 +410,8 @@ def _plane_task(session, plane: np.ndarray, value_range) -> int:
 
 def _complete(state: _Prepared) -> FileResult:
     """Stitch the tiles, write the outputs (or keep the arrays) and say what happened."""
+    from .checkpoint import CheckpointError  # torch: not at import (the command line's parser reads this module)
+
     job = state.job
     if state.error is not None:
         return FileResult(job.source, "failed", error=f"{job.source}: {state.error}")
@@ -444,6 +423,8 @@ def _complete(state: _Prepared) -> FileResult:
     try:
         for kind, path in job.outputs.items():
             _write_output(path, arrays[kind], kind, state)
+    except CheckpointError as e:  # the atomic write's (napari_clis.tiffs.write_tiff): it names the file and why
+        return FileResult(job.source, "failed", error=f"{job.source}: {e}")
     except OSError as e:
         return FileResult(job.source, "failed", error=f"Could not write {e.filename or 'the outputs'} for "
                                                       f"{job.source}: {e.strerror or e}.")
@@ -467,46 +448,24 @@ def _assemble(state: _Prepared) -> dict[str, np.ndarray]:
 
 
 def _write_output(path: Path, array: np.ndarray, kind: str, state: _Prepared) -> None:
+    """One output, atomically (a reader, or a resumed run, sees either no file or the whole file), with the run's
+    record in the schema every napari-clis TIFF shares (:mod:`napari_clis.tiffs`)."""
     info = state.info
-    record = {KEY: {"kind": kind, **state.job.record, "axes": state.axes, "source_metadata": info.to_dict(),
-                    "tasks": [int(t) for _, t, _ in state.plans]}}
+    record = {"name": path.stem, **state.job.record, "axes": state.axes, "source_metadata": info.to_dict(),
+              "tasks": [int(t) for _, t, _ in state.plans]}
     shaped = {"axes": state.axes, **{k: v for k, v in info.imagej.items() if k in ("spacing", "unit")}}
     kwargs = {}
     if info.resolution:
         kwargs = {"resolution": info.resolution, "resolutionunit": info.resolution_unit}
-    _write_tiff_atomic(path, array, description=json.dumps(record), metadata=shaped, photometric="minisblack",
-                      compression="zlib" if kind != "uncertainty" else None, **kwargs)
-
-
-def _write_tiff_atomic(path: Path, array: np.ndarray, **kwargs) -> None:
-    """``tifffile.imwrite`` to a temporary file in ``path``'s folder, flushed, then renamed onto ``path``: a
-    reader (or a resumed run) sees either no file or the whole file, never half of one."""
-    import tifffile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the output gets the usual permissions
-        tifffile.imwrite(tmp, array, **kwargs)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # on disk before the rename makes it the output
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_tiff(path, array, kind, record, shaped=shaped, photometric="minisblack",
+               compression="zlib" if kind != "uncertainty" else None, **kwargs)
 
 
 def read_batch_metadata(path: str | Path) -> dict:
-    """The record :func:`segment_many` wrote into an output's description (empty for any other file)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return json.loads(tif.pages[0].description).get(KEY, {})
-    except Exception:  # not a TIFF, not ours, unreadable: not an output of a run
-        return {}
+    """The record :func:`segment_many` wrote into an output's description (:func:`napari_clis.tiffs.read_metadata`
+    of a file a run wrote; empty for any other file)."""
+    record = read_metadata(path)
+    return record if "job" in record else {}
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -549,10 +508,39 @@ def _is_done(job: _Job, overwrite: bool, conflicts: list[Path]) -> bool:
     """Whether ``job``'s outputs are all there from this same run; other files in their place go to
     ``conflicts`` unless ``overwrite``."""
     present = [p for p in job.outputs.values() if os.path.lexists(p)]
-    foreign = [p for p in present if read_batch_metadata(p).get("job") != job.record["job"]]
+    records = {p: read_batch_metadata(p) for p in present}
+    foreign = [p for p in present if records[p].get("job") != job.record["job"]]
     if not overwrite:
         conflicts += foreign
-    return not foreign and len(present) == len(job.outputs)
+    # this run's own outputs, but one cut short later (a copy, a full disk) is done again, not skipped
+    return not foreign and len(present) == len(job.outputs) and all(_is_whole(p, records[p]) for p in present)
+
+
+def _is_whole(path: Path, record: dict) -> bool:
+    """Whether an output holds every plane its record names (``tasks``: one per plane), each readable in full: its
+    description is at the start of the file, so a file truncated after it still shows the right record."""
+    import logging
+
+    import tifffile
+
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)  # a truncated file's missing pages are expected here, not news
+    try:
+        size = os.path.getsize(path)
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            if len(pages) != len(record.get("tasks", pages)):
+                return False
+            for page in pages:  # one plane at a time: an output may be larger than memory allows twice
+                if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+                    return False
+                page.asarray()
+        return True
+    except Exception:  # unreadable in any way: not whole
+        return False
+    finally:
+        tiff_log.setLevel(level)
 
 
 def _refuse(conflicts: list[Path]) -> None:
@@ -586,7 +574,7 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
     workers : int
         More than 1 starts a local Dask cluster of that many single-threaded worker processes.
     tile : int
-        Planes larger than this on a side are cut into tiles (default :data:`DEFAULT_BATCH_TILE`).
+        Planes larger than this on a side are cut into tiles (default :data:`DEFAULT_TILE`, as ``segment()``).
     superpixels : bool
         Also write (or keep) the superpixels.
     progress : callable, optional
@@ -598,7 +586,7 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
     list of FileResult
         One per input file, in order; a failed input does not stop the others.
     """
-    tile = DEFAULT_BATCH_TILE if tile is None else int(tile)
+    tile = DEFAULT_TILE if tile is None else int(tile)
     _check_arguments(tile, int(workers), scheduler)
     folder = Path(output) if output is not None else None
     found = find_images(paths, output=folder)
@@ -635,7 +623,7 @@ def _run_record(session, tile: int) -> dict:
             "checkpoint": _where(session.source),
             "model_digest": _model_digest(session), "class_names": session.class_names,
             "settings": {"n_samples": session.n_samples, "seed": session.seed, "tile": tile,
-                         "margin": TILE_MARGIN, "superpixel_size": session.superpixel_size}}
+                         "margin": DEFAULT_MARGIN, "superpixel_size": session.superpixel_size}}
 
 
 def _where(source: str | None) -> str | None:

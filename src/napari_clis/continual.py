@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .masks import bernoulli_kl, ibp_restaurant_prior
+from .metrics import dice
 from .network import ClisNet
 
 __all__ = ["LearnSettings", "TaskRecord", "learn_task", "fit", "fingerprint", "select_task", "choose_task",
@@ -108,12 +109,8 @@ def mask_usage(net: ClisNet, task: int) -> list[tuple[str, int, int, int]]:
 
 @torch.no_grad()
 def fingerprint(net: ClisNet, x: torch.Tensor) -> np.ndarray:
-    """(C,) unit vector: the bottleneck features of task 0, averaged over the image."""
-    a1 = net.A1(x, 0, False)
-    a2 = net.A2(F.max_pool2d(a1, 2), 0, False)
-    a3 = net.A3(F.max_pool2d(a2, 2), 0, False)
-    a4 = net.A4(F.max_pool2d(a3, 2), 0, False)
-    v = a4.mean((0, 2, 3)).double().cpu().numpy()
+    """(C,) unit vector: the bottleneck features of task 0 (:meth:`ClisNet.encode`), averaged over the image."""
+    v = net.encode(x, 0)[-1].mean((0, 2, 3)).double().cpu().numpy()
     return v / max(np.linalg.norm(v), 1e-12)
 
 
@@ -158,8 +155,7 @@ def choose_task(net: ClisNet, x: torch.Tensor, fp: np.ndarray, records: list[Tas
         return nearest, info
     labels = [decide(torch.softmax(net(x[None], t)[0][0], 0).float().cpu().numpy(), class_log_prior,
                      single_object) > 0 for t in (nearest, 0)]
-    denom = int(labels[0].sum() + labels[1].sum())
-    agreement = 1.0 if denom == 0 else 2.0 * int((labels[0] & labels[1]).sum()) / denom
+    agreement = dice(labels[0], labels[1])
     info["agreement"] = agreement
     return (nearest if agreement >= min_agreement else 0), info
 
@@ -185,9 +181,8 @@ def _decided(logits: torch.Tensor, s: LearnSettings) -> torch.Tensor:
 
 
 def _dice_fg(pred: torch.Tensor, target: torch.Tensor) -> float:
-    p, t = pred > 0, target > 0
-    denom = int(p.sum() + t.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    """Foreground Dice of two label tensors (:func:`napari_clis.metrics.dice`)."""
+    return dice((pred > 0).cpu().numpy(), (target > 0).cpu().numpy())
 
 
 def _crops(x: torch.Tensor, y: torch.Tensor, s: LearnSettings, rng: np.random.Generator):

@@ -124,14 +124,18 @@ class ClisNet(nn.Module):
         return self.n_tasks - 1
 
     # -- forward ---------------------------------------------------------------------------------
-    def trunk(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> torch.Tensor:
-        """Deterministic part: everything up to the last convolution's ungated output ``(N, w, H, W)``."""
+    def encode(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> tuple[torch.Tensor, ...]:
+        """The encoder: A1-A4's outputs ``(a1, a2, a3, a4)``, ``a4`` the bottleneck (the task fingerprint's)."""
         if x.shape[-1] % 8 or x.shape[-2] % 8:
             raise ValueError(f"ClisNet needs H and W divisible by 8, got {tuple(x.shape[-2:])}")
         a1 = self.A1(x, task, relaxed)
         a2 = self.A2(F.max_pool2d(a1, 2), task, relaxed)
         a3 = self.A3(F.max_pool2d(a2, 2), task, relaxed)
-        a4 = self.A4(F.max_pool2d(a3, 2), task, relaxed)
+        return a1, a2, a3, self.A4(F.max_pool2d(a3, 2), task, relaxed)
+
+    def trunk(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> torch.Tensor:
+        """Deterministic part: everything up to the last convolution's ungated output ``(N, w, H, W)``."""
+        a1, a2, a3, a4 = self.encode(x, task, relaxed)
         b1 = self.B1(torch.cat([_up(a4), a3], 1), task, relaxed)
         b2 = self.B2(torch.cat([_up(b1), a2], 1), task, relaxed)
         b3 = self.B3.conv1(torch.cat([_up(b2), a1], 1), task, relaxed)

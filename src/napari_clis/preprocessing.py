@@ -5,11 +5,19 @@ Pure numpy: no Qt, no napari, no torch.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["as_2d_image", "normalize_image", "intensity_range", "check_tiling", "ImageError", "MIN_TILE"]
+__all__ = ["as_2d_image", "normalize_image", "intensity_range", "check_tiling", "plan_tiles", "Tile", "ImageError",
+           "MIN_TILE", "DEFAULT_TILE", "DEFAULT_MARGIN"]
 
 MIN_TILE = 64  # smallest tile core: smaller tiles are mostly margin and cost more than they save
+# images up to this many pixels on a side run in one piece, in segment(), the widget and batch alike (a 1024 px
+# tile and its context peak at about 2.3 GB: docs/benchmarks.md)
+DEFAULT_TILE = 1024
+DEFAULT_MARGIN = 96  # context around each tile; wider than the network's receptive field
 
 # Percentiles that set the intensity range; robust to a few hot pixels and to dark backgrounds.
 _LOW_PERCENTILE = 1.0
@@ -28,6 +36,41 @@ def check_tiling(tile, margin=None) -> None:
     for name, value, low in (("tile", tile, MIN_TILE), ("margin", 0 if margin is None else margin, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be a whole number of pixels, at least {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One piece of a plane: ``core`` (y0, y1, x0, x1) is what it contributes, ``crop`` (ya, yb, xa, xb) what
+    the network sees (the core and up to ``margin`` px of context on each side)."""
+
+    core: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+
+    @property
+    def core_in_crop(self) -> tuple[int, int, int, int]:
+        (y0, y1, x0, x1), (ya, _, xa, _) = self.core, self.crop
+        return y0 - ya, y1 - ya, x0 - xa, x1 - xa
+
+
+def plan_tiles(height: int, width: int, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN) -> list[Tile]:
+    """The tiles of an ``(height, width)`` plane, row by row; one tile when neither side exceeds ``tile``.
+
+    A side longer than ``tile`` is split into ``ceil(side / tile)`` equal cores, rounded up to a multiple of 8
+    so that every crop starts on the network's 8-pixel grid (the tiled result then matches the untiled one).
+    ``segment()`` and batch segmentation both tile with it, so they cut an image the same way.
+    """
+    if height <= tile and width <= tile:
+        return [Tile((0, height, 0, width), (0, height, 0, width))]
+    check_tiling(tile, margin)
+
+    def cores(side):
+        step = -(-side // math.ceil(side / tile))
+        step += -step % 8
+        return [(a, min(a + step, side)) for a in range(0, side, step)]
+
+    return [Tile((y0, y1, x0, x1), (max(0, y0 - margin), min(height, y1 + margin),
+                                     max(0, x0 - margin), min(width, x1 + margin)))
+            for y0, y1 in cores(height) for x0, x1 in cores(width)]
 
 
 def as_2d_image(image) -> np.ndarray:

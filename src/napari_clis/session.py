@@ -22,16 +22,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (CheckpointError, file_stamp, load_model, save_model, shipped_model_path, shipped_models,
-                         unique_model_path)
-from .continual import (LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, kernel_usage,
-                        learn_task)
-from .interactive import (DEFAULT_CALIBRATION, DEFAULT_LOCALITY, DEFAULT_SMOOTHNESS, Interaction, InteractionError,
-                          build_region_graph)
+from .checkpoint import (
+    CheckpointError,
+    file_stamp,
+    load_model,
+    save_model,
+    shipped_model_path,
+    shipped_models,
+    unique_model_path,
+)
+from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, kernel_usage, learn_task
+from .interactive import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_LOCALITY,
+    DEFAULT_SMOOTHNESS,
+    Interaction,
+    InteractionError,
+    build_region_graph,
+)
 from .network import ClisNet
 from .preprocessing import ImageError, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
-from .uncertainty import DEFAULT_MARGIN, DEFAULT_TILE, decide, predict, weigh
+from .uncertainty import (
+    DEFAULT_MARGIN,
+    DEFAULT_TILE,
+    SegmentSettings,
+    fit_grid,
+    resize_long_side,
+    segment_normalized,
+    weigh,
+)
 
 __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", "InteractionError", "LearnRejected",
            "LearnCancelled", "AutosaveError"]
@@ -88,11 +108,12 @@ class SegmentationResult:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks the CUDA GPU when there is one, else the CPU; ``"cuda"`` without a GPU is an error."""
+    """``"auto"`` picks the CUDA GPU when there is one, else the CPU; ``"cuda"`` without a GPU is an error, and
+    so is ``"mps"`` (Apple's GPU) where PyTorch cannot use it."""
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
     name = device.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +129,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{name} was asked for, but there are only {torch.cuda.device_count()} CUDA device(s).")
         return dev
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if name == "mps":  # Apple's GPU: offered where this PyTorch has it, never chosen by "auto" (checked less)
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("Apple's GPU (mps) was asked for, but this PyTorch cannot use it here "
+                             "(torch.backends.mps.is_available() is False). Use device='auto' or 'cpu'.")
+        return torch.device("mps")
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
 
 
 class ClisSession:
@@ -261,6 +288,15 @@ class ClisSession:
         class, the largest object and what the user annotated (:func:`~napari_clis.interactive.keep_one_object`)."""
         return bool(self.metadata.get("single_object", False))
 
+    def segment_settings(self, n_samples: int | None = None) -> SegmentSettings:
+        """How this session segments (:func:`~napari_clis.uncertainty.segment_normalized`): its samples and seed,
+        and its model's working resolution, flips, decision prior and one-object rule; batch runs the same."""
+        prior = self.class_log_prior
+        return SegmentSettings(n_samples=self.n_samples if n_samples is None else int(n_samples), seed=self.seed,
+                               working_long_side=self.working_long_side, flips=self.test_time_flips,
+                               class_log_prior=None if prior is None else tuple(prior),
+                               single_object=self.single_object)
+
     @property
     def class_log_prior(self) -> list[float] | None:
         """The model's decision prior (``napari-clis calibrate``): labels are ``argmax_k log p_k + prior_k``, for
@@ -306,10 +342,8 @@ class ClisSession:
         # the session's state (fingerprint, task, result) changes only once the new image is done: a failure on
         # the way leaves the current image, its task and its clicks as they were
         fp, chosen, choice = self._choose_task(normalized, task)
-        t = self.n_samples if n_samples is None else int(n_samples)
-        out = predict(self.net, normalized, task=chosen, n_samples=t, seed=self.seed, tile=tile, margin=margin,
-                      working_long_side=self.working_long_side, flips=self.test_time_flips, progress=progress)
-        labels = decide(out.probabilities, self.class_log_prior, self.single_object)
+        out, labels = segment_normalized(self.net, normalized, self.segment_settings(n_samples), task=chosen,
+                                         tile=tile, margin=margin, progress=progress)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         result = SegmentationResult(
             labels=labels,
@@ -401,26 +435,13 @@ class ClisSession:
     # -- continual learning -------------------------------------------------------------------------
     def _working(self, normalized: np.ndarray, labels: np.ndarray | None = None, max_side: int | None = None):
         """The image (and labels) at the network's working resolution, cut to multiples of 8, as tensors."""
-        import torch.nn.functional as F
-
         x = torch.from_numpy(np.ascontiguousarray(normalized))[None]
         y = None if labels is None else torch.from_numpy(labels.astype(np.int64))[None, None].float()
-        side = self.working_long_side or max_side
         # lesion models always work at their long side (as predict() does); others only shrink large images
-        if self.working_long_side or (side is not None and max(x.shape[-2:]) > side):
-            f = side / max(x.shape[-2:])
-            size = (max(8, round(x.shape[-2] * f)), max(8, round(x.shape[-1] * f)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
-            if y is not None:
-                y = F.interpolate(y, size=size, mode="nearest")
-        ph, pw = max(0, 8 - x.shape[-2]), max(0, 8 - x.shape[-1])
-        if ph or pw:  # images under 8 px on a side: repeat the border (the network needs 8)
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-            if y is not None:
-                y = F.pad(y, (0, pw, 0, ph), mode="replicate")
-        h, w = x.shape[-2] - x.shape[-2] % 8, x.shape[-1] - x.shape[-1] % 8
-        x = x[0, :, :h, :w].to(self.device)
-        return (x, None) if y is None else (x, y[0, 0, :h, :w].long().to(self.device))
+        side = self.working_long_side or (max_side if max_side is not None and max(x.shape[-2:]) > max_side else None)
+        x, y = fit_grid(*resize_long_side(x, side, y), crop=True)
+        x = x[0].to(self.device)
+        return (x, None) if y is None else (x, y[0, 0].long().to(self.device))
 
     def _choose_task(self, normalized: np.ndarray, task: int | None = None) -> tuple[np.ndarray, int, dict]:
         """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``.

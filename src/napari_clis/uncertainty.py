@@ -30,13 +30,25 @@ import torch
 import torch.nn.functional as F
 
 from .network import ClisNet
-from .preprocessing import check_tiling
+from .preprocessing import DEFAULT_MARGIN, DEFAULT_TILE, check_tiling, plan_tiles
 
-__all__ = ["NetworkOutput", "predict", "decide", "weigh", "DEFAULT_TILE", "DEFAULT_MARGIN"]
+__all__ = ["NetworkOutput", "SegmentSettings", "predict", "segment_normalized", "decide", "weigh", "resize_long_side",
+           "fit_grid", "DEFAULT_TILE", "DEFAULT_MARGIN"]
 
-DEFAULT_TILE = 1024  # core tile size in pixels: images up to this size run in one piece
-DEFAULT_MARGIN = 96  # context around each tile; larger than the network's effective receptive field
 LOGIT_NOISE_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How a model segments an image (:func:`segment_normalized`): Monte-Carlo samples and seed, and what the model
+    declares in its file (working resolution, test-time flips, decision prior, one object per class)."""
+
+    n_samples: int = 8
+    seed: int = 0
+    working_long_side: int | None = None
+    flips: bool = False
+    class_log_prior: tuple[float, ...] | None = None
+    single_object: bool = False
 
 
 @dataclass
@@ -53,13 +65,37 @@ class NetworkOutput:
         return self.epistemic + self.aleatoric
 
 
-def _pad_to_multiple(x: torch.Tensor, m: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+def resize_long_side(x: torch.Tensor, side: int | None, labels: torch.Tensor | None = None):
+    """``x`` (N, C, H, W) resized (bilinear, antialiased when it shrinks) so that its longer side has ``side``
+    pixels, and ``labels`` (N, 1, H, W, float) with it (nearest); as they are when ``side`` is None or the size
+    already. The working resolution of a model that declares one, in prediction and in learning alike."""
+    hw = x.shape[-2:]
+    if side is None or max(hw) == side:
+        return x, labels
+    f = side / max(hw)
+    size = (max(8, round(hw[0] * f)), max(8, round(hw[1] * f)))
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
+    return x, None if labels is None else F.interpolate(labels, size=size, mode="nearest")
+
+
+def fit_grid(x: torch.Tensor, labels: torch.Tensor | None = None, *, crop: bool = False):
+    """``x`` (N, C, H, W) (and ``labels`` (N, 1, H, W)) on the network's 8-pixel grid.
+
+    ``crop=False`` (prediction: every pixel gets an output) pads the bottom and right edges to a multiple of 8,
+    mirrored (repeated where the image is too small to mirror); cut the outputs back to ``(H, W)``.
+    ``crop=True`` (learning and task fingerprints: only the image's own pixels) cuts them to a multiple of 8,
+    after repeating the border of an image under 8 px up to 8. Fingerprints of saved models were taken so.
+    """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % m, (-w) % m
+    ph, pw = (max(0, 8 - h), max(0, 8 - w)) if crop else ((-h) % 8, (-w) % 8)
     if ph or pw:
-        mode = "reflect" if (h > ph and w > pw) else "replicate"
+        mode = "reflect" if (h > ph and w > pw and not crop) else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
+        labels = None if labels is None else F.pad(labels, (0, pw, 0, ph), mode=mode)
+    if crop:
+        h, w = x.shape[-2] - x.shape[-2] % 8, x.shape[-1] - x.shape[-1] % 8
+        x, labels = x[..., :h, :w], None if labels is None else labels[..., :h, :w]
+    return x, labels
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -163,7 +199,7 @@ def predict(
     task: int = 0,
     n_samples: int = 8,
     seed: int = 0,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = DEFAULT_TILE,
     margin: int = DEFAULT_MARGIN,
     working_long_side: int | None = None,
     flips: bool = False,
@@ -184,7 +220,9 @@ def predict(
     seed : int
         Seed of the sampling, so that the same image gives the same map.
     tile, margin : int
-        Images larger than ``tile`` pixels on a side run in tiles of ``tile`` with ``margin`` of context.
+        Images larger than ``tile`` pixels on a side (at the working resolution) run in the tiles of
+        :func:`~napari_clis.preprocessing.plan_tiles`, each with ``margin`` px of context and the same seed, so the
+        result equals one pass over the whole image up to floating-point rounding. ``tile=None``: one piece.
     working_long_side : int, optional
         If given, the image is resized so its longer side has this many pixels for the network, and the
         outputs are resized back (models trained on downscaled images, e.g. dermoscopy).
@@ -196,46 +234,48 @@ def predict(
     """
     if n_samples < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")
-    check_tiling(tile, margin)
+    if tile is not None:
+        check_tiling(tile, margin)
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32)).to(device)[None]
     full_hw = x.shape[-2:]
-    if working_long_side is not None and max(full_hw) != working_long_side:
-        f = working_long_side / max(full_hw)
-        size = (max(8, round(full_hw[0] * f)), max(8, round(full_hw[1] * f)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-
+    x, _ = resize_long_side(x, working_long_side)
     h, w = x.shape[-2:]
     k = net.config.n_classes
-    if h <= tile and w <= tile:
-        xp, _ = _pad_to_multiple(x)
-        out = _predict_tile(net, xp, task, n_samples, generator, flips)
-        out = [o[..., :h, :w] for o in out]
-        if progress:
-            progress(1, 1)
-    else:
+    tiles = plan_tiles(h, w, max(h, w) if tile is None else tile, margin)
+    if len(tiles) > 1:
         out = [torch.zeros((k, h, w), device=device)] + [torch.zeros((h, w), device=device) for _ in range(3)]
-        ys = list(range(0, h, tile))
-        xs = list(range(0, w, tile))
-        total = len(ys) * len(xs)
-        for i, (y0, x0) in enumerate((y, xx) for y in ys for xx in xs):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            ya, xa = max(0, y0 - margin), max(0, x0 - margin)
-            yb, xb = min(h, y1 + margin), min(w, x1 + margin)
-            xp, _ = _pad_to_multiple(x[..., ya:yb, xa:xb])
-            res = _predict_tile(net, xp, task, n_samples, generator, flips)
+    generator = torch.Generator(device=device)
+    for i, piece in enumerate(tiles):
+        generator.manual_seed(seed)  # every tile draws the samples one pass over the whole image would
+        ya, yb, xa, xb = piece.crop
+        xp, _ = fit_grid(x[..., ya:yb, xa:xb])
+        y0, y1, x0, x1 = piece.core_in_crop
+        res = [o[..., y0:y1, x0:x1] for o in _predict_tile(net, xp, task, n_samples, generator, flips)]
+        if len(tiles) == 1:
+            out = res
+        else:
             for dst, src in zip(out, res):
-                dst[..., y0:y1, x0:x1] = src[..., y0 - ya : y1 - ya, x0 - xa : x1 - xa]
-            del res, xp
-            if progress:
-                progress(i + 1, total)
+                dst[..., piece.core[0]:piece.core[1], piece.core[2]:piece.core[3]] = src
+        del res, xp
+        if progress:
+            progress(i + 1, len(tiles))
     if (h, w) != tuple(full_hw):
         out = [_resize(o, tuple(full_hw)) for o in out]
         out[0] = out[0] / out[0].sum(0, keepdim=True)
     probs, epi, alea, ent = (o.float().cpu().numpy() for o in out)
     return NetworkOutput(np.ascontiguousarray(probs), epi, alea, ent)
+
+
+def segment_normalized(net: ClisNet, normalized: np.ndarray, settings: SegmentSettings, *, task: int = 0,
+                       tile: int | None = DEFAULT_TILE, margin: int = DEFAULT_MARGIN,
+                       progress=None) -> tuple[NetworkOutput, np.ndarray]:
+    """The network's maps (:func:`predict`) and the labels (:func:`decide`) of one normalised image under a
+    model's ``settings``: what :meth:`ClisSession.segment` and batch segmentation (per tile) both run."""
+    out = predict(net, normalized, task=task, n_samples=settings.n_samples, seed=settings.seed, tile=tile,
+                  margin=margin, working_long_side=settings.working_long_side, flips=settings.flips,
+                  progress=progress)
+    return out, decide(out.probabilities, settings.class_log_prior, settings.single_object)
 
 
 def weigh(probabilities: np.ndarray, class_log_prior=None) -> np.ndarray:
