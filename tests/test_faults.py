@@ -173,15 +173,44 @@ def test_a_real_save_killed_as_soon_as_its_temporary_file_appears_changes_nothin
     proc = _run_child(child, path)
     _kill_when(proc, lambda: bool(_temporaries(tmp_path, "big.pt")))
     assert path.read_bytes() == good
-    # the killed save's temporary file is cleared by the next save once it is stale (an hour untouched);
-    # a fresh one may be another process's save under way and stays
+    # the killed save's temporary file is removed by the next save at once (no process holds it), while the
+    # temporary file of a save under way in another process (a real one, held before its flush) stays
     (leftover,) = _temporaries(tmp_path, "big.pt")
-    old = time.time() - checkpoint.STALE_TEMPORARY_SECONDS - 60
-    os.utime(leftover, (old, old))
-    fresh = tmp_path / ".big.pt.another.tmp"
-    fresh.write_bytes(b"a save under way")
+    marker = tmp_path / "marker"
+    busy = _run_child(_HOOKS + _BUSY_SAVE_CHILD, path, marker)
+    try:
+        t0 = time.monotonic()
+        while not marker.exists():
+            assert busy.poll() is None, busy.communicate()[1][-3000:]
+            assert time.monotonic() - t0 < 120, "the second child never began its save"
+            time.sleep(0.01)
+        (under_way,) = [p for p in _temporaries(tmp_path, "big.pt") if p != leftover]
+        checkpoint.atomic_write_bytes(path, b"the next save")
+        assert not leftover.exists() and under_way.exists() and path.read_bytes() == b"the next save"
+    finally:
+        busy.kill()
+        busy.communicate()
+    checkpoint.atomic_write_bytes(path, b"the save after it")  # the killed second save's file goes too
+    assert _temporaries(tmp_path, "big.pt") == [] and path.read_bytes() == b"the save after it"
+
+
+_BUSY_SAVE_CHILD = '''
+from napari_clis.checkpoint import atomic_write_bytes
+install_hook("fsync", Path(sys.argv[2]))
+atomic_write_bytes(sys.argv[1], b"a save under way")
+'''
+
+
+def test_where_files_cannot_be_locked_a_temporary_file_is_stale_after_an_hour(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "fcntl", None)  # as on Windows
+    path = tmp_path / "model.pt"
+    old, fresh = tmp_path / ".model.pt.killed.tmp", tmp_path / ".model.pt.another.tmp"
+    old.write_bytes(bytes(1000))
+    fresh.write_bytes(b"may be a save under way")
+    hour_ago = time.time() - checkpoint.STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (hour_ago, hour_ago))
     checkpoint.atomic_write_bytes(path, b"the next save")
-    assert not leftover.exists() and fresh.exists() and path.read_bytes() == b"the next save"
+    assert not old.exists() and fresh.exists() and path.read_bytes() == b"the next save"
 
 
 # -- damaged files -----------------------------------------------------------------------------------------------

@@ -23,15 +23,19 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import FORMAT, load_model, save_model
-from .data import Sample, load_dataset
+from .data import Sample, image_kind, load_dataset
 from .masks import bernoulli_kl, ibp_stick_breaking_prior
 from .metrics import dice, iou
 from .network import ClisNet, NetworkConfig
 from .preprocessing import normalize_image
-from .uncertainty import decide, predict
+from .uncertainty import decide, predict, resize_long_side
 
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
-           "calibrate_decision", "DECISION_THRESHOLDS"]
+           "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training's loss became NaN or infinite: it stopped, and wrote no model (a diverged one is useless)."""
 
 MODEL_PRESETS = {
     # nuclei are small: native resolution, random crops
@@ -110,19 +114,13 @@ def _prepare(samples: list[Sample], working_long_side: int | None):
     for s in samples:
         x = torch.from_numpy(normalize_image(s.image))[None]
         y = torch.from_numpy(s.mask.astype(np.int64))[None, None].float()
-        if working_long_side is not None:
-            f = working_long_side / max(x.shape[-2:])
-            size = (round(x.shape[-2] * f), round(x.shape[-1] * f))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
-            y = F.interpolate(y, size=size, mode="nearest")
+        x, y = resize_long_side(x, working_long_side, y)
         out.append((x[0], y[0, 0].long()))
     return out
 
 
 def image_kinds(samples: list[Sample], model: str) -> list[str]:
     """The kind of each image, as ``bench quality`` reports it (nuclei: fluorescence, brightfield or stained)."""
-    from .benchmarks import image_kind
-
     dataset = "dsb2018" if model == "nuclei" else "isic2017"
     return [image_kind(s.image, dataset) for s in samples]
 
@@ -348,6 +346,12 @@ def pretrain(
         loss_dice = soft_dice_loss(logits, y, settings.dice_per_image)
         kl = gate_kl(net, 0, priors)
         loss = loss_nll + loss_dice + settings.kl_weight * kl
+        if not torch.isfinite(loss):  # the next step would make every weight NaN: stop before it, write nothing
+            kept = (f"; {ckpt_path} still holds the last good state" if ckpt_path.exists() else "")
+            raise TrainingDiverged(
+                f"The training diverged at step {step + 1} of {settings.steps}: its loss became {loss.item()}. "
+                f"No model was written to {output}{kept}. Train again with a lower learning rate (--lr, now "
+                f"{settings.lr:g}).")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
