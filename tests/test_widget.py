@@ -194,6 +194,21 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
 
     warnings = []
     monkeypatch.setattr(notifications, "show_warning", lambda msg: warnings.append(str(msg)))
+    import threading
+
+    from napari_clis import ClisSession
+
+    # the second slice waits until the layer is gone: a deletion mid-run, however fast the slices are
+    deleted, calls = threading.Event(), []
+    real = ClisSession.segment
+
+    def segment_second_after_deletion(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            assert deleted.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClisSession, "segment", segment_second_after_deletion)
     viewer, widget = viewer_and_widget
     image = nuclei_fluo[0][:96, :96]
     layer = viewer.add_image(np.stack([image] * 12), name="movie")
@@ -201,8 +216,9 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
     widget.run(layer)
     qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=60_000)
     viewer.layers.remove("segmentation")
+    deleted.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert any("'segmentation' was deleted during the run" in w for w in warnings)
+    assert any("'segmentation' was deleted during the run" in w for w in warnings), warnings
     assert viewer.layers["segmentation"].data.any()  # made again, for the slices still to come
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import sys
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,18 @@ def _model_choices(_widget=None) -> list[tuple[str, str]]:
 
     saved = [(f"{name} (saved)", str(path)) for name, path in saved_models().items()]
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
+
+
+def _device_choices() -> list[str]:
+    """auto, cpu, cuda, and on a Mac Apple's mps where this PyTorch can use it (elsewhere torch is not imported
+    here: the GUI thread never waits for it)."""
+    choices = ["auto", "cpu", "cuda"]
+    if sys.platform == "darwin":
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        choices += ["mps"] if mps is not None and mps.is_available() else []
+    return choices
 
 
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
@@ -221,7 +234,7 @@ class SegmentWidget(Container):
         self._image_combo = ComboBox(label="Image", choices=self._image_choices, tooltip=tips.IMAGE)
         self._model_combo = ComboBox(label="Model", choices=self._model_list, value="nuclei", tooltip=tips.MODEL)
         self._checkpoint = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False, tooltip=tips.CHECKPOINT)
-        self._device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto", tooltip=tips.DEVICE)
+        self._device = ComboBox(label="Device", choices=_device_choices(), value="auto", tooltip=tips.DEVICE)
         self._samples = SpinBox(label="MC samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
         self._task_combo = ComboBox(label="Task", choices=self._task_choices, value=AUTO_TASK, tooltip=tips.TASK)
         self._all_slices = CheckBox(text="All slices", value=False, tooltip=tips.ALL_SLICES)
