@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADER = """# The versions napari-clis was last tested with (Python 3.11, Linux): scripts/setup.sh and scripts/test.sh install
+HEADER = """\
+# The versions napari-clis was last tested with (Python 3.11, Linux): scripts/setup.sh and scripts/test.sh install
 # within them, so README's commands give the same environment on any day. CLIS_LATEST=1 ignores this file and takes
 # the newest releases instead (a second CI mode: CLIS_LATEST=1 bash .ci/run). Refresh it after such a run passes:
 #   python scripts/freeze_constraints.py

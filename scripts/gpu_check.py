@@ -3,10 +3,11 @@
     python scripts/gpu_check.py                  # CUDA if torch sees it, else Apple's mps, else it says so
     python scripts/gpu_check.py --device cuda    # or mps; --device cpu checks the script itself (CPU against CPU)
 
-Prints markdown tables for docs/benchmarks.md. Runs on the shipped sample images (nothing else needed), in well under 5 minutes. Each step runs on the CPU and
-on the device with the same input; agreement is the share of pixels with the same label, the uncertainty
-difference the largest absolute one. The MC samples use the device's random numbers, so the uncertainty differs
-by sampling noise, not by a bug, when that difference stays small (limits below). Exits 1 when a check fails.
+Prints markdown tables for docs/benchmarks.md. Runs on the shipped sample images (nothing else needed), in well
+under 5 minutes. Each step runs on the CPU and on the device with the same input; agreement is the share of pixels
+with the same label, the uncertainty difference the largest absolute one. The MC samples use the device's random
+numbers, so the uncertainty differs by sampling noise, not by a bug, when that difference stays small (limits
+below). Exits 1 when a check fails.
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def _report(rows, device: str, seconds: float) -> None:
           f"{torch.__version__}, {seconds:.0f} s in all")
     header = ("| model | image | step | cpu s | " + device + " s | ratio |", "|---|---|---|---|---|---|")
     lines = list(header)
-    for model, shape, cpu, dev, t_batch, checks in rows:
+    for model, shape, cpu, dev, t_batch, _checks in rows:
         for step in ("segment", "click", "learn", "save"):
             ratio = cpu[step] / dev[step] if dev[step] and np.isfinite(dev[step]) else float("nan")
             lines.append(f"| {model} | {shape[1]}x{shape[0]} | {step} | {cpu[step]:.4f} | {dev[step]:.4f} | "

@@ -64,5 +64,6 @@ viewer.layers["segmentation"].opacity = 0.45
 viewer.reset_view()
 settle(1.5)
 viewer.screenshot(out, canvas_only=False)
-print(f"wrote {out}; tasks: {[(r.task, round(r.dice_before, 3), round(r.dice_after, 3)) for r in widget.session.tasks]}")
+tasks = [(r.task, round(r.dice_before, 3), round(r.dice_after, 3)) for r in widget.session.tasks]
+print(f"wrote {out}; tasks: {tasks}")
 viewer.close()

@@ -179,7 +179,8 @@ def test_continual_parts_merge_into_one_table(tmp_path, capsys):
     others = json.loads((tmp_path / "two.json").read_text())
     others["rows"] = [row for row in others["rows"] if row[1] != "clis"]
     (tmp_path / "others.json").write_text(json.dumps(others))
-    assert main(["bench", "continual", "--merge", part("again.json", 0, [0.8, 0.6]), str(tmp_path / "others.json")]) == 0
+    again = part("again.json", 0, [0.8, 0.6])
+    assert main(["bench", "continual", "--merge", again, str(tmp_path / "others.json")]) == 0
     pair = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| isic2017 | no update")][-1]
     assert pair.split("|")[3:5] == [" -0.0250 ", " 1 of 2 "]  # 0.8 - 0.75 and 0.6 - 0.7
     (tmp_path / "e.json").write_text("{}")

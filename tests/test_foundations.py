@@ -75,7 +75,8 @@ def test_gpu_check_runs_and_compares_devices(capsys):
     spec.loader.exec_module(gpu_check)
     assert gpu_check.main(["--device", "cpu", "--models", "nuclei", "--learn-steps", "3"]) == 0
     out = capsys.readouterr().out
-    for check in ("segment labels", "clicked labels", "after learn", "saved on cpu, loaded on cpu", "batch = segment()"):
+    for check in ("segment labels", "clicked labels", "after learn", "saved on cpu, loaded on cpu",
+                  "batch = segment()"):
         assert f"| nuclei | {check} | 1.0000 |" in out
 
 

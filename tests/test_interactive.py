@@ -389,7 +389,8 @@ def test_peers_follow_their_seeds(nuclei_he, nuclei_session):
         res = run_protocol(peer, inter, truth, "click", max_clicks=4, stop_at=1.1)
         assert len(res.ious) == 5 and res.ious[-1] > 0.05, peer.name
         fy, fx = np.argwhere(truth)[truth.sum() // 2]
-        seeds = [(int(inter.graph.regions[30, 30]), int(truth[30, 30]), None), (int(inter.graph.regions[fy, fx]), 1, None)]
+        seeds = [(int(inter.graph.regions[30, 30]), int(truth[30, 30]), None),
+                 (int(inter.graph.regions[fy, fx]), 1, None)]
         pred = peer.predict(seeds)
         for r, lab, _ in seeds:
             assert (pred[inter.graph.regions == r] == lab).mean() > 0.9, peer.name

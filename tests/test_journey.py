@@ -1,9 +1,9 @@
 """The whole journey of a new user, in a real napari window, through the widgets and layers only (under Xvfb).
 
-Open an image, segment, inspect the uncertainty, click through the suggestions (and paint the
-rest) until the segmentation is right, learn, open the next image (better from the start), save the labels layer, save the model, quit, restart, load
-the model, continue. The two images are the two halves of a real H&E slide from tests/data, saved as files and
-opened as a user opens theirs.
+Open an image, segment, inspect the uncertainty, click through the suggestions (and paint the rest) until the
+segmentation is right, learn, open the next image (better from the start), save the labels layer, save the model,
+quit, restart, load the model, continue. The two images are the two halves of a real H&E slide from tests/data,
+saved as files and opened as a user opens theirs.
 
 With ``CLIS_JOURNEY_SHOTS=docs/journey`` set, a screenshot of the window is written at every step
 (``docs/journey_01_segmented.png`` ...); the user guide shows them.
@@ -132,7 +132,8 @@ def test_a_new_user_segments_corrects_learns_saves_and_comes_back(make_napari_vi
     start_next = dice(seg.data > 0, t2)
     assert widget.session.task == 1
     assert start_next > pretrained_on_next, (start_next, pretrained_on_next)
-    print(f"journey: IoU {start:.3f} -> {clicked:.3f} after {len(clicks.data)} clicks; next image Dice {pretrained_on_next:.3f} (pretrained) -> {start_next:.3f}")
+    print(f"journey: IoU {start:.3f} -> {clicked:.3f} after {len(clicks.data)} clicks; "
+          f"next image Dice {pretrained_on_next:.3f} (pretrained) -> {start_next:.3f}")
     qtbot.waitUntil(lambda: viewer.layers.index(seg) > viewer.layers.index(second), timeout=5_000)
     j.shot(viewer, "next_image")
     _click(widget, clicks, *next_click(seg.data, t2.astype(np.int32)))

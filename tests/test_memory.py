@@ -45,7 +45,8 @@ def _cycle_growth(samples, cycles: int, keep=None) -> tuple[list[str], dict, dic
     if keep is not None:
         segment = s.segment
         s.segment = lambda *a, **k: keep.append(segment(*a, **k)) or keep[-1]
-    gate_bytes = sum(c.gates.logits[0].numel() * c.gates.logits[0].element_size() for c in s.net.masked_convs().values())
+    gate_bytes = sum(c.gates.logits[0].numel() * c.gates.logits[0].element_size()
+                     for c in s.net.masked_convs().values())
     tracemalloc.start()
     try:
         rows = memory_cycles(s, samples, cycles, at=(2, cycles))
@@ -56,7 +57,8 @@ def _cycle_growth(samples, cycles: int, keep=None) -> tuple[list[str], dict, dic
     problems = []
     tensors = b["tensor_bytes"] - a["tensor_bytes"]
     if tensors > tasks * gate_bytes + TENSOR_SLACK:
-        problems.append(f"live torch tensors grew by {tensors} B in {n} cycles, {tasks} tasks keep {tasks * gate_bytes} B")
+        problems.append(f"live torch tensors grew by {tensors} B in {n} cycles, "
+                        f"{tasks} tasks keep {tasks * gate_bytes} B")
     heap = b["heap_bytes"] - a["heap_bytes"]
     if heap > n * HEAP_PER_CYCLE:
         problems.append(f"the Python and numpy heap grew by {heap / 2**10:.0f} KB in {n} cycles "

@@ -51,7 +51,7 @@ def crops_from(nuclei_he, nuclei_fluo):
 
 def _elements(dtype):
     dtype = np.dtype(dtype)
-    if dtype == bool:
+    if dtype.kind == "b":
         return st.booleans()
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -71,7 +71,7 @@ def valid_images(draw, max_side=64):
     if fill == "constant":
         image = np.full(shape, draw(_elements(dtype)), dtype)
     elif fill == "extremes":  # only the smallest and the largest value of the type
-        lo, hi = ((False, True) if dtype == bool else
+        lo, hi = ((False, True) if dtype.kind == "b" else
                   (np.iinfo(dtype).min, np.iinfo(dtype).max) if dtype.kind in "iu" else
                   (np.finfo(dtype).min, np.finfo(dtype).max))
         seed = draw(st.integers(0, 2**32 - 1))

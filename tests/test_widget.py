@@ -138,7 +138,8 @@ def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_a
     widget.cancel()  # long before the first of the four tiles is done
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert not errors  # a cancel is no failure
-    assert widget._status.value.replace("\u200b", "") == "Cancelled: 'big' was not segmented; the layers are as they were."
+    assert widget._status.value.replace("\u200b", "") == (
+        "Cancelled: 'big' was not segmented; the layers are as they were.")
     np.testing.assert_array_equal(seg.data, before)
     assert widget.session.result is result  # the session still holds the image as it was
     assert not widget._progress.visible and widget._run_button.enabled and not widget._cancel_button.enabled

@@ -474,7 +474,8 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     session = widget.session
     assert len(session.tasks) == 1, (infos, messages)
     saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
-    assert saved == [Path(session.autosave)] and any(f"Saved as {saved[0].name} in the models folder" in m for m in infos)
+    assert saved == [Path(session.autosave)]
+    assert any(f"Saved as {saved[0].name} in the models folder" in m for m in infos)
     assert any("left free for later tasks" in m for m in infos)
     # a long message (here a long unbroken path as well) wraps inside the dock instead of widening it over the canvas
     widget._set_status("Saved in /" + "a-very-long-folder-name/" * 20 + "model.pt. " + "More words follow. " * 20)

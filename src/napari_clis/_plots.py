@@ -120,7 +120,7 @@ class MaskUsagePlot(_Plot):
             return
         step = area.width() / len(self.usage)
         p.setPen(Qt.PenStyle.NoPen)
-        for i, (name, on, new, total) in enumerate(self.usage):
+        for i, (_name, on, new, total) in enumerate(self.usage):
             x = area.left() + step * i + step * 0.15
             h_base = (on - new) / total * area.height()
             h_new = new / total * area.height()

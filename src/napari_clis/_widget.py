@@ -293,7 +293,8 @@ class SegmentWidget(Container):
         for combo in (self._image_combo, self._model_combo):  # long layer or file names: elided, not widening
             combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.native.setMinimumContentsLength(16)
-        layout = self._widget._mgui_get_native_widget().layout()  # the plots sit under the task list (magicgui wraps it in a row)
+        # the plots sit under the task list (magicgui wraps it in a row)
+        layout = self._widget._mgui_get_native_widget().layout()
         at = 1 + next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None and
                       (layout.itemAt(i).widget() is self._tasks_label.native
                        or layout.itemAt(i).widget().isAncestorOf(self._tasks_label.native)))
@@ -915,7 +916,7 @@ class SegmentWidget(Container):
         if image_layer in self._hooked["geometry"]:
             return
 
-        def moved(_event=None, ref=weakref.ref(image_layer)):
+        def moved(_event=None, ref=weakref.ref(image_layer)):  # noqa: B008 - binds a weak reference, once, on purpose
             image = ref()
             if image is None:
                 return

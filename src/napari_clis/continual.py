@@ -339,7 +339,8 @@ def fit(net: ClisNet, x: torch.Tensor | None, target: torch.Tensor | None, setti
     names = list(only) if only is not None else [n for n in named if "gates" not in n]
     for n, p in named.items():
         p.requires_grad_(n in names)
-    hooks = [named[n].register_hook(lambda g, m=m.to(device=device, dtype=named[n].dtype): g * m)
+    # the default binds each mask, moved once, into its own hook
+    hooks = [named[n].register_hook(lambda g, m=m.to(device=device, dtype=named[n].dtype): g * m)  # noqa: B008
              for n, m in (only or {}).items()]
     opt = torch.optim.Adam([named[n] for n in names], lr=s.lr)
     rng = np.random.default_rng(s.seed)

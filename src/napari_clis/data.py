@@ -117,7 +117,8 @@ def load_isic2017(root: Path | str | None = None, split: str = "train", limit: i
     folder = _check_root(Path(root) if root else default_data_root(), "isic2017")
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    ids = sorted((p.stem for p in (folder / split / "images").glob("*.jpg")), key=lambda s: int(s) if s.isdigit() else s)
+    ids = sorted((p.stem for p in (folder / split / "images").glob("*.jpg")),
+                 key=lambda s: int(s) if s.isdigit() else s)
     if limit is not None:
         ids = ids[:limit]
     from skimage.io import imread

@@ -508,7 +508,8 @@ class Interaction:
         best = np.full(mask.shape, np.inf)
         out = np.full(mask.shape, -1, np.int64)
         for y, x, lab in clicks:
-            d = ((yy - y) ** 2 + (xx - x) ** 2) / scale2 + ((img - self._click_colour(y, x)[:, None, None]) ** 2).sum(0) / 0.01
+            d = (((yy - y) ** 2 + (xx - x) ** 2) / scale2
+                 + ((img - self._click_colour(y, x)[:, None, None]) ** 2).sum(0) / 0.01)
             closer = mask & (d < best)
             best[closer] = d[closer]
             out[closer] = lab

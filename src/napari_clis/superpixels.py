@@ -10,7 +10,8 @@ __all__ = ["compute_superpixels", "DEFAULT_SUPERPIXEL_SIZE"]
 DEFAULT_SUPERPIXEL_SIZE = 12  # mean side of a superpixel in pixels (about 144 px each)
 
 
-def compute_superpixels(normalized: np.ndarray, *, size: int = DEFAULT_SUPERPIXEL_SIZE, compactness: float = 0.1) -> np.ndarray:
+def compute_superpixels(normalized: np.ndarray, *, size: int = DEFAULT_SUPERPIXEL_SIZE,
+                        compactness: float = 0.1) -> np.ndarray:
     """SLIC superpixels of a normalised image.
 
     Parameters

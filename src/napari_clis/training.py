@@ -291,7 +291,8 @@ def pretrain(
         init_net, init_meta, _ = load_model(settings.init)
         net.load_state_dict(init_net.state_dict())
         earlier = init_meta.get("training", {})
-        earlier_phases = earlier.get("earlier_phases", []) + [{k: earlier.get(k) for k in ("settings", "step", "seconds", "history")}]
+        earlier_phases = earlier.get("earlier_phases", []) + [
+            {k: earlier.get(k) for k in ("settings", "step", "seconds", "history")}]
         log(f"starting from {settings.init}")
     priors = {name: ibp_stick_breaking_prior(conv.gates.n_kernels, settings.ibp_alpha_per_kernel * conv.gates.n_kernels)
               for name, conv in net.masked_convs().items()}
@@ -405,7 +406,8 @@ def calibrate_decision(net: ClisNet, metadata: dict, samples: list[Sample], *, s
     from .session import ClisSession
 
     if net.config.n_classes != 2:
-        raise ValueError(f"the decision is calibrated for two-class models; this one has {net.config.n_classes} classes")
+        raise ValueError(f"the decision is calibrated for two-class models; "
+                         f"this one has {net.config.n_classes} classes")
     if "decision" in metadata:
         raise ValueError("this model's decision is calibrated already (metadata 'decision'); calibrate the "
                          "model it came from")
