@@ -1,5 +1,6 @@
 """Batch segmentation (`napari-clis segment`, `ClisSession.segment_many`) on the real images of tests/data."""
 
+import csv
 import json
 import os
 import shlex
@@ -18,6 +19,7 @@ from skimage.io import imread
 from napari_clis import __version__
 from napari_clis.batch import plan_tiles, read_batch_metadata
 from napari_clis.cli import main
+from napari_clis.instances import measure_objects
 
 from .conftest import DATA, NUCLEI_FLUO, NUCLEI_HE
 
@@ -26,6 +28,12 @@ NUCLEI_DIR = DATA / "dsb2018" / "images"
 
 def _outputs(folder, stem):
     return folder / f"{stem}_labels.tif", folder / f"{stem}_uncertainty.tif"
+
+
+def _all_outputs(folder, stem):
+    """Every output of one image, in name order: labels, instances and uncertainty TIFFs and the measurements."""
+    return sorted(folder / f"{stem}_{kind}" for kind in ("labels.tif", "instances.tif", "uncertainty.tif",
+                                                          "measurements.csv"))
 
 
 def _nuclei_folder(tmp_path):
@@ -65,8 +73,19 @@ def test_cli_writes_labels_and_uncertainty_of_a_folder_as_segment_does(tmp_path,
         assert record["model"] == "nuclei" and record["checkpoint"] == "nuclei"
         assert record["version"] == __version__ and record["kind"] == "labels"
         assert record["source"] == str((NUCLEI_DIR / f"{stem}.png").resolve())
+        # the objects, as segment() gives them, and their measurements (the CSV, with a header row)
+        instances = tifffile.imread(out / f"{stem}_instances.tif")
+        assert instances.dtype == np.uint32
+        np.testing.assert_array_equal(instances, expected.instances)
+        assert read_batch_metadata(out / f"{stem}_instances.tif")["kind"] == "instances"
+        want = measure_objects(expected.instances, imread(NUCLEI_DIR / f"{stem}.png")[..., :3], expected.uncertainty)
+        with open(out / f"{stem}_measurements.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == list(want) and len(rows) == 1 + expected.instances.max() > 10
+        for k, name in enumerate(rows[0]):
+            np.testing.assert_allclose([float(r[k]) for r in rows[1:]], want[name], rtol=1e-12)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for s in (NUCLEI_FLUO, NUCLEI_HE)
-                                                           for p in _outputs(out, s))
+                                                           for p in _all_outputs(out, s))
 
 
 def test_api_without_output_returns_the_arrays_of_segment(lesion, lesion_session):
@@ -78,6 +97,9 @@ def test_api_without_output_returns_the_arrays_of_segment(lesion, lesion_session
     assert r.status == "segmented" and r.outputs == {} and r.shape == lesion[0].shape[:2] and r.tiles == 1
     np.testing.assert_array_equal(r.labels, expected.labels)
     np.testing.assert_array_equal(r.uncertainty, expected.uncertainty)
+    np.testing.assert_array_equal(r.instances, expected.instances)  # the lesion model: one object
+    assert set(np.unique(r.instances)) == {0, 1} and list(r.measurements["label"]) == [1]
+    assert r.measurements["area"][0] == (expected.labels > 0).sum()
     assert progress == [(0, 1), (1, 1)]
 
 
@@ -92,11 +114,19 @@ def test_stacks_are_segmented_slice_by_slice_keeping_their_spacing(tmp_path, nuc
     for stack, record in zip((grey, colour), records):
         labels = tifffile.imread(record.outputs["labels"])
         superpixels = tifffile.imread(record.outputs["superpixels"])
+        instances = tifffile.imread(record.outputs["instances"])
+        with open(record.outputs["measurements"], newline="") as f:
+            rows = list(csv.DictReader(f))
         assert labels.shape == stack.shape[:3] and record.tiles == len(stack)
         for z, plane in enumerate(stack):
             expected = nuclei_session.segment(plane)
             np.testing.assert_array_equal(labels[z], expected.labels)
             np.testing.assert_array_equal(superpixels[z], expected.superpixels)
+            np.testing.assert_array_equal(instances[z], expected.instances)  # ids start at 1 in each plane
+            axis = next(iter(rows[0]))  # the first column: the plane's index along the stack's axis (z for grey)
+            assert [int(r["label"]) for r in rows if r[axis] == str(z)] == list(range(1, expected.instances.max() + 1))
+        assert len(rows) == sum(int(plane.max()) for plane in instances)
+        assert stack is not grey or next(iter(rows[0])) == "z"
     with tifffile.TiffFile(records[0].outputs["uncertainty"]) as tif:
         page = tif.pages[0]
         assert page.resolution == (4.0, 4.0)
@@ -225,6 +255,14 @@ def test_a_large_image_is_tiled_and_stitched_without_seams(nuclei_he, nuclei_ses
         for sp in np.unique(r.superpixels[y0:y1, x0:x1]):
             assert owners.setdefault(int(sp), i) == i
     assert r.superpixels.min() == 1 and len(owners) == r.superpixels.max()
+    # objects are found on the stitched plane: nuclei on a tile border are one object, not one per tile
+    cores = np.zeros(big.shape[:2], int)
+    for i, t in enumerate(plan_tiles(*big.shape[:2], 256)):
+        y0, y1, x0, x1 = t.core
+        cores[y0:y1, x0:x1] = i
+    spanning = [i for i in np.unique(r.instances)[1:] if np.unique(cores[r.instances == i]).size > 1]
+    assert len(spanning) >= 3
+    assert list(r.measurements["label"]) == list(range(1, r.instances.max() + 1))
 
 
 @pytest.mark.parametrize("model, source, tile, pieces", [
@@ -243,6 +281,7 @@ def test_segment_and_batch_give_identical_labels(model, source, tile, pieces, nu
     assert r.status == "segmented" and r.tiles == pieces
     np.testing.assert_array_equal(r.labels, whole.labels)
     np.testing.assert_array_equal(r.uncertainty, whole.uncertainty)
+    np.testing.assert_array_equal(r.instances, whole.instances)  # found on the whole plane, as segment() does
     assert 0 < (whole.labels > 0).mean() < 1  # a real segmentation, not an empty one
 
 
@@ -278,10 +317,13 @@ def test_a_local_dask_cluster_writes_the_same_files_as_one_process(mixed_folder,
     # the local cluster's workers run without Dask's malloc trim setting, which slows PyTorch down 2.5x
     assert not [w for w in recwarn if "MALLOC_TRIM_THRESHOLD_" in str(w.message)]
     one, two = _read_all(tmp_path / "one"), _read_all(tmp_path / "two")
-    assert len(one) == 2 * 3 and one.keys() == two.keys()
+    assert len(one) == 2 * 4 and one.keys() == two.keys()  # labels, instances, uncertainty, superpixels
     for name, (array, record) in one.items():
         np.testing.assert_array_equal(two[name][0], array, err_msg=name)
         assert two[name][0].dtype == array.dtype and two[name][1] == record
+    for stem in ("big", "stack"):  # and the same measurements, byte for byte
+        table = f"{stem}_measurements.csv"
+        assert (tmp_path / "one" / table).read_bytes() == (tmp_path / "two" / table).read_bytes()
 
 
 def test_a_running_scheduler_is_used_by_its_address(nuclei_session):
@@ -332,9 +374,9 @@ def test_outputs_of_an_earlier_run_are_not_inputs_and_an_unwritable_output_stops
     assert main(["segment", str(folder), "--model", "nuclei", "--output", str(folder), "--samples", "1"]) == 0
     out = tmp_path / "out"
     assert main(["segment", str(folder), "--model", "nuclei", "--output", str(out), "--samples", "1"]) == 0
-    assert "2 segmented" in capsys.readouterr().err  # not the 6 files of the folder: 4 are the first run's outputs
+    assert "2 segmented" in capsys.readouterr().err  # not the 8 TIFFs of the folder: 6 are the first run's
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for s in (NUCLEI_FLUO, NUCLEI_HE)
-                                                            for p in _outputs(out, s))
+                                                            for p in _all_outputs(out, s))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for target in (blocker, blocker / "out"):  # a file, and a folder that cannot be made
@@ -358,8 +400,8 @@ def test_overwrite_removes_an_earlier_runs_output_it_does_not_write_and_a_file_n
     assert first.outputs["superpixels"].exists()
     shutil.copy(NUCLEI_DIR / f"{NUCLEI_HE}.png", folder / "a.png")  # another image under the same name
     (second,) = nuclei_session.segment_many(folder, out, overwrite=True)
-    assert second.status == "segmented" and sorted(p.name for p in out.iterdir()) == ["a_labels.tif",
-                                                                                      "a_uncertainty.tif"]
+    assert second.status == "segmented" and sorted(p.name for p in out.iterdir()) == [
+        "a_instances.tif", "a_labels.tif", "a_measurements.csv", "a_uncertainty.tif"]
     with pytest.raises(ValueError, match="is given twice"):
         nuclei_session.segment_many([folder, folder / "a.png"], out)
 
@@ -376,13 +418,37 @@ def test_resume_redoes_an_output_cut_short_after_its_description_was_written(tmp
     whole = [tifffile.imread(p) for p in outputs]
     cut = outputs[which]
     data = cut.read_bytes()
-    cut.write_bytes(data[: len(data) // 2])  # e.g. a copy that stopped half way
+    with tifffile.TiffFile(cut) as tif:
+        start = tif.pages[0].dataoffsets[0]  # the pixels follow the description
+    cut.write_bytes(data[: (start + len(data)) // 2])  # e.g. a copy that stopped half way through the pixels
     assert read_batch_metadata(cut)["job"]  # the record still reads as this run's: it alone cannot tell
     (again,) = nuclei_session.segment_many(image, out)
     assert again.status == "segmented"
     for path, array in zip(outputs, whole):
         np.testing.assert_array_equal(tifffile.imread(path), array)
     assert [r.status for r in nuclei_session.segment_many(image, out)] == ["skipped"]
+
+
+def test_the_measurements_are_part_of_a_complete_output_and_a_changed_one_is_not_replaced(tmp_path, nuclei_session,
+                                                                                          capsys):
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"
+    out = tmp_path / "out"
+    (first,) = nuclei_session.segment_many(image, out)
+    table = first.outputs["measurements"]
+    written = table.read_bytes()
+    assert written.startswith(b"label,area,perimeter,mean_intensity,")
+    stamps = {p: p.stat().st_mtime_ns for p in first.outputs.values()}
+    table.unlink()  # e.g. a run stopped after its TIFFs, before the CSV (written last)
+    (again,) = nuclei_session.segment_many(image, out)
+    assert again.status == "segmented" and table.read_bytes() == written
+    assert [r.status for r in nuclei_session.segment_many(image, out)] == ["skipped"]
+    assert all(p.stat().st_mtime_ns >= stamps[p] for p in stamps)
+    table.write_bytes(written.replace(b"\n", b"\r\n"))  # opened and saved in a spreadsheet: not this run's any more
+    assert main(["segment", str(image), "--model", "nuclei", "--output", str(out), "--device", "cpu"]) != 0
+    assert "measurements.csv" in capsys.readouterr().err
+    assert table.read_bytes() != written  # the user's file is left as it is
+    (replaced,) = nuclei_session.segment_many(image, out, overwrite=True)
+    assert replaced.status == "segmented" and table.read_bytes() == written
 
 
 def _unshare_available() -> bool:

@@ -116,8 +116,8 @@ run = run_cli(["segment", {str(NUCLEI_FLUO)!r}, "--model", "nuclei", "--output",
 print(json.dumps({{"run": run, "evaluation": evaluation_loaded()}}))
 """)
     assert report["run"]["code"] == 0, report["run"]
-    assert sorted(p.name for p in out.glob("*.tif")) == [f"{NUCLEI_FLUO.stem}_labels.tif",
-                                                         f"{NUCLEI_FLUO.stem}_uncertainty.tif"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{NUCLEI_FLUO.stem}_{kind}" for kind in (
+        "instances.tif", "labels.tif", "measurements.csv", "uncertainty.tif")]
     assert report["evaluation"] == []
 
 

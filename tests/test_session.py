@@ -322,3 +322,95 @@ def test_a_model_file_under_the_home_folder_can_be_named_with_a_tilde(tmp_path, 
     monkeypatch.setenv("HOME", str(tmp_path))
     s = ClisSession.from_checkpoint("~/mine.pt", device="cpu")
     assert s.source == str(tmp_path / "mine.pt")
+
+
+# --- objects: instances and measurements --------------------------------------------------------------------
+
+
+def _ids_are_one_to_n(instances) -> bool:
+    ids = np.unique(instances)
+    return np.array_equal(ids, np.arange(ids.size)) or np.array_equal(ids, np.arange(1, ids.size + 1))
+
+
+def test_touching_nuclei_become_separate_objects(nuclei_session, nuclei_he):
+    from scipy import ndimage
+    from skimage.io import imread
+
+    from .conftest import DATA, NUCLEI_HE
+
+    image, _ = nuclei_he
+    truth = imread(DATA / "dsb2018" / "masks" / f"{NUCLEI_HE}.png")
+    r = nuclei_session.segment(image)
+    assert r.instances.shape == r.labels.shape and r.instances.dtype == np.uint32
+    assert _ids_are_one_to_n(r.instances) and r.instances.max() > 10
+    assert not r.instances[r.labels == 0].any()
+    # The user paints the true nuclei: connected components of the labels merge touching ones, the objects not.
+    fg = truth > 0
+    nuclei_session.annotate(fg, 1)
+    nuclei_session.annotate(~fg, 0)
+    inst = nuclei_session.instances
+    assert inst.dtype == np.uint32 and _ids_are_one_to_n(inst)
+    assert np.array_equal(inst > 0, fg)
+    components, n = ndimage.label(fg)
+    split = 0
+    for c in range(1, n + 1):
+        inside = components == c
+        nuclei = [t for t in np.unique(truth[inside]) if t]
+        if len(nuclei) > 1:  # touching true nuclei, one piece of the labels
+            owners = {int(np.bincount(inst[inside & (truth == t)]).argmax()) for t in nuclei}
+            split += len(owners) == len(nuclei)
+    assert split >= 1
+    assert inst.max() > n
+    # measurements: one row per object, in the image's own units
+    m = nuclei_session.measurements()
+    assert list(m["label"]) == list(range(1, inst.max() + 1))
+    assert m["area"].sum() == fg.sum()
+    one = inst == 1
+    assert m["mean_uncertainty"][0] == pytest.approx(r.uncertainty[one].mean(), rel=1e-5)
+    assert m["mean_red"][0] == pytest.approx(image[..., 0][one].mean())
+    assert m["centroid_y"][0] == pytest.approx(np.nonzero(one)[0].mean())
+
+
+def test_instances_are_kept_until_the_labels_change_and_follow_a_click(nuclei_session, nuclei_fluo):
+    image, _ = nuclei_fluo
+    nuclei_session.segment(image)
+    before = nuclei_session.instances
+    assert nuclei_session.instances is before  # not computed again while the labels stay
+    assert not before[nuclei_session.labels == 0].any()
+    # a background click at an object's centre; one of them the click removes whole
+    from scipy import ndimage
+
+    from napari_clis.instances import foreground_probability, segmentation_objects
+
+    removed = None
+    for target in range(1, int(before.max()) + 1):
+        obj = before == target
+        y, x = (int(round(v)) for v in ndimage.center_of_mass(obj))
+        nuclei_session.clear_clicks()
+        nuclei_session.click(y, x, 0)
+        if not nuclei_session.instances[obj].any():  # (a speck of it may stay in the labels, too small an object)
+            removed = obj
+            break
+    assert removed is not None
+    after = nuclei_session.instances
+    assert after is not before
+    assert not after[removed].any() and not after[nuclei_session.labels == 0].any()
+    assert _ids_are_one_to_n(after)
+    fg = foreground_probability(nuclei_session.result.probabilities)
+    assert np.array_equal(after, segmentation_objects(nuclei_session.labels, fg))
+    assert len(nuclei_session.measurements()["label"]) == after.max()
+    nuclei_session.clear_clicks()
+    assert np.array_equal(nuclei_session.instances, before)
+
+
+def test_the_lesion_model_gives_one_object(lesion_session, lesion):
+    image, _ = lesion
+    r = lesion_session.segment(image)
+    assert r.instances.dtype == np.uint32
+    assert set(np.unique(r.instances)) == {0, 1}
+    assert np.array_equal(r.instances > 0, r.labels > 0)
+    lesion_session.click(5, 5, 1)  # a second piece of lesion far away: still the one lesion class, one object
+    assert set(np.unique(lesion_session.instances)) == {0, 1}
+    m = lesion_session.measurements()
+    assert list(m["label"]) == [1] and m["area"][0] == (lesion_session.labels > 0).sum()
+    lesion_session.clear_clicks()

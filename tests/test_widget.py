@@ -48,6 +48,14 @@ def test_segment_adds_segmentation_uncertainty_and_superpixels_layers(viewer_and
         np.testing.assert_allclose(lyr.scale, layer.scale)
         np.testing.assert_allclose(lyr.translate, layer.translate)
     assert "Segmented" in widget._status.value
+    # the objects, as outlines over the segmentation, and their count in the status
+    inst = viewer.layers["instances"]
+    assert type(inst).__name__ == "Labels" and inst.contour == 1 and inst.visible
+    np.testing.assert_array_equal(inst.data, widget.session.instances)
+    np.testing.assert_allclose(inst.scale, layer.scale)
+    n = int(inst.data.max())
+    assert n > 5 and f"'nuclei': {n} nuclei." in widget._status.value.replace("\u200b", "")
+    assert viewer.layers.index(inst) > viewer.layers.index(seg)
 
 
 def test_running_again_updates_the_layers_instead_of_adding_more(viewer_and_widget, qtbot, nuclei_fluo, nuclei_he):
@@ -56,7 +64,7 @@ def test_running_again_updates_the_layers_instead_of_adding_more(viewer_and_widg
     _run(widget, qtbot, a)
     b = viewer.add_image(nuclei_he[0], name="he", rgb=True)
     _run(widget, qtbot, b)
-    assert len(viewer.layers) == 7  # two images; segmentation, uncertainty, superpixels, clicks, suggestions
+    assert len(viewer.layers) == 8  # two images; segmentation, uncertainty, superpixels, instances, clicks, suggestions
     assert viewer.layers["segmentation"].data.shape == nuclei_he[0].shape[:2]
     layers = viewer.layers  # the image opened later went on top; the results must not hide under it
     qtbot.waitUntil(lambda: all(layers.index(layers[name]) > layers.index(b)
@@ -157,7 +165,7 @@ def test_channels_opened_as_one_stack_are_pointed_out_and_the_status_names_the_s
     viewer.dims.set_current_step(0, 1)
     _run(widget, qtbot, layer)
     assert any("2 planes along its first axis" in w and "Split Stack" in w for w in warnings)
-    assert widget._status.value.replace("\u200b", "").startswith("Segmented slice 1 of 'cyx'.")
+    assert widget._status.value.replace("\u200b", "").startswith("Segmented slice 1 of 'cyx': ")
     _run(widget, qtbot, layer)
     assert sum("first axis" in w for w in warnings) == 1  # said once for the layer, not at every Segment
     warnings.clear()
@@ -238,7 +246,7 @@ def test_cancel_pressed_as_an_image_finishes_says_it_had_finished(viewer_and_wid
     session.segment = segment_then_cancel
     _run(widget, qtbot, layer)
     assert widget._status.value.replace("\u200b", "").startswith(
-        "Segmenting had finished when Cancel was pressed. Segmented 'img'.")
+        "Segmenting had finished when Cancel was pressed. Segmented 'img': ")
 
 
 def test_a_slider_beyond_a_short_stack_is_said_instead_of_segmenting_its_last_slice(viewer_and_widget, qtbot,

@@ -587,7 +587,7 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert "clicks [he]" not in viewer.layers and len(viewer.layers["clicks"].data) == 1
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, corrected)
-    assert len(viewer.layers) == 8  # back and forth without new corrections adds nothing more
+    assert len(viewer.layers) == 9  # back and forth without new corrections adds nothing more
     widget.set_click_class(0)
     clicks = viewer.layers["clicks"]
     clicks.add(list(_wrong_pixel(viewer.layers["segmentation"].data, truth, 0)))  # corrected once more
@@ -598,7 +598,7 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     kept_layers = [lyr.name for lyr in viewer.layers if lyr.name.startswith("segmentation [")]
     assert kept_layers == ["segmentation [he]"]
     np.testing.assert_array_equal(viewer.layers["segmentation [he]"].data, corrected_again)
-    assert len(viewer.layers["clicks [he]"].data) == 2 and len(viewer.layers) == 9
+    assert len(viewer.layers["clicks [he]"].data) == 2 and len(viewer.layers) == 10
 
 
 def test_a_kept_copy_someone_edited_is_never_overwritten_and_a_stack_keeps_the_slices_not_segmented_again(

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 CUSTOM_MODEL = "Model file…"
 LAYER_TAG = "napari_clis"  # key in layer.metadata marking the layers this widget owns
 SEGMENTATION, UNCERTAINTY, SUPERPIXELS = "segmentation", "uncertainty", "superpixels"
+INSTANCES = "instances"  # one id per object (touching nuclei split), drawn as outlines
 CLICKS, SUGGESTIONS = "clicks", "suggestions"
 BACKGROUND_CLICK_COLOUR = "#e0e0e0"
 ASYNC_PIXELS = 2**21  # planes larger than this propagate clicks in a worker thread
@@ -108,6 +109,16 @@ def task_choice_text(session) -> str:
         return (f"\nPretrained task: task {c['nearest']} (most similar image) disagrees "
                 f"({c['agreement']:.2f} < {TRANSFER_AGREEMENT}).")
     return "\nPretrained task."
+
+
+def object_count_text(session, instances) -> str:
+    """How many objects the segmentation holds, in the model's words: "42 nuclei", "1 lesion", "7 objects"."""
+    n = int(instances.max()) if instances.size else 0
+    names = session.class_names[1:]
+    word = names[0] if len(names) == 1 and names[0] else "object"
+    if n != 1:
+        word = word[:-2] + "i" if word.endswith("us") else word if word.endswith("s") else word + "s"
+    return f"{n} {word}"
 
 
 def _pixels(layer):
@@ -642,7 +653,8 @@ class SegmentWidget(Container):
                 if painted is not None and painted.shape == result.labels.shape:
                     session.interaction.set_painted(painted)
                 # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
-                yield i, idx, dataclasses.replace(result, labels=session.labels.copy())
+                yield i, idx, dataclasses.replace(result, labels=session.labels.copy(),
+                                                  instances=session.instances.copy())
 
         worker = work()
         self._run = {"layer": layer, "n": n, "done": 0, "last": None}
@@ -721,8 +733,9 @@ class SegmentWidget(Container):
             note = " Bright areas of 'uncertainty' need checking."
         where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
         late = "Segmenting had finished when Cancel was pressed. " if n == 1 and self._cancel_requested else ""
+        found = f": {object_count_text(self._session, result.instances)}." if self._session is not None else "."
         self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
-                          f"{late}Segmented {where}'{layer.name}'.{note}")
+                          f"{late}Segmented {where}'{layer.name}'{found}{note}")
                          + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
 
     def _store(self) -> dict:
@@ -886,6 +899,7 @@ class SegmentWidget(Container):
             SEGMENTATION: (np.int32, "add_labels", {}),
             UNCERTAINTY: (np.float32, "add_image", dict(colormap="inferno", blending="additive", opacity=0.7)),
             SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
+            INSTANCES: (np.uint32, "add_labels", {}),
         }
         for role, (dtype, adder, kwargs) in specs.items():
             lyr = self._find_layer(role)
@@ -901,7 +915,7 @@ class SegmentWidget(Container):
             lyr.metadata["source"] = image_layer.name
             lyr.metadata["source_id"] = _source_id(image_layer)
             _copy_geometry(lyr, image_layer)
-            if role == SUPERPIXELS:
+            if role in (SUPERPIXELS, INSTANCES):  # outlines: the segmentation shows through
                 lyr.contour = 1
             if role == UNCERTAINTY:  # the map's full range: 0 to 1 - 1/K
                 lyr.contrast_limits = (0.0, 1.0 - 1.0 / session.n_classes)
@@ -920,7 +934,7 @@ class SegmentWidget(Container):
             image = ref()
             if image is None:
                 return
-            for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, CLICKS, SUGGESTIONS):
+            for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, INSTANCES, CLICKS, SUGGESTIONS):
                 lyr = self._find_layer(role)
                 if lyr is not None and _same_source(lyr, image):
                     _copy_geometry(lyr, image)
@@ -934,13 +948,13 @@ class SegmentWidget(Container):
     def _raise_above(self, image_layer) -> None:
         """Keep this widget's layers above the image they belong to (an image opened later goes on top)."""
         layers = self._viewer.layers
-        ours = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, SUGGESTIONS, CLICKS)
+        ours = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, INSTANCES, SUGGESTIONS, CLICKS)
                 if (lyr := self._find_layer(role)) is not None]
         lowest = min((layers.index(lyr) for lyr in ours), default=None)
         if image_layer in layers and lowest is not None and lowest < layers.index(image_layer):
             layers.move(layers.index(image_layer), lowest)  # one move: the image goes under them
         clicks, sugg = self._find_layer(CLICKS), self._find_layer(SUGGESTIONS)
-        below = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS) if (lyr := self._find_layer(role))]
+        below = [lyr for role in (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, INSTANCES) if (lyr := self._find_layer(role))]
         top = max((layers.index(lyr) for lyr in below), default=-1)  # a layer made again (deleted, then Segment)
         for points in (sugg, clicks):  # the rings, then the clicks over them, over the maps
             if points is not None and (layers.index(points) < top or (points is clicks and sugg is not None and
@@ -953,7 +967,7 @@ class SegmentWidget(Container):
         if painted is not None and (painted >= 0).any():
             labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
         for role, values in ((SEGMENTATION, labels), (UNCERTAINTY, result.uncertainty),
-                             (SUPERPIXELS, result.superpixels)):
+                             (SUPERPIXELS, result.superpixels), (INSTANCES, result.instances)):
             lyr = self._find_layer(role)
             if lyr is None:  # the user deleted it while we worked: make it again
                 if idx and self._run is not None and self._run["done"]:

@@ -1,10 +1,13 @@
 """Batch segmentation of image files and folders: in this process, or spread over a Dask cluster.
 
-Each file (tif, tiff, png, jpg, jpeg) becomes a labels TIFF (int32, class per pixel) and an uncertainty TIFF
-(float32), and on request a superpixels TIFF (int32), written next to each other in one output folder as
-``<stem>_labels.tif``, ``<stem>_uncertainty.tif``, ``<stem>_superpixels.tif``. A stack (``(Z, H, W)``,
-``(T, Z, H, W)`` grey or ``(Z, H, W, 3)`` colour) is segmented slice by slice and written with the same
-leading axes.
+Each file (tif, tiff, png, jpg, jpeg) becomes a labels TIFF (int32, class per pixel), an instances TIFF (uint32,
+one id per object, 0 = background: :func:`~napari_clis.instances.segmentation_objects`, as
+:meth:`ClisSession.segment` makes them), an uncertainty TIFF (float32), a CSV of per-object measurements
+(:func:`~napari_clis.instances.measure_objects`) and on request a superpixels TIFF (int32), written next to each
+other in one output folder as ``<stem>_labels.tif``, ``<stem>_instances.tif``, ``<stem>_uncertainty.tif``,
+``<stem>_measurements.csv``, ``<stem>_superpixels.tif``. A stack (``(Z, H, W)``, ``(T, Z, H, W)`` grey or
+``(Z, H, W, 3)`` colour) is segmented slice by slice and written with the same leading axes (the CSV's first
+columns say which plane a row's object is in: ``z``, ``t`` ...; ids start at 1 in each plane).
 
 What makes a run safe to repeat:
 
@@ -12,7 +15,8 @@ What makes a run safe to repeat:
   description records, as JSON, the run that wrote it: input file (path, size, modification time), model
   (name, file, a digest of its weights and tasks), napari-clis version and settings. An output whose record
   matches the present run, and which reads back whole (every plane), is skipped: an interrupted run resumes where
-  it stopped, and redoes an output cut short since;
+  it stopped, and redoes an output cut short since. The CSV, which has no description, is written last; the
+  TIFFs record its SHA-256, and it counts as this run's (and complete) only when its bytes match it;
 * an existing output that another run wrote (or any other file in its place) is never replaced unless
   ``overwrite`` is given: the run refuses before segmenting anything, naming the files.
 
@@ -20,7 +24,8 @@ Large images and the cluster: a plane larger than ``tile`` pixels on a side is c
 most ``tile`` px, aligned to 8 px, each seen with ``DEFAULT_MARGIN`` px of context:
 :func:`~napari_clis.preprocessing.plan_tiles`, the tiles :meth:`ClisSession.segment` makes too); each tile is
 segmented on its own (:func:`~napari_clis.uncertainty.segment_normalized`, what ``segment()`` runs) and the cores
-are put back together, so the overlaps are cut in half. Every tile uses the session's seed, as ``segment()``'s
+are put back together, so the overlaps are cut in half. Objects are found on the whole stitched plane, never per
+tile, so a nucleus on a tile border is one object. Every tile uses the session's seed, as ``segment()``'s
 tiles do, so batch and ``segment()`` give identical labels and uncertainty; and with the context wider than the
 network's receptive field the tiled result equals one pass over the whole image up to floating-point rounding
 (the network's arithmetic depends a little on the size of its input: the uncertainty differs by about 1e-7, and a
@@ -72,7 +77,8 @@ __all__ = ["segment_many", "FileResult", "Tile", "plan_tiles", "find_images", "o
            "read_batch_metadata", "OutputExistsError", "SUPPORTED_SUFFIXES", "DEFAULT_TILE"]
 
 SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-_DTYPES = {"labels": np.int32, "uncertainty": np.float32, "superpixels": np.int32}
+_DTYPES = {"labels": np.int32, "instances": np.uint32, "uncertainty": np.float32, "superpixels": np.int32}
+MEASUREMENTS = "measurements"  # the one output that is not a TIFF: <stem>_measurements.csv
 _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
 MIN_PLANE_SIDE = 8  # px: a stack's planes narrower than this are an image's channels, read as planes
 _IMAGEJ_KEYS = ("spacing", "unit", "finterval", "fps", "xorigin", "yorigin", "zorigin")
@@ -94,7 +100,8 @@ class FileResult:
     status : str
         ``"segmented"``, ``"skipped"`` (its outputs were complete from an earlier run) or ``"failed"``.
     outputs : dict of str to Path
-        ``{"labels": ..., "uncertainty": ...[, "superpixels": ...]}``; empty without an output folder.
+        ``{"labels": ..., "instances": ..., "uncertainty": ..., "measurements": ...[, "superpixels": ...]}``;
+        empty without an output folder.
     error : str or None
         Why it failed, for a person to read.
     shape : tuple of int or None
@@ -103,8 +110,10 @@ class FileResult:
         Pieces segmented: tiles summed over slices.
     seconds : float
         Wall time from reading the file to writing its outputs.
-    labels, uncertainty, superpixels : ndarray or None
-        ``shape`` int32, float32, int32: the results themselves, kept only when no output folder is given.
+    labels, instances, uncertainty, superpixels : ndarray or None
+        ``shape`` int32, uint32, float32, int32: the results themselves, kept only when no output folder is given.
+    measurements : dict of str to ndarray or None
+        The measurements' columns (what the CSV holds), kept only when no output folder is given.
     tasks : tuple of int
         Per plane, the task (kernel mask) that segmented it: the task-aware module's choice, as ``segment()``
         makes it (0, the pretrained task, while nothing is learned). Also in the outputs' metadata.
@@ -121,6 +130,8 @@ class FileResult:
     uncertainty: np.ndarray | None = None
     superpixels: np.ndarray | None = None
     tasks: tuple = ()
+    instances: np.ndarray | None = None
+    measurements: dict | None = None
 
 
 # -- inputs and outputs -------------------------------------------------------------------------------------------
@@ -164,8 +175,9 @@ def _is_input_image(path: Path, out_dir: Path | None) -> bool:
 
 
 def output_paths(source: str | Path, folder: str | Path, kinds=("labels", "uncertainty")) -> dict[str, Path]:
-    """``{kind: folder / "<stem>_<kind>.tif"}`` for the outputs of ``source``."""
-    return {kind: Path(folder) / f"{Path(source).stem}_{kind}.tif" for kind in kinds}
+    """``{kind: folder / "<stem>_<kind>.tif"}`` for the outputs of ``source`` (``.csv`` for the measurements)."""
+    return {kind: Path(folder) / f"{Path(source).stem}_{kind}.{'csv' if kind == MEASUREMENTS else 'tif'}"
+            for kind in kinds}
 
 
 @dataclass
@@ -314,9 +326,11 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
     Returns
     -------
     dict
-        ``labels`` (int32), ``uncertainty`` (float32) and, if asked for, ``superpixels`` (int32 from 1), each
-        ``(y1 - y0, x1 - x0)``.
+        ``labels`` (int32), ``uncertainty`` (float32), for a model with many objects ``foreground`` (float32, the
+        probability the objects are found with, on the whole plane once stitched) and, if asked for,
+        ``superpixels`` (int32 from 1), each ``(y1 - y0, x1 - x0)``.
     """
+    from .instances import foreground_probability
     from .superpixels import compute_superpixels
     from .uncertainty import segment_normalized
 
@@ -326,6 +340,8 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
     y0, y1, x0, x1 = core
     result = {"labels": labels[y0:y1, x0:x1],
               "uncertainty": out.uncertainty[y0:y1, x0:x1]}
+    if not model.settings.single_object:
+        result["foreground"] = foreground_probability(out.probabilities[:, y0:y1, x0:x1])
     if model.superpixel_size:
         result["superpixels"] = compute_superpixels(normalized[:, y0:y1, x0:x1], size=model.superpixel_size)
     return {k: np.ascontiguousarray(v) for k, v in result.items()}
@@ -361,6 +377,7 @@ class _Prepared:
     error: str | None = None
     remaining: int = 0  # tiles still out on the cluster
     tile: int = DEFAULT_TILE  # the run's tile size
+    one_object: bool = False  # the model's one-object rule (ClisSession.single_object) for the instances
 
     @property
     def n_pieces(self) -> int:
@@ -386,7 +403,7 @@ def _prepare(job: _Job, session, tile: int) -> _Prepared | FileResult:
     except ImageError as e:
         message = str(e) if str(job.source) in str(e) else f"{job.source}: {e}"
         return FileResult(job.source, "failed", error=message)
-    return _Prepared(job, planes, lead, axes, info, plans, t0, tile=tile)
+    return _Prepared(job, planes, lead, axes, info, plans, t0, tile=tile, one_object=session.single_object)
 
 
 def _plan_plane(session, plane: np.ndarray, tile: int):
@@ -415,14 +432,27 @@ def _complete(state: _Prepared) -> FileResult:
     job = state.job
     if state.error is not None:
         return FileResult(job.source, "failed", error=f"{job.source}: {state.error}")
+    from .checkpoint import atomic_write_bytes
+    from .instances import measurements_csv
+
     arrays = _assemble(state)
+    try:
+        arrays["instances"], table = _objects(state, arrays.pop("foreground", None), arrays)
+    except Exception as e:  # e.g. out of memory: this file fails, the others go on
+        return FileResult(job.source, "failed", error=f"{job.source}: {_describe(e)}")
     shape = next(iter(arrays.values())).shape
     done = dict(source=job.source, shape=shape, tiles=state.n_pieces, tasks=tuple(int(t) for _, t, _ in state.plans))
     if not job.outputs:
-        return FileResult(status="segmented", seconds=time.perf_counter() - state.t0, **done, **arrays)
+        return FileResult(status="segmented", seconds=time.perf_counter() - state.t0, measurements=table, **done,
+                          **arrays)
+    csv = measurements_csv(table)
+    digest = hashlib.sha256(csv).hexdigest()
     try:
         for kind, path in job.outputs.items():
-            _write_output(path, arrays[kind], kind, state)
+            if kind != MEASUREMENTS:
+                _write_output(path, arrays[kind], kind, state, measurements_sha256=digest)
+        if MEASUREMENTS in job.outputs:  # last: the TIFFs hold its digest, so a resumed run knows it as its own
+            atomic_write_bytes(job.outputs[MEASUREMENTS], csv)
     except CheckpointError as e:  # the atomic write's (napari_clis.tiffs.write_tiff): it names the file and why
         return FileResult(job.source, "failed", error=f"{job.source}: {e}")
     except OSError as e:
@@ -431,10 +461,34 @@ def _complete(state: _Prepared) -> FileResult:
     return FileResult(status="segmented", outputs=dict(job.outputs), seconds=time.perf_counter() - state.t0, **done)
 
 
+def _objects(state: _Prepared, foreground: np.ndarray | None, arrays: dict) -> tuple[np.ndarray, dict]:
+    """The instances of each whole (stitched) plane and their measurements as one table: for a stack, the
+    plane's index along each leading axis (``z``, ``t`` ...) comes first."""
+    from .instances import measure_objects, segmentation_objects
+
+    h, w = state.planes.shape[1:3]
+    labels = arrays["labels"].reshape(-1, h, w)
+    uncertainty = arrays["uncertainty"].reshape(-1, h, w)
+    fg = None if foreground is None else foreground.reshape(-1, h, w)
+    instances = np.zeros(labels.shape, np.uint32)
+    names = [a.lower() for a in state.axes[: len(state.lead)]]
+    if len(set(names)) < len(names) or {"label", "area"} & set(names):
+        names = [f"axis_{i}" for i in range(len(names))]
+    tables = []
+    for p in range(labels.shape[0]):
+        instances[p] = segmentation_objects(labels[p], None if fg is None else fg[p], one_object=state.one_object)
+        table = measure_objects(instances[p], as_2d_image(state.planes[p]), uncertainty[p])
+        where = np.unravel_index(p, state.lead) if state.lead else ()
+        tables.append({**{n: np.full(table["label"].size, i, np.int64) for n, i in zip(names, where)}, **table})
+    table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    return instances.reshape(state.lead + (h, w)), table
+
+
 def _assemble(state: _Prepared) -> dict[str, np.ndarray]:
     n, h, w = state.planes.shape[:3]
     kinds = state.results[(0, 0)].keys()
-    out = {kind: np.zeros((n, h, w), _DTYPES[kind]) for kind in kinds}
+    dtypes = {**_DTYPES, "foreground": np.float32}
+    out = {kind: np.zeros((n, h, w), dtypes[kind]) for kind in kinds}
     for p, (_, _, tiles) in enumerate(state.plans):
         offset = 0  # superpixel ids stay unique: each tile's ids follow the previous tile's
         for t, tile in enumerate(tiles):
@@ -447,12 +501,12 @@ def _assemble(state: _Prepared) -> dict[str, np.ndarray]:
     return {kind: a.reshape(state.lead + (h, w)) for kind, a in out.items()}
 
 
-def _write_output(path: Path, array: np.ndarray, kind: str, state: _Prepared) -> None:
+def _write_output(path: Path, array: np.ndarray, kind: str, state: _Prepared, **fields) -> None:
     """One output, atomically (a reader, or a resumed run, sees either no file or the whole file), with the run's
-    record in the schema every napari-clis TIFF shares (:mod:`napari_clis.tiffs`)."""
+    record (and ``fields``) in the schema every napari-clis TIFF shares (:mod:`napari_clis.tiffs`)."""
     info = state.info
     record = {"name": path.stem, **state.job.record, "axes": state.axes, "source_metadata": info.to_dict(),
-              "tasks": [int(t) for _, t, _ in state.plans]}
+              "tasks": [int(t) for _, t, _ in state.plans], **fields}
     shaped = {"axes": state.axes, **{k: v for k, v in info.imagej.items() if k in ("spacing", "unit")}}
     kwargs = {}
     if info.resolution:
@@ -508,12 +562,27 @@ def _is_done(job: _Job, overwrite: bool, conflicts: list[Path]) -> bool:
     """Whether ``job``'s outputs are all there from this same run; other files in their place go to
     ``conflicts`` unless ``overwrite``."""
     present = [p for p in job.outputs.values() if os.path.lexists(p)]
-    records = {p: read_batch_metadata(p) for p in present}
-    foreign = [p for p in present if records[p].get("job") != job.record["job"]]
+    csv = job.outputs.get(MEASUREMENTS)
+    records = {p: read_batch_metadata(p) for p in present if p != csv}
+    foreign = [p for p in records if records[p].get("job") != job.record["job"]]
+    if csv in present:  # no description of its own: this run's when its bytes are those its TIFFs recorded
+        digests = {r.get("measurements_sha256") for r in records.values() if r.get("job") == job.record["job"]}
+        if _file_digest(csv) not in digests - {None}:
+            foreign.append(csv)
     if not overwrite:
         conflicts += foreign
     # this run's own outputs, but one cut short later (a copy, a full disk) is done again, not skipped
-    return not foreign and len(present) == len(job.outputs) and all(_is_whole(p, records[p]) for p in present)
+    return not foreign and len(present) == len(job.outputs) and all(_is_whole(p, records[p]) for p in records)
+
+
+def _file_digest(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes; None for one that cannot be read (a folder, a pipe, no permission)."""
+    try:
+        if not path.is_file():
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _is_whole(path: Path, record: dict) -> bool:
@@ -591,7 +660,7 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
     folder = Path(output) if output is not None else None
     found = find_images(paths, output=folder)
     records: list[FileResult | None] = [f if isinstance(f, FileResult) else None for f in found]
-    kinds = ("labels", "uncertainty") + (("superpixels",) if superpixels else ())
+    kinds = ("labels", "instances", "uncertainty", MEASUREMENTS) + (("superpixels",) if superpixels else ())
     run = _run_record(session, tile)
     jobs = []
     for i, source in enumerate(found):

@@ -44,6 +44,12 @@ def _pretrain(args) -> int:
         preset["area_weighted"] = True
     if args.dice_per_image:
         preset["dice_per_image"] = True
+    if args.instance_head:
+        preset["instance_head"] = True
+    if args.extra_data:
+        preset["extra_data"] = tuple(args.extra_data)
+    preset["augment"] = args.augment
+    preset["log_every"] = args.log_every
     if args.working_long_side is not None:  # 0: the image's own resolution
         preset["working_long_side"] = args.working_long_side or None
     settings = PretrainSettings(model=args.model, seed=args.seed, precise_bn_batches=args.bn_batches, **preset)
@@ -158,8 +164,9 @@ def _report(records, output) -> int:
 def _add_segment_parser(sub) -> None:
     from .preprocessing import DEFAULT_TILE
 
-    sg = sub.add_parser("segment", help="segment image files and folders into labels and uncertainty TIFFs "
-                                        "(resumable; in this process or on a Dask cluster)")
+    sg = sub.add_parser("segment", help="segment image files and folders into labels, objects and uncertainty "
+                                        "TIFFs and a table of measurements per object (resumable; in this "
+                                        "process or on a Dask cluster)")
     sg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (tif, png, jpg) or folders of them")
     sg.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                     help="nuclei, skin-lesion, or a model file saved by napari-clis")
@@ -253,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dilate the bottleneck A4's convolutions by D and 2 D, for a wider field of view (default 1)")
     pt.add_argument("--dice-per-image", action="store_true",
                     help="average the soft Dice loss per image (as the held-out Dice is) instead of over the batch")
+    pt.add_argument("--augment", choices=["none", "robust"], default="none",
+                    help="robust: train on harder images (a few very bright objects, gamma, stain, blur, noise, dim "
+                         "fields, scale 0.5-2), made before the intensity normalisation (default none)")
+    pt.add_argument("--instance-head", action="store_true",
+                    help="also train the distance head that splits touching nuclei (from the instance masks)")
+    pt.add_argument("--extra-data", action="append", choices=["bbbc039"],
+                    help="add the pretraining half of this dataset (nuclei; its other half stays held out)")
+    pt.add_argument("--log-every", type=int, default=0, metavar="N",
+                    help="also log the losses every N steps (default 0: only at the progress lines)")
     pt.add_argument("--bn-batches", type=int, default=100,
                     help="training batches over which BatchNorm statistics are recomputed at the end")
     pt.add_argument("--threads", type=_threads, help="CPU threads for torch")

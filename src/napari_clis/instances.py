@@ -22,7 +22,10 @@ __all__ = [
     "watershed_instances",
     "instances_from_probabilities",
     "single_object",
+    "foreground_probability",
+    "segmentation_objects",
     "measure_objects",
+    "measurements_csv",
 ]
 
 # BT.709 luma weights, as skimage.color.rgb2gray uses them.
@@ -210,6 +213,31 @@ def single_object(labels) -> np.ndarray:
     return ids[inverse.reshape(labels.shape)]
 
 
+def foreground_probability(probabilities) -> np.ndarray:
+    """(H, W) float32: the network's probability that a pixel is not background, ``1 - probabilities[0]``,
+    clipped to [0, 1] (rounding may leave it a hair outside), from (K, H, W) class probabilities."""
+    p = np.asarray(probabilities)
+    if p.ndim != 3 or p.shape[0] < 2:
+        raise ValueError(f"The probabilities must be (K, H, W) with K >= 2 classes, got shape {p.shape}.")
+    return np.clip(1.0 - p[0].astype(np.float32), 0.0, 1.0)
+
+
+def segmentation_objects(labels, foreground_prob, *, one_object: bool = False) -> np.ndarray:
+    """The objects of a segmentation as :meth:`ClisSession.segment` and batch give them.
+
+    ``one_object`` (a model that declares one object per class, the lesion model): :func:`single_object`;
+    otherwise :func:`instances_from_probabilities` with its defaults.
+
+    Returns
+    -------
+    (H, W) uint32
+        0 = background, objects numbered 1..N.
+    """
+    if one_object:
+        return single_object(labels)
+    return instances_from_probabilities(foreground_prob, labels)
+
+
 def measure_objects(instances, image, uncertainty=None) -> dict[str, np.ndarray]:
     """Per-object measurements, a table of columns (one row per object, by increasing id).
 
@@ -284,3 +312,27 @@ def measure_objects(instances, image, uncertainty=None) -> dict[str, np.ndarray]
     table["centroid_y"] = geometry["centroid-0"].astype(np.float64)
     table["centroid_x"] = geometry["centroid-1"].astype(np.float64)
     return table
+
+
+def measurements_csv(rows, columns=None) -> bytes:
+    """A CSV file's bytes (UTF-8, a header row, ``\\n`` line ends) from a table of columns.
+
+    ``rows`` is a dict of equal-length 1D columns (:func:`measure_objects`' table, with any columns put in
+    front of it, such as the plane of a stack). Whole numbers are written as such; other numbers in Python's
+    shortest form that reads back to the same value.
+    """
+    import csv
+    import io
+
+    names = list(rows) if columns is None else list(columns)
+    cols = [np.asarray(rows[n]) for n in names]
+    lengths = {c.shape[0] for c in cols}
+    if len(lengths) > 1 or any(c.ndim != 1 for c in cols):
+        raise ValueError(f"The measurement columns must be 1D and of equal length, got lengths {sorted(lengths)}.")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(names)
+    values = [c.tolist() for c in cols]  # Python ints and floats: repr is exact and short
+    for row in zip(*values):
+        writer.writerow(row)
+    return buf.getvalue().encode("utf-8")

@@ -32,6 +32,7 @@ from .checkpoint import (
     unique_model_path,
 )
 from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, kernel_usage, learn_task
+from .instances import foreground_probability, measure_objects, segmentation_objects
 from .interactive import (
     DEFAULT_CALIBRATION,
     DEFAULT_LOCALITY,
@@ -41,7 +42,7 @@ from .interactive import (
     build_region_graph,
 )
 from .network import ClisNet
-from .preprocessing import ImageError, normalize_image
+from .preprocessing import ImageError, as_2d_image, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import (
     DEFAULT_MARGIN,
@@ -96,6 +97,10 @@ class SegmentationResult:
         Softmax entropy of one deterministic pass (nats), kept as the plain baseline uncertainty.
     superpixels : (H, W) int32
         SLIC superpixel ids starting at 1.
+    instances : (H, W) uint32
+        The objects of ``labels``, 0 = background, numbered 1..N: touching nuclei split by a watershed on the
+        network's output (:func:`~napari_clis.instances.instances_from_probabilities`); for a model with one
+        object per class (:attr:`ClisSession.single_object`, the lesion model) each class is one object.
     """
 
     labels: np.ndarray
@@ -105,6 +110,7 @@ class SegmentationResult:
     aleatoric: np.ndarray
     entropy: np.ndarray
     superpixels: np.ndarray
+    instances: np.ndarray
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -193,6 +199,8 @@ class ClisSession:
         self.learn_settings = LearnSettings(class_log_prior=None if prior is None else tuple(prior))
         self._fingerprint: np.ndarray | None = None
         self._normalized: np.ndarray | None = None
+        self._image: np.ndarray | None = None  # the current image as given, (H, W) or (H, W, 3): for measurements
+        self._instances: tuple[np.ndarray, np.ndarray] | None = None  # (labels they were made from, instances)
         # the click settings, as the session was saved with them (else the defaults); checked by the properties
         saved = self.metadata.get("interaction_settings", {})
         self._settings = {}
@@ -345,6 +353,8 @@ class ClisSession:
         out, labels = segment_normalized(self.net, normalized, self.segment_settings(n_samples), task=chosen,
                                          tile=tile, margin=margin, progress=progress)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
+        instances = segmentation_objects(labels, foreground_probability(out.probabilities),
+                                         one_object=self.single_object)
         result = SegmentationResult(
             labels=labels,
             probabilities=out.probabilities,
@@ -353,11 +363,14 @@ class ClisSession:
             aleatoric=out.aleatoric,
             entropy=out.entropy,
             superpixels=superpixels,
+            instances=instances,
         )
         graph = build_region_graph(superpixels, weigh(out.probabilities, self.class_log_prior), out.uncertainty,
                                    normalized)
         self.result = result
         self._normalized = normalized
+        self._image = as_2d_image(image)
+        self._instances = (labels.copy(), instances)
         self._fingerprint = fp
         self.task = chosen
         self.task_choice = choice
@@ -427,6 +440,27 @@ class ClisSession:
     def labels(self) -> np.ndarray:
         """(H, W) int32: the current propagated segmentation."""
         return self._require_interaction().labels
+
+    @property
+    def instances(self) -> np.ndarray:
+        """(H, W) uint32: the objects of the current :attr:`labels` (clicks and paint included), 0 = background,
+        numbered 1..N, as :attr:`SegmentationResult.instances` makes them.
+
+        Computed when asked for, not at each click, and kept until the labels change."""
+        labels = self.labels
+        cached = self._instances
+        if cached is None or cached[0].shape != labels.shape or not np.array_equal(cached[0], labels):
+            fg = foreground_probability(self.result.probabilities)
+            cached = (labels.copy(), segmentation_objects(labels, fg, one_object=self.single_object))
+            self._instances = cached
+        return cached[1]
+
+    def measurements(self) -> dict[str, np.ndarray]:
+        """Per object of :attr:`instances`: ``label``, ``area``, ``perimeter``, ``mean_intensity`` (of the image as
+        given; for colour also each channel's mean), ``mean_uncertainty`` and the centroid, as columns
+        (:func:`~napari_clis.instances.measure_objects`)."""
+        instances = self.instances
+        return measure_objects(instances, self._image, self.result.uncertainty)
 
     def suggest(self, n: int = 16) -> np.ndarray:
         """(n, 2) int: (y, x) inside the ``n`` most uncertain regions that are not annotated yet."""

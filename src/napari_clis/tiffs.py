@@ -8,8 +8,9 @@ The napari writer's files (a ``segmentation`` or ``uncertainty`` layer saved fro
 
 The record (schema 2):
 
-* ``schema``: 2; ``kind``: ``"labels"``, ``"uncertainty"``, ``"superpixels"`` or ``"image"`` (what the pixels
-  are); ``layer_type``: ``"labels"`` or ``"image"`` (the napari layer that shows them);
+* ``schema``: 2; ``kind``: ``"labels"``, ``"instances"`` (one id per object), ``"uncertainty"``,
+  ``"superpixels"`` or ``"image"`` (what the pixels are); ``layer_type``: ``"labels"`` or ``"image"`` (the
+  napari layer that shows them);
 * where known: ``name`` (the layer's), ``scale`` and ``translate`` (per axis), ``class_names``,
   ``contrast_limits``;
 * batch outputs add the run that wrote them (``job``, ``version``, ``model``, ``settings``, ``source`` ...:
@@ -34,7 +35,8 @@ __all__ = ["KEY", "SCHEMA", "KINDS", "write_tiff", "read_metadata"]
 
 KEY = "napari_clis"
 SCHEMA = 2
-KINDS = {"labels": "labels", "superpixels": "labels", "uncertainty": "image", "image": "image"}  # kind -> layer type
+KINDS = {"labels": "labels", "instances": "labels", "superpixels": "labels", "uncertainty": "image",
+         "image": "image"}  # kind -> layer type
 
 
 def write_tiff(path: str | Path, array: np.ndarray, kind: str, fields: dict | None = None, *,
