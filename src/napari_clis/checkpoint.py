@@ -450,6 +450,8 @@ def _check_config(where: str, config) -> NetworkConfig:
             _whole(where, f"the network's '{name}' (config)", config[name], least, most)
     if "dropout" in config:
         _number(where, "the network's 'dropout' (config)", config["dropout"], least=0.0, below=1.0)
+    if "instance_head" in config:  # model files written before the distance head have none: False
+        _of_type(where, "the network's 'instance_head' (config)", config["instance_head"], bool, "true or false")
     return NetworkConfig.from_dict(config)
 
 

@@ -3,7 +3,9 @@
 The split of ``dsb2018`` is drawn once with a fixed seed and stored in ``splits/dsb2018.json`` inside
 the package, so pretraining and the interactive/continual benchmarks never share an image.
 ``isic2017`` uses its own challenge splits: ``train`` for pretraining, ``val`` for monitoring,
-``test`` for the held-out measures and the benchmarks.
+``test`` for the held-out measures and the benchmarks. ``bbbc039`` (16-bit Hoechst fluorescence) is split in
+halves by a fixed seed (``splits/bbbc039.json``): ``pretrain`` may be added to the nuclei model's pretraining,
+``heldout`` is for evaluation only.
 
 Pure numpy: no Qt, no napari.
 """
@@ -23,7 +25,10 @@ __all__ = [
     "default_data_root",
     "load_dsb2018",
     "load_isic2017",
+    "load_bbbc039",
     "dsb2018_split",
+    "bbbc039_split",
+    "make_bbbc039_split",
     "make_dsb2018_split",
     "load_dataset",
     "image_kind",
@@ -31,15 +36,19 @@ __all__ = [
 
 DSB_SPLIT_SEED = 2018
 DSB_PRETRAIN_FRACTION = 0.6
+BBBC039_SPLIT_SEED = 0
 
 
 @dataclass
 class Sample:
-    """One image with its ground truth: ``image`` (H, W, 3) uint8, ``mask`` (H, W) int32 class ids."""
+    """One image with its ground truth: ``image`` (H, W, 3) uint8 (``bbbc039``: (H, W) uint16 grey, as stored),
+    ``mask`` (H, W) int32 class ids, ``instances`` (H, W) int32 object ids (0 = background) where the dataset has
+    them (``dsb2018``, ``bbbc039``), else None."""
 
     id: str
     image: np.ndarray
     mask: np.ndarray
+    instances: np.ndarray | None = None
 
 
 def default_data_root() -> Path:
@@ -90,26 +99,55 @@ def dsb2018_split() -> dict[str, list[str]]:
     return json.loads(text)
 
 
-def load_dsb2018(root: Path | str | None = None, subset: str = "pretrain", limit: int | None = None) -> list[Sample]:
-    """Load ``dsb2018`` images with foreground masks (``mask > 0``); ``subset`` is ``pretrain``, ``pool`` or ``all``."""
-    folder = _check_root(Path(root) if root else default_data_root(), "dsb2018")
+def _load_instance_dataset(root, name: str, split: dict, subset: str, limit: int | None, read_image) -> list[Sample]:
+    """Images of a dataset stored as ``images/<stem>.png`` with ``masks/<stem>.png`` instance labels: the stems of
+    ``split[subset]`` (or every image for ``all``), each with its foreground mask and instance labels."""
+    folder = _check_root(Path(root) if root else default_data_root(), name)
+    parts = [k for k in split if k != "seed"]
     if subset == "all":
         ids = sorted(p.stem for p in (folder / "images").glob("*.png"))
-    else:
-        split = dsb2018_split()
-        if subset not in split:
-            raise ValueError(f"subset must be 'pretrain', 'pool' or 'all', got {subset!r}")
+    elif subset in parts:
         ids = split[subset]
+    else:
+        raise ValueError(f"subset must be {', '.join(repr(k) for k in parts)} or 'all', got {subset!r}")
     if limit is not None:
         ids = ids[:limit]
     from skimage.io import imread
 
     out = []
     for i in ids:
-        image = _read_rgb(folder / "images" / f"{i}.png")
-        mask = (imread(folder / "masks" / f"{i}.png") > 0).astype(np.int32)
-        out.append(Sample(i, image, mask))
+        instances = imread(folder / "masks" / f"{i}.png").astype(np.int32)
+        out.append(Sample(i, read_image(folder / "images" / f"{i}.png"), (instances > 0).astype(np.int32), instances))
     return out
+
+
+def load_dsb2018(root: Path | str | None = None, subset: str = "pretrain", limit: int | None = None) -> list[Sample]:
+    """Load ``dsb2018`` images with foreground masks (``mask > 0``) and instance labels; ``subset`` is
+    ``pretrain``, ``pool`` or ``all``."""
+    return _load_instance_dataset(root, "dsb2018", dsb2018_split(), subset, limit, _read_rgb)
+
+
+def make_bbbc039_split(stems: list[str], seed: int = BBBC039_SPLIT_SEED) -> dict:
+    """Split ``bbbc039`` stems in halves with a fixed seed: ``pretrain`` and ``heldout`` (evaluation only)."""
+    stems = sorted(stems)
+    order = np.random.default_rng(seed).permutation(len(stems))
+    half = len(stems) // 2
+    return {"seed": seed, "pretrain": sorted(stems[i] for i in order[:half]),
+            "heldout": sorted(stems[i] for i in order[half:])}
+
+
+def bbbc039_split() -> dict[str, list[str]]:
+    """The shipped split of ``bbbc039``: ``{"pretrain": [...], "heldout": [...]}`` (50 images each)."""
+    text = resources.files("napari_clis").joinpath("splits").joinpath("bbbc039.json").read_text()
+    return json.loads(text)
+
+
+def load_bbbc039(root: Path | str | None = None, subset: str = "heldout", limit: int | None = None) -> list[Sample]:
+    """Load ``bbbc039`` images (16-bit grey, as stored) with foreground masks and instance labels; ``subset`` is
+    ``pretrain``, ``heldout`` (evaluation only) or ``all``."""
+    from skimage.io import imread
+
+    return _load_instance_dataset(root, "bbbc039", bbbc039_split(), subset, limit, imread)
 
 
 def load_isic2017(root: Path | str | None = None, split: str = "train", limit: int | None = None) -> list[Sample]:
@@ -150,6 +188,8 @@ def image_kind(image: np.ndarray, dataset: str) -> str:
     """A coarse modality label for per-kind results: fluorescence, brightfield or stained (colour)."""
     if dataset == "isic2017":
         return "dermoscopy"
+    if dataset == "bbbc039":  # Hoechst fluorescence, 16-bit (its mean says nothing about brightfield)
+        return "fluorescence (grey, dark)"
     grey = image.ndim == 2 or (np.array_equal(image[..., 0], image[..., 1])
                                and np.array_equal(image[..., 0], image[..., 2]))
     if not grey:

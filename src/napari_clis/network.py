@@ -1,7 +1,10 @@
 """The CLIS segmentation network: encoder blocks A1-A4, decoder blocks B1-B3, per-task kernel masks.
 
 Shapes: the network takes ``(N, 3, H, W)`` float32 with ``H`` and ``W`` multiples of 8 and returns the
-class logits ``(N, K, H, W)`` and the aleatoric log-variance of those logits ``(N, K, H, W)``.
+class logits ``(N, K, H, W)`` and the aleatoric log-variance of those logits ``(N, K, H, W)``. A network built with
+``NetworkConfig(instance_head=True)`` also has a distance head: one more 1x1 output on the same last features,
+whose sigmoid is the normalised distance to the object's border (1 at each object's centre, 0 on its border and
+on the background), for splitting touching objects (``forward(..., with_distance=True)``).
 
 Every convolution is a :class:`MaskedConv` whose output channels are multiplied by the current task's
 binary kernel gates (:mod:`napari_clis.masks`). Normalisation is BatchNorm; its statistics are frozen
@@ -38,6 +41,9 @@ class NetworkConfig:
     #: dilation of the bottleneck block A4's two convolutions (1 and 1: plain; 2 gives 2 and 4), which widens
     #: the field of view at 1/8 scale at no extra cost; checkpoints without it load as 1
     bottleneck_dilation: int = 1
+    #: one more output, the normalised distance to the object's border (:attr:`ClisNet.distance_head`); model
+    #: files without it load as False
+    instance_head: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +90,9 @@ class ClisNet(nn.Module):
     """Encoder-decoder with skip connections and per-task kernel masks.
 
     Blocks: A1 (width), A2 (2 width), A3 (4 width), A4 (8 width, the bottleneck);
-    B1 (4 width), B2 (2 width), B3 (width); heads: class logits and logit log-variance.
+    B1 (4 width), B2 (2 width), B3 (width); heads: class logits and logit log-variance, and with
+    ``config.instance_head`` the distance head (its logit; sigmoid = distance to the border / the object's largest).
+    The distance head is shared by all tasks: continual learning leaves its weights alone.
     """
 
     def __init__(self, config: NetworkConfig | None = None):
@@ -102,6 +110,9 @@ class ClisNet(nn.Module):
         self.logvar_head = nn.Conv2d(w, config.n_classes, 1)
         nn.init.constant_(self.logvar_head.bias, -4.0)
         nn.init.normal_(self.logvar_head.weight, std=1e-3)
+        self.distance_head = nn.Conv2d(w, 1, 1) if config.instance_head else None
+        if self.distance_head is not None:
+            nn.init.constant_(self.distance_head.bias, -2.0)  # most pixels are background (target 0)
 
     # -- structure -------------------------------------------------------------------------------
     @property
@@ -141,21 +152,28 @@ class ClisNet(nn.Module):
         b3 = self.B3.conv1(torch.cat([_up(b2), a1], 1), task, relaxed)
         return self.B3.conv2.features(b3)
 
-    def heads(self, features: torch.Tensor, gates: torch.Tensor, dropout_mask: torch.Tensor | None = None):
+    def heads(self, features: torch.Tensor, gates: torch.Tensor, dropout_mask: torch.Tensor | None = None,
+              with_distance: bool = False):
         """Stochastic part: gate the last features, drop channels, apply the 1x1 heads.
 
         ``gates`` is ``(w,)`` or ``(N, w)``; ``dropout_mask`` the same shape, already scaled by ``1/(1-p)``.
-        Returns ``(logits, log_variance)``, each ``(N, K, H, W)``.
+        Returns ``(logits, log_variance)``, each ``(N, K, H, W)``; with ``with_distance`` also the distance head's
+        logit ``(N, 1, H, W)`` (a ``ValueError`` for a network without that head).
         """
+        if with_distance and self.distance_head is None:
+            raise ValueError("this network has no distance head (NetworkConfig.instance_head is False)")
         g = gates if gates.dim() == 2 else gates.unsqueeze(0)
         if dropout_mask is not None:
             dm = dropout_mask if dropout_mask.dim() == 2 else dropout_mask.unsqueeze(0)
             g = g * dm
         f = features * g[:, :, None, None]
+        if with_distance:
+            return self.logit_head(f), self.logvar_head(f), self.distance_head(f)
         return self.logit_head(f), self.logvar_head(f)
 
-    def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False):
-        """One pass: ``(logits, log_variance)``. Training uses relaxed gates and dropout."""
+    def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False, with_distance: bool = False):
+        """One pass: ``(logits, log_variance)`` (and the distance logit with ``with_distance``). Training uses
+        relaxed gates and dropout."""
         feats = self.trunk(x, task, relaxed)
         last = self.B3.conv2
         gates = last.gate_vector(task, relaxed)
@@ -164,7 +182,7 @@ class ClisNet(nn.Module):
             keep = 1.0 - self.config.dropout
             drop = (torch.rand(x.shape[0], feats.shape[1], device=x.device) < keep).to(feats.dtype) / keep
             gates = gates.unsqueeze(0).expand(x.shape[0], -1)
-        return self.heads(feats, gates, drop)
+        return self.heads(feats, gates, drop, with_distance)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:

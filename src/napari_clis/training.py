@@ -6,7 +6,14 @@ Used by ``napari-clis pretrain``. The loss is
   ``z + sigma * eps``, and the loss is ``-log mean_s softmax(z_s)[y]``;
 * a soft Dice loss on the deterministic softmax (foreground classes), for overlap quality (batch-global, or
   per image with ``dice_per_image``);
-* ``kl_weight`` times the KL divergence of the kernel gates from their IBP prior.
+* ``kl_weight`` times the KL divergence of the kernel gates from their IBP prior;
+* with ``instance_head``: ``instance_weight`` times the binary cross-entropy of the distance head against
+  :func:`distance_target` (each object's distance to its border over the object's largest; from instance masks,
+  on every pixel of the crops whose image has them).
+
+``augment="robust"`` (nuclei) augments the raw image before :func:`~napari_clis.preprocessing.normalize_image`, so
+the network learns what the normalisation leaves of real trouble: a few objects 2-20x brighter than the rest,
+gamma, stain jitter in HED space (colour images), blur, noise, dim fields, and scale 0.5-2 (:func:`robust_view`).
 
 Pure torch/numpy: no Qt, no napari.
 """
@@ -23,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import FORMAT, load_model, save_model
-from .data import Sample, image_kind, load_dataset
+from .data import Sample, image_kind, load_bbbc039, load_dataset
 from .masks import bernoulli_kl, ibp_stick_breaking_prior
 from .metrics import dice, iou
 from .network import ClisNet, NetworkConfig
@@ -31,7 +38,8 @@ from .preprocessing import normalize_image
 from .uncertainty import decide, predict, resize_long_side
 
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
-           "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged"]
+           "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged", "distance_target", "distance_loss",
+           "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,6 +80,19 @@ class PretrainSettings:
     kind_balance: float = 0.0
     init: str | None = None
     monitor_images: int = 24
+    #: "none" or "robust" (:func:`robust_view`: intensity outliers, gamma, stain, blur, noise, dim, scale)
+    augment: str = "none"
+    #: train the distance head (:attr:`NetworkConfig.instance_head`) from instance masks
+    instance_head: bool = False
+    instance_weight: float = 1.0
+    #: more pretraining data for the nuclei model: ("bbbc039",) adds the pretraining half of bbbc039
+    extra_data: tuple = ()
+    #: a log line with the step's losses every this many steps (0: none)
+    log_every: int = 0
+
+
+# more data a nuclei model may be pretrained on: name -> loader of its pretraining part (never a held-out one)
+EXTRA_DATA = {"bbbc039": lambda root: load_bbbc039(root, "pretrain")}
 
 
 def aleatoric_nll(logits: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, n_samples: int = 4) -> torch.Tensor:
@@ -108,21 +129,172 @@ def gate_kl(net: ClisNet, task: int, priors: dict[str, torch.Tensor]) -> torch.T
     return total
 
 
-def _prepare(samples: list[Sample], working_long_side: int | None):
-    """Normalise (and for lesion models resize) every image once, as inference does."""
+def distance_target(instances) -> np.ndarray:
+    """The distance head's target from an instance mask ``(H, W)`` (0 = background, one id per object): per
+    object, the Euclidean distance of each pixel to the nearest pixel outside the object, over the object's
+    largest, so 1 at each object's centre, 1 / (its largest distance) on its rim and 0 on the background; float32.
+    Touching objects are measured apart (the other object counts as outside)."""
+    from scipy import ndimage
+
+    inst = np.asarray(instances)
+    if inst.ndim != 2 or inst.dtype.kind not in "iu":
+        raise ValueError(f"instances must be a 2D array of whole-number object ids, got {inst.dtype} {inst.shape}")
+    out = np.zeros(inst.shape, np.float32)
+    for i, box in enumerate(ndimage.find_objects(inst), start=1):
+        if box is None:
+            continue
+        obj = np.pad(inst[box] == i, 1)  # the image's edge counts as the object's border
+        d = ndimage.distance_transform_edt(obj)[1:-1, 1:-1]
+        inside = obj[1:-1, 1:-1]
+        out[box][inside] = (d[inside] / d.max()).astype(np.float32)
+    return out
+
+
+def distance_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the distance head's logit ``(N, H, W)`` against :func:`distance_target` values,
+    over the pixels whose target is known (>= 0; crops of images without instance masks carry -1); 0 if none."""
+    known = target >= 0
+    if not bool(known.any()):
+        return logit.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logit[known], target[known])
+
+
+def _prepare(samples: list[Sample], working_long_side: int | None, settings: PretrainSettings | None = None):
+    """Normalise (and for lesion models resize) every image once, as inference does: ``(x, y, distance, sample)``
+    per image. With ``settings.instance_head``, ``distance`` is :func:`distance_target` of the instance mask (None
+    for an image without one); with robust augmentation the raw ``sample`` is kept (and ``x`` is None: each crop is
+    normalised after it is augmented)."""
+    robust = settings is not None and settings.augment == "robust"
+    heads = settings is not None and settings.instance_head
     out = []
     for s in samples:
-        x = torch.from_numpy(normalize_image(s.image))[None]
         y = torch.from_numpy(s.mask.astype(np.int64))[None, None].float()
+        d = torch.from_numpy(distance_target(s.instances)) if heads and s.instances is not None else None
+        if robust:
+            out.append((None, y[0, 0].long(), d, s))
+            continue
+        x = torch.from_numpy(normalize_image(s.image))[None]
         x, y = resize_long_side(x, working_long_side, y)
-        out.append((x[0], y[0, 0].long()))
+        out.append((x[0], y[0, 0].long(), d, None))
     return out
+
+
+# probability of each robust augmentation (:func:`robust_augment`, :func:`robust_view`), applied independently
+AUGMENT_PROBABILITIES = {"outliers": 0.25, "stain": 0.5, "gamma": 0.3, "blur": 0.25, "dim": 0.15, "noise": 0.3,
+                         "scale": 0.5}
+
+
+def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.random.Generator,
+                   probabilities: dict | None = None) -> np.ndarray:
+    """The raw image ``(H, W)`` or ``(H, W, 3)`` (any dtype) made harder, as float32 of the same shape, for
+    :func:`~napari_clis.preprocessing.normalize_image` to take next. Each step with its probability in
+    ``probabilities`` (default :data:`AUGMENT_PROBABILITIES`):
+
+    * ``stain`` (colour images): per-channel scale 0.85-1.15 and shift +-0.05 of the optical density in HED space
+      (haematoxylin, eosin, DAB; skimage's stain matrix), exactly invertible;
+    * ``outliers`` (images with a dark background, i.e. fluorescence): 1 to 3 objects of ``instances`` made
+      2-20x brighter (mitoses, debris), which moves the normalisation's upper percentile;
+    * ``gamma`` 0.5-2 on the intensity range; ``blur``: Gaussian, sigma 0-1.5 px;
+    * ``dim``: intensities x 0.03-0.3 (rounded again for whole-number images: fewer grey levels);
+    * ``noise``: Gaussian, 0.5-5% of the 1st-99th percentile range.
+    """
+    from scipy import ndimage
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    p = AUGMENT_PROBABILITIES if probabilities is None else probabilities
+    whole = np.asarray(image).dtype.kind in "biu"
+    a = np.asarray(image, dtype=np.float32)
+    shape = a.shape
+    colour = a.ndim == 3
+    if colour and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
+        a, colour = np.ascontiguousarray(a[..., 0]), False  # grey stored as RGB: work on one channel
+    if colour and rng.random() < p.get("stain", 0):
+        top = max(float(a.max()), 1.0)
+        od = -np.log(np.maximum(a, top / 256.0) / (top * 256.0 / 255.0))
+        hed = od @ hed_from_rgb
+        hed = hed * rng.uniform(0.85, 1.15, 3).astype(np.float32) + rng.uniform(-0.05, 0.05, 3).astype(np.float32)
+        a = (np.exp(-(hed @ rgb_from_hed)) * (top * 256.0 / 255.0)).astype(np.float32)
+    grey = a if not colour else a.mean(-1)
+    if instances is not None and rng.random() < p.get("outliers", 0):
+        lo, hi = float(grey.min()), float(grey.max())
+        ids = np.unique(instances)
+        ids = ids[ids > 0]
+        if len(ids) and np.median(grey) < lo + 0.5 * (hi - lo):  # bright objects on a dark background
+            for i in rng.choice(ids, size=min(len(ids), int(rng.integers(1, 4))), replace=False):
+                a[instances == i] *= float(rng.uniform(2.0, 20.0))
+    if rng.random() < p.get("gamma", 0):
+        lo, hi = float(a.min()), float(a.max())
+        if hi > lo:
+            a = (lo + (hi - lo) * ((a - lo) / (hi - lo)) ** float(rng.uniform(0.5, 2.0))).astype(np.float32)
+    if rng.random() < p.get("blur", 0):
+        sigma = float(rng.uniform(0.0, 1.5))
+        a = ndimage.gaussian_filter(a, (sigma, sigma, 0) if colour else sigma).astype(np.float32)
+    if rng.random() < p.get("dim", 0):
+        a = a * float(rng.uniform(0.03, 0.3))
+        if whole:
+            a = np.round(a)
+    if rng.random() < p.get("noise", 0):
+        sub = a[::4, ::4]
+        lo, hi = np.percentile(sub, [1, 99]) if sub.size else (0.0, 0.0)
+        spread = float(hi - lo) or float(a.max() - a.min()) or 1.0
+        a = a + rng.normal(0.0, spread * float(rng.uniform(0.005, 0.05)), a.shape).astype(np.float32)
+    if a.shape != shape:  # grey stored as RGB goes back as it came
+        a = np.repeat(a[..., None], shape[-1], -1)
+    return a.astype(np.float32, copy=False)
+
+
+def robust_view(sample: Sample, distance: torch.Tensor | None, settings: PretrainSettings,
+                rng: np.random.Generator, probabilities: dict | None = None):
+    """A window of a raw training image, augmented (:func:`robust_augment`), normalised as inference does, and
+    rescaled by a factor 0.5-2 (with probability ``probabilities["scale"]``; image bilinear, labels nearest, the
+    distance target bilinear, which keeps it normalised, then 0 where the labels are background): ``(x (3, h, w)
+    float32, y (h, w) int64, distance (h, w) float32 or None)``. The window is twice the crop (before rescaling) on
+    a side where the image allows, so the normalisation sees the crop's surroundings; with probability
+    ``fg_crop_fraction`` it is centred on a random object pixel."""
+    p = AUGMENT_PROBABILITIES if probabilities is None else probabilities
+    c = settings.crop or 128
+    scale = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if rng.random() < p.get("scale", 0) else 1.0
+    h, w = sample.mask.shape
+    side = int(math.ceil(2 * c / scale))
+    wh, ww = min(h, side), min(w, side)
+    fg = np.flatnonzero(sample.mask) if settings.fg_crop_fraction > 0 else np.zeros(0, np.intp)
+    if len(fg) and rng.random() < settings.fg_crop_fraction:
+        cy, cx = divmod(int(fg[rng.integers(len(fg))]), w)
+        y0 = int(np.clip(cy - wh // 2 + rng.integers(-wh // 4, wh // 4 + 1), 0, h - wh))
+        x0 = int(np.clip(cx - ww // 2 + rng.integers(-ww // 4, ww // 4 + 1), 0, w - ww))
+    else:
+        y0, x0 = int(rng.integers(h - wh + 1)), int(rng.integers(w - ww + 1))
+    box = (slice(y0, y0 + wh), slice(x0, x0 + ww))
+    inst = None if sample.instances is None else sample.instances[box]
+    raw = robust_augment(sample.image[box], inst, rng, p)
+    x = torch.from_numpy(normalize_image(raw))
+    y = torch.from_numpy(sample.mask[box].astype(np.int64))
+    d = None if distance is None else distance[box]
+    if scale != 1.0:
+        size = (max(8, round(wh * scale)), max(8, round(ww * scale)))
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0]
+        y = F.interpolate(y[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        if d is not None:
+            d = F.interpolate(d[None, None], size=size, mode="bilinear", align_corners=False)[0, 0] * (y > 0)
+    return x.contiguous(), y.contiguous(), d
 
 
 def image_kinds(samples: list[Sample], model: str) -> list[str]:
     """The kind of each image, as ``bench quality`` reports it (nuclei: fluorescence, brightfield or stained)."""
     dataset = "dsb2018" if model == "nuclei" else "isic2017"
     return [image_kind(s.image, dataset) for s in samples]
+
+
+def _extra_data(settings: PretrainSettings, data_root) -> list[tuple[str, list[Sample]]]:
+    """The extra pretraining data asked for: ``[(name, samples)]``; a clear error for unknown names."""
+    extra = []
+    for name in settings.extra_data:
+        if name not in EXTRA_DATA:
+            raise ValueError(f"unknown extra data {name!r}; choose from {', '.join(EXTRA_DATA)}")
+        if settings.model != "nuclei":
+            raise ValueError(f"extra data {name!r} holds nuclei; it cannot be added to the {settings.model} model")
+        extra.append((name, EXTRA_DATA[name](data_root)))
+    return extra
 
 
 def _image_weights(data, settings: PretrainSettings, kinds: list[str] | None = None) -> np.ndarray:
@@ -133,7 +305,7 @@ def _image_weights(data, settings: PretrainSettings, kinds: list[str] | None = N
     so b = 0 keeps the share of each kind (the default), and b = 1 draws every kind equally often, however
     few images it has.
     """
-    w = np.sqrt([float(y.numel()) for _, y in data]) if settings.area_weighted else np.ones(len(data))
+    w = np.sqrt([float(d[1].numel()) for d in data]) if settings.area_weighted else np.ones(len(data))
     if not 0.0 <= settings.kind_balance <= 1.0:
         raise ValueError(f"kind_balance must be between 0 and 1, got {settings.kind_balance}")
     if kinds is not None and settings.kind_balance > 0:
@@ -147,9 +319,17 @@ def _image_weights(data, settings: PretrainSettings, kinds: list[str] | None = N
 
 
 def _batch(data, settings: PretrainSettings, rng: np.random.Generator, weights: np.ndarray | None = None):
-    xs, ys = [], []
+    """A training batch ``(x, y, distance)``; ``distance`` (N, H, W) is None without ``instance_head`` (-1 where
+    an image has no instance mask)."""
+    xs, ys, ds = [], [], []
     for _ in range(settings.batch):
-        x, y = data[rng.choice(len(data), p=weights) if weights is not None else rng.integers(len(data))]
+        item = data[rng.choice(len(data), p=weights) if weights is not None else rng.integers(len(data))]
+        if settings.augment == "robust":
+            x, y, d = robust_view(item[3], item[2], settings, rng)
+        else:
+            x, y, d = item[0], item[1], item[2]
+        if settings.instance_head:  # cropped and flipped with the image, as one more channel
+            x = torch.cat([x, (d if d is not None else torch.full(y.shape, -1.0))[None]])
         if settings.crop and settings.fg_crop_fraction > 0 and rng.random() < settings.fg_crop_fraction:
             # centre the crop on a random foreground pixel, so rare image types with few objects are seen
             fg = torch.nonzero(y > 0)
@@ -176,6 +356,9 @@ def _batch(data, settings: PretrainSettings, rng: np.random.Generator, weights: 
             x, y = x.flip(-1), y.flip(-1)
         if rng.random() < 0.5:
             x, y = x.flip(-2), y.flip(-2)
+        if settings.instance_head:
+            x, d = x[:3], x[3]
+            ds.append(d)
         # intensity: contrast and brightness jitter per channel, in the normalised space
         gain = torch.from_numpy(rng.uniform(0.8, 1.2, (3, 1, 1)).astype(np.float32))
         shift = float(rng.uniform(-0.1, 0.1))
@@ -185,7 +368,7 @@ def _batch(data, settings: PretrainSettings, rng: np.random.Generator, weights: 
     x, y = torch.stack(xs), torch.stack(ys)
     if settings.crop is None:
         x, y = _random_affine(x, y, rng)
-    return x.contiguous(), y.contiguous()
+    return x.contiguous(), y.contiguous(), (torch.stack(ds).contiguous() if ds else None)
 
 
 def _random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
@@ -227,7 +410,7 @@ def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batc
         m.momentum = None  # cumulative average
     net.train()
     for _ in range(n_batches):
-        x, _ = _batch(data, settings, rng, weights)
+        x, _, _ = _batch(data, settings, rng, weights)
         net.trunk(x, 0, relaxed=False)
     for m, mom in zip(norms, saved):
         m.momentum = mom
@@ -271,11 +454,22 @@ def pretrain(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     t0 = time.time()
+    if settings.augment not in ("none", "robust"):
+        raise ValueError(f"augment must be 'none' or 'robust', got {settings.augment!r}")
+    if (settings.augment == "robust" or settings.instance_head) and (
+            settings.crop is None or settings.working_long_side is not None):
+        raise ValueError("robust augmentation and the distance head are trained on crops at the image's own "
+                         "resolution (the nuclei model's way), not on whole resized images")
     train = load_dataset(settings.model, "pretrain", data_root)
+    kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
+    for name, extra in _extra_data(settings, data_root):
+        log(f"adding {len(extra)} pretraining images of {name}")
+        train = train + extra
+        if kinds is not None:
+            kinds += [image_kind(s.image, name) for s in extra]
     monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
                            limit=settings.monitor_images)
-    data = _prepare(train, settings.working_long_side)
-    kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
+    data = _prepare(train, settings.working_long_side, settings)
     weights = _image_weights(data, settings, kinds)
     log(f"loaded {len(train)} training images in {time.time() - t0:.1f}s")
     if kinds is not None:
@@ -284,12 +478,16 @@ def pretrain(
                                                  for k, p in shares.items()))
 
     config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout,
-                           bottleneck_dilation=settings.bottleneck_dilation)
+                           bottleneck_dilation=settings.bottleneck_dilation, instance_head=settings.instance_head)
     net = ClisNet(config)
     earlier_phases = []
     if settings.init:  # a second phase that starts from an existing model (fresh optimiser and schedule)
         init_net, init_meta, _ = load_model(settings.init)
-        net.load_state_dict(init_net.state_dict())
+        if init_net.config.instance_head and not settings.instance_head:
+            raise ValueError(f"{settings.init} has a distance head; train on with --instance-head to keep it")
+        missing, _ = net.load_state_dict(init_net.state_dict(), strict=False)  # a new distance head starts fresh
+        if any(not k.startswith("distance_head.") for k in missing):
+            raise ValueError(f"{settings.init} does not match the network asked for (no {missing[0]!r})")
         earlier = init_meta.get("training", {})
         earlier_phases = earlier.get("earlier_phases", []) + [
             {k: earlier.get(k) for k in ("settings", "step", "seconds", "history")}]
@@ -341,12 +539,17 @@ def pretrain(
         ts = time.time()
         for group, base in zip(opt.param_groups, (settings.lr, settings.gate_lr)):
             group["lr"] = base * _lr_factor(step, settings.steps)
-        x, y = _batch(data, settings, rng, weights)
-        logits, logvar = net(x, relaxed=True)
+        x, y, d = _batch(data, settings, rng, weights)
+        if settings.instance_head:
+            logits, logvar, dlogit = net(x, relaxed=True, with_distance=True)
+            loss_dist = distance_loss(dlogit[:, 0], d)
+        else:
+            logits, logvar = net(x, relaxed=True)
+            loss_dist = torch.zeros(())
         loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
         loss_dice = soft_dice_loss(logits, y, settings.dice_per_image)
         kl = gate_kl(net, 0, priors)
-        loss = loss_nll + loss_dice + settings.kl_weight * kl
+        loss = loss_nll + loss_dice + settings.kl_weight * kl + settings.instance_weight * loss_dist
         if not torch.isfinite(loss):  # the next step would make every weight NaN: stop before it, write nothing
             kept = (f"; {ckpt_path} still holds the last good state" if ckpt_path.exists() else "")
             raise TrainingDiverged(
@@ -360,14 +563,18 @@ def pretrain(
         train_seconds += time.time() - ts
         if progress:
             progress(step, settings.steps, loss.item())
+        if settings.log_every and step % settings.log_every == 0:
+            log(f"step {step}/{settings.steps} loss {loss.item():.4f} (nll {loss_nll.item():.4f} dice "
+                f"{loss_dice.item():.4f} distance {loss_dist.item():.4f} kl {kl.item():.1f}) "
+                f"{train_seconds / step:.2f} s/step")
         if step % settings.eval_every == 0 or step == settings.steps:
             scores = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)
             net.train()
             on = sum(int(c.gates.hard(0).sum()) for c in net.masked_convs().values())
             tot = sum(c.gates.n_kernels for c in net.masked_convs().values())
             history.append({"step": step, "loss": loss.item(), "nll": loss_nll.item(), "dice_loss": loss_dice.item(),
-                            "kl": kl.item(), "monitor_dice": scores["dice"], "monitor_iou": scores["iou"],
-                            "kernels_on": on, "kernels": tot, "seconds": train_seconds})
+                            "distance_loss": loss_dist.item(), "kl": kl.item(), "monitor_dice": scores["dice"],
+                            "monitor_iou": scores["iou"], "kernels_on": on, "kernels": tot, "seconds": train_seconds})
             log(f"step {step}/{settings.steps} loss {loss.item():.4f} monitor dice {scores['dice']:.4f} "
                 f"iou {scores['iou']:.4f} kernels on {on}/{tot} ({train_seconds / 60:.1f} min)")
             save_model(ckpt_path, net, metadata(False),

@@ -59,6 +59,9 @@ class NetworkOutput:
     epistemic: np.ndarray
     aleatoric: np.ndarray
     entropy: np.ndarray  # softmax entropy of the deterministic pass (the baseline uncertainty)
+    #: the distance head's map of the deterministic pass (1 at object centres, 0 on borders and background);
+    #: None for a network without the head (``NetworkConfig.instance_head``)
+    distance: np.ndarray | None = None
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -145,7 +148,8 @@ def _head_rows(net: ClisNet, feats: torch.Tensor, g: torch.Tensor, flip: tuple[i
 @torch.no_grad()
 def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, generator: torch.Generator,
                   flips: bool = False):
-    """``x``: (1, 3, h, w) already padded. Returns tensors (K,h,w), (h,w), (h,w), (h,w).
+    """``x``: (1, 3, h, w) already padded. Returns tensors (K,h,w), (h,w), (h,w), (h,w), and the distance map
+    (h,w) of the deterministic pass (the mean over flips) or None for a network without the distance head.
 
     The trunk runs once (once per flip when ``flips``: the four flips of the image are then part of the
     predictive distribution, sample ``t`` using flip ``t % 4``, and the deterministic pass is their mean).
@@ -162,6 +166,8 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
         drop = (torch.rand(gates.shape, generator=generator, device=gates.device) < keep).to(gates.dtype) / keep
         gates = gates * drop
     p_det = torch.zeros((k, h, w), device=x.device)
+    head = net.distance_head
+    distance = None if head is None else torch.zeros((h, w), device=x.device)
     z = [None] * n_samples
     logvar = [None] * n_samples
     for v, flip in enumerate(variants):
@@ -170,14 +176,21 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
         g = torch.cat([g_det, gates[mine]]) if mine else g_det
         zv, sv = _head_rows(net, feats, g, flip)
         p_det += torch.softmax(zv[0], 0)
+        if head is not None:  # deterministic gates folded into the 1x1 head, as for the other heads
+            c = feats.shape[1]
+            d = torch.addmm(head.bias[:, None], g_det * head.weight.view(1, c), feats.reshape(c, h * w))
+            d = torch.sigmoid(d.view(1, h, w))
+            distance += (d.flip(flip) if flip else d)[0]
         for j, t in enumerate(mine):
             z[t], logvar[t] = zv[1 + j], sv[1 + j]
         del feats
     p_det /= len(variants)
+    if distance is not None:
+        distance /= len(variants)
     entropy = -(p_det * p_det.clamp_min(1e-12).log()).sum(0)
     if n_samples <= 0:
         zeros = torch.zeros_like(entropy)
-        return p_det, zeros, zeros, entropy
+        return p_det, zeros, zeros, entropy, distance
     eps = _latin_hypercube_normal(n_samples, LOGIT_NOISE_SAMPLES, k, generator, x.device, x.dtype)
     sum_m = torch.zeros((k, h, w), device=x.device, dtype=x.dtype)
     sum_sq = torch.zeros((h, w), device=x.device, dtype=x.dtype)
@@ -189,7 +202,7 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
     mean_sq = sum_sq / n_samples
     epistemic = (mean_sq - (p_bar * p_bar).sum(0)).clamp_min(0)
     aleatoric = (1.0 - mean_sq).clamp_min(0)
-    return p_bar, epistemic, aleatoric, entropy
+    return p_bar, epistemic, aleatoric, entropy, distance
 
 
 def predict(
@@ -243,15 +256,16 @@ def predict(
     h, w = x.shape[-2:]
     k = net.config.n_classes
     tiles = plan_tiles(h, w, max(h, w) if tile is None else tile, margin)
+    n_maps = 3 if net.distance_head is None else 4  # (H, W) maps: epistemic, aleatoric, entropy (, distance)
     if len(tiles) > 1:
-        out = [torch.zeros((k, h, w), device=device)] + [torch.zeros((h, w), device=device) for _ in range(3)]
+        out = [torch.zeros((k, h, w), device=device)] + [torch.zeros((h, w), device=device) for _ in range(n_maps)]
     generator = torch.Generator(device=device)
     for i, piece in enumerate(tiles):
         generator.manual_seed(seed)  # every tile draws the samples one pass over the whole image would
         ya, yb, xa, xb = piece.crop
         xp, _ = fit_grid(x[..., ya:yb, xa:xb])
         y0, y1, x0, x1 = piece.core_in_crop
-        res = [o[..., y0:y1, x0:x1] for o in _predict_tile(net, xp, task, n_samples, generator, flips)]
+        res = [o[..., y0:y1, x0:x1] for o in _predict_tile(net, xp, task, n_samples, generator, flips)[:1 + n_maps]]
         if len(tiles) == 1:
             out = res
         else:
@@ -263,8 +277,8 @@ def predict(
     if (h, w) != tuple(full_hw):
         out = [_resize(o, tuple(full_hw)) for o in out]
         out[0] = out[0] / out[0].sum(0, keepdim=True)
-    probs, epi, alea, ent = (o.float().cpu().numpy() for o in out)
-    return NetworkOutput(np.ascontiguousarray(probs), epi, alea, ent)
+    probs, epi, alea, ent, *distance = (o.float().cpu().numpy() for o in out)
+    return NetworkOutput(np.ascontiguousarray(probs), epi, alea, ent, distance[0] if distance else None)
 
 
 def segment_normalized(net: ClisNet, normalized: np.ndarray, settings: SegmentSettings, *, task: int = 0,
