@@ -500,3 +500,74 @@ def test_a_pipe_given_as_an_image_is_refused_at_once(tmp_path, capsys):
     assert time.monotonic() - t0 < 30
     err = capsys.readouterr().err
     assert code == 1 and f"{fifo} is not a regular file" in err, err
+
+
+# -- issue 19: intensity range and object size ------------------------------------------------------------------------
+def test_batch_takes_the_intensity_range_and_object_size_as_segment_does(tmp_path, nuclei_fluo, nuclei_session):
+    small = np.ascontiguousarray(nuclei_fluo[0][::2, ::2])
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, small)
+    options = {"intensity_range": (5.0, 120.0), "object_diameter": nuclei_session.object_diameter / 2}
+    (r,) = nuclei_session.segment_many(path, **options)
+    whole = nuclei_session.segment(small, **options)
+    assert r.status == "segmented" and r.labels.shape == small.shape
+    np.testing.assert_array_equal(r.labels, whole.labels)
+    np.testing.assert_array_equal(r.uncertainty, whole.uncertainty)
+    np.testing.assert_array_equal(r.instances, whole.instances)
+    assert not np.array_equal(r.labels, nuclei_session.segment(small).labels)  # the options did something
+
+
+def test_a_large_plane_is_tiled_at_the_scale_the_network_sees_it(tmp_path, nuclei_he, nuclei_session):
+    big = _large_image(nuclei_he)  # 512x640
+    tifffile.imwrite(tmp_path / "big.tif", big, photometric="rgb")
+    (r,) = nuclei_session.segment_many(tmp_path / "big.tif", tile=256, object_diameter=2 * 19.9)  # shrunk by 2
+    assert r.tiles == 2  # 256x320 for the network: 1 x 2 tiles of at most 256 px there (not 2 x 3 as unscaled)
+    whole = nuclei_session.segment(big, tile=256, object_diameter=2 * 19.9)
+    assert (r.labels == whole.labels).mean() > 0.995  # per-tile rescaling: a few pixels differ near tile borders
+
+
+def test_the_command_line_records_the_range_and_size_and_a_change_is_another_run(tmp_path, capsys):
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"
+    out = tmp_path / "out"
+    base = ["segment", str(image), "--model", "nuclei", "--output", str(out), "--samples", "2"]
+    assert main(base + ["--intensity-range", "5,120", "--object-diameter", "15"]) == 0
+    labels_path, _ = _outputs(out, NUCLEI_FLUO)
+    settings = read_batch_metadata(labels_path)["settings"]
+    assert settings["intensity_range"] == [5.0, 120.0] and settings["object_diameter"] == 15.0
+    before = labels_path.read_bytes()
+    assert main(base + ["--intensity-range", "5,120", "--object-diameter", "15"]) == 0  # the same run: skipped
+    assert "1 skipped" in capsys.readouterr().err and labels_path.read_bytes() == before
+    assert main(base + ["--intensity-range", "auto", "--object-diameter", "15"]) == 2  # another run: refused
+    assert "--overwrite" in capsys.readouterr().err and labels_path.read_bytes() == before
+    assert main(base + ["--overwrite"]) == 0
+    settings = read_batch_metadata(labels_path)["settings"]
+    assert settings["intensity_range"] == "auto" and settings["object_diameter"] is None
+
+
+@pytest.mark.parametrize("args, words", [(["--intensity-range", "7,7"], "zero width"),
+                                         (["--intensity-range", "9,3"], "negative width"),
+                                         (["--intensity-range", "nan,3"], "finite"),
+                                         (["--intensity-range", "bright"], "'auto' or LOW,HIGH"),
+                                         (["--object-diameter", "0"], "above 0"),
+                                         (["--object-diameter", "-4"], "above 0"),
+                                         (["--object-diameter", "nan"], "above 0")])
+def test_the_command_line_refuses_a_bad_range_or_size_by_name(tmp_path, capsys, args, words):
+    image = NUCLEI_DIR / f"{NUCLEI_FLUO}.png"
+    with pytest.raises(SystemExit) as e:
+        main(["segment", str(image), "--model", "nuclei", "--output", str(tmp_path / "out")] + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert args[0] in err and words in err and not (tmp_path / "out").exists()
+
+
+def test_an_object_size_larger_than_a_plane_fails_that_file_only(tmp_path, nuclei_fluo, nuclei_session):
+    tifffile.imwrite(tmp_path / "a_tiny.tif", np.ascontiguousarray(nuclei_fluo[0][:40, :40]))
+    tifffile.imwrite(tmp_path / "b_large.tif", nuclei_fluo[0])
+    tiny, large = nuclei_session.segment_many(tmp_path, object_diameter=50)
+    assert tiny.status == "failed" and "object_diameter 50 px is larger than the image" in tiny.error
+    assert large.status == "segmented"
+    for bad in (0, -1, float("nan"), "10"):
+        with pytest.raises(ValueError, match="object_diameter"):
+            nuclei_session.segment_many(tmp_path, object_diameter=bad)
+    with pytest.raises(ValueError, match="intensity_range.*zero width"):
+        nuclei_session.segment_many(tmp_path, intensity_range=[3, 3])

@@ -253,3 +253,19 @@ def test_measurements_bad_input():
         measure_objects(inst - 1, np.zeros((16, 16)))
     with pytest.raises(ValueError, match="real numbers"):
         measure_objects(inst, np.zeros((16, 16), complex))
+
+
+def test_the_instance_heads_distance_map_splits_what_the_mask_alone_cannot():
+    # two nuclei pressed into one elliptic blob without a neck: its distance transform has one ridge, the
+    # instance head's map (1 at each centre, falling towards each border) has two peaks
+    yy, xx = np.mgrid[:64, :96]
+    mask = ((xx - 48) / 26) ** 2 + ((yy - 32) / 16) ** 2 < 1
+    d1 = np.hypot(yy - 32, xx - 36)
+    d2 = np.hypot(yy - 32, xx - 60)
+    distance = np.clip(np.maximum(1 - d1 / 16, 1 - d2 / 16), 0, 1).astype(np.float32)
+    labels = mask.astype(np.uint8)
+    prob = mask.astype(np.float32)
+    assert instances_from_probabilities(prob, labels).max() == 1
+    split = instances_from_probabilities(prob, labels, distance=distance)
+    assert split.max() == 2
+    assert split[32, 36] != split[32, 60] and split[32, 36] > 0 and split[32, 60] > 0

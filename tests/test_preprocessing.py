@@ -88,3 +88,94 @@ def test_a_range_of_subnormal_width_normalises_without_overflow_or_nan(dtype, ti
         warnings.simplefilter("error")
         out = normalize_image(image)
     assert np.isfinite(out).all() and out.min() == -0.5 and out.max() == 0.5
+
+
+# -- bright outliers (issue 19): a few very bright objects must not set the range for all the others ----------
+
+def _brightened(image, labels, n=3, factor=10.0):
+    """``image`` (float32) with ``n`` ordinary nuclei (those of median brightness) made ``factor`` x brighter, and
+    the pixels to leave out of a comparison: those nuclei and 3 px around them. (Brightening the brightest
+    nuclei would also move the range of the unmodified image, which they set.)"""
+    from scipy import ndimage
+
+    ids = np.unique(labels[labels > 0])
+    brightness = ndimage.mean(image, labels, ids)
+    middle = ids[np.argsort(brightness)][len(ids) // 2 - n // 2:][:n]
+    inside = np.isin(labels, middle)
+    out = image.astype(np.float32)
+    out[inside] *= factor
+    return out, ndimage.binary_dilation(inside, iterations=3)
+
+
+def _fluo_instances():
+    from skimage.io import imread
+
+    from .conftest import DATA, NUCLEI_FLUO
+
+    image = imread(DATA / "dsb2018" / "images" / f"{NUCLEI_FLUO}.png")[..., 0]
+    return image, imread(DATA / "dsb2018" / "masks" / f"{NUCLEI_FLUO}.png").astype(np.int32)
+
+
+def test_nuclei_made_ten_times_brighter_leave_the_other_nuclei_as_they_were():
+    image, labels = _fluo_instances()
+    bright, near = _brightened(image, labels)
+    # the condition is real: the plain 99.8th percentile lands in the bright nuclei, several times too high
+    assert np.percentile(bright, 99.8) > 3 * np.percentile(image, 99.8)
+    before, after = normalize_image(image), normalize_image(bright)
+    others = (labels > 0) & ~near
+    assert np.abs(after[:, ~near] - before[:, ~near]).max() < 0.02
+    assert np.abs(after[:, others] - before[:, others]).mean() < 0.005
+    assert after[:, near & (labels > 0)].mean() > before[:, near & (labels > 0)].mean()  # they saturate, bright
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_a_tile_of_an_image_with_bright_outliers_normalises_as_the_whole_image(dtype):
+    from napari_clis.preprocessing import intensity_range
+
+    image, labels = _fluo_instances()
+    bright = _brightened(image, labels)[0].round().astype(dtype)
+    whole = normalize_image(bright)
+    lo, hi = intensity_range(bright)
+    assert hi < np.percentile(bright, 99.8) / 3  # the automatic range left the outliers out
+    for ya, yb, xa, xb in ((0, 128, 0, 128), (100, 256, 37, 200)):
+        tile = normalize_image(bright[ya:yb, xa:xb], value_range=(lo, hi))
+        np.testing.assert_allclose(tile, whole[:, ya:yb, xa:xb], atol=1e-6)
+
+
+def test_images_without_outliers_keep_the_plain_percentile_range(nuclei_fluo, nuclei_he):
+    from napari_clis.preprocessing import intensity_range
+
+    for image in (nuclei_fluo[0], nuclei_he[0]):
+        lo, hi = np.percentile(image.astype(np.float64), [1.0, 99.8])
+        assert intensity_range(image) == pytest.approx((lo, hi), rel=1e-9)
+
+
+def test_sixteen_bit_nuclei_made_ten_times_brighter_leave_the_others_as_they_were():
+    """bbbc039 (16-bit Hoechst): 3 nuclei at 10x still fit in uint16 (12-bit data)."""
+    from pathlib import Path
+
+    from skimage.io import imread
+
+    folder = Path("..") / "shared" / "data" / "bbbc039"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/bbbc039 is not here")
+    name = sorted((folder / "images").glob("*.png"))[5].name
+    image = imread(folder / "images" / name)
+    labels = imread(folder / "masks" / name).astype(np.int32)
+    assert image.dtype == np.uint16
+    bright, near = _brightened(image, labels)
+    bright = bright.astype(np.uint16)
+    assert np.percentile(bright, 99.8) > 3 * np.percentile(image, 99.8)
+    before, after = normalize_image(image), normalize_image(bright)
+    # within a few percent of the range: the 3 nuclei left out of the percentile move it a little
+    assert np.abs(after[:, ~near] - before[:, ~near]).max() < 0.05
+    others = (labels > 0) & ~near
+    assert np.abs(after[:, others] - before[:, others]).mean() < 0.02
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-4, -3.0), (37.5, 1e4), (1e6, 0.0)])
+def test_the_outlier_rule_does_not_depend_on_the_intensity_unit(scale, offset):
+    image, labels = _fluo_instances()
+    bright = _brightened(image, labels)[0]
+    ref = normalize_image(bright)
+    np.testing.assert_allclose(normalize_image(bright.astype(np.float64) * scale + offset), ref, atol=2e-3)

@@ -414,3 +414,120 @@ def test_the_lesion_model_gives_one_object(lesion_session, lesion):
     m = lesion_session.measurements()
     assert list(m["label"]) == [1] and m["area"][0] == (lesion_session.labels > 0).sum()
     lesion_session.clear_clicks()
+
+
+# -- issue 19: intensity range and object scale ----------------------------------------------------------------------
+def _downscaled(image, mask, k):
+    from skimage.transform import resize
+
+    small = resize(image, (image.shape[0] // k, image.shape[1] // k), anti_aliasing=True,
+                   preserve_range=True).astype(image.dtype)
+    return small, resize(mask.astype(float), small.shape[:2], order=1, anti_aliasing=True) > 0.5
+
+
+def _at_full_size(labels, shape):
+    from skimage.transform import resize
+
+    return resize((labels > 0).astype(float), shape, order=1) > 0.5
+
+
+def test_the_nuclei_model_knows_the_size_of_its_training_nuclei(nuclei_session, lesion_session):
+    from napari_clis.session import NUCLEI_OBJECT_DIAMETER
+
+    assert nuclei_session.object_diameter == NUCLEI_OBJECT_DIAMETER == 19.9  # dsb2018 pretraining masks, median
+    assert lesion_session.object_diameter is None
+    metadata = dict(nuclei_session.metadata, object_diameter=12.5)
+    assert ClisSession(nuclei_session.net, metadata, device="cpu").object_diameter == 12.5
+
+
+@pytest.mark.parametrize("k, slack", [(2, 0.06), (4, 0.03)])
+def test_the_object_diameter_brings_small_nuclei_back_to_the_full_size_result(nuclei_session, nuclei_he, k, slack):
+    image, truth = nuclei_he
+    full = dice(nuclei_session.segment(image).labels > 0, truth)
+    small, _ = _downscaled(image, truth, k)
+    plain = nuclei_session.segment(small).labels
+    r = nuclei_session.segment(small, object_diameter=nuclei_session.object_diameter / k)
+    _check_result(r, small.shape[:2])  # every map comes back at the image's own size
+    assert r.instances.shape == small.shape[:2] and nuclei_session.labels.shape == small.shape[:2]
+    scaled_dice = dice(_at_full_size(r.labels, truth.shape), truth)
+    plain_dice = dice(_at_full_size(plain, truth.shape), truth)
+    assert scaled_dice >= full - slack  # measured 0.851 (k=2), 0.834 (k=4) against 0.859 at full size
+    if k == 4:  # objects of 5 px: the model, as it is, loses them; rescaled it finds them (measured 0.689 -> 0.834)
+        assert scaled_dice >= plain_dice + 0.1
+    wrong = nuclei_session.segment(small, object_diameter=nuclei_session.object_diameter * k)  # shrunk, not enlarged
+    assert dice(_at_full_size(wrong.labels, truth.shape), truth) < scaled_dice - 0.1
+
+
+def test_clicks_and_learning_work_in_image_pixels_at_the_segmented_scale(nuclei_fluo):
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    image, truth = nuclei_fluo
+    small, _ = _downscaled(image, truth, 2)
+    s.segment(small, object_diameter=s.object_diameter / 2)
+    assert s._scale == pytest.approx(2.0)
+    ys, xs = np.nonzero(s.labels == 0)
+    s.click(int(ys[0]), int(xs[0]), 1)
+    assert s.labels[ys[0], xs[0]] == 1 and s.labels.shape == small.shape
+    x, y = s._working(s._normalized, s.labels, scale=s._scale)
+    assert x.shape[-1] == 2 * small.shape[1] and y.shape == x.shape[-2:]  # learning sees what the network saw
+    record = s.learn(steps=2)
+    assert record.image_shape == list(small.shape)
+    assert s.segment(small, object_diameter=10).labels.shape == small.shape and s.task == record.task
+
+
+@pytest.mark.parametrize("value, words", [(0, "positive number"), (-3, "positive number"), (float("nan"), "positive"),
+                                          (float("inf"), "positive"), ("20", "number of pixels"), (True, "number"),
+                                          (300, "larger than the image"), (1.0, "too small")])
+def test_a_bad_object_diameter_is_refused_by_name_and_keeps_the_previous_result(nuclei_session, nuclei_fluo, value,
+                                                                                  words):
+    image, _ = nuclei_fluo
+    good = nuclei_session.segment(image[:200, :200])
+    with pytest.raises(ValueError, match=f"object_diameter.*{words}|{words}.*object_diameter"):
+        nuclei_session.segment(image[:200, :200], object_diameter=value)
+    assert nuclei_session.result is good
+
+
+def test_a_model_that_sees_whole_images_at_a_fixed_size_refuses_an_object_diameter(lesion_session, lesion):
+    image, _ = lesion
+    with pytest.raises(ValueError, match="object_diameter does not apply.*skin-lesion"):
+        lesion_session.segment(image, object_diameter=40)
+
+
+def test_an_intensity_range_segments_what_that_value_range_gives(nuclei_session, nuclei_fluo):
+    from napari_clis.preprocessing import normalize_image
+    from napari_clis.uncertainty import segment_normalized
+
+    image, truth = nuclei_fluo
+    shown = (5.0, 120.0)  # napari's contrast limits, in the image's own units
+    r = nuclei_session.segment(image, intensity_range=shown)
+    normalized = normalize_image(image, value_range=shown)
+    out, labels = segment_normalized(nuclei_session.net, normalized, nuclei_session.segment_settings())
+    np.testing.assert_array_equal(r.labels, labels)
+    np.testing.assert_allclose(r.uncertainty, out.uncertainty, atol=1e-6)
+    np.testing.assert_array_equal(nuclei_session._normalized, normalized)  # learning sees it too
+    auto = nuclei_session.segment(image, intensity_range="auto")
+    np.testing.assert_array_equal(auto.labels, nuclei_session.segment(image).labels)
+    assert not np.array_equal(auto.probabilities, r.probabilities)
+    dark = nuclei_session.segment(image, intensity_range=(0, 5000))  # everything near black: nothing found
+    assert dice(dark.labels > 0, truth) < dice(auto.labels > 0, truth) - 0.3
+
+
+@pytest.mark.parametrize("value, words", [((10, 10), "zero width"), ((200, 10), "negative width"),
+                                          ((float("nan"), 10), "finite"), ((0, float("inf")), "finite"),
+                                          ("displayed", "'auto' or a"), ((1, 2, 3), "'auto' or a"),
+                                          (5, "'auto' or a"), (("a", "b"), "'auto' or a")])
+def test_a_bad_intensity_range_is_refused_by_name_and_keeps_the_previous_result(nuclei_session, nuclei_fluo, value,
+                                                                                 words):
+    image, _ = nuclei_fluo
+    good = nuclei_session.segment(image[:64, :64])
+    with pytest.raises(ValueError, match=f"intensity_range.*{words}"):
+        nuclei_session.segment(image, intensity_range=value)
+    assert nuclei_session.result is good
+
+
+def test_a_range_beyond_the_images_type_is_mapped_exactly():
+    from napari_clis.preprocessing import normalize_image
+
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for low, high in ((-40000.0, 300.0), (-1e6, 1e6), (-3e9, 5.0)):
+        expected = np.clip((image - low) / (high - low), 0, 1) - 0.5
+        np.testing.assert_allclose(normalize_image(image, value_range=(low, high))[0], expected, atol=1e-6)

@@ -391,3 +391,66 @@ def test_a_two_channel_image_read_as_a_stack_of_strips_gets_a_hint(viewer_and_wi
     layer = viewer.add_image(np.stack([image, image], -1), name="two channels")  # napari: 64 slices of 64x2
     _run(widget, qtbot, layer)
     assert any("only 2 pixels along its last axis" in w for w in warnings)
+
+
+# -- issue 19: intensity range and object size ------------------------------------------------------------------------
+def test_as_displayed_segments_what_the_contrast_limits_show(viewer_and_widget, qtbot, nuclei_fluo, nuclei_session,
+                                                             errors):
+    from napari_clis.preprocessing import normalize_image
+
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    layer = viewer.add_image(image, name="nuclei")
+    layer.contrast_limits = (5.0, 120.0)
+    widget._intensity_combo.value = "as displayed"
+    _run(widget, qtbot, layer)
+    assert not errors
+    np.testing.assert_array_equal(widget.session._normalized, normalize_image(image, value_range=(5.0, 120.0)))
+    expected = nuclei_session.segment(image, intensity_range=(5.0, 120.0))
+    np.testing.assert_array_equal(widget.session.result.labels, expected.labels)
+    np.testing.assert_allclose(widget.session.result.uncertainty, expected.uncertainty, atol=1e-6)
+    widget._intensity_combo.value = "automatic"  # the robust range again: another input
+    _run(widget, qtbot, layer)
+    np.testing.assert_array_equal(widget.session._normalized, normalize_image(image))
+
+
+def test_contrast_limits_of_no_width_are_reported_and_the_segmentation_stays(viewer_and_widget, qtbot, nuclei_fluo,
+                                                                              errors):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    layer = viewer.add_image(image, name="nuclei")
+    _run(widget, qtbot, layer)
+    before = viewer.layers["segmentation"].data.copy()
+    result = widget.session.result
+    widget._intensity_combo.value = "as displayed"
+    layer._contrast_limits = (50.0, 50.0)  # napari's setter refuses this; a layer can still hold it
+    widget.run(layer)
+    assert not widget.busy
+    assert errors and "contrast limits of 'nuclei' have no width" in errors[-1]
+    assert "Not segmented" in widget._status.value
+    assert widget.session.result is result
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, before)
+
+
+def test_the_object_size_rescales_for_the_model_and_results_keep_the_image_size(viewer_and_widget, qtbot,
+                                                                                 nuclei_fluo, errors):
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    small = image[::2, ::2]
+    layer = viewer.add_image(small, name="small")
+    widget._object_size.value = 9.95  # half the nuclei the model learned (19.9 px)
+    _run(widget, qtbot, layer)
+    assert not errors
+    assert widget.session._scale == pytest.approx(2.0)
+    for name in ("segmentation", "uncertainty", "superpixels", "instances"):
+        assert viewer.layers[name].data.shape == small.shape
+    assert int(viewer.layers["instances"].data.max()) > 5
+    before = viewer.layers["segmentation"].data.copy()
+    widget._object_size.value = 500  # larger than the image: said, nothing lost
+    widget.run(layer)
+    assert not widget.busy
+    assert errors and "object_diameter 500 px is larger than the image" in errors[-1]
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, before)
+    widget._object_size.value = 0  # the image as it is
+    _run(widget, qtbot, layer)
+    assert widget.session._scale is None

@@ -3,7 +3,8 @@
 The public entry point is :class:`ClisSession`; it is imported lazily so that ``import napari_clis``
 (e.g. by napari when it reads the plugin manifest) does not load torch. The errors the API raises are here too:
 ``ImageError``, ``InteractionError`` and ``CheckpointError`` are ``ValueError``; ``LearnRejected`` (a learn step
-rolled back because it would make the image worse) and ``LearnCancelled`` are ``RuntimeError``.
+rolled back because it would make the image worse), ``LearnCancelled``, ``TrainingDiverged`` and ``TrainingCancelled``
+are ``RuntimeError``. ``train`` trains or fine-tunes a model on a folder of annotated images.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ _LAZY = {
     "ImageError": "preprocessing",
     "InteractionError": "interactive",
     "CheckpointError": "checkpoint",
+    "train": "training",
+    "TrainingDiverged": "training",
+    "TrainingCancelled": "training",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -17,8 +17,19 @@ TASK = (
     "if it agrees with the pretrained model here, else the pretrained task 0. Choose one to use it regardless."
 )
 ALL_SLICES = "Segment every 2D slice of a stack or time series, not only the one on screen. You can cancel at any time."
+INTENSITY_RANGE = (
+    "Which brightness counts as black and as white for the model. 'automatic': set from each image, and not "
+    "thrown off by a few very bright cells or specks. 'as displayed': the image layer's contrast limits (the "
+    "layer controls' contrast slider), so what you see is what is segmented: use it when faint objects are missed."
+)
+OBJECT_SIZE = (
+    "The typical width of one object (e.g. a nucleus) in pixels; measure one with the ruler or by hovering. The "
+    "image is enlarged or shrunk for the model so its objects have the size it learned; the results keep the "
+    "image's own size. 0: use the image as it is."
+)
 RUN = "Segment the image and show the segmentation, the uncertainty map and the superpixels as layers (Shift-S)."
 CANCEL = "Stop after the current slice. Slices already segmented are kept."
+UNFAMILIAR = "This image is unlike those the model learned from: check it, correct it and press Learn."
 UNCERTAINTY_LAYER = (
     "Bright = the model is unsure there (epistemic + aleatoric variance). Check and correct these places first."
 )

@@ -20,6 +20,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -63,6 +64,7 @@ def _device_choices() -> list[str]:
 
 
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
+AUTO_RANGE, DISPLAYED_RANGE = "automatic", "as displayed"  # the Intensity range list: the robust range, contrast limits
 REPLACED = "This panel was closed or replaced by a newer one on this window; use that one."
 _OWNERS: dict[int, weakref.ref] = {}  # id(viewer) -> the widget that owns its layers (the last one opened)
 
@@ -109,6 +111,14 @@ def task_choice_text(session) -> str:
         return (f"\nPretrained task: task {c['nearest']} (most similar image) disagrees "
                 f"({c['agreement']:.2f} < {TRANSFER_AGREEMENT}).")
     return "\nPretrained task."
+
+
+def familiarity_text(familiarity) -> str:
+    """A line for the status when the image is unlike what the model knows ("" otherwise); the detail and what
+    to do are in the status's tooltip (``familiarity.message``)."""
+    if familiarity is None or not familiarity.unfamiliar:
+        return ""
+    return "\n" + tips.UNFAMILIAR
 
 
 def object_count_text(session, instances) -> str:
@@ -248,6 +258,10 @@ class SegmentWidget(Container):
         self._device = ComboBox(label="Device", choices=_device_choices(), value="auto", tooltip=tips.DEVICE)
         self._samples = SpinBox(label="MC samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
         self._task_combo = ComboBox(label="Task", choices=self._task_choices, value=AUTO_TASK, tooltip=tips.TASK)
+        self._intensity_combo = ComboBox(label="Intensity range", choices=[AUTO_RANGE, DISPLAYED_RANGE],
+                                         value=AUTO_RANGE, tooltip=tips.INTENSITY_RANGE)
+        self._object_size = FloatSpinBox(label="Object size (px)", min=0.0, max=100000.0, step=1.0, value=0.0,
+                                         tooltip=tips.OBJECT_SIZE)
         self._all_slices = CheckBox(text="All slices", value=False, tooltip=tips.ALL_SLICES)
         self._run_button = PushButton(text="Segment", tooltip=tips.RUN)
         self._cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
@@ -291,8 +305,8 @@ class SegmentWidget(Container):
         self._learn_button.changed.connect(lambda: self.learn())
         self._save_button.changed.connect(lambda: self.save_model())
         self.extend([self._image_combo, self._model_combo, self._checkpoint, self._device, self._samples,
-                     self._task_combo, self._all_slices, self._run_button, self._cancel_button, self._progress,
-                     self._status,
+                     self._task_combo, self._intensity_combo, self._object_size, self._all_slices, self._run_button,
+                     self._cancel_button, self._progress, self._status,
                      Label(value="<b>Correct</b>"), self._class_combo, self._suggest, self._clear_button,
                      self._click_status, Label(value="<b>Learn</b>"), self._learn_button, self._tasks_label,
                      self._save_path, self._save_button])
@@ -574,6 +588,9 @@ class SegmentWidget(Container):
                     shown = None
                 planes = [p for p in planes if p != shown] + ([shown] if shown in planes else [])
             session = self._get_session()
+            ranged = self._intensity_range(layer)
+            diameter = float(self._object_size.value) or None  # 0: the image as it is
+            session.object_scale(diameter, _spatial_shape(layer)[-2:])  # refused here, by name, before any work
         except Exception as e:  # every failure here is shown to the user; nothing has been changed yet
             _notify_error(f"Cannot segment: {e}")
             self._set_status(f"Not segmented: {e}")
@@ -596,7 +613,21 @@ class SegmentWidget(Container):
             show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
                          "channel is left out, so transparent pixels are segmented by the colour they hold.")
         task = self._task_combo.value  # one the model lacks (another model chosen since) is refused by segment()
-        self._start_worker(layer, planes, session, None if task == AUTO_TASK else task, colours_only=colours_only)
+        self._start_worker(layer, planes, session, None if task == AUTO_TASK else task, colours_only=colours_only,
+                           intensity_range=ranged, object_diameter=diameter)
+
+    def _intensity_range(self, layer) -> tuple[float, float] | None:
+        """The intensity range chosen for ``layer``: None (automatic), or its contrast limits as displayed now."""
+        from .preprocessing import check_intensity_range
+
+        if self._intensity_combo.value != DISPLAYED_RANGE:
+            return None
+        low, high = (float(v) for v in layer.contrast_limits)
+        if not high > low:
+            raise ValueError(f"the contrast limits of '{layer.name}' have no width ({low:g} to {high:g}): nothing "
+                             "could be told apart. Widen them in the layer controls (contrast limits), or choose "
+                             "Intensity range: automatic.")
+        return check_intensity_range((low, high))
 
     def _forget_missing_model(self) -> None:
         """A saved model chosen in the list whose file was deleted since the list was made: it leaves the list, and
@@ -626,7 +657,8 @@ class SegmentWidget(Container):
             raise ValueError(f"'{layer.name}' is a {kind} layer, not an image. Choose an image layer.")
         return layer
 
-    def _start_worker(self, layer, planes, session, task: int | None = None, colours_only: bool = False) -> None:
+    def _start_worker(self, layer, planes, session, task: int | None = None, colours_only: bool = False,
+                      intensity_range=None, object_diameter: float | None = None) -> None:
         from napari.qt.threading import thread_worker
 
         data = _pixels(layer)
@@ -646,7 +678,8 @@ class SegmentWidget(Container):
         def work():
             for i, idx in enumerate(planes):
                 self._tiles = (0, 0)
-                result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles)
+                result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles,
+                                         intensity_range=intensity_range, object_diameter=object_diameter)
                 clicks, painted = per_slice.get(tuple(idx), (None, None))
                 if clicks is not None:
                     session.interaction.set_clicks(*clicks)
@@ -736,7 +769,10 @@ class SegmentWidget(Container):
         found = f": {object_count_text(self._session, result.instances)}." if self._session is not None else "."
         self._set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
                           f"{late}Segmented {where}'{layer.name}'{found}{note}")
-                         + (task_choice_text(self._session) if n == 1 else ""))  # a stack: tasks per slice
+                         + (task_choice_text(self._session) if n == 1 else "")  # a stack: tasks per slice
+                         + familiarity_text(result.familiarity))
+        fam = result.familiarity
+        self._status.tooltip = (fam.message + "\n\n" if fam is not None else "") + tips.UNCERTAINTY_LAYER
 
     def _store(self) -> dict:
         """Per slice of each image, keyed ``(source id, slice index)``: ``painted`` (the painted map, -1 where

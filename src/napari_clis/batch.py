@@ -63,9 +63,11 @@ from . import __version__
 from .preprocessing import (
     DEFAULT_MARGIN,
     DEFAULT_TILE,
+    MIN_TILE,
     ImageError,
     Tile,
     as_2d_image,
+    check_intensity_range,
     check_tiling,
     intensity_range,
     normalize_image,
@@ -279,7 +281,8 @@ class TileModel:
     to Dask workers.
 
     ``superpixel_size`` 0 skips the superpixels. ``device`` is the session's kind of device; a worker without
-    a GPU uses its CPU.
+    a GPU uses its CPU. ``value_range``: the intensity range chosen for every plane (None: each plane's automatic
+    one); ``object_diameter``: the objects' size the planes are rescaled for (``settings.scale``), or None.
     """
 
     net: object
@@ -287,12 +290,16 @@ class TileModel:
     superpixel_size: int
     device: str = "cpu"
     placed: bool = False
+    value_range: tuple[float, float] | None = None
+    object_diameter: float | None = None
 
     @classmethod
-    def from_session(cls, session, *, superpixels: bool, for_workers: bool) -> TileModel:
+    def from_session(cls, session, *, superpixels: bool, for_workers: bool, value_range=None,
+                     object_diameter: float | None = None) -> TileModel:
         net = copy.deepcopy(session.net).cpu() if for_workers else session.net
-        return cls(net, session.segment_settings(), session.superpixel_size if superpixels else 0,
-                   session.device.type, placed=not for_workers)
+        settings = session.segment_settings(scale=session.object_scale(object_diameter))
+        return cls(net, settings, session.superpixel_size if superpixels else 0, session.device.type,
+                   placed=not for_workers, value_range=value_range, object_diameter=object_diameter)
 
     def ready_net(self):
         if not self.placed:
@@ -314,7 +321,7 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
     raw : (h, w) or (h, w, 3|4) array
         The crop, as read from the file.
     value_range : (float, float)
-        :func:`~napari_clis.preprocessing.intensity_range` of the whole plane.
+        :func:`~napari_clis.preprocessing.intensity_range` of the whole plane, or the range the run was given.
     task : int
         The task chosen for the whole plane.
     core : (y0, y1, x0, x1)
@@ -393,36 +400,41 @@ class _Prepared:
                                self.tile if len(tiles) == 1 else None)
 
 
-def _prepare(job: _Job, session, tile: int) -> _Prepared | FileResult:
+def _prepare(job: _Job, session, tile: int, model: TileModel) -> _Prepared | FileResult:
     """Read ``job``'s file and plan its tiles; a failed :class:`FileResult` if it cannot be segmented."""
     t0 = time.perf_counter()
     try:
         data, info = read_image(job.source)
         planes, lead, axes = _plane_stack(data, info.axes)
-        plans = [_plan_plane(session, plane, tile) for plane in planes]
+        plans = [_plan_plane(session, plane, tile, model) for plane in planes]
     except ImageError as e:
         message = str(e) if str(job.source) in str(e) else f"{job.source}: {e}"
         return FileResult(job.source, "failed", error=message)
     return _Prepared(job, planes, lead, axes, info, plans, t0, tile=tile, one_object=session.single_object)
 
 
-def _plan_plane(session, plane: np.ndarray, tile: int):
+def _plan_plane(session, plane: np.ndarray, tile: int, model: TileModel):
     plane = as_2d_image(plane)  # refuses what segment() refuses, before any work is sent out
-    value_range = intensity_range(plane)
+    value_range = intensity_range(plane) if model.value_range is None else model.value_range
+    scale = model.settings.scale
+    margin = DEFAULT_MARGIN
     if session.working_long_side is not None or session.single_object:  # the network sees the whole image: no tiles
         tile = max(plane.shape[:2])
-    tiles = plan_tiles(*plane.shape[:2], tile)
-    return value_range, _plane_task(session, plane, value_range), tiles
+    elif scale is not None:  # tiles and context as segment() makes them at the scale the network sees the plane
+        session.object_scale(model.object_diameter, plane.shape)  # the objects fit in the plane (ImageError)
+        tile, margin = max(MIN_TILE, round(tile / scale)), round(DEFAULT_MARGIN / scale)
+    tiles = plan_tiles(*plane.shape[:2], tile, margin)
+    return value_range, _plane_task(session, plane, value_range, scale), tiles
 
 
-def _plane_task(session, plane: np.ndarray, value_range) -> int:
+def _plane_task(session, plane: np.ndarray, value_range, scale: float | None = None) -> int:
     """The task :meth:`ClisSession.segment` would choose for this plane (0 while nothing is learned)."""
     if not session.tasks and not session.remembered:
         return 0
     import torch
 
     with torch.no_grad():
-        return session._choose_task(normalize_image(plane, value_range=value_range))[1]
+        return session._choose_task(normalize_image(plane, value_range=value_range), scale=scale)[1]
 
 
 def _complete(state: _Prepared) -> FileResult:
@@ -623,7 +635,8 @@ def _refuse(conflicts: list[Path]) -> None:
 
 def segment_many(session, paths, output: str | Path | None = None, *, overwrite: bool = False,
                  scheduler: str | None = None, workers: int = 1, tile: int | None = None,
-                 superpixels: bool = False, progress=None) -> list[FileResult]:
+                 superpixels: bool = False, progress=None, intensity_range=None,
+                 object_diameter: float | None = None) -> list[FileResult]:
     """Segment image files and folders with ``session``'s model, here or on a Dask cluster.
 
     Parameters
@@ -649,6 +662,12 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
     progress : callable, optional
         ``progress(done, total, record)``: first ``(0, total, None)``, then after each input with its
         :class:`FileResult`.
+    intensity_range : None, "auto" or (low, high)
+        As :meth:`ClisSession.segment`: each plane's automatic range, or one range for every plane.
+    object_diameter : float, optional
+        As :meth:`ClisSession.segment`: the typical width of one object in pixels; planes are rescaled for the
+        network so their objects reach it at the size it was trained on (large planes tile at that scale, each
+        tile seen with ``DEFAULT_MARGIN`` px of context at that scale). A plane smaller than the objects fails.
 
     Returns
     -------
@@ -657,11 +676,13 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
     """
     tile = DEFAULT_TILE if tile is None else int(tile)
     _check_arguments(tile, int(workers), scheduler)
+    value_range = check_intensity_range(intensity_range)
+    session.object_scale(object_diameter)  # refuses a bad value before anything is read
     folder = Path(output) if output is not None else None
     found = find_images(paths, output=folder)
     records: list[FileResult | None] = [f if isinstance(f, FileResult) else None for f in found]
     kinds = ("labels", "instances", "uncertainty", MEASUREMENTS) + (("superpixels",) if superpixels else ())
-    run = _run_record(session, tile)
+    run = _run_record(session, tile, value_range, object_diameter)
     jobs = []
     for i, source in enumerate(found):
         if records[i] is None:
@@ -674,7 +695,8 @@ def segment_many(session, paths, output: str | Path | None = None, *, overwrite:
     for i, record in enumerate(list(records)):
         if record is not None:  # failed or skipped before any work: reported first, in order
             report(i, record)
-    _run(todo, session, tile, superpixels, scheduler, int(workers), report)
+    _run(todo, session, tile, superpixels, scheduler, int(workers), report, value_range=value_range,
+         object_diameter=None if object_diameter is None else float(object_diameter))
     return records
 
 
@@ -686,13 +708,16 @@ def _check_arguments(tile: int, workers: int, scheduler) -> None:
         raise ValueError("Give either a scheduler (its workers do the work) or a number of local workers, not both.")
 
 
-def _run_record(session, tile: int) -> dict:
-    """What every output of this run records about it (the input is added per file)."""
+def _run_record(session, tile: int, value_range=None, object_diameter=None) -> dict:
+    """What every output of this run records about it (the input is added per file): a run with another
+    intensity range or object size is another run (resume redoes its outputs, and refuses without overwrite)."""
     return {"version": __version__, "model": session.model_name,
             "checkpoint": _where(session.source),
             "model_digest": _model_digest(session), "class_names": session.class_names,
             "settings": {"n_samples": session.n_samples, "seed": session.seed, "tile": tile,
-                         "margin": DEFAULT_MARGIN, "superpixel_size": session.superpixel_size}}
+                         "margin": DEFAULT_MARGIN, "superpixel_size": session.superpixel_size,
+                         "intensity_range": "auto" if value_range is None else list(value_range),
+                         "object_diameter": None if object_diameter is None else float(object_diameter)}}
 
 
 def _where(source: str | None) -> str | None:
@@ -752,21 +777,22 @@ def _prepare_output(folder: Path) -> None:
                       "choose a folder you can write to.") from e
 
 
-def _run(todo: list, session, tile: int, superpixels: bool, scheduler, workers: int, finish) -> None:
+def _run(todo: list, session, tile: int, superpixels: bool, scheduler, workers: int, finish, *, value_range=None,
+         object_diameter: float | None = None) -> None:
     if not todo:
         return
+    options = {"superpixels": superpixels, "value_range": value_range, "object_diameter": object_diameter}
     if scheduler is None and workers == 1:
-        _run_here(todo, session, tile, TileModel.from_session(session, superpixels=superpixels, for_workers=False),
-                  finish)
+        _run_here(todo, session, tile, TileModel.from_session(session, for_workers=False, **options), finish)
         return
-    model = TileModel.from_session(session, superpixels=superpixels, for_workers=True)
+    model = TileModel.from_session(session, for_workers=True, **options)
     with _dask_client(scheduler, workers) as client:
         _run_on_cluster(todo, session, tile, model, client, finish)
 
 
 def _run_here(todo: list, session, tile: int, model: TileModel, finish) -> None:
     for index, job in todo:
-        state = _prepare(job, session, tile)
+        state = _prepare(job, session, tile, model)
         if isinstance(state, _Prepared):
             for key, args in state.pieces():
                 try:
@@ -862,7 +888,7 @@ def _run_on_cluster(todo: list, session, tile: int, model: TileModel, client, fi
     def submit_more():
         while queue and len(inflight) < window:
             index, job = queue.popleft()
-            state = _prepare(job, session, tile)
+            state = _prepare(job, session, tile, model)
             if isinstance(state, FileResult):
                 finish(index, state)
                 continue

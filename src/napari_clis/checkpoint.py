@@ -505,6 +505,8 @@ def _check_metadata(where: str, meta, config: NetworkConfig, n_tasks: int) -> No
             _of_type(where, field(name), meta[name], bool, "True or False")
     if "ibp_alpha_per_kernel" in meta:
         _number(where, field("ibp_alpha_per_kernel"), meta["ibp_alpha_per_kernel"], above=0.0)
+    if meta.get("object_diameter") is not None:  # the median object diameter (px) the model was trained at
+        _number(where, field("object_diameter"), meta["object_diameter"], " (pixels)", above=0.0)
     if "tasks" in meta:
         _of_type(where, field("tasks"), meta["tasks"], list, "a list")
     if "decision" in meta:
@@ -557,6 +559,26 @@ def _check_metadata(where: str, meta, config: NetworkConfig, n_tasks: int) -> No
             _numbers(where, name + "'s fingerprint", item[0])
             lengths.add(len(item[0]))
             _whole(where, name + "'s task", item[1], 0, n_tasks - 1, " (a task of the model)")
+    if "familiarity" in meta:  # the pretraining images' first-layer statistics (familiarity.reference_summary)
+        summary, name, n_stats = meta["familiarity"], field("familiarity"), 2 * config.width
+        _of_type(where, name, summary, dict, "a dictionary")
+        for part in ("mean", "std"):
+            _numbers(where, f"{name}'s {part!r}", summary.get(part))
+            if len(summary[part]) != n_stats:
+                raise CheckpointError(f"{where}: {name}'s {part!r} must hold {n_stats} numbers (2 per channel of the "
+                                      f"first layer), got {len(summary[part])}.")
+        if not all(v > 0 for v in summary["std"]):
+            raise CheckpointError(f"{where}: {name}'s 'std' must be positive, got {_shown(summary['std'])}.")
+        refs = summary.get("reference")
+        if not isinstance(refs, list) or not refs:
+            raise CheckpointError(f"{where}: {name}'s 'reference' must be a non-empty list, got {_shown(refs)}.")
+        for i, row in enumerate(refs):
+            _numbers(where, f"{name}'s 'reference'[{i}]", row)
+            if len(row) != n_stats:
+                raise CheckpointError(f"{where}: {name}'s 'reference'[{i}] must hold {n_stats} numbers, got "
+                                      f"{len(row)}.")
+        _whole(where, f"{name}'s 'k'", summary.get("k"), 1, len(refs), " (nearest images)")
+        _number(where, f"{name}'s 'limit'", summary.get("limit"), " (a distance)", above=0.0)
     if len(lengths) > 1:
         raise CheckpointError(f"{where}: the fingerprints in {field('learned_tasks')} and "
                               f"{field('remembered_images')} differ in length ({sorted(lengths)}).")

@@ -1,5 +1,5 @@
-"""The ``napari-clis`` command: ``demo``, ``segment``, ``pretrain``, ``calibrate`` and ``bench``. Thin: it parses
-arguments and calls the core."""
+"""The ``napari-clis`` command: ``demo``, ``segment``, ``train``, ``pretrain``, ``calibrate`` and ``bench``. Thin: it
+parses arguments and calls the core."""
 
 from __future__ import annotations
 
@@ -23,6 +23,36 @@ def _threads(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"takes a whole number of threads >= 1, got {value!r}")
     return n
+
+
+def _intensity_range(value: str):
+    """argparse type of ``--intensity-range``: ``auto`` (None) or ``LOW,HIGH`` in the images' own units."""
+    from .preprocessing import check_intensity_range
+
+    if value.strip().lower() in ("auto", "automatic"):
+        return None
+    try:
+        pair = [float(p) for p in value.split(",")]
+    except ValueError:
+        pair = []
+    if len(pair) != 2:
+        raise argparse.ArgumentTypeError(f"takes 'auto' or LOW,HIGH (two numbers, e.g. 100,4000), got {value!r}")
+    try:
+        return check_intensity_range(pair)
+    except ValueError as e:  # zero or negative width, NaN, infinite
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _object_diameter(value: str) -> float:
+    """argparse type of ``--object-diameter``: a positive number of pixels (the model's check comes later)."""
+    try:
+        px = float(value)
+    except ValueError:
+        px = float("nan")
+    if not px > 0 or px == float("inf"):
+        raise argparse.ArgumentTypeError(f"takes the typical width of one object in pixels (a number above 0), "
+                                         f"got {value!r}")
+    return px
 
 
 def _pretrain(args) -> int:
@@ -76,6 +106,60 @@ def _pretrain(args) -> int:
         print(f"napari-clis pretrain: {e}", file=sys.stderr)
         return 1
     bar.close()
+    return 0
+
+
+def _train(args) -> int:
+    import signal
+
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import CheckpointError
+    from .training import TrainingCancelled, TrainingDiverged, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bar = tqdm(desc="train", unit="step", file=sys.stderr)
+    stop = []
+
+    def on_interrupt(signum, frame):  # the first Ctrl-C stops after the step, keeping the checkpoint
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(True)
+        bar.write("stopping after this step (press Ctrl-C again to stop at once, losing the last steps)")
+
+    def progress(step, total, loss):
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.refresh()
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: Ctrl-C stays as it was
+        previous = None
+    try:
+        path = train(args.images, args.masks, init=args.init, output=args.output, steps=args.steps,
+                     val_fraction=args.val_fraction, classes=args.classes, lr=args.lr, seed=args.seed,
+                     resume=not args.restart, progress=progress, cancel=lambda: bool(stop), log=bar.write)
+    except TrainingDiverged as e:
+        bar.close()
+        print(f"napari-clis train: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, CheckpointError, OSError) as e:  # bad input (ImageError and CheckpointError are ValueError)
+        bar.close()
+        print(f"napari-clis train: {e}", file=sys.stderr)
+        return 2
+    except (TrainingCancelled, KeyboardInterrupt) as e:
+        bar.close()
+        print(f"napari-clis train: {e or 'stopped; no model was written'}", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    bar.close()
+    print(f"saved {path}", file=sys.stderr)
     return 0
 
 
@@ -134,7 +218,8 @@ def _segment(args) -> int:
     try:
         records = session.segment_many(args.inputs, args.output, overwrite=args.overwrite, scheduler=args.scheduler,
                                        workers=args.workers, tile=args.tile, superpixels=args.superpixels,
-                                       progress=progress)
+                                       progress=progress, intensity_range=args.intensity_range,
+                                       object_diameter=args.object_diameter)
     except (OutputExistsError, ValueError, OSError, RuntimeError, ImportError) as e:
         bar.close()
         print(f"napari-clis segment: {e}", file=sys.stderr)
@@ -181,6 +266,13 @@ def _add_segment_parser(sub) -> None:
                          "in napari)")
     sg.add_argument("--superpixels", action="store_true", help="also write the superpixels (<name>_superpixels.tif)")
     sg.add_argument("--samples", type=int, metavar="T", help="Monte-Carlo samples for the uncertainty (default 8)")
+    sg.add_argument("--intensity-range", type=_intensity_range, default=None, metavar="auto|LOW,HIGH",
+                    help="the intensities shown black and white to the model: auto (default: each image's own, "
+                         "robust to a few very bright objects) or LOW,HIGH in the images' units, e.g. 100,4000 "
+                         "(napari's contrast limits)")
+    sg.add_argument("--object-diameter", type=_object_diameter, default=None, metavar="PX",
+                    help="the typical width of one object (e.g. a nucleus) in pixels: images are rescaled so the "
+                         "objects have the size the model learned (default: the images as they are)")
     sg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     sg.add_argument("--threads", type=_threads, help="CPU threads for torch in this process")
     sg.set_defaults(func=_segment)
@@ -275,6 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--log", help="also append progress lines to this file")
     pt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     pt.set_defaults(func=_pretrain)
+
+    tr = sub.add_parser("train", help="train a model on a folder of annotated images, or fine-tune one (the model "
+                                      "file goes to the models folder the widget lists)")
+    tr.add_argument("--images", required=True, metavar="DIR", help="folder of images (tif, png, jpg)")
+    tr.add_argument("--masks", required=True, metavar="DIR",
+                    help="folder of masks, one per image with the same file name (any extension)")
+    tr.add_argument("--init", metavar="NAME_OR_PATH",
+                    help="start from nuclei, skin-lesion or a model file (default: a new network)")
+    tr.add_argument("--output", metavar="FILE", help="model file to write (default: a new file in the models folder, "
+                    "~/.napari-clis/models or $NAPARI_CLIS_MODELS); never written over")
+    tr.add_argument("--steps", type=int, metavar="N",
+                    help="training steps (default 500 from a model, 2000 for a new one)")  # training.TRAIN_STEPS
+    tr.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                    help="share of the images kept aside to check the model on (default 0.2, at least one image)")
+    tr.add_argument("--classes", type=int, metavar="K",
+                    help="classes including the background (default 2, or the starting model's): with 2 every mask "
+                         "value above 0 is foreground (binary or instance masks); with more, masks hold class ids "
+                         "0 to K-1")
+    tr.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 from a model, 3e-3 for a new one)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the validation split and the training (default 0)")
+    tr.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier, unfinished run")
+    tr.add_argument("--threads", type=_threads, help="CPU threads for torch")
+    tr.set_defaults(func=_train)
 
     cb = sub.add_parser("calibrate", help="choose a two-class model's decision threshold (and one-object rule) "
                         "on validation images, and write the calibrated model")

@@ -32,6 +32,7 @@ __all__ = [
     "make_dsb2018_split",
     "load_dataset",
     "image_kind",
+    "load_annotated_folder",
 ]
 
 DSB_SPLIT_SEED = 2018
@@ -195,3 +196,106 @@ def image_kind(image: np.ndarray, dataset: str) -> str:
     if not grey:
         return "stained (colour)"
     return "brightfield (grey, bright)" if image.mean() > 128 else "fluorescence (grey, dark)"
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 3 more``."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _image_files(folder: Path, what: str) -> dict[str, Path]:
+    """The image files of ``folder`` by stem (hidden files and other types left out); a clear error for a folder
+    that is missing or holds none, or for two files of one stem."""
+    from .batch import SUPPORTED_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"The {what} folder {folder} does not exist (or is not a folder).")
+    files: dict[str, Path] = {}
+    twins = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            continue
+        if path.stem in files:
+            twins.append(f"{files[path.stem].name} and {path.name}")
+        files[path.stem] = path
+    if twins:
+        raise ValueError(f"The {what} folder {folder} holds two files of the same name: {_listed(twins)}. Images and "
+                         "masks are paired by name; keep one of each.")
+    if not files:
+        raise ValueError(f"The {what} folder {folder} holds no images ({', '.join(SUPPORTED_SUFFIXES)}).")
+    return files
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A mask file's class (or object) ids ``(H, W)``, checked: whole numbers, none negative."""
+    from .batch import read_image
+
+    m = np.asarray(read_image(path)[0])
+    if m.ndim == 3 and m.shape[-1] in (3, 4) and all(np.array_equal(m[..., 0], m[..., c]) for c in (1, 2)):
+        m = m[..., 0]  # a grey mask saved as RGB(A)
+    if m.ndim != 2:
+        raise ValueError(f"The mask {path} is not a 2D label image (its shape is {m.shape}); a mask holds one class "
+                         "id (or object id) per pixel.")
+    if m.dtype.kind not in "biuf":
+        raise ValueError(f"The mask {path} does not hold numbers (dtype {m.dtype}).")
+    if m.dtype.kind == "f" and not (np.isfinite(m).all() and np.array_equal(m, np.round(m))):
+        raise ValueError(f"The mask {path} holds fractions; a mask holds whole-number class ids per pixel.")
+    if m.size and m.min() < 0:
+        raise ValueError(f"The mask {path} holds negative values ({m.min()}); class ids start at 0 (background).")
+    return m
+
+
+def load_annotated_folder(images: Path | str, masks: Path | str, classes: int = 2) -> list[Sample]:
+    """A user's annotated images: each image file of ``images`` (tif, png, jpg) with the mask of the same stem in
+    ``masks``, as :class:`Sample`s in name order. With ``classes`` 2 every mask value above 0 is foreground (binary
+    and instance masks alike; an instance mask also gives the samples' ``instances``); with more, the mask holds
+    class ids 0 to ``classes - 1``.
+
+    Raises ``ValueError`` naming the files for a mask missing or without an image, a mask of another size than its
+    image or a class id too high, and :class:`~napari_clis.preprocessing.ImageError` for an image that cannot be
+    read or is not 2D."""
+    from scipy import ndimage
+
+    from .batch import read_image
+    from .preprocessing import ImageError, as_2d_image
+
+    if int(classes) != classes or classes < 2:
+        raise ValueError(f"classes must be a whole number of at least 2 (background and one class), got {classes!r}")
+    image_files, mask_files = _image_files(images, "images"), _image_files(masks, "masks")
+    missing = sorted(set(image_files) - set(mask_files))
+    extra = sorted(set(mask_files) - set(image_files))
+    if missing or extra:
+        said = []
+        if missing:
+            said.append(f"no mask in {masks} for {_listed([image_files[s].name for s in missing])}")
+        if extra:
+            said.append(f"masks without an image in {images}: {_listed([mask_files[s].name for s in extra])}")
+        raise ValueError("Images and masks are paired by file name (without the extension): " + "; ".join(said) + ".")
+    out, wrong = [], []
+    for stem in sorted(image_files):
+        try:
+            image = as_2d_image(read_image(image_files[stem])[0])
+        except ImageError as e:
+            raise ImageError(f"{image_files[stem]}: {e}") from e
+        raw = _read_mask(mask_files[stem])
+        if raw.shape != image.shape[:2]:
+            wrong.append(f"{mask_files[stem].name} is {raw.shape[1]}x{raw.shape[0]} px, its image "
+                         f"{image.shape[1]}x{image.shape[0]}")
+            continue
+        top = int(raw.max()) if raw.size else 0
+        if classes == 2:  # object ids of an instance mask, else the connected objects of a binary one
+            mask = (raw > 0).astype(np.int32)
+            several = len(np.unique(raw[raw > 0])) > 1
+            instances = raw.astype(np.int32) if several else ndimage.label(mask)[0].astype(np.int32)
+        elif top >= classes:
+            raise ValueError(f"The mask {mask_files[stem]} holds class id {top}, above the model's {classes} classes "
+                             f"(ids 0 to {classes - 1}, 0 the background). Train with more classes (--classes "
+                             f"{top + 1}), or with 2 classes to count every id above 0 as foreground.")
+        else:
+            mask, instances = raw.astype(np.int32), None
+        out.append(Sample(stem, image, mask, instances))
+    if wrong:
+        raise ValueError(f"Masks must be the size of their image: {_listed(wrong)}.")
+    return out

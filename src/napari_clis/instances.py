@@ -78,7 +78,7 @@ def estimate_object_radius(mask) -> float:
 
 
 def watershed_instances(mask, weight=None, *, radius: float | None = None, smoothing: float = 0.15,
-                        h: float = 0.05, min_area: float = 0.15) -> np.ndarray:
+                        h: float = 0.05, min_area: float = 0.15, distance=None) -> np.ndarray:
     """Split a foreground mask into objects: a watershed of its (weighted) distance transform.
 
     The distance of each mask pixel to the background, times ``weight`` where given, smoothed by a Gaussian of
@@ -96,7 +96,12 @@ def watershed_instances(mask, weight=None, *, radius: float | None = None, smoot
     radius : float, optional
         Typical object radius in px; by default :func:`estimate_object_radius` of ``mask``.
     smoothing, h, min_area : float
-        Fractions of ``radius`` (``min_area``: of the disc's area); each >= 0.
+        Fractions of ``radius`` (``min_area``: of the disc's area); each >= 0. With ``distance``, ``h`` is in
+        its units instead (a fraction of an object's centre height, 1).
+    distance : (H, W) float array, optional
+        The network's instance head: each pixel's distance to its object's border, 1 at the object's centre.
+        Flooded instead of the mask's distance transform: it separates touching objects where the mask has no
+        neck between them.
 
     Returns
     -------
@@ -115,7 +120,14 @@ def watershed_instances(mask, weight=None, *, radius: float | None = None, smoot
     r = estimate_object_radius(mask) if radius is None else float(radius)
     if not np.isfinite(r) or r <= 0:
         raise ValueError(f"radius must be a positive number of pixels, got {radius!r}.")
-    surface = ndimage.distance_transform_edt(mask)
+    if distance is not None:
+        distance = _check_2d(distance, "The distance map")
+        _same_shape(mask.shape, distance.shape, "The distance map")
+        surface = np.where(mask, np.nan_to_num(distance.astype(np.float32)), 0.0)
+        hr = h  # heights in the map's own units
+    else:
+        surface = ndimage.distance_transform_edt(mask)
+        hr = h * r
     if weight is not None:
         weight = _check_2d(weight, "The weight")
         _same_shape(mask.shape, weight.shape, "The weight")
@@ -123,7 +135,7 @@ def watershed_instances(mask, weight=None, *, radius: float | None = None, smoot
     if smoothing > 0:
         surface = ndimage.gaussian_filter(surface, smoothing * r)
     comp, n = ndimage.label(mask)
-    markers = ndimage.label(h_maxima(surface, max(h * r, 1e-6)).astype(bool) & mask)[0]
+    markers = ndimage.label(h_maxima(surface, max(hr, 1e-6)).astype(bool) & mask)[0]
     # Every piece of the mask gets a marker: one with none becomes one object.
     marked = np.zeros(n + 1, bool)
     marked[comp[markers > 0]] = True
@@ -141,8 +153,15 @@ def watershed_instances(mask, weight=None, *, radius: float | None = None, smoot
     return relabel_sequential(out)[0].astype(np.uint32)
 
 
-def instances_from_probabilities(foreground_prob, labels, *, radius: float | None = None, smoothing: float = 0.15,
-                                 h: float = 0.05, min_area: float = 0.15) -> np.ndarray:
+# With the instance head's distance map: seeds where the predicted centre stands this much above the saddle to a
+# higher one, and a light smoothing (fractions of the radius); chosen on dsb2018 pretraining images
+DISTANCE_H = 0.1
+DISTANCE_SMOOTHING = 0.05
+
+
+def instances_from_probabilities(foreground_prob, labels, *, radius: float | None = None,
+                                 smoothing: float | None = None, h: float | None = None, min_area: float = 0.15,
+                                 distance=None) -> np.ndarray:
     """Objects from a segmentation: one id per object, touching objects split.
 
     Each foreground class of ``labels`` is split on its own (an object never spans two classes) by
@@ -156,11 +175,14 @@ def instances_from_probabilities(foreground_prob, labels, *, radius: float | Non
         Class per pixel, 0 = background.
     radius : float, optional
         Typical object radius in px; by default estimated per class by :func:`estimate_object_radius`.
+    distance : (H, W) float array, optional
+        The instance head's distance map (a model trained with one): flooded instead of the distance transform,
+        with ``h`` and ``smoothing`` defaulting to :data:`DISTANCE_H` and :data:`DISTANCE_SMOOTHING`.
     smoothing, h, min_area : float
-        See :func:`watershed_instances`. The defaults were measured on 30 ``dsb2018`` pretraining images with
-        the shipped nuclei model, in the middle of a plateau of AP@0.5 (smoothing 0.1-0.25, h 0.02-0.05) that
-        also holds when the probabilities are all 1 (a very sure model): smoothing keeps the distance
-        transform's ragged crests from splitting one nucleus.
+        See :func:`watershed_instances`. Without ``distance`` the defaults (0.15, 0.05, 0.15) were measured on
+        30 ``dsb2018`` pretraining images with the shipped nuclei model, in the middle of a plateau of AP@0.5
+        (smoothing 0.1-0.25, h 0.02-0.05) that also holds when the probabilities are all 1 (a very sure model):
+        smoothing keeps the distance transform's ragged crests from splitting one nucleus.
 
     Returns
     -------
@@ -184,11 +206,18 @@ def instances_from_probabilities(foreground_prob, labels, *, radius: float | Non
             raise ValueError(f"The foreground probability holds {bad} NaN or infinite values.")
         if prob.min() < 0 or prob.max() > 1:
             raise ValueError(f"The foreground probability must lie in [0, 1], got [{prob.min():g}, {prob.max():g}].")
+    if distance is None:
+        smoothing = 0.15 if smoothing is None else smoothing
+        h = 0.05 if h is None else h
+    else:
+        smoothing = DISTANCE_SMOOTHING if smoothing is None else smoothing
+        h = DISTANCE_H if h is None else h
     out = np.zeros(labels.shape, np.uint32)
     for c in np.unique(labels):
         if c == 0:
             continue
-        objects = watershed_instances(labels == c, prob, radius=radius, smoothing=smoothing, h=h, min_area=min_area)
+        objects = watershed_instances(labels == c, prob, radius=radius, smoothing=smoothing, h=h, min_area=min_area,
+                                      distance=distance)
         offset = out.max()
         out[objects > 0] = objects[objects > 0] + offset
     return out
@@ -222,11 +251,12 @@ def foreground_probability(probabilities) -> np.ndarray:
     return np.clip(1.0 - p[0].astype(np.float32), 0.0, 1.0)
 
 
-def segmentation_objects(labels, foreground_prob, *, one_object: bool = False) -> np.ndarray:
+def segmentation_objects(labels, foreground_prob, *, one_object: bool = False, distance=None) -> np.ndarray:
     """The objects of a segmentation as :meth:`ClisSession.segment` and batch give them.
 
     ``one_object`` (a model that declares one object per class, the lesion model): :func:`single_object`;
-    otherwise :func:`instances_from_probabilities` with its defaults.
+    otherwise :func:`instances_from_probabilities` with its defaults (on the instance head's ``distance`` map
+    where the model has one).
 
     Returns
     -------
@@ -235,7 +265,7 @@ def segmentation_objects(labels, foreground_prob, *, one_object: bool = False) -
     """
     if one_object:
         return single_object(labels)
-    return instances_from_probabilities(foreground_prob, labels)
+    return instances_from_probabilities(foreground_prob, labels, distance=distance)
 
 
 def measure_objects(instances, image, uncertainty=None) -> dict[str, np.ndarray]:

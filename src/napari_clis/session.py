@@ -32,6 +32,7 @@ from .checkpoint import (
     unique_model_path,
 )
 from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, kernel_usage, learn_task
+from .familiarity import Familiarity, familiarity, first_layer_stats, reference_summary
 from .instances import foreground_probability, measure_objects, segmentation_objects
 from .interactive import (
     DEFAULT_CALIBRATION,
@@ -42,7 +43,7 @@ from .interactive import (
     build_region_graph,
 )
 from .network import ClisNet
-from .preprocessing import ImageError, as_2d_image, normalize_image
+from .preprocessing import ImageError, as_2d_image, check_intensity_range, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import (
     DEFAULT_MARGIN,
@@ -50,6 +51,7 @@ from .uncertainty import (
     SegmentSettings,
     fit_grid,
     resize_long_side,
+    scaled_long_side,
     segment_normalized,
     weigh,
 )
@@ -60,6 +62,11 @@ __all__ = ["ClisSession", "SegmentationResult", "resolve_device", "ImageError", 
 
 FINGERPRINT_SIDE = 512  # px: the longest side of the image the task-aware module fingerprints
 AGREEMENT_SIDE = 256  # px: the central square its agreement check sees at full size (models without a working side)
+# px: the median nucleus diameter (diameter of the circle of the same area) of the dsb2018 pretraining masks, at the
+# nuclei model's working resolution (the images' own): 14019 nuclei of 338 images. What object_diameter rescales
+# to, for a nuclei model whose file does not say (metadata "object_diameter").
+NUCLEI_OBJECT_DIAMETER = 19.9
+MAX_OBJECT_ENLARGEMENT = 8.0  # object_diameter may enlarge the image at most this many times for the network
 
 
 class LearnRejected(RuntimeError):
@@ -101,6 +108,9 @@ class SegmentationResult:
         The objects of ``labels``, 0 = background, numbered 1..N: touching nuclei split by a watershed on the
         network's output (:func:`~napari_clis.instances.instances_from_probabilities`); for a model with one
         object per class (:attr:`ClisSession.single_object`, the lesion model) each class is one object.
+    familiarity : Familiarity or None
+        Whether the image is like what the model knows (:meth:`ClisSession.familiarity`): ``unfamiliar`` True
+        says the model may be out of its depth, with what to do in ``message``.
     """
 
     labels: np.ndarray
@@ -111,6 +121,7 @@ class SegmentationResult:
     entropy: np.ndarray
     superpixels: np.ndarray
     instances: np.ndarray
+    familiarity: Familiarity | None = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -199,6 +210,7 @@ class ClisSession:
         self.learn_settings = LearnSettings(class_log_prior=None if prior is None else tuple(prior))
         self._fingerprint: np.ndarray | None = None
         self._normalized: np.ndarray | None = None
+        self._scale: float | None = None  # the object scale the current image was segmented at (learn() keeps it)
         self._image: np.ndarray | None = None  # the current image as given, (H, W) or (H, W, 3): for measurements
         self._instances: tuple[np.ndarray, np.ndarray] | None = None  # (labels they were made from, instances)
         # the click settings, as the session was saved with them (else the defaults); checked by the properties
@@ -296,14 +308,62 @@ class ClisSession:
         class, the largest object and what the user annotated (:func:`~napari_clis.interactive.keep_one_object`)."""
         return bool(self.metadata.get("single_object", False))
 
-    def segment_settings(self, n_samples: int | None = None) -> SegmentSettings:
+    def segment_settings(self, n_samples: int | None = None, *, scale: float | None = None) -> SegmentSettings:
         """How this session segments (:func:`~napari_clis.uncertainty.segment_normalized`): its samples and seed,
-        and its model's working resolution, flips, decision prior and one-object rule; batch runs the same."""
+        and its model's working resolution, flips, decision prior and one-object rule; batch runs the same.
+        ``scale``: the object scale (:meth:`object_scale`)."""
         prior = self.class_log_prior
         return SegmentSettings(n_samples=self.n_samples if n_samples is None else int(n_samples), seed=self.seed,
                                working_long_side=self.working_long_side, flips=self.test_time_flips,
                                class_log_prior=None if prior is None else tuple(prior),
-                               single_object=self.single_object)
+                               single_object=self.single_object, scale=scale)
+
+    @property
+    def object_diameter(self) -> float | None:
+        """The median object diameter (px) the model was trained at: its file's ``object_diameter``, else for a
+        nuclei model that of the dsb2018 pretraining nuclei (:data:`NUCLEI_OBJECT_DIAMETER`); None where unknown."""
+        value = self.metadata.get("object_diameter")
+        if value is not None:
+            return float(value)
+        nuclei = self.metadata.get("name") == "nuclei" or self.class_names == ["background", "nucleus"]
+        return NUCLEI_OBJECT_DIAMETER if nuclei else None
+
+    def object_scale(self, object_diameter, image_shape=None) -> float | None:
+        """The factor an image is resized by for the network so that objects ``object_diameter`` px across reach
+        it at the size it was trained on (:attr:`object_diameter` / ``object_diameter``); None for None (the
+        image as it is). ``image_shape`` (H, W): the objects must fit in the image.
+
+        Raises ValueError naming ``object_diameter`` for a value that is not a positive number, one larger than
+        the image (:class:`ImageError`), one that would enlarge the image more than
+        :data:`MAX_OBJECT_ENLARGEMENT` times, and for a model that does not say its objects' size or that sees
+        whole images at a fixed size (the lesion model)."""
+        if object_diameter is None:
+            return None
+        if isinstance(object_diameter, (bool, np.bool_)) or not isinstance(object_diameter, (int, float, np.integer,
+                                                                                              np.floating)):
+            raise ValueError(f"object_diameter must be a number of pixels (or None: the image as it is), got "
+                             f"{object_diameter!r}.")
+        value = float(object_diameter)
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"object_diameter must be a positive number of pixels, the typical width of one object "
+                             f"(or None: the image as it is), got {object_diameter!r}.")
+        if self.working_long_side is not None:
+            raise ValueError(f"object_diameter does not apply to the model {self.model_name!r}: it sees every image "
+                             f"whole, at {self.working_long_side} px on its longer side, whatever the objects' size.")
+        reference = self.object_diameter
+        if reference is None:
+            raise ValueError(f"object_diameter cannot be used with the model {self.model_name!r}: its file does not "
+                             "say at what object size it was trained (metadata 'object_diameter').")
+        if image_shape is not None and value > max(image_shape[:2]):
+            raise ImageError(f"object_diameter {value:g} px is larger than the image "
+                             f"({image_shape[0]}x{image_shape[1]} pixels); give the size of one object in pixels.")
+        scale = reference / value
+        if scale > MAX_OBJECT_ENLARGEMENT:
+            raise ValueError(f"object_diameter {value:g} px is too small: the model learned objects about "
+                             f"{reference:g} px across, and would need the image enlarged {scale:.0f} times (at most "
+                             f"{MAX_OBJECT_ENLARGEMENT:g}). Objects under {reference / MAX_OBJECT_ENLARGEMENT:.1f} px "
+                             "cannot be segmented well.")
+        return scale
 
     @property
     def class_log_prior(self) -> list[float] | None:
@@ -313,7 +373,8 @@ class ClisSession:
 
     # -- segmentation -----------------------------------------------------------------------------
     def segment(self, image, *, n_samples: int | None = None, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN,
-                progress=None, task: int | None = None) -> SegmentationResult:
+                progress=None, task: int | None = None, intensity_range=None,
+                object_diameter: float | None = None) -> SegmentationResult:
         """Segment one 2D image and estimate its uncertainty.
 
         Parameters
@@ -329,6 +390,15 @@ class ClisSession:
         task : int, optional
             The task (kernel mask) to segment with; by default the task-aware module picks the learned task
             whose images look most like this one (task 0, the pretrained model, before anything is learned).
+        intensity_range : None, "auto" or (low, high)
+            The intensities shown black and white to the network. None or ``"auto"``: the automatic robust range
+            (:func:`~napari_clis.preprocessing.intensity_range`); ``(low, high)`` in the image's own units, e.g.
+            napari's contrast limits (what you see is what is segmented).
+        object_diameter : float, optional
+            The typical width of one object in pixels: the image is resized for the network so that its objects
+            reach it at the size it was trained on (:attr:`object_diameter`; :meth:`object_scale`). All results
+            come back at the image's own size; clicks are in its pixels and :meth:`learn` learns at this scale.
+            None: the image as it is.
 
         Returns
         -------
@@ -346,12 +416,14 @@ class ClisSession:
         if task is not None and not 0 <= int(task) < self.net.n_tasks:
             raise ValueError(f"task {task} does not exist; this model has " + (
                 f"tasks 0..{self.net.n_tasks - 1}" if self.net.n_tasks > 1 else "only task 0 (the pretrained one)"))
-        normalized = normalize_image(image)
+        value_range = check_intensity_range(intensity_range)
+        scale = self.object_scale(object_diameter, None if object_diameter is None else as_2d_image(image).shape)
+        normalized = normalize_image(image, value_range=value_range)
         # the session's state (fingerprint, task, result) changes only once the new image is done: a failure on
         # the way leaves the current image, its task and its clicks as they were
-        fp, chosen, choice = self._choose_task(normalized, task)
-        out, labels = segment_normalized(self.net, normalized, self.segment_settings(n_samples), task=chosen,
-                                         tile=tile, margin=margin, progress=progress)
+        fp, chosen, choice = self._choose_task(normalized, task, scale=scale)
+        out, labels = segment_normalized(self.net, normalized, self.segment_settings(n_samples, scale=scale),
+                                         task=chosen, tile=tile, margin=margin, progress=progress)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         instances = segmentation_objects(labels, foreground_probability(out.probabilities),
                                          one_object=self.single_object)
@@ -364,11 +436,13 @@ class ClisSession:
             entropy=out.entropy,
             superpixels=superpixels,
             instances=instances,
+            familiarity=self.familiarity(normalized, scale=scale, task=chosen),
         )
         graph = build_region_graph(superpixels, weigh(out.probabilities, self.class_log_prior), out.uncertainty,
                                    normalized)
         self.result = result
         self._normalized = normalized
+        self._scale = scale
         self._image = as_2d_image(image)
         self._instances = (labels.copy(), instances)
         self._fingerprint = fp
@@ -378,8 +452,36 @@ class ClisSession:
                                        locality=self.locality, single_object=self.single_object)
         return result
 
+    def familiarity(self, normalized: np.ndarray, *, scale: float | None = None,
+                    task: int | None = None) -> Familiarity:
+        """Whether a normalised image (3, H, W) is like what the model knows (:mod:`~napari_clis.familiarity`):
+        its first layer's statistics against the pretraining images' (metadata ``familiarity``), seen as
+        segment() sees it (object ``scale``). ``task``: the task that segments it; a learned one means the user
+        taught the model images like this one."""
+        size = "" if self.working_long_side is not None else (
+            " If its objects are much larger or smaller than usual, give the object size.")
+        advice = ("Correct it and press Learn: images like it will then start better." + size +
+                  " For many such images, train a model on your own labelled images.")
+        summary = self.metadata.get("familiarity")
+        if not summary:
+            return familiarity(None, None)
+        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
+        return familiarity(first_layer_stats(self.net, x[None]), summary, bool(task), advice)
+
+    def record_familiarity(self, images, source: str = "") -> dict:
+        """Record the images the model was trained on (an iterable of arrays, e.g. its pretraining split) in its
+        metadata field ``familiarity`` (:func:`~napari_clis.familiarity.reference_summary`): segment() then says
+        which images are unlike them. Saved with the model (:meth:`save`). Returns the field."""
+        stats = []
+        for image in images:
+            x, _ = self._working(normalize_image(image), max_side=FINGERPRINT_SIDE)
+            stats.append(first_layer_stats(self.net, x[None]))
+        self.metadata["familiarity"] = reference_summary(stats, source=source)
+        return self.metadata["familiarity"]
+
     def segment_many(self, paths, output=None, *, overwrite: bool = False, scheduler: str | None = None,
-                     workers: int = 1, tile: int | None = None, superpixels: bool = False, progress=None):
+                     workers: int = 1, tile: int | None = None, superpixels: bool = False, progress=None,
+                     intensity_range=None, object_diameter: float | None = None):
         """Segment image files and folders into labels and uncertainty TIFFs, here or on a Dask cluster.
 
         A resumable batch run: outputs complete from an earlier run of the same settings are skipped, others are
@@ -397,7 +499,8 @@ class ClisSession:
         from .batch import segment_many
 
         return segment_many(self, paths, output, overwrite=overwrite, scheduler=scheduler, workers=workers,
-                            tile=tile, superpixels=superpixels, progress=progress)
+                            tile=tile, superpixels=superpixels, progress=progress, intensity_range=intensity_range,
+                            object_diameter=object_diameter)
 
     # -- interaction -----------------------------------------------------------------------------------
     def _require_interaction(self) -> Interaction:
@@ -467,32 +570,40 @@ class ClisSession:
         return self._require_interaction().suggest(n)
 
     # -- continual learning -------------------------------------------------------------------------
-    def _working(self, normalized: np.ndarray, labels: np.ndarray | None = None, max_side: int | None = None):
-        """The image (and labels) at the network's working resolution, cut to multiples of 8, as tensors."""
+    def _working(self, normalized: np.ndarray, labels: np.ndarray | None = None, max_side: int | None = None,
+                 scale: float | None = None):
+        """The image (and labels) at the network's working resolution, cut to multiples of 8, as tensors;
+        resized by the object ``scale`` first where one is given (as segment() saw it)."""
         x = torch.from_numpy(np.ascontiguousarray(normalized))[None]
         y = None if labels is None else torch.from_numpy(labels.astype(np.int64))[None, None].float()
         # lesion models always work at their long side (as predict() does); others only shrink large images
-        side = self.working_long_side or (max_side if max_side is not None and max(x.shape[-2:]) > max_side else None)
+        long_side = scaled_long_side(x.shape[-2:], scale) or max(x.shape[-2:])
+        side = self.working_long_side or (max_side if max_side is not None and long_side > max_side else
+                                          None if scale is None else long_side)
         x, y = fit_grid(*resize_long_side(x, side, y), crop=True)
         x = x[0].to(self.device)
         return (x, None) if y is None else (x, y[0, 0].long().to(self.device))
 
-    def _choose_task(self, normalized: np.ndarray, task: int | None = None) -> tuple[np.ndarray, int, dict]:
+    def _choose_task(self, normalized: np.ndarray, task: int | None = None, *,
+                     scale: float | None = None) -> tuple[np.ndarray, int, dict]:
         """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``.
 
         The fingerprint sees the whole image at most ``FINGERPRINT_SIDE`` px on a side; the agreement check
         sees the image as the network segments it: at a model's working resolution, else at its own resolution,
-        cut to the central ``AGREEMENT_SIDE`` px square (two passes of that cost a quarter of one 512 px pass)."""
-        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE)
+        cut to the central ``AGREEMENT_SIDE`` px square (two passes of that cost a quarter of one 512 px pass).
+        With an object ``scale``, both see the image resized by it, as the network segments it."""
+        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
         fp = fingerprint(self.net, x[None])
         if task is not None:
             return fp, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
         if not self.tasks and not self.remembered:
             return fp, 0, {"nearest": 0, "known": False, "agreement": None}
         h, w = normalized.shape[-2:]
-        if self.working_long_side is None and max(h, w) > AGREEMENT_SIDE:  # at the scale it segments
-            y0, x0 = max(0, (h - AGREEMENT_SIDE) // 2), max(0, (w - AGREEMENT_SIDE) // 2)
-            x, _ = self._working(normalized[:, y0:y0 + AGREEMENT_SIDE, x0:x0 + AGREEMENT_SIDE])
+        f = 1.0 if scale is None else scale
+        if self.working_long_side is None and max(h, w) * f > AGREEMENT_SIDE:  # at the scale it segments
+            side = round(AGREEMENT_SIDE / f)  # image pixels that make AGREEMENT_SIDE px for the network
+            y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+            x, _ = self._working(normalized[:, y0:y0 + side, x0:x0 + side], scale=scale)
         task, info = choose_task(self.net, x, fp, self.tasks, self.remembered, class_log_prior=self.class_log_prior,
                                  single_object=self.single_object)
         return fp, task, info
@@ -526,7 +637,7 @@ class ClisSession:
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
             raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
         settings = dataclasses.replace(self.learn_settings, **({"steps": int(steps)} if steps is not None else {}))
-        x, y = self._working(self._normalized, labels)
+        x, y = self._working(self._normalized, labels, scale=self._scale)  # at the scale it was segmented at
         t0 = time.perf_counter()
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
         if not (info["dice_after"] >= info["dice_before"] and info["dice_after"] > 0):  # worse, or nothing learnt

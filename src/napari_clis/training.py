@@ -39,7 +39,8 @@ from .uncertainty import decide, predict, resize_long_side
 
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
            "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged", "distance_target", "distance_loss",
-           "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA"]
+           "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA", "train", "TrainingCancelled",
+           "TRAIN_STEPS"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -428,15 +429,18 @@ def _lr_factor(step: int, total: int, warmup: float = 0.05) -> float:
 
 def evaluate(net: ClisNet, samples: list[Sample], working_long_side: int | None, n_samples: int = 0,
              flips: bool = False) -> dict:
-    """Mean foreground Dice and IoU of ``net`` on ``samples`` (deterministic pass by default)."""
+    """Mean foreground Dice and IoU of ``net`` on ``samples`` (deterministic pass by default); with more than two
+    classes, each image's mean over the foreground classes of the class's Dice and IoU."""
     net.eval()
     dices, ious = [], []
     for s in samples:
         out = predict(net, normalize_image(s.image), n_samples=n_samples, working_long_side=working_long_side,
                       flips=flips)
-        pred = out.probabilities.argmax(0) > 0
-        dices.append(dice(pred, s.mask > 0))
-        ious.append(iou(pred, s.mask > 0))
+        labels = out.probabilities.argmax(0)
+        classes = range(1, net.config.n_classes) if net.config.n_classes > 2 else [None]
+        pairs = [(labels > 0, s.mask > 0) if c is None else (labels == c, s.mask == c) for c in classes]
+        dices.append(np.mean([dice(a, b) for a, b in pairs]))
+        ious.append(np.mean([iou(a, b) for a, b in pairs]))
     return {"dice": float(np.mean(dices)), "iou": float(np.mean(ious)), "n": len(samples)}
 
 
@@ -449,17 +453,9 @@ def pretrain(
     progress=None,
 ) -> Path:
     """Train a model from scratch and save it to ``output`` (checkpoints to ``output`` + ``.ckpt``)."""
-    output = Path(output)
-    ckpt_path = output.with_suffix(output.suffix + ".ckpt")
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
     t0 = time.time()
-    if settings.augment not in ("none", "robust"):
-        raise ValueError(f"augment must be 'none' or 'robust', got {settings.augment!r}")
-    if (settings.augment == "robust" or settings.instance_head) and (
-            settings.crop is None or settings.working_long_side is not None):
-        raise ValueError("robust augmentation and the distance head are trained on crops at the image's own "
-                         "resolution (the nuclei model's way), not on whole resized images")
+    _check_settings(settings)
     train = load_dataset(settings.model, "pretrain", data_root)
     kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
     for name, extra in _extra_data(settings, data_root):
@@ -476,22 +472,72 @@ def pretrain(
         shares = {k: float(weights[np.asarray(kinds) == k].sum()) for k in sorted(set(kinds))}
         log("kinds of image drawn: " + ", ".join(f"{k} {kinds.count(k)} images, {p:.0%} of draws"
                                                  for k, p in shares.items()))
-
     config = NetworkConfig(n_classes=2, width=settings.width, dropout=settings.dropout,
                            bottleneck_dilation=settings.bottleneck_dilation, instance_head=settings.instance_head)
+    describe = {"name": settings.model, "class_names": CLASS_NAMES[settings.model],
+                "tasks": [{"name": "pretraining", "source": settings.model, "n_images": len(train)}]}
+    return _fit(settings, output, config, data, weights, monitor, describe, resume=resume, log=log,
+                progress=progress)
+
+
+def _check_settings(settings: PretrainSettings) -> None:
+    """Settings that cannot train, refused before any data is read."""
+    if settings.augment not in ("none", "robust"):
+        raise ValueError(f"augment must be 'none' or 'robust', got {settings.augment!r}")
+    if (settings.augment == "robust" or settings.instance_head) and (
+            settings.crop is None or settings.working_long_side is not None):
+        raise ValueError("robust augmentation and the distance head are trained on crops at the image's own "
+                         "resolution (the nuclei model's way), not on whole resized images")
+
+
+def _start_from(net: ClisNet, init, settings: PretrainSettings, log) -> list:
+    """Load the weights of the model file ``init`` into ``net`` (a distance head it lacks starts fresh, and so do
+    the output layers where ``net`` has another number of classes); the training phases it records."""
+    init_net, init_meta, _ = load_model(init)
+    if init_net.config.instance_head and not settings.instance_head:
+        raise ValueError(f"{init} has a distance head; train on with --instance-head to keep it")
+    own = net.state_dict()
+    state = init_net.state_dict()
+    reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if any(not k.startswith(("logit_head.", "logvar_head.")) for k in reshaped):
+        raise ValueError(f"{init} does not match the network asked for (its {reshaped[0]!r} has another shape)")
+    missing, _ = net.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
+    if any(not k.startswith("distance_head.") and k not in reshaped for k in missing):  # a new head starts fresh
+        raise ValueError(f"{init} does not match the network asked for (no {missing[0]!r})")
+    if reshaped:
+        log(f"new output layers for {net.config.n_classes} classes (the model had {init_net.config.n_classes})")
+    earlier = init_meta.get("training", {})
+    log(f"starting from {init}")
+    return earlier.get("earlier_phases", []) + [
+        {k: earlier.get(k) for k in ("settings", "step", "seconds", "history")}]
+
+
+class TrainingCancelled(RuntimeError):
+    """The training was cancelled: no model was written; its checkpoint keeps the progress for a resume."""
+
+
+def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, data, weights, monitor: list[Sample],
+         describe: dict, *, resume: bool = True, log=print, progress=None, cancel=None, checkpoint=None,
+         identity: dict | None = None, keep_better_statistics: bool = False,
+         drop_checkpoint_on_divergence: bool = False) -> Path:
+    """The one training loop of :func:`pretrain` and :func:`train`: ``data`` from :func:`_prepare` (drawn by
+    ``weights``), ``monitor`` the images its evaluations measure (none: no evaluation), ``describe`` the model
+    file's ``name``, ``class_names`` and ``tasks`` (and any other metadata). Checkpoints go to ``checkpoint``
+    (default ``output`` + ``.ckpt``) at every evaluation, and when ``cancel()`` turns true (between steps), which
+    raises :class:`TrainingCancelled`; a checkpoint is resumed only when its ``identity`` (what it was trained
+    on, kept in its metadata) is the one given. A non-finite loss raises :class:`TrainingDiverged`. At the end the
+    BatchNorm statistics are recomputed over training batches (:func:`recalibrate_batchnorm`); with
+    ``keep_better_statistics`` the running ones stay where they give the ``monitor`` images a higher Dice. With
+    ``drop_checkpoint_on_divergence`` a diverged training removes its checkpoint too (a state on the way to
+    diverging, which a run with a lower learning rate should not resume)."""
+    output = Path(output)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else output.with_suffix(output.suffix + ".ckpt")
+    rng = np.random.default_rng(settings.seed)
+    train_count = len(data)
     net = ClisNet(config)
     earlier_phases = []
     if settings.init:  # a second phase that starts from an existing model (fresh optimiser and schedule)
-        init_net, init_meta, _ = load_model(settings.init)
-        if init_net.config.instance_head and not settings.instance_head:
-            raise ValueError(f"{settings.init} has a distance head; train on with --instance-head to keep it")
-        missing, _ = net.load_state_dict(init_net.state_dict(), strict=False)  # a new distance head starts fresh
-        if any(not k.startswith("distance_head.") for k in missing):
-            raise ValueError(f"{settings.init} does not match the network asked for (no {missing[0]!r})")
-        earlier = init_meta.get("training", {})
-        earlier_phases = earlier.get("earlier_phases", []) + [
-            {k: earlier.get(k) for k in ("settings", "step", "seconds", "history")}]
-        log(f"starting from {settings.init}")
+        earlier_phases = _start_from(net, settings.init, settings, log)
     priors = {name: ibp_stick_breaking_prior(conv.gates.n_kernels, settings.ibp_alpha_per_kernel * conv.gates.n_kernels)
               for name, conv in net.masked_convs().items()}
     gate_params = [p for n, p in net.named_parameters() if ".gates." in n]
@@ -505,6 +551,10 @@ def pretrain(
     train_seconds = 0.0
     if resume and ckpt_path.exists():
         net_r, meta, payload = load_model(ckpt_path)
+        if identity is not None and (meta.get("training", {}).get("source") != identity or net_r.config != config):
+            raise ValueError(f"{ckpt_path} is the checkpoint of another training (other images, masks, classes or "
+                             "starting model). Delete it, start over (--restart), or write the model elsewhere "
+                             "(--output).")
         net.load_state_dict(net_r.state_dict())
         opt.load_state_dict(payload["optimizer"])
         step = meta["training"]["step"]
@@ -515,8 +565,7 @@ def pretrain(
 
     def metadata(final: bool):
         return {
-            "name": settings.model,
-            "class_names": CLASS_NAMES[settings.model],
+            **{k: v for k, v in describe.items() if k not in ("tasks", "monitor")},
             "working_long_side": settings.working_long_side,
             "test_time_flips": settings.test_time_flips,
             "ibp_alpha_per_kernel": settings.ibp_alpha_per_kernel,
@@ -527,15 +576,30 @@ def pretrain(
                 "history": history,
                 "earlier_phases": earlier_phases,
                 "final": final,
-                "n_train_images": len(train),
+                "n_train_images": train_count,
                 "torch": str(torch.__version__),
                 "threads": torch.get_num_threads(),
+                **({"source": identity} if identity is not None else {}),
             },
-            "tasks": [{"name": "pretraining", "source": settings.model, "n_images": len(train)}],
+            "tasks": describe["tasks"],
         }
+
+    def keep_checkpoint():
+        if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
+            if drop_checkpoint_on_divergence:
+                ckpt_path.unlink(missing_ok=True)
+            raise TrainingDiverged(  # a step so large that the weights overflowed, though the loss was finite
+                f"The training diverged at step {step} of {settings.steps}: its weights became infinite. No model "
+                f"was written to {output}. Train again with a lower learning rate (--lr, now {settings.lr:g}).")
+        save_model(ckpt_path, net, metadata(False), extra={"optimizer": opt.state_dict()})
 
     net.train()
     while step < settings.steps:
+        if cancel is not None and cancel():
+            keep_checkpoint()
+            raise TrainingCancelled(f"The training was stopped at step {step} of {settings.steps}; no model was "
+                                    f"written to {output}. {ckpt_path} keeps its progress: run the same training "
+                                    "again to go on from there.")
         ts = time.time()
         for group, base in zip(opt.param_groups, (settings.lr, settings.gate_lr)):
             group["lr"] = base * _lr_factor(step, settings.steps)
@@ -551,6 +615,8 @@ def pretrain(
         kl = gate_kl(net, 0, priors)
         loss = loss_nll + loss_dice + settings.kl_weight * kl + settings.instance_weight * loss_dist
         if not torch.isfinite(loss):  # the next step would make every weight NaN: stop before it, write nothing
+            if drop_checkpoint_on_divergence:
+                ckpt_path.unlink(missing_ok=True)
             kept = (f"; {ckpt_path} still holds the last good state" if ckpt_path.exists() else "")
             raise TrainingDiverged(
                 f"The training diverged at step {step + 1} of {settings.steps}: its loss became {loss.item()}. "
@@ -568,22 +634,164 @@ def pretrain(
                 f"{loss_dice.item():.4f} distance {loss_dist.item():.4f} kl {kl.item():.1f}) "
                 f"{train_seconds / step:.2f} s/step")
         if step % settings.eval_every == 0 or step == settings.steps:
-            scores = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)
-            net.train()
             on = sum(int(c.gates.hard(0).sum()) for c in net.masked_convs().values())
             tot = sum(c.gates.n_kernels for c in net.masked_convs().values())
-            history.append({"step": step, "loss": loss.item(), "nll": loss_nll.item(), "dice_loss": loss_dice.item(),
-                            "distance_loss": loss_dist.item(), "kl": kl.item(), "monitor_dice": scores["dice"],
-                            "monitor_iou": scores["iou"], "kernels_on": on, "kernels": tot, "seconds": train_seconds})
-            log(f"step {step}/{settings.steps} loss {loss.item():.4f} monitor dice {scores['dice']:.4f} "
-                f"iou {scores['iou']:.4f} kernels on {on}/{tot} ({train_seconds / 60:.1f} min)")
-            save_model(ckpt_path, net, metadata(False),
-                       extra={"optimizer": opt.state_dict()})
+            record = {"step": step, "loss": loss.item(), "nll": loss_nll.item(), "dice_loss": loss_dice.item(),
+                      "distance_loss": loss_dist.item(), "kl": kl.item()}
+            if monitor:
+                scores = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)
+                net.train()
+                record.update(monitor_dice=scores["dice"], monitor_iou=scores["iou"])
+                said = f" {describe.get('monitor', 'monitor')} dice {scores['dice']:.4f} iou {scores['iou']:.4f}"
+            else:
+                said = ""
+            history.append({**record, "kernels_on": on, "kernels": tot, "seconds": train_seconds})
+            log(f"step {step}/{settings.steps} loss {loss.item():.4f}{said} kernels on {on}/{tot} "
+                f"({train_seconds / 60:.1f} min)")
+            keep_checkpoint()
+    running = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
     recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches, weights=weights)
     log(f"recomputed BatchNorm statistics over {settings.precise_bn_batches} training batches")
+    if keep_better_statistics and monitor:  # few images: recomputed statistics may fit the validation images worse
+        recomputed = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)["dice"]
+        statistics = {k: v.clone() for k, v in net.state_dict().items() if k in running}
+        net.load_state_dict(running, strict=False)
+        kept = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)["dice"]
+        if recomputed >= kept:
+            net.load_state_dict(statistics, strict=False)
+        log(f"validation dice {max(recomputed, kept):.4f} with the {'recomputed' if recomputed >= kept else 'running'}"
+            f" BatchNorm statistics (the {'running' if recomputed >= kept else 'recomputed'} ones give "
+            f"{min(recomputed, kept):.4f})")
     save_model(output, net, metadata(True))
     log(f"saved {output} (format {FORMAT})")
     return output
+
+
+# steps of `napari-clis train` by default: fine-tuning a model, or a new one from scratch
+TRAIN_STEPS = {"fine-tune": 500, "new": 2000}
+_GENERIC_FOLDER_NAMES = {"images", "image", "imgs", "img", "raw", "data", "input", "inputs"}
+
+
+def _folder_label(folder: Path) -> str:
+    """A name for a training's images: the folder's, or its parent's where the folder is called "images" etc."""
+    folder = Path(folder).resolve()
+    return folder.parent.name if folder.name.lower() in _GENERIC_FOLDER_NAMES and folder.parent.name else folder.name
+
+
+def train(images: Path | str, masks: Path | str, *, init: str | Path | None = None, output: Path | str | None = None,
+          steps: int | None = None, val_fraction: float = 0.2, classes: int | None = None, lr: float | None = None,
+          batch: int = 8, crop: int | None = None, seed: int = 0, resume: bool = True, progress=None, cancel=None,
+          log=None) -> Path:
+    """Train a model on a folder of annotated images, or fine-tune one; the model file written.
+
+    ``images`` and ``masks`` are folders whose files are paired by name (:func:`~napari_clis.data.
+    load_annotated_folder`): with ``classes`` 2 (the default, or the starting model's number) every mask value
+    above 0 is foreground, so binary and instance masks both work; with more, masks hold class ids 0 to
+    ``classes - 1``. ``init`` is ``"nuclei"``, ``"skin-lesion"``, a model file, or None for a new network;
+    output layers for another number of classes start fresh. A fixed share ``val_fraction`` of the images
+    (drawn with ``seed``; at least one) is kept aside and its Dice logged at each evaluation.
+
+    The model goes to ``output``, else a new file in :func:`~napari_clis.checkpoint.models_dir` (the widget's
+    Model list), written atomically and only at the end; an existing file is never written over. Progress is
+    kept in a checkpoint beside it (``<model>.pt.ckpt``) at each evaluation and on ``cancel()`` (checked between
+    steps; raises :class:`TrainingCancelled`); the same call again resumes from it (``resume=False``: start
+    over), and a finished training removes it. ``progress(step, total, loss)`` is called after each step and
+    ``log(text)`` with the evaluations. A loss that becomes NaN or infinite raises :class:`TrainingDiverged` and
+    writes no model. Bad input raises ``ValueError`` (or :class:`~napari_clis.preprocessing.ImageError`,
+    :class:`~napari_clis.checkpoint.CheckpointError`) naming the problem.
+    """
+    from .checkpoint import models_dir, shipped_model_path, shipped_models, unique_model_path
+    from .data import load_annotated_folder
+
+    log = log or (lambda _: None)
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"the validation fraction must be at least 0 and below 1, got {val_fraction!r}")
+    if lr is not None and not (math.isfinite(float(lr)) and lr > 0):
+        raise ValueError(f"the learning rate must be a positive number, got {lr!r}")
+    if classes is not None and (int(classes) != classes or classes < 2):
+        raise ValueError(f"classes must be a whole number of at least 2 (background and one class), got {classes!r}")
+    for value, name in ((batch, "batch"), (crop, "crop")):
+        if value is not None and (int(value) != value or value < 1 or (name == "crop" and value % 8)):
+            raise ValueError(f"{name} must be a whole number of at least 1{' and a multiple of 8' * (name == 'crop')}"
+                             f", got {value!r}")
+    images, masks = Path(images), Path(masks)
+    if init is None:
+        init_path, init_label, init_net, init_meta = None, "new", None, {}
+    else:
+        if str(init) in shipped_models():
+            init_path, init_label = shipped_model_path(str(init)), str(init)
+        elif Path(init).is_file():
+            init_path, init_label = Path(init), Path(init).stem
+        else:
+            raise ValueError(f"The starting model {str(init)!r} is neither a shipped model "
+                             f"({', '.join(shipped_models())}) nor a model file that exists.")
+        init_net, init_meta, _ = load_model(init_path)
+    classes = int(classes if classes is not None else (init_net.config.n_classes if init_net else 2))
+
+    # where the model goes (never over a file there), and its checkpoint: the same for the same call, to resume
+    stem = f"{init_label}-{_folder_label(images)}"
+    if output is not None:
+        output = Path(output)
+        if output.exists():
+            raise ValueError(f"{output} exists already; the new model is not written over it. Choose another file "
+                             "(--output), or leave it out to write a new file in the models folder.")
+        if not output.parent.is_dir():
+            raise ValueError(f"The folder {output.parent} for the model file does not exist.")
+        ckpt_path = output.with_suffix(output.suffix + ".ckpt")
+    else:
+        folder = models_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt_path = folder / f"{stem}.pt.ckpt"
+        output = folder / f"{stem}.pt" if not (folder / f"{stem}.pt").exists() else unique_model_path(folder, stem)
+
+    samples = load_annotated_folder(images, masks, classes)
+    if len(samples) < 2:
+        raise ValueError(f"Training needs at least 2 annotated images (to train on and to check it on); {images} "
+                         f"has {len(samples)}.")
+    n_val = 0 if val_fraction == 0 else min(len(samples) - 1, max(1, round(val_fraction * len(samples))))
+    order = np.random.default_rng(seed).permutation(len(samples))
+    val = [samples[i] for i in sorted(order[:n_val])]
+    train_samples = [samples[i] for i in sorted(order[n_val:])]
+    log(f"{len(train_samples)} images to train on, {len(val)} to validate on ({', '.join(s.id for s in val)})")
+
+    working_long_side = init_meta.get("working_long_side")
+    config = (NetworkConfig(n_classes=classes) if init_net is None
+              else NetworkConfig.from_dict({**init_net.config.to_dict(), "n_classes": classes}))
+    steps = int(steps or TRAIN_STEPS["new" if init_net is None else "fine-tune"])
+    settings = PretrainSettings(
+        model=stem, steps=steps, batch=int(batch), crop=crop if crop or working_long_side else 128,
+        working_long_side=working_long_side, test_time_flips=bool(init_meta.get("test_time_flips", False)),
+        lr=float(lr if lr is not None else (3e-3 if init_net is None else 1e-3)), seed=int(seed),
+        width=config.width, dropout=config.dropout, bottleneck_dilation=config.bottleneck_dilation,
+        eval_every=max(1, steps // 10), precise_bn_batches=min(50, steps),
+        fg_crop_fraction=0.5 if not working_long_side else 0.0, init=None if init_path is None else str(init_path),
+        instance_head=config.instance_head)
+    _check_settings(settings)
+    data = _prepare(train_samples, settings.working_long_side, settings)
+    if settings.crop is None and len({tuple(d[1].shape) for d in data}) > 1:
+        # whole images of different shapes cannot share a batch: squares of the working side (padded by mirroring)
+        settings.crop = working_long_side
+    identity = {"images": str(images.resolve()), "masks": str(masks.resolve()),
+                "stems": [s.id for s in samples], "classes": classes, "init": init_label if init_path is None or
+                str(init) in shipped_models() else str(init_path.resolve()), "val_fraction": float(val_fraction),
+                "seed": int(seed)}
+    init_names = list(init_meta.get("class_names", []))
+    class_names = (init_names if init_net is not None and init_net.config.n_classes == classes and
+                   len(init_names) == classes else
+                   ["background"] + (["foreground"] if classes == 2 else [f"class {k}" for k in range(1, classes)]))
+    describe = {"name": output.stem, "class_names": class_names, "monitor": "validation",
+                "tasks": [{"name": "training", "source": str(images.resolve()), "n_images": len(train_samples)}]}
+    if classes == 2 and init_meta.get("single_object"):
+        describe["single_object"] = True  # one lesion per image, as the starting model declared
+    weights = _image_weights(data, settings)
+    torch.manual_seed(settings.seed)
+    written = _fit(settings, output, config, data, weights, val, describe, resume=resume, log=log,
+                   progress=progress, cancel=cancel, checkpoint=ckpt_path, identity=identity,
+                   keep_better_statistics=True, drop_checkpoint_on_divergence=True)
+    ckpt_path.unlink(missing_ok=True)  # finished: the same call again trains anew
+    return written
 
 
 # foreground probabilities at which the decision is tried (0.5: the plain argmax)

@@ -33,7 +33,7 @@ from .network import ClisNet
 from .preprocessing import DEFAULT_MARGIN, DEFAULT_TILE, check_tiling, plan_tiles
 
 __all__ = ["NetworkOutput", "SegmentSettings", "predict", "segment_normalized", "decide", "weigh", "resize_long_side",
-           "fit_grid", "DEFAULT_TILE", "DEFAULT_MARGIN"]
+           "scaled_long_side", "fit_grid", "DEFAULT_TILE", "DEFAULT_MARGIN"]
 
 LOGIT_NOISE_SAMPLES = 4
 
@@ -49,6 +49,10 @@ class SegmentSettings:
     flips: bool = False
     class_log_prior: tuple[float, ...] | None = None
     single_object: bool = False
+    #: object scale: the network sees the image resized by this factor (its longer side rounded to whole pixels),
+    #: so that objects reach it at the size it was trained on (``segment(object_diameter=...)``); the outputs come
+    #: back at the image's own size. Only for models without a ``working_long_side``.
+    scale: float | None = None
 
 
 @dataclass
@@ -79,6 +83,12 @@ def resize_long_side(x: torch.Tensor, side: int | None, labels: torch.Tensor | N
     size = (max(8, round(hw[0] * f)), max(8, round(hw[1] * f)))
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
     return x, None if labels is None else F.interpolate(labels, size=size, mode="nearest")
+
+
+def scaled_long_side(hw, scale: float | None) -> int | None:
+    """The longer side (px) an image of size ``hw`` has for the network at object ``scale``
+    (:attr:`SegmentSettings.scale`); None without a scale. Prediction and learning resize to it alike."""
+    return None if scale is None else max(8, round(max(hw) * float(scale)))
 
 
 def fit_grid(x: torch.Tensor, labels: torch.Tensor | None = None, *, crop: bool = False):
@@ -286,9 +296,9 @@ def segment_normalized(net: ClisNet, normalized: np.ndarray, settings: SegmentSe
                        progress=None) -> tuple[NetworkOutput, np.ndarray]:
     """The network's maps (:func:`predict`) and the labels (:func:`decide`) of one normalised image under a
     model's ``settings``: what :meth:`ClisSession.segment` and batch segmentation (per tile) both run."""
+    side = scaled_long_side(normalized.shape[-2:], settings.scale) or settings.working_long_side
     out = predict(net, normalized, task=task, n_samples=settings.n_samples, seed=settings.seed, tile=tile,
-                  margin=margin, working_long_side=settings.working_long_side, flips=settings.flips,
-                  progress=progress)
+                  margin=margin, working_long_side=side, flips=settings.flips, progress=progress)
     return out, decide(out.probabilities, settings.class_log_prior, settings.single_object)
 
 

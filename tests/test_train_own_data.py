@@ -1,0 +1,156 @@
+"""Training on a user's own folder of annotated images (issue 19, item 3): `napari_clis.train` and
+`napari-clis train`, on the real dsb2018 images of tests/data."""
+
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from napari_clis import ClisSession, TrainingCancelled, TrainingDiverged, train
+from napari_clis.checkpoint import save_model, saved_models
+from napari_clis.cli import main
+from napari_clis.data import load_annotated_folder
+from napari_clis.metrics import dice
+from napari_clis.network import ClisNet, NetworkConfig
+from napari_clis.training import TRAIN_STEPS
+
+DATA = Path(__file__).parent / "data" / "dsb2018"
+TINY = dict(batch=2, crop=64)  # a few steps on small crops: seconds on a CPU
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """Copies of the two annotated dsb2018 images, and a models folder holding a model the user had."""
+    root = tmp_path / "dsb2018"  # the images folder is called "images": models are named after the one above
+    monkeypatch.setenv("NAPARI_CLIS_MODELS", str(root / "models"))
+    shutil.copytree(DATA / "images", root / "images")
+    shutil.copytree(DATA / "masks", root / "masks")
+    (root / "models").mkdir()
+    (root / "models" / "mine.pt").write_bytes(b"a model the user had")
+    return root
+
+
+def _untouched(folder: Path) -> None:
+    """Nothing written in the models folder: the user's model as it was, no model file, no checkpoint."""
+    assert sorted(p.name for p in (folder / "models").iterdir()) == ["mine.pt"]
+    assert (folder / "models" / "mine.pt").read_bytes() == b"a model the user had"
+
+
+def test_a_tiny_run_from_the_nuclei_model_writes_a_model_that_segments(folders):
+    lines = []
+    path = train(folders / "images", folders / "masks", init="nuclei", steps=4, log=lines.append, **TINY)
+    assert path.parent == folders / "models" and path.name == "nuclei-dsb2018.pt"
+    assert path.stem in saved_models()  # the widget's Model list shows it
+    assert not list((folders / "models").glob("*.ckpt"))  # finished: no checkpoint left
+    assert (folders / "models" / "mine.pt").read_bytes() == b"a model the user had"
+    assert sum("validation dice" in line for line in lines) >= 4, lines  # one per evaluation
+    session = ClisSession.from_checkpoint(path)
+    assert session.class_names == ["background", "nucleus"]
+    for sample in load_annotated_folder(folders / "images", folders / "masks"):
+        assert dice(session.segment(sample.image).labels, sample.mask) > 0.7, sample.id
+    # the same call again writes a new file beside it, never over it
+    again = train(folders / "images", folders / "masks", init="nuclei", steps=1, **TINY)
+    assert again != path and again.parent == path.parent and path.is_file()
+
+
+def test_cancel_keeps_the_checkpoint_and_the_same_call_resumes(folders):
+    done = []
+    with pytest.raises(TrainingCancelled, match="step 2 of 3.*go on from there"):
+        train(folders / "images", folders / "masks", init="nuclei", steps=3, **TINY,
+              progress=lambda step, total, loss: done.append(step), cancel=lambda: len(done) >= 2)
+    models = folders / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["mine.pt", "nuclei-dsb2018.pt.ckpt"]  # no model file
+    lines = []
+    path = train(folders / "images", folders / "masks", init="nuclei", steps=3, **TINY, log=lines.append)
+    assert any("resumed" in line and "at step 2" in line for line in lines), lines
+    assert path.is_file() and not (models / "nuclei-dsb2018.pt.ckpt").exists()
+
+
+def test_a_checkpoint_of_another_training_is_not_resumed(folders):
+    with pytest.raises(TrainingCancelled):
+        train(folders / "images", folders / "masks", init="nuclei", steps=3, **TINY, cancel=lambda: True)
+    with pytest.raises(ValueError, match="checkpoint of another training"):
+        train(folders / "images", folders / "masks", init="nuclei", steps=3, seed=1, **TINY)
+    assert not list((folders / "models").glob("nuclei-dsb2018*.pt"))
+
+
+def test_a_diverged_run_writes_nothing(folders, capsys):
+    with pytest.raises(TrainingDiverged, match="diverged.*lower learning rate"):
+        train(folders / "images", folders / "masks", init="nuclei", steps=5, lr=1e30, **TINY)
+    _untouched(folders)
+    code = main(["train", "--images", str(folders / "images"), "--masks", str(folders / "masks"), "--init", "nuclei",
+                 "--steps", "5", "--lr", "1e30"])
+    assert code == 1 and "diverged" in capsys.readouterr().err
+    _untouched(folders)
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    iio.imwrite(path, mask.astype(np.uint16))
+
+
+def test_missing_and_extra_masks_are_named(folders, capsys):
+    stems = sorted(p.stem for p in (folders / "images").iterdir())
+    (folders / "masks" / f"{stems[0]}.png").unlink()
+    _write_mask(folders / "masks" / "stray.png", np.zeros((8, 8)))
+    with pytest.raises(ValueError) as err:
+        train(folders / "images", folders / "masks", init="nuclei", steps=1)
+    message = str(err.value)
+    assert f"no mask in {folders / 'masks'} for {stems[0]}.png" in message and "stray.png" in message, message
+    _untouched(folders)
+    code = main(["train", "--images", str(folders / "images"), "--masks", str(folders / "masks")])
+    assert code == 2 and "stray.png" in capsys.readouterr().err
+    _untouched(folders)
+
+
+def test_a_mask_of_another_size_is_named(folders):
+    mask = sorted((folders / "masks").iterdir())[1]
+    _write_mask(mask, iio.imread(mask)[:100, :90])
+    with pytest.raises(ValueError, match=rf"must be the size of their image: {mask.name} is 90x100 px, its image "):
+        train(folders / "images", folders / "masks", init="nuclei", steps=1)
+    _untouched(folders)
+
+
+def test_class_ids_above_the_classes_asked_for_or_the_models_are_refused(folders):
+    mask = sorted((folders / "masks").iterdir())[0]
+    instances = iio.imread(mask)
+    _write_mask(mask, np.minimum(instances, 4))  # ids 0-4: five classes
+    with pytest.raises(ValueError, match=rf"{mask.name} holds class id 4, above the model's 3 classes"):
+        train(folders / "images", folders / "masks", init="nuclei", classes=3, steps=1)
+    # a three-class model file: its classes are the default
+    three = folders / "three.pt"
+    save_model(three, ClisNet(NetworkConfig(n_classes=3)), {"name": "three", "class_names": ["bg", "a", "b"]})
+    with pytest.raises(ValueError, match="above the model's 3 classes"):
+        train(folders / "images", folders / "masks", init=three, steps=1)
+    _untouched(folders)
+    # with the default two classes every id above 0 is foreground (instance masks count as foreground)
+    samples = load_annotated_folder(folders / "images", folders / "masks")
+    assert all(set(np.unique(s.mask)) <= {0, 1} and s.instances is not None for s in samples)
+    assert np.array_equal(samples[0].mask, (instances > 0).astype(np.int32))
+
+
+def test_fewer_than_two_images_and_bad_arguments_are_refused(folders):
+    for folder in ("images", "masks"):
+        sorted((folders / folder).iterdir())[1].unlink()
+    with pytest.raises(ValueError, match="at least 2 annotated images.*has 1"):
+        train(folders / "images", folders / "masks", init="nuclei", steps=1)
+    with pytest.raises(ValueError, match="masks folder .* does not exist"):
+        train(folders / "images", folders / "elsewhere", init="nuclei")
+    (folders / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        train(folders / "images", folders / "empty", init="nuclei")
+    with pytest.raises(ValueError, match="neither a shipped model .* nor a model file"):
+        train(folders / "images", folders / "masks", init="mitochondria")
+    with pytest.raises(ValueError, match="exists already"):
+        train(folders / "images", folders / "masks", init="nuclei", output=folders / "models" / "mine.pt")
+    _untouched(folders)
+
+
+def test_the_help_says_the_default_steps():
+    from napari_clis.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = sub.format_help().replace("\n", " ")
+    assert f"default {TRAIN_STEPS['fine-tune']} from a model, {TRAIN_STEPS['new']} for a new one" in " ".join(
+        text.split()), text
