@@ -349,6 +349,8 @@ def segment_tile(model: TileModel, raw: np.ndarray, value_range: tuple[float, fl
               "uncertainty": out.uncertainty[y0:y1, x0:x1]}
     if not model.settings.single_object:
         result["foreground"] = foreground_probability(out.probabilities[:, y0:y1, x0:x1])
+        if out.distance is not None:  # the instance head's map: objects are split on it
+            result["distance"] = out.distance[y0:y1, x0:x1]
     if model.superpixel_size:
         result["superpixels"] = compute_superpixels(normalized[:, y0:y1, x0:x1], size=model.superpixel_size)
     return {k: np.ascontiguousarray(v) for k, v in result.items()}
@@ -449,7 +451,8 @@ def _complete(state: _Prepared) -> FileResult:
 
     arrays = _assemble(state)
     try:
-        arrays["instances"], table = _objects(state, arrays.pop("foreground", None), arrays)
+        arrays["instances"], table = _objects(state, arrays.pop("foreground", None), arrays,
+                                              arrays.pop("distance", None))
     except Exception as e:  # e.g. out of memory: this file fails, the others go on
         return FileResult(job.source, "failed", error=f"{job.source}: {_describe(e)}")
     shape = next(iter(arrays.values())).shape
@@ -473,7 +476,8 @@ def _complete(state: _Prepared) -> FileResult:
     return FileResult(status="segmented", outputs=dict(job.outputs), seconds=time.perf_counter() - state.t0, **done)
 
 
-def _objects(state: _Prepared, foreground: np.ndarray | None, arrays: dict) -> tuple[np.ndarray, dict]:
+def _objects(state: _Prepared, foreground: np.ndarray | None, arrays: dict,
+             distance: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The instances of each whole (stitched) plane and their measurements as one table: for a stack, the
     plane's index along each leading axis (``z``, ``t`` ...) comes first."""
     from .instances import measure_objects, segmentation_objects
@@ -482,13 +486,15 @@ def _objects(state: _Prepared, foreground: np.ndarray | None, arrays: dict) -> t
     labels = arrays["labels"].reshape(-1, h, w)
     uncertainty = arrays["uncertainty"].reshape(-1, h, w)
     fg = None if foreground is None else foreground.reshape(-1, h, w)
+    dist = None if distance is None else distance.reshape(-1, h, w)
     instances = np.zeros(labels.shape, np.uint32)
     names = [a.lower() for a in state.axes[: len(state.lead)]]
     if len(set(names)) < len(names) or {"label", "area"} & set(names):
         names = [f"axis_{i}" for i in range(len(names))]
     tables = []
     for p in range(labels.shape[0]):
-        instances[p] = segmentation_objects(labels[p], None if fg is None else fg[p], one_object=state.one_object)
+        instances[p] = segmentation_objects(labels[p], None if fg is None else fg[p], one_object=state.one_object,
+                                            distance=None if dist is None else dist[p])
         table = measure_objects(instances[p], as_2d_image(state.planes[p]), uncertainty[p])
         where = np.unravel_index(p, state.lead) if state.lead else ()
         tables.append({**{n: np.full(table["label"].size, i, np.int64) for n, i in zip(names, where)}, **table})
@@ -499,7 +505,7 @@ def _objects(state: _Prepared, foreground: np.ndarray | None, arrays: dict) -> t
 def _assemble(state: _Prepared) -> dict[str, np.ndarray]:
     n, h, w = state.planes.shape[:3]
     kinds = state.results[(0, 0)].keys()
-    dtypes = {**_DTYPES, "foreground": np.float32}
+    dtypes = {**_DTYPES, "foreground": np.float32, "distance": np.float32}
     out = {kind: np.zeros((n, h, w), dtypes[kind]) for kind in kinds}
     for p, (_, _, tiles) in enumerate(state.plans):
         offset = 0  # superpixel ids stay unique: each tile's ids follow the previous tile's

@@ -108,6 +108,9 @@ class SegmentationResult:
         The objects of ``labels``, 0 = background, numbered 1..N: touching nuclei split by a watershed on the
         network's output (:func:`~napari_clis.instances.instances_from_probabilities`); for a model with one
         object per class (:attr:`ClisSession.single_object`, the lesion model) each class is one object.
+    distance : (H, W) float32 or None
+        The instance head's map (each pixel's distance to its object's border, 1 at the centre) for a model
+        trained with one; None otherwise.
     familiarity : Familiarity or None
         Whether the image is like what the model knows (:meth:`ClisSession.familiarity`): ``unfamiliar`` True
         says the model may be out of its depth, with what to do in ``message``.
@@ -122,6 +125,7 @@ class SegmentationResult:
     superpixels: np.ndarray
     instances: np.ndarray
     familiarity: Familiarity | None = None
+    distance: np.ndarray | None = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -426,7 +430,7 @@ class ClisSession:
                                          task=chosen, tile=tile, margin=margin, progress=progress)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         instances = segmentation_objects(labels, foreground_probability(out.probabilities),
-                                         one_object=self.single_object)
+                                         one_object=self.single_object, distance=out.distance)
         result = SegmentationResult(
             labels=labels,
             probabilities=out.probabilities,
@@ -437,6 +441,7 @@ class ClisSession:
             superpixels=superpixels,
             instances=instances,
             familiarity=self.familiarity(normalized, scale=scale, task=chosen),
+            distance=out.distance,
         )
         graph = build_region_graph(superpixels, weigh(out.probabilities, self.class_log_prior), out.uncertainty,
                                    normalized)
@@ -554,7 +559,8 @@ class ClisSession:
         cached = self._instances
         if cached is None or cached[0].shape != labels.shape or not np.array_equal(cached[0], labels):
             fg = foreground_probability(self.result.probabilities)
-            cached = (labels.copy(), segmentation_objects(labels, fg, one_object=self.single_object))
+            cached = (labels.copy(), segmentation_objects(labels, fg, one_object=self.single_object,
+                                                          distance=self.result.distance))
             self._instances = cached
         return cached[1]
 
