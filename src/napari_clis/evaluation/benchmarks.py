@@ -464,7 +464,12 @@ def learn_speed(args) -> int:
 
 
 CONTINUAL_NAMES = {"clis": "CLIS (ours)", "none": "no update (pretrained)", "finetune": "plain fine-tuning",
-                   "lwf": "LwF", "ewc": "EWC", "packnet": "PackNet"}
+                   "lwf": "LwF", "ewc": "EWC", "packnet": "PackNet",
+                   "rf": "pixel classifier (RF) on the corrected images",
+                   "rf-truth": "pixel classifier (RF) on the true masks"}
+# the ilastik-style peers of the domain-shift protocol: trained on the learned images, measured on the unseen ones
+DOMAIN_PEERS = ("rf", "rf-truth")
+CONTINUAL_METHODS = "clis,none,finetune,lwf,ewc,packnet"
 
 
 def _baseline(method: str, session, settings, args, model: str, packnet_cache: dict):
@@ -694,91 +699,214 @@ def memory(args) -> int:
 
 
 def continual(args) -> int:
-    """The paper's transfer protocol: CLIS beside no update, fine-tuning, LwF, EWC and PackNet."""
+    """The paper's transfer protocol: CLIS beside no update, fine-tuning, LwF, EWC and PackNet; with ``--domain``,
+    the domain-shift protocol on a folder of images the model was not trained on (``_draw_domain``)."""
     import torch
 
     from ..data import load_dataset
     from ..interactive import DEFAULT_LOCALITY
-    from ..metrics import dice, iou
-    from ..session import ClisSession, LearnRejected
-    from .simulated_user import ClisMethod, run_protocol
 
     if args.merge:
         return _merge_continual(args)
     if args.locality is None:  # recorded as run, so that parts run with other reaches are not merged
         args.locality = DEFAULT_LOCALITY
-    models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
+    if args.methods is None:
+        args.methods = CONTINUAL_METHODS + ("," + ",".join(DOMAIN_PEERS) if args.domain else "")
     methods = args.methods.split(",")
     unknown = set(methods) - set(CONTINUAL_NAMES)
     if unknown:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(CONTINUAL_NAMES)}")
+    peers = [m for m in methods if m in DOMAIN_PEERS]
+    if peers and not args.domain:
+        raise SystemExit(f"{', '.join(peers)}: the pixel-classifier peers belong to the domain-shift protocol "
+                         "(--domain FOLDER)")
+    if "rf" in peers and "clis" not in methods:
+        raise SystemExit("rf learns from the images as CLIS's simulated user corrected them: run it with clis "
+                         "(--methods clis,rf,...)")
+    methods = [m for m in methods if m not in DOMAIN_PEERS] + peers  # the peers after CLIS, whose corrections rf uses
+    if args.domain:
+        if args.model == "skin-lesion":
+            raise SystemExit("the domain-shift folders hold nuclei: use --model nuclei with --domain")
+        models = ["nuclei"]
+    else:
+        models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
     measures = ("basic", "forward", "backward")
-    rows, histories, seconds = [], {}, {m: 0.0 for m in methods}
+    rows, histories, seconds, learns, splits = [], {}, {m: 0.0 for m in methods}, [], {}
     packnet_cache = {}  # pruning and retraining the pretrained model, once per model
     for model in models:
-        dataset = "dsb2018" if model == "nuclei" else "isic2017"
-        pool = load_dataset(model, args.part, args.data)
-        per = {m: {k: {"dice": [], "iou": []} for k in measures} for m in methods}
+        if args.domain:
+            dataset, pool = args.domain, _domain_folder(args.data, args.domain)
+        else:
+            dataset = "dsb2018" if model == "nuclei" else "isic2017"
+            pool = load_dataset(model, args.part, args.data)
+        per = {m: {k: {"dice": [], "iou": []} for k in (("forward",) if m in DOMAIN_PEERS else measures)}
+               for m in methods}
         t0 = time.time()
         for q in range(args.first_sequence, args.first_sequence + args.sequences):
-            rng = np.random.default_rng(1000 + q)
-            seq = [pool[i] for i in rng.choice(len(pool), min(args.tasks, len(pool)), replace=False)]
+            if args.domain:
+                learned, unseen = _draw_domain(len(pool), q, args.tasks, args.unseen)
+                seq, unseen = [pool[i] for i in learned], [pool[i] for i in unseen]
+                splits[q] = {"learned": [smp.id for smp in seq], "unseen": [smp.id for smp in unseen]}
+            else:
+                rng = np.random.default_rng(1000 + q)
+                seq = [pool[i] for i in rng.choice(len(pool), min(args.tasks, len(pool)), replace=False)]
+                unseen = None
+            corrected = None
             for method in methods:
                 tm = time.time()
-                s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
-                s.learn_settings.steps = args.steps
-                s.locality = _none_if_negative(args.locality)
-                settings = (dataclasses.replace(s.learn_settings, lr=args.baseline_lr or s.learn_settings.lr)
-                            if method != "clis" else None)
-                learner = _baseline(method, s, settings, args, model, packnet_cache)
-                vals = {k: [] for k in measures}  # per image: (dice, iou)
-                then = []
-                for t, smp in enumerate(seq):
-                    truth = smp.mask > 0
-                    if learner is not None:
-                        s.net = learner.net_for(None)
-                    s.segment(smp.image)
-                    if t >= len(seq) // 2:  # unseen image, after at least half the tasks: forward transfer
-                        vals["forward"].append(_scores(s.result.labels, truth, dice, iou))
-                    run_protocol(ClisMethod(s.interaction), s.interaction, truth.astype(np.int32), "uncertain",
-                                 max_clicks=2 * 16, min_clicks=2 * 16, stop_at=2.0)
-                    vals["basic"].append(_scores(s.labels, truth, dice, iou))
+                if method in DOMAIN_PEERS:
+                    vals = {"forward": _pixel_classifier_run(method, seq, unseen, corrected)}
+                else:
+                    vals, done, labels, s = _continual_sequence(method, model, seq, unseen, args, packnet_cache)
+                    learns.extend({"dataset": dataset, "method": method, "sequence": q, **e} for e in done)
                     if method == "clis":
-                        try:
-                            s.learn()
-                        except LearnRejected:  # counted as it is: the model stays, the image keeps its task
-                            pass
-                    elif learner is not None:
-                        learner.learn(*s._working(s._normalized, s.labels))
-                        s.net = learner.net_for(t + 1)
-                    then.append(_scores(s.segment(smp.image).labels, truth, dice, iou))
-                for t, smp in enumerate(seq):  # backward transfer: earlier images after all tasks
-                    if learner is not None:
-                        s.net = learner.net_for(t + 1)
-                    now = _scores(s.segment(smp.image).labels, smp.mask > 0, dice, iou)
-                    vals["backward"].append((now[0] - then[t][0], now[1] - then[t][1]))
-                for k in measures:
-                    per[method][k]["dice"].append(float(np.mean([v[0] for v in vals[k]])))
-                    per[method][k]["iou"].append(float(np.mean([v[1] for v in vals[k]])))
-                if method == "clis" and q == args.first_sequence:
-                    usage = [torch.stack([c.gates.hard(t) for t in range(s.net.n_tasks)]).numpy() > 0
-                             for c in s.net.masked_convs().values()]
-                    histories[dataset] = (np.concatenate(usage, 1),
-                                          [(n, c.gates.n_kernels) for n, c in s.net.masked_convs().items()])
+                        corrected = labels
+                    if method == "clis" and q == args.first_sequence:
+                        usage = [torch.stack([c.gates.hard(t) for t in range(s.net.n_tasks)]).numpy() > 0
+                                 for c in s.net.masked_convs().values()]
+                        histories[dataset] = (np.concatenate(usage, 1),
+                                              [(n, c.gates.n_kernels) for n, c in s.net.masked_convs().items()])
+                for k, v in vals.items():
+                    per[method][k]["dice"].append(float(np.mean([x[0] for x in v])))
+                    per[method][k]["iou"].append(float(np.mean([x[1] for x in v])))
                 seconds[method] += time.time() - tm
-            print(f"  {model}: sequence {q + 1 - args.first_sequence}/{args.sequences} ({time.time() - t0:.0f}s)",
+            print(f"  {dataset}: sequence {q + 1 - args.first_sequence}/{args.sequences} ({time.time() - t0:.0f}s)",
                   file=sys.stderr)
         for method in methods:
             rows.append((dataset, method, per[method]))
-    _print_continual(rows, args, seconds)
+    _print_continual(rows, args, seconds, learns=learns)
     if args.figure and histories:
         _mask_usage_figure(histories, args.figure)
         print(f"\nMask usage figure: {args.figure}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "seconds": seconds,
+                                               "learns": learns, "splits": splits,
                                                "args": {k: v for k, v in vars(args).items()
                                                         if isinstance(v, (int, float, str, type(None)))}}))
     return 0
+
+
+def _draw_domain(n: int, sequence: int, tasks: int, unseen: int | None = None) -> tuple[list[int], list[int]]:
+    """The domain-shift protocol's split of a folder of ``n`` images for ``sequence``: ``tasks`` images to learn,
+    in order, and the unseen ones (the rest of the folder, at most ``unseen`` of them), drawn with seed
+    1000 + sequence. The two never share an image."""
+    if not 0 < tasks < n:
+        raise SystemExit(f"the domain-shift protocol learns --tasks {tasks} images of a folder of {n} and measures "
+                         "the rest: the folder needs more images than --tasks (and --tasks at least 1)")
+    order = [int(i) for i in np.random.default_rng(1000 + sequence).permutation(n)]
+    rest = order[tasks:]
+    return order[:tasks], rest if unseen is None else rest[:unseen]
+
+
+def _domain_folder(root, name: str):
+    """The images of ``root/name`` (``images/`` and ``masks/``, paired by file stem) as ``data.Sample`` with the
+    foreground (mask > 0) as the mask. Grey images stay grey (16-bit included); colour ones lose alpha."""
+    from skimage.io import imread
+
+    from ..data import Sample, _check_root, default_data_root
+
+    folder = _check_root(Path(root) if root else default_data_root(), name)
+    kinds = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+    found = {}
+    for sub in ("images", "masks"):
+        files = sorted(p for p in (folder / sub).glob("*") if p.suffix.lower() in kinds) if (folder / sub).is_dir() \
+            else []
+        if not files:
+            raise ValueError(f"{folder / sub} holds no images (.png, .tif or .jpg): the domain-shift protocol reads "
+                             f"{name}/images/ and {name}/masks/ (instance or binary masks, one per image, same name)")
+        found[sub] = {p.stem: p for p in files}
+    lonely = sorted(set(found["images"]) ^ set(found["masks"]))
+    if lonely:
+        raise ValueError(f"{folder}: images and masks are paired by file name, and these have no partner: "
+                         + ", ".join(lonely[:5]) + (f" and {len(lonely) - 5} more" if len(lonely) > 5 else ""))
+    out = []
+    for stem, path in found["images"].items():
+        image = imread(path)
+        if image.ndim == 3:
+            image = image[..., :3]
+        mask = imread(found["masks"][stem])
+        mask = mask[..., 0] if mask.ndim == 3 else mask
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"the mask of {path.name} is {mask.shape[1]}x{mask.shape[0]} px, the image "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        out.append(Sample(stem, np.ascontiguousarray(image), (mask > 0).astype(np.int32)))
+    return out
+
+
+def _continual_sequence(method: str, model: str, seq, unseen, args, packnet_cache: dict):
+    """One method through one sequence of ``seq`` samples: each segmented, corrected by the simulated user (2
+    iterations of the 16 most uncertain wrong regions), learned.
+
+    Returns (vals, learns, corrected, session): ``vals`` per measure a list of (Dice, IoU) per image: basic (the
+    image after the user's corrections), forward (``unseen is None``: the later half of ``seq`` before learning
+    them, the paper's; else the ``unseen`` samples after all tasks), backward (each learned image at the end minus
+    right after it was learned); ``learns`` one record per learn (rolled back and why, seconds); ``corrected`` the
+    corrected foreground of each image, what the method learned from."""
+    from ..interactive import InteractionError
+    from ..metrics import dice, iou
+    from ..session import ClisSession, LearnRejected
+    from .simulated_user import ClisMethod, run_protocol
+
+    s = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
+    s.learn_settings.steps = args.steps
+    s.locality = _none_if_negative(args.locality)
+    settings = dataclasses.replace(s.learn_settings, lr=args.baseline_lr or s.learn_settings.lr) \
+        if method != "clis" else None
+    learner = _baseline(method, s, settings, args, model, packnet_cache)
+    vals = {k: [] for k in ("basic", "forward", "backward")}
+    then, learns, corrected = [], [], []
+    for t, smp in enumerate(seq):
+        truth = smp.mask > 0
+        if learner is not None:
+            s.net = learner.net_for(None)
+        s.segment(smp.image)
+        if unseen is None and t >= len(seq) // 2:  # unseen image, after at least half the tasks: forward transfer
+            vals["forward"].append(_scores(s.result.labels, truth, dice, iou))
+        run_protocol(ClisMethod(s.interaction), s.interaction, truth.astype(np.int32), "uncertain",
+                     max_clicks=2 * 16, min_clicks=2 * 16, stop_at=2.0)
+        vals["basic"].append(_scores(s.labels, truth, dice, iou))
+        corrected.append(s.labels > 0)
+        entry = {"task": t + 1, "image": smp.id, "rolled_back": False, "reason": None}
+        started = time.perf_counter()
+        if method == "clis":
+            try:
+                rec = s.learn()
+                entry.update(dice_before=rec.dice_before, dice_after=rec.dice_after)
+            except LearnRejected as e:  # counted as it is: the model stays, the image keeps its task
+                entry.update(rolled_back=True, reason=str(e))
+            except InteractionError as e:  # nothing in the corrected segmentation to learn from
+                entry.update(skipped=True, reason=str(e))
+        elif learner is not None:
+            learner.learn(*s._working(s._normalized, s.labels))
+            s.net = learner.net_for(t + 1)
+        if method != "none":
+            learns.append({**entry, "seconds": time.perf_counter() - started})
+        then.append(_scores(s.segment(smp.image).labels, truth, dice, iou))
+    for t, smp in enumerate(seq):  # backward transfer: earlier images after all tasks
+        if learner is not None:
+            s.net = learner.net_for(t + 1)
+        now = _scores(s.segment(smp.image).labels, smp.mask > 0, dice, iou)
+        vals["backward"].append((now[0] - then[t][0], now[1] - then[t][1]))
+    if unseen is not None:  # the folder's other images, after all tasks
+        if learner is not None:
+            s.net = learner.net_for(None)
+        for smp in unseen:
+            vals["forward"].append(_scores(s.segment(smp.image).labels, smp.mask > 0, dice, iou))
+            if method == "clis":  # which task the task-aware module chose for it, and why
+                learns.append({"task": None, "image": smp.id, "unseen": True, "chosen": int(s.task),
+                               "agreement": s.task_choice.get("agreement"), "nearest": s.task_choice.get("nearest")})
+    return vals, learns, corrected, s
+
+
+def _pixel_classifier_run(method: str, seq, unseen, corrected) -> list[tuple[float, float]]:
+    """The ilastik-style peer: a random forest trained on the learned images, with CLIS's corrected segmentations
+    (``rf``) or the true masks (``rf-truth``); (Dice, IoU) of each unseen image."""
+    from ..metrics import dice, iou
+    from .simulated_user import FolderPixelClassifier
+
+    labels = corrected if method == "rf" else [smp.mask > 0 for smp in seq]
+    clf = FolderPixelClassifier(seed=0).fit([smp.image for smp in seq], [lab.astype(np.int32) for lab in labels])
+    return [_scores(clf.predict(smp.image), smp.mask > 0, dice, iou) for smp in unseen]
 
 
 def _merge_continual(args) -> int:
@@ -788,6 +916,7 @@ def _merge_continual(args) -> int:
     merged: dict[tuple[str, str], dict] = {}
     settings = None
     seen: dict[tuple[str, str, int], str] = {}  # (dataset, method, sequence) -> file
+    learns, splits = [], {}
     for path in args.merge:
         try:
             data = json.loads(Path(path).read_text())
@@ -795,7 +924,8 @@ def _merge_continual(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"{path} is not the --json file of a bench continual run: {e}") from None
         mine = {k: data["args"].get(k) for k in ("part", "tasks", "steps", "samples", "baseline_lr", "ewc_strength",
-                                                  "packnet_prune", "packnet_retrain", "packnet_images")}
+                                                  "packnet_prune", "packnet_retrain", "packnet_images",
+                                                  "domain", "unseen")}
         # runs from before --locality calibrated over the whole image
         mine["locality"] = -1.0 if data["args"].get("locality") is None else float(data["args"]["locality"])
         if settings is not None and mine != settings:
@@ -815,33 +945,55 @@ def _merge_continual(args) -> int:
                 for m in ("dice", "iou"):
                     into[k][m].extend(v[m])
             into["sequences"].extend(r.get("sequences") or range(first, first + count))
+        learns.extend(data.get("learns", []))
+        splits.update(data.get("splits", {}))
     args.part, args.tasks, args.steps = settings["part"], settings["tasks"], settings["steps"]
+    args.domain, args.unseen = settings["domain"], settings["unseen"]
     rows = [(d, m, r) for (d, m), r in merged.items()]
-    _print_continual(rows, args, None, machine=f"merged from {len(args.merge)} runs: " + ", ".join(args.merge))
+    _print_continual(rows, args, None, machine=f"merged from {len(args.merge)} runs: " + ", ".join(args.merge),
+                     learns=learns)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [[d, m, r] for d, m, r in rows], "merged": args.merge,
+                                               "learns": learns, "splits": splits,
                                                "args": {**settings, "first_sequence": min(q for *_, q in seen),
                                                         "sequences": len({q for *_, q in seen})}}))
     return 0
 
 
-def _print_continual(rows, args, seconds: dict | None, machine: str | None = None) -> None:
+def _print_continual(rows, args, seconds: dict | None, machine: str | None = None, learns=None) -> None:
     """The table of ``bench continual``: ``rows`` of (dataset, method, {measure: {"dice": [...], "iou": [...]}})
-    with one value per sequence."""
+    with one value per sequence (a pixel-classifier peer has only "forward"); ``learns``: one record per learn."""
     measures = ("basic", "forward", "backward")
+    domain = getattr(args, "domain", None)
     n_seq = max(len(r["forward"]["dice"]) for _, _, r in rows) if rows else 0
-    print(f"\nContinual learning on the {args.part} part, {n_seq} sequence(s) of {args.tasks} tasks, "
-          f"{args.steps} learning steps per task, {machine or _machine()}\n")
-    print("Per sequence the mean over its images; then mean (sd over sequences). Basic: Dice / IoU of the current "
-          "image after 2 iterations of the simulated user. Forward: initial segmentation of unseen images after "
-          f"{args.tasks // 2}+ tasks. Backward: change of earlier images' segmentation after all {args.tasks} "
-          "tasks (>= 0 is no forgetting).\n")
-    print("| dataset | method | basic Dice | basic IoU | forward Dice | forward IoU | backward Dice | backward IoU |")
+    if domain:
+        unseen = "the rest of the folder" if getattr(args, "unseen", None) is None else \
+            f"at most {args.unseen} of the rest of the folder"
+        print(f"\nDomain shift on {domain}: {n_seq} sequence(s) of {args.tasks} images learned, then Dice on {unseen}, "
+              f"{args.steps} learning steps per image, {machine or _machine()}\n")
+        print("Per sequence the mean over its images; then mean (sd over sequences). Basic: Dice / IoU of each "
+              "learned image after 2 iterations of the simulated user. Unseen: the folder's images no method learned, "
+              f"segmented after all {args.tasks} images were learned (no click); the pixel classifiers are trained on "
+              "the learned images. Backward: change of each learned image's segmentation from right after it was "
+              f"learned to after all {args.tasks} (>= 0 is no forgetting).\n")
+        head, what = "unseen", "Unseen"
+    else:
+        print(f"\nContinual learning on the {args.part} part, {n_seq} sequence(s) of {args.tasks} tasks, "
+              f"{args.steps} learning steps per task, {machine or _machine()}\n")
+        print("Per sequence the mean over its images; then mean (sd over sequences). Basic: Dice / IoU of the current "
+              "image after 2 iterations of the simulated user. Forward: initial segmentation of unseen images after "
+              f"{args.tasks // 2}+ tasks. Backward: change of earlier images' segmentation after all {args.tasks} "
+              "tasks (>= 0 is no forgetting).\n")
+        head, what = "forward", "Forward"
+    print(f"| dataset | method | basic Dice | basic IoU | {head} Dice | {head} IoU | backward Dice | backward IoU |")
     print("|---|---|---|---|---|---|---|---|")
     for dataset, method, r in rows:
         cells = []
         for k in measures:
             for m in ("dice", "iou"):
+                if k not in r:
+                    cells.append("-")
+                    continue
                 v = np.asarray(r[k][m])
                 cells.append(f"{v.mean():+.4f} ({v.std():.4f})" if k == "backward"
                              else f"{v.mean():.3f} ({v.std():.3f})")
@@ -852,7 +1004,7 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
                                                    for d, m, r in rows))
     paired = [(d, m, r) for d, m, r in rows if m != "clis" and any(dd == d and mm == "clis" for dd, mm, _ in rows)]
     if paired:  # the sequences are the same images for every method: compare them sequence by sequence
-        print("\nForward Dice, CLIS minus each method on the same sequences: mean difference, sequences where CLIS "
+        print(f"\n{what} Dice, CLIS minus each method on the same sequences: mean difference, sequences where CLIS "
               "is ahead\n\n| dataset | method | CLIS - method | CLIS ahead |\n|---|---|---|---|")
         for dataset, method, r in paired:
             ours = next(rr for dd, mm, rr in rows if dd == dataset and mm == "clis")
@@ -862,9 +1014,45 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
             diff = np.asarray([mine[q] - theirs[q] for q in common])
             print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {diff.mean():+.4f} | {int((diff > 0).sum())} of "
                   f"{len(diff)} |")
+    if learns:
+        _print_learns(learns)
     if seconds:
-        print("\nSeconds per method (all sequences, both datasets): " +
+        print(f"\nSeconds per method (all sequences{'' if domain else ', both datasets'}): " +
               ", ".join(f"{CONTINUAL_NAMES[m]} {s:.0f}" for m, s in seconds.items()))
+
+
+def _print_learns(learns: list[dict]) -> None:
+    """Per method, how many learns were rolled back and how long one took; then why each rollback happened."""
+    print("\nLearning: each image learned once per sequence (CLIS keeps a learned task only if it segments its image "
+          "at least as well as the task that segmented it; the others always keep what they learned). Seconds of "
+          "one learn (rough: the machine is shared).\n")
+    print("| dataset | method | learns | rolled back | rollback rate | skipped (nothing to learn) | learn s, median "
+          "(max) |\n|---|---|---|---|---|---|---|")
+    choices = [e for e in learns if e.get("unseen")]  # CLIS's task choice on the unseen images
+    learns = [e for e in learns if not e.get("unseen")]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for e in learns:
+        groups.setdefault((e["dataset"], e["method"]), []).append(e)
+    for (dataset, method), es in groups.items():
+        back = sum(bool(e.get("rolled_back")) for e in es)
+        skipped = sum(bool(e.get("skipped")) for e in es)
+        secs = np.asarray([e["seconds"] for e in es])
+        print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {len(es)} | {back} | {back / len(es):.0%} | {skipped} | "
+              f"{np.median(secs):.1f} ({secs.max():.1f}) |")
+    rolled = [e for e in learns if e.get("rolled_back") or e.get("skipped")]
+    if rolled:
+        print("\n| dataset | method | sequence | image (task) | why it was not kept |\n|---|---|---|---|---|")
+        for e in rolled:
+            why = e["reason"].split(". ")[0]  # the message's first sentence holds the reason and the two Dice
+            print(f"| {e['dataset']} | {CONTINUAL_NAMES[e['method']]} | {e['sequence']} | {e['image']} "
+                  f"({e['task']}) | {why} |")
+    if choices:
+        used = [e for e in choices if e["chosen"] > 0]
+        agree = [e["agreement"] for e in choices if e["agreement"] is not None]
+        print(f"\nCLIS on the unseen images: a learned task segmented {len(used)} of {len(choices)}, the pretrained "
+              "task the others (the task-aware module keeps a learned task for a new image only where it agrees "
+              "with the pretrained one" + (f"; agreement {min(agree):.3f} to {max(agree):.3f}" if agree else "")
+              + ").")
 
 
 def _none_if_negative(value: float) -> float | None:
@@ -944,14 +1132,22 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--sizes", default="256,512,1024", help="image sides in pixels, comma-separated")
     ck.add_argument("--clicks", type=int, default=50, help="clicks timed per size")
     ck.set_defaults(bench_func=clicks)
-    cl = _subcommand(bsub, "continual", "the paper's transfer protocol: basic, forward and backward transfer")
+    cl = _subcommand(bsub, "continual", "the paper's transfer protocol: basic, forward and backward transfer; "
+                     "--domain: learning a new kind of images (domain shift)")
     _model_args(cl, default="all", allow_all=True, image_only=False)
     cl.add_argument("--sequences", type=int, default=20, help="task sequences (the paper: 20)")
     cl.add_argument("--first-sequence", type=int, default=0, help="start at this sequence (to split a long run; "
                     "sequence q is drawn with seed 1000 + q)")
     cl.add_argument("--tasks", type=int, default=8, help="tasks (images) per sequence (the paper: 8)")
     cl.add_argument("--steps", type=int, default=20, help="learning steps per task (every method)")
-    cl.add_argument("--methods", default="clis,none,finetune,lwf,ewc,packnet", help="comma-separated methods")
+    cl.add_argument("--methods", help="comma-separated methods (default: " + CONTINUAL_METHODS + "; with --domain "
+                    "also " + ",".join(DOMAIN_PEERS) + ", the pixel-classifier peers trained on CLIS's corrected "
+                    "images and on the true masks)")
+    cl.add_argument("--domain", metavar="FOLDER", help="the domain-shift protocol on this folder of the data folder "
+                    "(he_nuclei, bbbc039: images/ and masks/, paired by name): per sequence --tasks images learned, "
+                    "then Dice on the folder's other images; the nuclei model")
+    cl.add_argument("--unseen", type=int, help="with --domain: measure at most this many of the other images "
+                    "(default: all of them)")
     cl.add_argument("--part", default="heldout", choices=["heldout", "pretrain", "monitor"],
                     help="heldout: the non-pretraining images (dsb2018 pool, isic2017/test); monitor to tune")
     cl.add_argument("--baseline-lr", type=float, help="learning rate of the weight-training baselines "

@@ -13,7 +13,8 @@ that the CLIS region graph holds) with its true class. Peers that nobody here wr
 
 * ``RandomWalkerPeer``: scikit-image's ``random_walker`` seeded by the annotated regions;
 * ``PixelClassifierPeer``: ilastik-style, ``skimage.feature.multiscale_basic_features`` and a scikit-learn
-  random forest trained on the annotated pixels.
+  random forest trained on the annotated pixels; ``FolderPixelClassifier`` is the same classifier trained on
+  several whole labelled images (the domain-shift protocol of ``bench continual --domain``).
 
 Before it has seeds of two classes a peer predicts the one class it knows (or background with no seed).
 No Qt, no napari.
@@ -30,9 +31,10 @@ from ..interactive import Interaction
 from ..metrics import iou
 
 __all__ = ["next_click", "wrong_regions", "region_oracle", "noc", "run_protocol", "ClisMethod", "RandomWalkerPeer",
-           "PixelClassifierPeer", "ProtocolResult"]
+           "PixelClassifierPeer", "ProtocolResult", "FolderPixelClassifier", "pixel_features"]
 
 PER_ITERATION = 16
+PIXEL_SAMPLES = 4000  # pixels of each class a pixel classifier trains on (per image)
 
 
 def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | None:
@@ -161,29 +163,78 @@ class PixelClassifierPeer(_SeededPeer):
 
     def __init__(self, image, interaction, seed: int = 0):
         super().__init__(image, interaction)
-        from skimage.feature import multiscale_basic_features
-
-        colour = image.ndim == 3
-        self.features = multiscale_basic_features(image.astype(np.float32), channel_axis=-1 if colour else None,
-                                                  sigma_min=1, sigma_max=16).astype(np.float32)
+        self.features = pixel_features(image)
         self.rng = np.random.default_rng(seed)
         self.seed = seed
 
     def _predict(self, seeds):
-        from sklearn.ensemble import RandomForestClassifier
-
-        idx, ys = [], []
-        for c in np.unique(seeds[seeds > 0]):
-            where = np.flatnonzero(seeds.ravel() == c)
-            if len(where) > 4000:
-                where = self.rng.choice(where, 4000, replace=False)
-            idx.append(where)
-            ys.append(np.full(len(where), c - 1))
-        idx, ys = np.concatenate(idx), np.concatenate(ys)
+        idx, ys = _training_pixels(seeds.ravel(), self.rng)
         feats = self.features.reshape(-1, self.features.shape[-1])
-        rf = RandomForestClassifier(n_estimators=50, n_jobs=1, random_state=self.seed)
-        rf.fit(feats[idx], ys)
+        rf = _forest(self.seed).fit(feats[idx], ys)
         return rf.classes_[rf.predict_proba(feats).argmax(1)].reshape(seeds.shape).astype(np.int32)
+
+
+def pixel_features(image: np.ndarray) -> np.ndarray:
+    """ilastik-style features of every pixel, ``(H, W, F)`` float32: scikit-image's multiscale intensity, edge and
+    texture features (sigma 1 to 16) of the image as it is (no normalisation; colour channels each)."""
+    from skimage.feature import multiscale_basic_features
+
+    colour = image.ndim == 3
+    return multiscale_basic_features(image.astype(np.float32), channel_axis=-1 if colour else None,
+                                     sigma_min=1, sigma_max=16).astype(np.float32)
+
+
+def _training_pixels(seeds: np.ndarray, rng, per_class: int = PIXEL_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, classes) of up to ``per_class`` pixels of each class in ``seeds`` (0: unlabelled, class + 1
+    otherwise), drawn by ``rng``."""
+    idx, ys = [], []
+    for c in np.unique(seeds[seeds > 0]):
+        where = np.flatnonzero(seeds == c)
+        if len(where) > per_class:
+            where = rng.choice(where, per_class, replace=False)
+        idx.append(where)
+        ys.append(np.full(len(where), c - 1))
+    return np.concatenate(idx), np.concatenate(ys)
+
+
+def _forest(seed: int):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=50, n_jobs=1, random_state=seed)
+
+
+class FolderPixelClassifier:
+    """The ilastik-style peer of the domain-shift protocol: one random forest (50 trees) on :func:`pixel_features`,
+    trained on whole labelled images (up to 4000 pixels of each class per image, as the interactive peer draws
+    its annotated pixels), then segmenting other images of the same kind."""
+
+    name = "pixel classifier (skimage features + random forest)"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.forest = None
+
+    def fit(self, images, labels) -> FolderPixelClassifier:
+        """Train on ``images`` with their ``labels`` (class ids per pixel, 0 = background)."""
+        rng = np.random.default_rng(self.seed)
+        feats, classes = [], []
+        for image, lab in zip(images, labels, strict=True):
+            f = pixel_features(image)
+            if f.shape[:2] != lab.shape:
+                raise ValueError(f"labels of shape {lab.shape} for an image of shape {f.shape[:2]}")
+            idx, ys = _training_pixels(lab.astype(np.int64).ravel() + 1, rng)
+            feats.append(f.reshape(-1, f.shape[-1])[idx])
+            classes.append(ys)
+        self.forest = _forest(self.seed).fit(np.concatenate(feats), np.concatenate(classes))
+        return self
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """The class of every pixel of ``image``, ``(H, W)`` int32."""
+        if self.forest is None:
+            raise RuntimeError("the pixel classifier is not trained yet: call fit() first")
+        f = pixel_features(image)
+        p = self.forest.predict_proba(f.reshape(-1, f.shape[-1]))
+        return self.forest.classes_[p.argmax(1)].reshape(f.shape[:2]).astype(np.int32)
 
 
 # -- the protocols --------------------------------------------------------------------------------
