@@ -1,4 +1,4 @@
-"""Benchmarks: ``napari-clis bench speed | quality | interactive | clicks | learn | continual | memory``.
+"""Benchmarks: ``napari-clis bench speed | quality | outliers | interactive | clicks | learn | continual | memory``.
 
 Each prints a Markdown table; ``docs/benchmarks.md`` and ``docs/models.md`` record the results with the
 machine and the date. Speed is always reported beside a baseline measured in the same run (one plain
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["build_parser", "main", "speed", "quality", "interactive", "clicks", "memory", "memory_cycles",
-           "otsu_foreground", "MemoryMeasureUnavailable"]
+           "otsu_foreground", "outliers", "brighten_nuclei", "MemoryMeasureUnavailable"]
 
 SPEED_SIZES = (256, 512, 1024, 4096)
 
@@ -307,6 +307,119 @@ def quality(args) -> int:
             print(f"| {m['label']} | {kind} | {n} | {d:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+# -- bright outliers --------------------------------------------------------------------------------
+
+OUTLIER_SEED = 19
+OUTLIER_NUCLEI = 3       # nuclei made brighter per image
+OUTLIER_FACTOR = 10.0    # ... by this factor
+OUTLIER_DILATE = 3       # px around them left out of the score
+OUTLIER_MIN_NUCLEI = 10  # images with fewer nuclei are skipped
+
+
+def brighten_nuclei(image_id: str, image: np.ndarray, instances: np.ndarray):
+    """The bright-outlier protocol on one grey image: :data:`OUTLIER_NUCLEI` nuclei of middling size (area between
+    the 25th and 75th percentile; drawn with a seed fixed per image id) multiplied by :data:`OUTLIER_FACTOR` in
+    float32. Returns ``(brightened image, chosen ids, pixels left out of the score)`` (the chosen nuclei dilated by
+    :data:`OUTLIER_DILATE` px), or None for an image with fewer than :data:`OUTLIER_MIN_NUCLEI` nuclei."""
+    import zlib
+
+    from scipy import ndimage as ndi
+
+    ids, areas = np.unique(instances[instances > 0], return_counts=True)
+    if len(ids) < OUTLIER_MIN_NUCLEI:
+        return None
+    q1, q3 = np.percentile(areas, [25, 75])
+    middling = ids[(areas >= q1) & (areas <= q3)]
+    rng = np.random.default_rng([OUTLIER_SEED, zlib.crc32(image_id.encode())])
+    chosen = rng.choice(middling, size=min(OUTLIER_NUCLEI, len(middling)), replace=False)
+    inside = np.isin(instances, chosen)
+    out = image.astype(np.float32)
+    out[inside] *= OUTLIER_FACTOR
+    return out, chosen, ndi.binary_dilation(inside, iterations=OUTLIER_DILATE)
+
+
+def _heldout_present(data, dataset: str):
+    """The held-out images of ``dataset`` (dsb2018: the pool; bbbc039: its held-out half) that the data folder
+    holds, read one at a time as ``(id, grey image, instance labels)``; dsb2018: grey fluorescence images only.
+    Also the number of held-out images the folder lacks."""
+    from ..data import (_check_root, _load_instance_dataset, _read_rgb, bbbc039_split, default_data_root,
+                        dsb2018_split, image_kind)
+    from skimage.io import imread
+
+    root = Path(data) if data else default_data_root()
+    ids = dsb2018_split()["pool"] if dataset == "dsb2018" else bbbc039_split()["heldout"]
+    present = {p.stem for p in (_check_root(root, dataset) / "images").glob("*.png")}
+
+    def read():
+        for i in ids:
+            if i not in present:
+                continue
+            s = _load_instance_dataset(root, dataset, {"one": [i]}, "one", None,
+                                       _read_rgb if dataset == "dsb2018" else imread)[0]
+            if dataset == "bbbc039":
+                yield s.id, s.image, s.instances
+            elif image_kind(s.image, dataset) == "fluorescence (grey, dark)":
+                yield s.id, s.image[..., 0], s.instances
+    return read(), sum(i not in present for i in ids)
+
+
+def outliers(args) -> int:
+    """Robustness to a few very bright nuclei: Dice outside them, unmodified vs brightened, beside Otsu."""
+    from ..metrics import dice
+    from ..session import ClisSession
+
+    sets = {"dsb2018 grey fluorescence": ("dsb2018", *_heldout_present(args.data, "dsb2018")),
+            "bbbc039": ("bbbc039", *_heldout_present(args.data, "bbbc039"))}
+    if args.checkpoint:
+        session = ClisSession.from_checkpoint(args.checkpoint, device="cpu", n_samples=args.samples)
+    else:
+        session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
+    label = f"{args.model} ({Path(args.checkpoint).name})" if args.checkpoint else args.model
+    summary = {}
+    for set_name, (dataset, images, missing) in sets.items():
+        rows = []
+        t0 = time.time()
+        for image_id, image, instances in images:
+            if args.limit is not None and len(rows) >= args.limit:
+                break
+            drawn = brighten_nuclei(image_id, image, instances)
+            if drawn is None:
+                continue
+            brightened, chosen, left_out = drawn
+            keep, truth = ~left_out, instances > 0
+            row = {"id": image_id, "brightened": [int(c) for c in chosen]}
+            for method, run in (("clis", lambda im: session.segment(im).labels > 0),
+                                ("otsu", lambda im: otsu_foreground(im, dataset))):
+                row[f"{method}_unmodified"] = dice(run(image) & keep, truth & keep)
+                row[f"{method}_x10"] = dice(run(brightened) & keep, truth & keep)
+            rows.append(row)
+            if len(rows) % 20 == 0:
+                print(f"  {set_name}: {len(rows)} images ({time.time() - t0:.0f}s)", file=sys.stderr)
+        summary[set_name] = {"label": label, "n": len(rows), "missing": missing, "rows": rows, **{
+            f"{m}_{k}": float(np.mean([r[f"{m}_{k}"] for r in rows])) if rows else float("nan")
+            for m in ("clis", "otsu") for k in ("unmodified", "x10")}}
+        for m in ("clis", "otsu"):
+            drops = [r[f"{m}_unmodified"] - r[f"{m}_x10"] for r in rows]
+            summary[set_name][f"{m}_drop_mean"] = float(np.mean(drops)) if rows else float("nan")
+            summary[set_name][f"{m}_drop_worst"] = float(np.max(drops)) if rows else float("nan")
+    print(f"\nBright outliers: in each held-out image with at least {OUTLIER_MIN_NUCLEI} nuclei, {OUTLIER_NUCLEI} "
+          f"nuclei of middling size made {OUTLIER_FACTOR:g} times brighter; Dice against the truth outside them "
+          f"(dilated by {OUTLIER_DILATE} px), T={args.samples} MC samples, {_machine()}")
+    for set_name, m in summary.items():
+        lacking = f" ({m['missing']} held-out images not in the data folder)" if m["missing"] else ""
+        print(f"\n{set_name}{lacking}\n\n| model | images | Dice unmodified | Dice x{OUTLIER_FACTOR:g} | drop mean / worst | "
+              f"Otsu Dice unmodified | Otsu Dice x{OUTLIER_FACTOR:g} | Otsu drop mean / worst |\n"
+              "|---|---|---|---|---|---|---|---|")
+        print(f"| {m['label']} | {m['n']} | {m['clis_unmodified']:.3f} | {m['clis_x10']:.3f} | "
+              f"{m['clis_drop_mean']:.3f} / {m['clis_drop_worst']:.3f} | {m['otsu_unmodified']:.3f} | "
+              f"{m['otsu_x10']:.3f} | {m['otsu_drop_mean']:.3f} / {m['otsu_drop_worst']:.3f} |")
+    if args.json:
+        from ..checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(summary, indent=1).encode())
     return 0
 
 
@@ -1108,6 +1221,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", metavar="PATH", help="measure this model file instead of the shipped one "
                    "(with --model naming its data, e.g. a model from `napari-clis pretrain`)")
     q.set_defaults(bench_func=quality)
+    ou = _subcommand(bsub, "outliers", f"Dice when {OUTLIER_NUCLEI} nuclei per image are made "
+                     f"{OUTLIER_FACTOR:g} times brighter, beside Otsu (held-out dsb2018 grey fluorescence, bbbc039)")
+    ou.add_argument("--model", default="nuclei", choices=["nuclei"], help="the shipped model measured")
+    ou.add_argument("--samples", type=int, default=8, help="MC samples T")
+    ou.add_argument("--data", help="data folder holding dsb2018/ and bbbc039/ (default ../shared/data)")
+    ou.add_argument("--limit", type=int, help="only the first N usable images of each set (quick check)")
+    ou.add_argument("--json", help="also write the numbers, per image too, to this JSON file")
+    ou.add_argument("--checkpoint", metavar="PATH", help="measure this nuclei model file instead of the shipped one")
+    ou.set_defaults(bench_func=outliers)
     it = _subcommand(bsub, "interactive", "simulated user: NoC@85/90 of CLIS beside random walker and a "
                      "random-forest pixel classifier, both protocols")
     _model_args(it, default="all", allow_all=True, image_only=False)
