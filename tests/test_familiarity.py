@@ -135,3 +135,29 @@ def test_widget_says_so_in_the_status(make_napari_viewer, qtbot, nuclei_fluo, le
         assert status.startswith("Segmented") and (tips.UNFAMILIAR in status) is foreign
         assert widget._status.tooltip.startswith(widget.session.result.familiarity.message)
         assert tips.UNCERTAINTY_LAYER in widget._status.tooltip
+
+
+def test_a_learned_task_segments_unseen_images_of_a_kind_the_pretraining_never_saw():
+    # an inverted fluorescence image (dark nuclei on a bright ground) is foreign to the nuclei model: once it
+    # learned one half, the other half is segmented by that learned task even where it disagrees with the
+    # pretrained task (which is no reference on such images), while a normal image keeps the agreement check
+    from skimage.io import imread
+
+    from napari_clis import ClisSession
+
+    from .conftest import DATA, NUCLEI_FLUO
+
+    image = 255 - imread(DATA / "dsb2018" / "images" / f"{NUCLEI_FLUO}.png")[..., 0]
+    truth = imread(DATA / "dsb2018" / "masks" / f"{NUCLEI_FLUO}.png") > 0
+    half = image.shape[1] // 2
+    s = ClisSession.from_pretrained("nuclei", device="cpu", n_samples=0)
+    assert s.segment(image[:, :half]).familiarity.unfamiliar
+    s.annotate(truth[:, :half], 1)
+    s.annotate(~truth[:, :half], 0)
+    s.learn()
+    s.segment(image[:, half:])
+    info = s.task_choice
+    assert info["unfamiliar"] is True and info["nearest"] == 1
+    assert info["agreement"] < 0.9 and s.task == 1, info  # the check would have given task 0
+    s.segment(255 - image)  # the original fluorescence image
+    assert s.task_choice["unfamiliar"] is False

@@ -31,7 +31,16 @@ from .checkpoint import (
     shipped_models,
     unique_model_path,
 )
-from .continual import LearnCancelled, LearnSettings, TaskRecord, choose_task, fingerprint, kernel_usage, learn_task
+from .continual import (
+    TRANSFER_AGREEMENT,
+    LearnCancelled,
+    LearnSettings,
+    TaskRecord,
+    choose_task,
+    fingerprint,
+    kernel_usage,
+    learn_task,
+)
 from .familiarity import Familiarity, familiarity, first_layer_stats, reference_summary
 from .instances import foreground_probability, measure_objects, segmentation_objects
 from .interactive import (
@@ -600,6 +609,7 @@ class ClisSession:
         With an object ``scale``, both see the image resized by it, as the network segments it."""
         x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
         fp = fingerprint(self.net, x[None])
+        fp_input = x
         if task is not None:
             return fp, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
         if not self.tasks and not self.remembered:
@@ -610,8 +620,16 @@ class ClisSession:
             side = round(AGREEMENT_SIDE / f)  # image pixels that make AGREEMENT_SIDE px for the network
             y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
             x, _ = self._working(normalized[:, y0:y0 + side, x0:x0 + side], scale=scale)
+        # an image unlike the pretraining images (the familiarity signal) is no image the pretrained task is known
+        # to segment well: the nearest learned image's task then segments it without having to agree with task 0
+        # (the agreement check protects images of the pretraining kind; on a new kind it kept every learned task
+        # away from unseen images, docs/method.md)
+        summary = self.metadata.get("familiarity")
+        unfamiliar = bool(summary) and familiarity(first_layer_stats(self.net, fp_input[None]), summary).unfamiliar
         task, info = choose_task(self.net, x, fp, self.tasks, self.remembered, class_log_prior=self.class_log_prior,
-                                 single_object=self.single_object)
+                                 single_object=self.single_object,
+                                 min_agreement=0.0 if unfamiliar else TRANSFER_AGREEMENT)
+        info["unfamiliar"] = unfamiliar
         return fp, task, info
 
     def learn(self, *, steps: int | None = None, progress=None) -> TaskRecord:
