@@ -57,7 +57,8 @@ def test_bench_outliers_prints_a_table_per_set_beside_otsu(tmp_path, capsys):
     assert main(["bench", "outliers", "--data", str(root), "--samples", "2", "--limit", "3",
                  "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    header = "| model | images | Dice unmodified | Dice x10 | drop mean / worst | Otsu Dice unmodified | Otsu Dice x10 |"
+    header = ("| model | images | Dice unmodified | Dice x10 | drop mean / worst | Otsu Dice unmodified | "
+              "Otsu Dice x10 |")
     assert out.count(header) == 2
     assert "dsb2018 grey fluorescence (" in out and "\nbbbc039 (" in out and "not in the data folder" in out
     assert out.count("| nuclei | 1 |") == 2

@@ -83,7 +83,8 @@ def test_the_speed_benchmarks_learned_task_makes_segment_run_the_agreement_check
     s = _with_a_learned_task("nuclei", 2)
     r = s.segment(nuclei_fluo[0])
     # task 1 is task 0's mask copied: checked, in full agreement, and used
-    assert s.task == 1 and s.task_choice == {"nearest": 1, "known": False, "agreement": 1.0}
+    assert s.task == 1 and s.task_choice == {"nearest": 1, "known": False, "agreement": 1.0,
+                                                "unfamiliar": False}
     np.testing.assert_array_equal(r.labels, s.segment(nuclei_fluo[0], task=0).labels)
 
 

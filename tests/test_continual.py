@@ -49,7 +49,10 @@ def test_an_unseen_image_keeps_a_learned_task_only_where_it_agrees_with_the_pret
     assert 0.9 <= agreement <= 1.0  # a refinement of the pretrained segmentation: task 1 is used (first test)
     x, _ = s._working(normalize_image(b), max_side=512)
     fp, _, _ = s._choose_task(normalize_image(b))
-    assert choose_task(s.net, x, fp, s.tasks, min_agreement=agreement) == (1, s.task_choice)
+    # the session adds whether the image is unlike the pretraining images (it is not: the check applies)
+    choice = dict(s.task_choice)
+    assert choice.pop("unfamiliar") is False
+    assert choose_task(s.net, x, fp, s.tasks, min_agreement=agreement) == (1, choice)
     assert choose_task(s.net, x, fp, s.tasks, min_agreement=agreement + 1e-6)[0] == 0
     # the image task 1 learned from is known: it keeps its own task whatever the agreement
     xa, _ = s._working(normalize_image(a), max_side=512)
@@ -70,6 +73,7 @@ def test_the_agreement_check_sees_a_large_image_at_the_resolution_it_is_segmente
     y0, x0 = (x.shape[1] - 256) // 2, (x.shape[2] - 256) // 2
     crop, _ = s._working(x[:, y0:y0 + 256, x0:x0 + 256])
     assert crop.shape[-2:] == (256, 256)
+    assert info.pop("unfamiliar") is False
     assert (task, info) == choose_task(s.net, crop, fp, s.tasks)
     shrunk, _ = s._working(x, max_side=512)
     assert info["agreement"] != choose_task(s.net, shrunk, fp, s.tasks)[1]["agreement"]

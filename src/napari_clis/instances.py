@@ -154,7 +154,8 @@ def watershed_instances(mask, weight=None, *, radius: float | None = None, smoot
 
 
 # With the instance head's distance map: seeds where the predicted centre stands this much above the saddle to a
-# higher one, and a light smoothing (fractions of the radius); chosen on dsb2018 pretraining images
+# higher one, and a light smoothing (a fraction of the radius). A first choice, not tuned yet: no shipped model has
+# the head (docs/models.md, the candidate trained with one)
 DISTANCE_H = 0.1
 DISTANCE_SMOOTHING = 0.05
 

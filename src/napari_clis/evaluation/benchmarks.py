@@ -345,9 +345,17 @@ def _heldout_present(data, dataset: str):
     """The held-out images of ``dataset`` (dsb2018: the pool; bbbc039: its held-out half) that the data folder
     holds, read one at a time as ``(id, grey image, instance labels)``; dsb2018: grey fluorescence images only.
     Also the number of held-out images the folder lacks."""
-    from ..data import (_check_root, _load_instance_dataset, _read_rgb, bbbc039_split, default_data_root,
-                        dsb2018_split, image_kind)
     from skimage.io import imread
+
+    from ..data import (
+        _check_root,
+        _load_instance_dataset,
+        _read_rgb,
+        bbbc039_split,
+        default_data_root,
+        dsb2018_split,
+        image_kind,
+    )
 
     root = Path(data) if data else default_data_root()
     ids = dsb2018_split()["pool"] if dataset == "dsb2018" else bbbc039_split()["heldout"]
@@ -392,7 +400,7 @@ def outliers(args) -> int:
             keep, truth = ~left_out, instances > 0
             row = {"id": image_id, "brightened": [int(c) for c in chosen]}
             for method, run in (("clis", lambda im: session.segment(im).labels > 0),
-                                ("otsu", lambda im: otsu_foreground(im, dataset))):
+                                ("otsu", lambda im, dataset=dataset: otsu_foreground(im, dataset))):
                 row[f"{method}_unmodified"] = dice(run(image) & keep, truth & keep)
                 row[f"{method}_x10"] = dice(run(brightened) & keep, truth & keep)
             rows.append(row)
@@ -410,8 +418,8 @@ def outliers(args) -> int:
           f"(dilated by {OUTLIER_DILATE} px), T={args.samples} MC samples, {_machine()}")
     for set_name, m in summary.items():
         lacking = f" ({m['missing']} held-out images not in the data folder)" if m["missing"] else ""
-        print(f"\n{set_name}{lacking}\n\n| model | images | Dice unmodified | Dice x{OUTLIER_FACTOR:g} | drop mean / worst | "
-              f"Otsu Dice unmodified | Otsu Dice x{OUTLIER_FACTOR:g} | Otsu drop mean / worst |\n"
+        print(f"\n{set_name}{lacking}\n\n| model | images | Dice unmodified | Dice x{OUTLIER_FACTOR:g} | "
+              f"drop mean / worst | Otsu Dice unmodified | Otsu Dice x{OUTLIER_FACTOR:g} | Otsu drop mean / worst |\n"
               "|---|---|---|---|---|---|---|---|")
         print(f"| {m['label']} | {m['n']} | {m['clis_unmodified']:.3f} | {m['clis_x10']:.3f} | "
               f"{m['clis_drop_mean']:.3f} / {m['clis_drop_worst']:.3f} | {m['otsu_unmodified']:.3f} | "
