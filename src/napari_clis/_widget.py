@@ -386,7 +386,13 @@ class SegmentWidget(Container):
         self._watcher = _Watcher()
         self.native.installEventFilter(self._watcher)
         # the viewer closed: its Qt widgets are deleted under a run still going; its callbacks then do nothing
-        self.native.destroyed.connect(lambda *_: self._retire(destroyed=True))
+        self.native.destroyed.connect(lambda *_: self._native_destroyed())
+
+    def _native_destroyed(self) -> None:
+        # the garbage collector may clear this object's attributes before Qt deletes its widgets (a reference
+        # cycle collected late, e.g. in the next test): then there is nothing left to stop
+        if "_retired" in self.__dict__:
+            self._retire(destroyed=True)
 
     def _retire(self, destroyed: bool = False) -> None:
         """Stop listening to the viewer and its layers (the dock was closed, or a new widget took over, or the
