@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the napari-facing tests with the lowest napari that pyproject.toml allows (CI runs this after scripts/test.sh).
 # A virtual environment on top of the current one (which scripts/test.sh has set up) gets that napari release and
-# the versions of app-model and vispy it was tested with; everything else comes from the current environment.
+# the versions of app-model and vispy it was tested with (0.5.1, 0.16.2); everything else comes from the current environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -16,7 +16,7 @@ venv="$(mktemp -d)/napari-lowest"
 trap 'rm -rf "$(dirname "$venv")"' EXIT
 "$PYTHON" -m venv --system-site-packages "$venv"
 echo "== napari $lowest (the lowest pyproject.toml allows) in $venv =="
-"$venv/bin/python" -m pip install -q "napari==$lowest" "app-model==0.2.8" "vispy==0.14.3"
+"$venv/bin/python" -m pip install -q "napari==$lowest" "app-model==0.5.1" "vispy==0.16.2"
 "$venv/bin/python" -c "import napari; assert napari.__version__ == '$lowest', napari.__version__; print('napari', napari.__version__)"
 tests=(tests/test_widget.py tests/test_widget_clicks.py tests/test_journey.py)
 if [ -n "${DISPLAY:-}" ] || ! command -v xvfb-run >/dev/null 2>&1; then
