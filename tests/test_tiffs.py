@@ -83,3 +83,21 @@ def test_tiffs_written_before_the_shared_schema_still_read(tmp_path):
     assert read_metadata(tmp_path / "a_uncertainty.tif") == run
     tifffile.imwrite(tmp_path / "plain.tif", labels)
     assert read_metadata(tmp_path / "plain.tif") == {} == read_batch_metadata(tmp_path / "plain.tif")
+
+
+def test_read_layer_gives_the_pixels_with_the_record_and_says_why_it_cannot(tmp_path):
+    from napari_clis.tiffs import read_layer
+
+    stack = (np.arange(2 * 16 * 16) % 7).astype(np.int32).reshape(2, 16, 16)
+    (path,) = write_labels(str(tmp_path / "seg.tif"), stack, {"name": "segmentation", "scale": [2.0, 0.5, 0.5]})
+    data, record = read_layer(path)
+    np.testing.assert_array_equal(data, stack)  # every axis, as written
+    assert record == read_metadata(path) and record["scale"] == [2.0, 0.5, 0.5]
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    with pytest.raises(ValueError, match="not a TIFF written by napari-clis"):
+        read_layer(tmp_path / "plain.tif")
+    whole = (tmp_path / "seg.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"cut\.tif: the file is cut short or damaged") as info:
+        read_layer(tmp_path / "cut.tif")
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -16,8 +16,10 @@ The record (schema 2):
 * batch outputs add the run that wrote them (``job``, ``version``, ``model``, ``settings``, ``source`` ...:
   :mod:`napari_clis.batch`).
 
-Files written before schema 2 are read as schema 2 (:func:`read_metadata`): the napari writer's had no ``kind``,
-batch's no ``layer_type`` (their record was a description of its own, before the shaped one).
+:func:`read_layer` gives a file's pixels with its record (napari-clis's npe2 reader, :mod:`napari_clis._reader`,
+opens the files through it). Files written before schema 2 are read as schema 2 (:func:`read_metadata`): the
+napari writer's had no ``kind``, batch's no ``layer_type`` (their record was a description of its own, before the
+shaped one).
 
 Files are written through :func:`napari_clis.checkpoint.atomic_write_bytes`: a temporary file in the same folder,
 flushed, then one rename; they get the permissions the user's umask gives a new file. Pure numpy/tifffile: no Qt,
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KEY", "SCHEMA", "KINDS", "write_tiff", "read_metadata"]
+__all__ = ["KEY", "SCHEMA", "KINDS", "write_tiff", "read_metadata", "read_layer"]
 
 KEY = "napari_clis"
 SCHEMA = 2
@@ -81,3 +83,25 @@ def read_metadata(path: str | Path) -> dict:
         record.setdefault("kind", "image" if record.get("layer_type") == "image" else "labels")
         record.setdefault("layer_type", KINDS.get(record["kind"], "labels"))
     return record
+
+
+def read_layer(path: str | Path) -> tuple[np.ndarray, dict]:
+    """The pixels of a TIFF napari-clis wrote (every axis of a stack, as written) and its record
+    (:func:`read_metadata`).
+
+    Raises ``ValueError`` naming the file and the reason for a file without the record (not napari-clis's) and for
+    one whose pixels cannot be read (cut short by a copy or a download that did not finish, or damaged).
+    """
+    import tifffile
+
+    record = read_metadata(path)
+    if not record:
+        raise ValueError(f"{path} is not a TIFF written by napari-clis: its description holds no {KEY!r} record.")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            data = tif.series[0].asarray()
+    except Exception as e:  # tifffile's many errors: the user needs the file and the reason, not tifffile's stack
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"Could not read the pixels of {path}: the file is cut short or damaged ({reason}). "
+                         "Save or copy it again.") from None
+    return data, record

@@ -1,0 +1,68 @@
+"""npe2 reader: the TIFFs napari-clis writes reopen as the layers they were, where they were.
+
+A labels file (the napari writer's ``segmentation``, batch's ``<stem>_labels.tif``, ``_instances.tif``,
+``_superpixels.tif``) opens as a Labels layer, an uncertainty map as an Image layer drawn as the widget draws it
+(:data:`UNCERTAINTY_STYLE`), each with the name, scale, translate (and class names or contrast limits) its record
+holds (the schema of :mod:`napari_clis.tiffs`). Any other TIFF is not claimed (``get_reader`` gives None). No Qt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["get_reader", "read_tiff", "layer_data", "UNCERTAINTY_STYLE"]
+
+# How the uncertainty map is drawn, in the widget and when its file is reopened (the one place it is written)
+UNCERTAINTY_STYLE = {"colormap": "inferno", "blending": "additive", "opacity": 0.7}
+_UNCERTAINTY_LAYER = "uncertainty"  # the widget's name for the map: the napari writer saves it as kind "image"
+
+
+def get_reader(path):
+    """The reader for a TIFF napari-clis wrote (its description holds the plugin's record); None for any other
+    path, a list of paths (a stack of files) included, which other readers (napari's own) open."""
+    from .tiffs import read_metadata
+
+    if not isinstance(path, (str, Path)) or Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    return read_tiff if read_metadata(path) else None
+
+
+def read_tiff(path) -> list[tuple]:
+    """``[(data, layer keyword arguments, layer type)]`` for one TIFF napari-clis wrote.
+
+    Raises ``ValueError`` naming the file for one cut short or damaged (:func:`napari_clis.tiffs.read_layer`).
+    """
+    from .tiffs import read_layer
+
+    data, record = read_layer(path)
+    return [layer_data(data, record, Path(path).stem)]
+
+
+def layer_data(data: np.ndarray, record: dict, default_name: str) -> tuple:
+    """The layer a record describes: its type, name, geometry (where it fits the data) and look."""
+    layer_type = "image" if record.get("layer_type") == "image" else "labels"
+    rgb = layer_type == "image" and data.ndim >= 3 and data.shape[-1] in (3, 4) and \
+        len(record.get("scale") or ()) == data.ndim - 1
+    spatial = data.ndim - rgb
+    kwargs: dict = {"name": record.get("name") or default_name}
+    for key in ("scale", "translate"):
+        values = record.get(key)
+        if isinstance(values, list) and len(values) == spatial:  # batch outputs have none: napari's default
+            kwargs[key] = [float(v) for v in values]
+    names = record.get("class_names")
+    if names:
+        kwargs["metadata"] = {"class_names": list(names)}
+    if layer_type == "labels":
+        return data, kwargs, layer_type
+    if rgb:
+        kwargs["rgb"] = True
+    limits = record.get("contrast_limits")
+    if record.get("kind") == "uncertainty" or kwargs["name"] == _UNCERTAINTY_LAYER:
+        kwargs.update(UNCERTAINTY_STYLE)
+        if limits is None and names and len(names) > 1:  # the map's full range, as the widget shows it
+            limits = [0.0, 1.0 - 1.0 / len(names)]
+    if limits is not None and len(limits) == 2 and limits[0] < limits[1]:
+        kwargs["contrast_limits"] = [float(v) for v in limits]
+    return data, kwargs, layer_type
