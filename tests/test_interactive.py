@@ -181,13 +181,17 @@ def test_smoothness_none_is_refused_and_calibration_none_turns_it_off():
     assert inter.labels.sum() < calibrated.sum()
 
 
-def test_painted_strokes_give_the_calibration_its_centre_and_a_new_locality_takes_effect():
+def test_region_annotations_give_the_calibration_its_centre_and_a_new_locality_takes_effect():
+    # Issue 20 item 4: a brush stroke (annotate) changes only the pixels painted, so it no longer calibrates; the
+    # paper's whole-region annotation (set_painted(..., propagate=True), its simulated user's) still does.
     img, sp, probs, unc = _straddling_scene()
     inter = Interaction(build_region_graph(sp, probs, unc, img))
     np.testing.assert_array_equal(inter.calibration_weight(), 0.0)  # nothing annotated: no calibration anywhere
     mask = np.zeros((40, 40), bool)
     mask[:, 36:] = True
     inter.annotate(mask, 1)
+    np.testing.assert_array_equal(inter.calibration_weight(), 0.0)  # a stroke: nothing propagates from it
+    inter.set_painted(np.where(mask, 1, -1), propagate=True)
     wgt = inter.calibration_weight()
     g = inter.graph
     assert wgt[g.regions[20, 38]] == 1.0 and wgt[g.regions[20, 38]] > wgt[g.regions[20, 22]] > wgt[g.regions[20, 2]]
@@ -204,6 +208,7 @@ def test_the_session_passes_its_interaction_settings_to_each_new_image(nuclei_se
     try:
         s.locality, s.smoothness, s.calibration = None, 3.0, 2.0
         s.segment(image)
+        s.click_mode = "region"  # the MRF's settings are those of region clicks (nuclei default to object clicks)
         assert (s.interaction.locality, s.interaction.smoothness, s.interaction.calibration) == (None, 3.0, 2.0)
         s.click(*np.argwhere(s.labels > 0)[0], 0)
         before = s.labels.copy()
@@ -292,6 +297,7 @@ def test_without_an_uncertainty_map_nothing_is_suggested_and_a_painted_mask_can_
 def test_suggestions_on_a_real_image_are_apart_and_inside(nuclei_session, nuclei_he):
     image, _ = nuclei_he
     nuclei_session.segment(image)
+    nuclei_session.click_mode = "region"  # region suggestions (object clicks suggest objects: test_objects.py)
     pts = nuclei_session.suggest(16)
     assert pts.shape == (16, 2)
     d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))

@@ -345,6 +345,9 @@ def test_touching_nuclei_become_separate_objects(nuclei_session, nuclei_he):
     assert _ids_are_one_to_n(r.instances) and r.instances.max() > 10
     assert not r.instances[r.labels == 0].any()
     # The user paints the true nuclei: connected components of the labels merge touching ones, the objects not.
+    # (Region clicks, whose objects are the watershed of the labels; with object clicks, the objects follow the
+    # clicks' edits and painted pixels join the object they touch: tests/test_objects.py.)
+    nuclei_session.click_mode = "region"
     fg = truth > 0
     nuclei_session.annotate(fg, 1)
     nuclei_session.annotate(~fg, 0)
@@ -397,7 +400,17 @@ def test_instances_are_kept_until_the_labels_change_and_follow_a_click(nuclei_se
     assert not after[removed].any() and not after[nuclei_session.labels == 0].any()
     assert _ids_are_one_to_n(after)
     fg = foreground_probability(nuclei_session.result.probabilities)
-    assert np.array_equal(after, segmentation_objects(nuclei_session.labels, fg))
+    # object clicks (the nuclei model's) edit the object clicked and leave every other object as it was (the
+    # last one may take the emptied id); region clicks' objects are the watershed of the labels
+    assert nuclei_session.click_mode == "object"
+    for ident in range(1, int(before.max()) + 1):
+        if ident != int(before[removed][0]):
+            assert len(np.unique(after[before == ident])) == 1
+    assert after.max() == before.max() - 1
+    nuclei_session.click_mode = "region"
+    fg = foreground_probability(nuclei_session.result.probabilities)
+    assert np.array_equal(nuclei_session.instances, segmentation_objects(nuclei_session.labels, fg))
+    nuclei_session.click_mode = "object"
     assert len(nuclei_session.measurements()["label"]) == after.max()
     nuclei_session.clear_clicks()
     assert np.array_equal(nuclei_session.instances, before)

@@ -12,6 +12,14 @@ over its pixels, shifted by a small click-calibration fitted to the annotated re
 the distance from them), and ``c_rs`` the sum over
 the pixel pairs on the border of ``r`` and ``s`` of ``exp(-beta |I_p - I_q|^2)``: the contrast-sensitive Potts
 energy of the pixel grid, restricted to labellings constant on regions. Annotated regions are fixed.
+With an :class:`~napari_clis.objects.ObjectEditor` (models with many objects per class, nuclei), clicks act on
+objects instead (``mode == "object"``, :mod:`napari_clis.objects`): each click edits the object it touches and
+nothing farther than about one object diameter from it.
+
+Painted strokes (:meth:`Interaction.annotate`) change the painted pixels and nothing else, in both modes: they
+are laid over the clicks' result, never fed to the propagation (``set_painted(..., propagate=True)`` is the
+paper's whole-region annotation, which the MRF propagates, for its simulated user).
+
 Pure numpy/scipy; no Qt, no napari, no torch.
 """
 
@@ -22,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize, spatial
 
+from .objects import ACTIONS, InteractionError, ObjectClick, ObjectEditor, overlay_paint, rank_objects
 from .propagation import minimize_potts
 
-__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph", "keep_one_object"]
+__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph", "keep_one_object", "ObjectEditor"]
 
 DEFAULT_SMOOTHNESS = 2.0
 DEFAULT_CALIBRATION = 1.0  # chosen on pretraining / validation images (docs/method.md)
@@ -32,10 +41,6 @@ DEFAULT_LOCALITY = 0.2  # the calibration's reach: sd of its Gaussian fall-off, 
 CONFIDENT = 0.75
 SURE = 0.01  # regions whose mean uncertainty is below this share of its largest possible value are not suggested
 _LOG_FLOOR = np.log(1e-4)
-
-
-class InteractionError(ValueError):
-    """A click or annotation the interactive module cannot use; the message says why."""
 
 
 _EIGHT = np.ones((3, 3), bool)
@@ -231,13 +236,25 @@ class Interaction:
         How far the calibration reaches: a region at distance ``d`` from the nearest annotated region gets
         ``exp(-d^2 / (2 sigma^2))`` of it, ``sigma = locality x`` the image's longer side; ``None``: the whole
         image gets all of it; 0: only the annotated regions (as if it were off, but the fit still runs).
+    objects : ObjectEditor, optional
+        Object-level clicks (``mode`` ``"object"``): given for models with many objects per class.
+
+    Clicks are ``(y, x, label)`` in :attr:`clicks` with their actions in :attr:`actions` (``"auto"``, ``"split"``,
+    ``"merge"``; the last two only in object mode). The segmentation is a deterministic replay of the ordered
+    clicks, with painted strokes laid over it: undo is removing a click (or a stroke) and the state is exactly
+    what it was before it was made.
     """
 
     def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
                  calibration: float | None = DEFAULT_CALIBRATION, locality: float | None = DEFAULT_LOCALITY,
-                 single_object: bool = False):
+                 single_object: bool = False, objects: ObjectEditor | None = None):
         self.graph = graph
         self.single_object = bool(single_object)  # keep_one_object() on the propagated labels
+        self.objects = objects
+        self._mode = "region" if objects is None else "object"
+        self.actions: list[str] = []  # the action of each click, beside ``clicks``
+        self.paint_propagates = False  # painted regions fixed in the MRF (the paper's region annotation)
+        self._instances: np.ndarray | None = None
         self._labels = None
         self.smoothness = smoothness  # the three are checked by their properties
         self.calibration = calibration
@@ -263,6 +280,26 @@ class Interaction:
         if value is None and none_means:
             return None
         return _check_number(name, value, meaning, none_means)
+
+    @property
+    def mode(self) -> str:
+        """``"object"`` (clicks edit whole objects, :mod:`napari_clis.objects`) or ``"region"`` (clicks label
+        superpixel regions, propagated by the MRF). Object mode needs an :class:`ObjectEditor`; switching replays
+        the same clicks the other way."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value) -> None:
+        if value not in ("object", "region"):
+            raise InteractionError(f"the click mode must be 'object' or 'region', got {value!r}")
+        if value == "object" and self.objects is None:
+            raise InteractionError("object clicks need a model with many objects per class (nuclei); this model "
+                                   "declares one object per class, so its clicks label regions")
+        if value == "region" and any(a != "auto" for a in self.actions):
+            raise InteractionError("split and merge clicks are object clicks: remove them before switching to "
+                                   "region clicks")
+        self._mode = value
+        self._invalidate()
 
     @property
     def smoothness(self) -> float:
@@ -316,8 +353,36 @@ class Interaction:
         return iy, ix
 
     # -- editing --------------------------------------------------------------------------------
-    def set_clicks(self, points, labels) -> None:
-        """Replace all clicks at once (one propagation): ``points`` (N, 2) as (y, x), ``labels`` (N,)."""
+    def _check_action(self, action) -> str:
+        if not isinstance(action, str) or action not in ACTIONS:
+            raise InteractionError(f"a click's action must be one of {', '.join(map(repr, ACTIONS))}, got {action!r}")
+        if action != "auto" and self._mode != "object":
+            raise InteractionError(f"a {action} click needs object clicks (a model with many objects per class, "
+                                   "nuclei); this image's clicks label regions")
+        return action
+
+    def _object_clicks(self, clicks=None, actions=None) -> list[ObjectClick]:
+        clicks = self.clicks if clicks is None else clicks
+        actions = self.actions if actions is None else actions
+        return [ObjectClick(y, x, lab, a) for (y, x, lab), a in zip(clicks, actions)]
+
+    def _commit(self, clicks, actions, new: set[int]) -> None:
+        """Make ``clicks`` / ``actions`` the clicks; in object mode replay them first, raising (and keeping the
+        clicks as they were) where one of the ``new`` clicks cannot apply."""
+        if self._mode == "object":
+            self.objects.replay(self._object_clicks(clicks, actions), strict=new)
+        self.clicks, self.actions = clicks, actions
+        self._invalidate()
+
+    def set_clicks(self, points, labels, actions=None) -> None:
+        """Replace all clicks at once (one propagation): ``points`` (N, 2) as (y, x), ``labels`` (N,), ``actions``
+        (N,) of ``"auto"``, ``"split"``, ``"merge"`` (default all ``"auto"``).
+
+        The result is the ordered clicks replayed: pass the whole list each time (a widget's Points layer), with
+        an undone click left out. In object mode a click that was not in the previous list and cannot apply (a
+        split on background, a merge that reaches one object) raises :class:`InteractionError` naming it, and
+        the clicks stay as they were; a click that was there before and no longer applies after an earlier one
+        is removed changes nothing (:attr:`notes` says why)."""
         try:
             pts = np.asarray(points, float)
         except (TypeError, ValueError):
@@ -336,30 +401,63 @@ class Interaction:
         if len(labs) != len(pts):
             raise InteractionError(f"{len(pts)} click positions but {len(labs)} classes")
         new = [(*self._check_point(y, x), self._check_label(lab)) for (y, x), lab in zip(pts, labs)]
-        self.clicks = new
-        self._invalidate()
+        if actions is None:
+            acts = ["auto"] * len(new)
+        else:
+            if isinstance(actions, str) or np.ndim(actions) != 1 or len(actions) != len(new):
+                raise InteractionError(f"{len(new)} clicks need {len(new)} actions, got {actions!r:.80}")
+            acts = [self._check_action(a) for a in actions]
+        before: dict = {}
+        for c in self._object_clicks():
+            before[c] = before.get(c, 0) + 1
+        fresh = set()
+        for i, c in enumerate(self._object_clicks(new, acts)):
+            if before.get(c, 0):
+                before[c] -= 1
+            else:
+                fresh.add(i)
+        self._commit(new, acts, fresh)
 
-    def click(self, y, x, label) -> int:
-        """Annotate the region under ``(y, x)`` with class ``label``; returns the click's index."""
+    def click(self, y, x, label, action: str = "auto") -> int:
+        """Add a click at ``(y, x)`` with class ``label``; returns its index.
+
+        Region mode: the region under the click takes class ``label`` and the MRF propagates. Object mode
+        (:mod:`napari_clis.objects`): ``action`` ``"auto"`` adds the object at a foreground click on background,
+        removes (or trims) the object under a background click, gives an object another class; ``"split"``
+        splits the object under the click in two; ``"merge"`` joins the two objects nearest the click. A click
+        that cannot apply raises :class:`InteractionError` and is not added."""
         iy, ix = self._check_point(y, x)
-        self.clicks.append((iy, ix, self._check_label(label)))
-        self._invalidate()
+        lab, act = self._check_label(label), self._check_action(action)
+        self._commit(self.clicks + [(iy, ix, lab)], self.actions + [act], {len(self.clicks)})
         return len(self.clicks) - 1
+
+    @property
+    def notes(self) -> dict[int, str]:
+        """Object mode: click index -> why that click changes nothing (e.g. a background click on background)."""
+        if self._mode != "object":
+            return {}
+        self._replayed()
+        return dict(self.objects.notes)
+
+    def _replayed(self) -> ObjectEditor:
+        self.objects.replay(self._object_clicks())
+        return self.objects
 
     def remove_click(self, index: int) -> None:
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise InteractionError(f"a click is removed by its index, a whole number; got {index!r}")
         if not -len(self.clicks) <= int(index) < len(self.clicks):
             raise InteractionError(f"there is no click {index}; there are {len(self.clicks)}")
-        del self.clicks[int(index)]
-        self._invalidate()
+        clicks, actions = list(self.clicks), list(self.actions)
+        del clicks[int(index)], actions[int(index)]
+        self._commit(clicks, actions, set())
 
     def clear_clicks(self) -> None:
-        self.clicks = []
-        self._invalidate()
+        self._commit([], [], set())
 
     def annotate(self, mask, label) -> None:
-        """Paint class ``label`` on the pixels of ``mask`` (H, W); painted pixels keep their class."""
+        """Paint class ``label`` on the pixels of ``mask`` (H, W); painted pixels keep their class whatever the
+        clicks before or after it, and no other pixel changes (a stroke is laid over the clicks' result)."""
         label = self._check_label(label)
         mask = np.asarray(mask)
         if mask.shape != self.shape:
@@ -375,8 +473,11 @@ class Interaction:
         self.painted[mask] = label
         self._invalidate()
 
-    def set_painted(self, painted) -> None:
-        """Replace all painted annotations: ``painted`` (H, W) int, a class per pixel or -1 where unpainted."""
+    def set_painted(self, painted, *, propagate: bool = False) -> None:
+        """Replace all painted annotations: ``painted`` (H, W) int, a class per pixel or -1 where unpainted.
+
+        They change the painted pixels and nothing else. ``propagate``: the paper's whole-region annotation
+        instead: a region more than half painted is fixed in the MRF and calibrates the clicks (region mode)."""
         painted = np.asarray(painted)
         if painted.shape != self.shape:
             raise InteractionError(f"the painted map has shape {painted.shape}, the image {self.shape}")
@@ -388,13 +489,16 @@ class Interaction:
             raise InteractionError(f"painted class {int(painted[on].max())} is not one of this model's classes "
                                    f"0..{self.graph.n_classes - 1}")
         self.painted = painted.astype(np.int16) if on.any() else None
+        self.paint_propagates = bool(propagate)
         self._invalidate()
 
     def clear_annotations(self) -> None:
         self.painted = None
+        self.paint_propagates = False
         self._invalidate()
 
     def _invalidate(self):
+        self._instances = None
         self._labels = None
         self._propagated = None
         self._region_labels = None
@@ -420,7 +524,7 @@ class Interaction:
             return self._annotation_cache
         g = self.graph
         fixed = np.full(g.n, -1, np.int64)
-        if self.painted is not None:
+        if self.painted is not None and self.paint_propagates:
             flat_r = g.regions.ravel()
             flat_p = self.painted.ravel().astype(np.int64)
             on = flat_p >= 0
@@ -558,13 +662,15 @@ class Interaction:
         """(H, W) int32: the MRF's labelling of the regions (regions split between clicks pixel by pixel),
         one object per class for ``single_object`` models (:func:`keep_one_object`, annotated pixels kept),
         before painted pixels are laid over it."""
+        if self._propagated is None and self._mode == "object":
+            self._propagated = self._replayed().labels
         if self._propagated is None:
             out = self.region_labels()[self.graph.regions]
             for r, cls in self.split_regions().items():
                 np.copyto(out[self.graph.boxes[r]], cls, where=cls >= 0, casting="unsafe")
             if self.single_object:
                 keep = (self.fixed_regions() >= 0)[self.graph.regions]
-                if self.painted is not None:
+                if self.painted is not None and self.paint_propagates:
                     keep |= self.painted >= 0
                 out = keep_one_object(out, keep)
             self._propagated = out
@@ -573,12 +679,26 @@ class Interaction:
     @property
     def labels(self) -> np.ndarray:
         """(H, W) int32: the propagated segmentation, with painted pixels keeping their class."""
+        if self._labels is None and self._mode == "object":
+            editor = self._replayed()
+            self._labels, self._instances = overlay_paint(editor.labels, editor.instances, self.painted)
+            if self._labels is editor.labels:  # nothing painted: a copy the caller may keep
+                self._labels, self._instances = editor.labels.copy(), editor.instances.copy()
         if self._labels is None:
             out = self.propagated.copy()
             if self.painted is not None:
                 np.copyto(out, self.painted, where=self.painted >= 0, casting="unsafe")
             self._labels = out
         return self._labels
+
+    @property
+    def instances(self) -> np.ndarray | None:
+        """Object mode: (H, W) uint32, the objects after the clicks with the painted strokes laid over them (0 =
+        background, 1..N); None in region mode (:attr:`ClisSession.instances` makes them from the labels)."""
+        if self._mode != "object":
+            return None
+        _ = self.labels
+        return self._instances
 
     # -- guidance ---------------------------------------------------------------------------------
     def suggest(self, n: int = 16, *, min_area: float | None = None) -> np.ndarray:
@@ -592,6 +712,8 @@ class Interaction:
             raise InteractionError(f"the number of suggestions must be a whole number, got {n!r}")
         if n <= 0:
             return np.zeros((0, 2), np.int64)
+        if self._mode == "object":
+            return np.array([(y, x) for y, x, _, _ in self.suggest_objects(int(n))], np.int64).reshape(-1, 2)
         if min_area is None:
             min_area = max(8.0, 0.15 * float(np.median(g.area)))
         sure = SURE * (1.0 - 1.0 / g.n_classes)
@@ -608,6 +730,19 @@ class Interaction:
                 if len(chosen) == n:
                     break
         return np.array(chosen, np.int64).reshape(-1, 2)
+
+    def suggest_objects(self, n: int = 16) -> list[tuple[int, int, float, int]]:
+        """Object mode: the whole objects to review, most uncertain first, as ``(y, x, doubt, id)``: ``(y, x)`` the
+        object's innermost pixel, ``doubt`` its uncertainty summed over its pixels, ``id`` its id in
+        :attr:`instances` (0: a place the network half sees an object but found none, a possible missed one).
+        Objects already clicked and those the model is sure of are left out
+        (:func:`~napari_clis.objects.rank_objects`)."""
+        if self._mode != "object":
+            raise InteractionError("objects are suggested in object mode; region mode suggests regions (suggest())")
+        labels, inst = self.labels, self.instances
+        clicked = {int(inst[y, x]) for y, x, _ in self.clicks}
+        sure = SURE * (1.0 - 1.0 / self.graph.n_classes)
+        return rank_objects(inst, labels, self.objects.uncertainty, self.objects.fg, sure=sure, exclude=clicked, n=n)
 
     def interior_point(self, region: int) -> tuple[int, int]:
         """The pixel of ``region`` farthest from its border."""

@@ -15,6 +15,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from .interactive import (
     build_region_graph,
 )
 from .network import ClisNet
+from .objects import ObjectEditor
 from .preprocessing import ImageError, as_2d_image, check_intensity_range, normalize_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import (
@@ -76,6 +78,7 @@ AGREEMENT_SIDE = 256  # px: the central square its agreement check sees at full 
 # to, for a nuclei model whose file does not say (metadata "object_diameter").
 NUCLEI_OBJECT_DIAMETER = 19.9
 MAX_OBJECT_ENLARGEMENT = 8.0  # object_diameter may enlarge the image at most this many times for the network
+_INSTANCES_LOCK = threading.Lock()
 
 
 class LearnRejected(RuntimeError):
@@ -117,6 +120,8 @@ class SegmentationResult:
         The objects of ``labels``, 0 = background, numbered 1..N: touching nuclei split by a watershed on the
         network's output (:func:`~napari_clis.instances.instances_from_probabilities`); for a model with one
         object per class (:attr:`ClisSession.single_object`, the lesion model) each class is one object.
+        Lazy: made the first time it is read (the watershed costs about as much as the rest of segment() at
+        512 px), then kept; ``instances_ready`` says whether it was made.
     distance : (H, W) float32 or None
         The instance head's map (each pixel's distance to its object's border, 1 at the centre) for a model
         trained with one; None otherwise.
@@ -132,9 +137,40 @@ class SegmentationResult:
     aleatoric: np.ndarray
     entropy: np.ndarray
     superpixels: np.ndarray
-    instances: np.ndarray
+    instances: np.ndarray | None = dataclasses.field(default=None, repr=False)  # lazy (a property, below)
     familiarity: Familiarity | None = None
     distance: np.ndarray | None = None
+    #: how ``instances`` is made when first asked for: ``make(labels, probabilities, distance)``; None: the
+    #: watershed of :func:`~napari_clis.instances.segmentation_objects` (many objects per class)
+    make_instances: object = dataclasses.field(default=None, repr=False, compare=False)
+
+
+def _result_instances(self) -> np.ndarray:
+    """(H, W) uint32, made the first time it is asked for (a watershed: about 0.2 s at 512 px) and then kept."""
+    value = self.__dict__.get("_instances")
+    if value is None:
+        with _INSTANCES_LOCK:  # a widget's worker and the main thread may ask at once: make them once
+            value = self.__dict__.get("_instances")
+            if value is None:
+                make = self.make_instances
+                if make is None:
+                    value = segmentation_objects(self.labels, foreground_probability(self.probabilities),
+                                                 distance=self.distance)
+                else:
+                    value = make(self.labels, self.probabilities, self.distance)
+                self.__dict__["_instances"] = value
+    return value
+
+
+def _set_result_instances(self, value) -> None:
+    # dataclass __init__ passes None (not given: made lazily) or the objects' map
+    self.__dict__["_instances"] = None if value is None or isinstance(value, property) else np.asarray(value)
+
+
+SegmentationResult.instances = property(_result_instances, _set_result_instances,
+                                        doc=SegmentationResult.__doc__ and "The objects of ``labels`` (lazy).")
+SegmentationResult.instances_ready = property(lambda self: self.__dict__.get("_instances") is not None,
+                                              doc="Whether ``instances`` was made already (asking costs nothing).")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -341,6 +377,32 @@ class ClisSession:
         nuclei = self.metadata.get("name") == "nuclei" or self.class_names == ["background", "nucleus"]
         return NUCLEI_OBJECT_DIAMETER if nuclei else None
 
+    @property
+    def instance_method(self) -> str:
+        """How :attr:`SegmentationResult.instances` are made: ``"auto"`` (the instance head where the model has
+        one, else the watershed), ``"head"`` (the instance head; refused for a model without one) or
+        ``"watershed"`` (on the probabilities, ignoring a head)."""
+        return getattr(self, "_instance_method", "auto")
+
+    @instance_method.setter
+    def instance_method(self, value) -> None:
+        if value not in ("auto", "head", "watershed"):
+            raise ValueError(f"instance_method must be 'auto', 'head' or 'watershed', got {value!r}")
+        if value == "head" and self.net.distance_head is None:
+            raise ValueError(f"the model {self.model_name!r} has no instance head (its file was trained without one, "
+                             "or written before the head existed); it keeps working, with instances from a "
+                             "watershed on its probabilities: use instance_method 'auto' or 'watershed'.")
+        self._instance_method = value
+
+    def _instance_maker(self):
+        """``make(labels, probabilities, distance)`` for :attr:`SegmentationResult.instances` (lazy)."""
+        one, method = self.single_object, self.instance_method
+
+        def make(labels, probabilities, distance):
+            return segmentation_objects(labels, foreground_probability(probabilities), one_object=one,
+                                        distance=None if method == "watershed" else distance)
+        return make
+
     def object_scale(self, object_diameter, image_shape=None) -> float | None:
         """The factor an image is resized by for the network so that objects ``object_diameter`` px across reach
         it at the size it was trained on (:attr:`object_diameter` / ``object_diameter``); None for None (the
@@ -438,8 +500,6 @@ class ClisSession:
         out, labels = segment_normalized(self.net, normalized, self.segment_settings(n_samples, scale=scale),
                                          task=chosen, tile=tile, margin=margin, progress=progress)
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
-        instances = segmentation_objects(labels, foreground_probability(out.probabilities),
-                                         one_object=self.single_object, distance=out.distance)
         result = SegmentationResult(
             labels=labels,
             probabilities=out.probabilities,
@@ -448,9 +508,9 @@ class ClisSession:
             aleatoric=out.aleatoric,
             entropy=out.entropy,
             superpixels=superpixels,
-            instances=instances,
             familiarity=self.familiarity(normalized, scale=scale, task=chosen),
             distance=out.distance,
+            make_instances=self._instance_maker(),
         )
         graph = build_region_graph(superpixels, weigh(out.probabilities, self.class_log_prior), out.uncertainty,
                                    normalized)
@@ -458,12 +518,18 @@ class ClisSession:
         self._normalized = normalized
         self._scale = scale
         self._image = as_2d_image(image)
-        self._instances = (labels.copy(), instances)
+        self._instances = None
         self._fingerprint = fp
         self.task = chosen
         self.task_choice = choice
+        editor = None
+        if self.object_clicks:
+            diameter = self.object_diameter
+            editor = ObjectEditor(result.probabilities, normalized, labels, lambda: result.instances,
+                                  diameter=None if diameter is None else diameter / (scale or 1.0),
+                                  uncertainty=result.uncertainty)
         self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration,
-                                       locality=self.locality, single_object=self.single_object)
+                                       locality=self.locality, single_object=self.single_object, objects=editor)
         return result
 
     def familiarity(self, normalized: np.ndarray, *, scale: float | None = None,
@@ -522,17 +588,65 @@ class ClisSession:
             raise InteractionError("There is no segmentation to correct yet: call segment(image) first.")
         return self.interaction
 
-    def click(self, y, x, label: int) -> int:
-        """Annotate the region under pixel ``(y, x)`` with class ``label`` (0 = background) and propagate.
+    def click(self, y, x, label: int, action: str = "auto") -> int:
+        """A click at pixel ``(y, x)`` with class ``label`` (0 = background); returns its index (for
+        :meth:`remove_click`).
 
-        Returns the click's index (for :meth:`remove_click`). The region is the SLIC superpixel under the
-        click, or, where the network's segmentation crosses that superpixel, the part of it the click is on.
+        With object clicks (:attr:`click_mode` ``"object"``, nuclei models), the click edits the object it touches
+        and nothing farther than about one object diameter from it (:mod:`napari_clis.objects`):
+
+        * ``action="auto"``, a foreground class on background: adds the whole object there (its extent from the
+          network's probability and the image's edges); on an object of another class: gives it that class.
+        * ``action="auto"``, background (0) on an object: removes the object (a click in its core), or trims the
+          part of it on the click's side of the image edge (a click on an overspill).
+        * ``action="split"``: splits the object under the click in two (two nuclei merged into one).
+        * ``action="merge"``: joins the object under (or nearest) the click with the other object nearest it
+          (one nucleus cut in two): click on the border between the two pieces.
+
+        With region clicks (``"region"``: one-object models such as the lesion model), the region under the click
+        (its SLIC superpixel, or the part the network's segmentation leaves the click on) takes the class and the
+        MRF propagates; only ``"auto"`` is allowed.
+
+        A click that cannot apply (a split on background or on a small object, a merge that reaches only one
+        object) raises :class:`InteractionError` and is not added: the clicks stay as they were.
         """
-        return self._require_interaction().click(y, x, label)
+        return self._require_interaction().click(y, x, label, action)
 
-    def set_clicks(self, points, labels) -> None:
-        """Replace all clicks at once, ``points`` (N, 2) as (y, x) and ``labels`` (N,): one propagation."""
-        self._require_interaction().set_clicks(points, labels)
+    def set_clicks(self, points, labels, actions=None) -> None:
+        """Replace all clicks at once: ``points`` (N, 2) as (y, x), ``labels`` (N,), ``actions`` (N,) of
+        ``"auto"``, ``"split"``, ``"merge"`` (default all ``"auto"``).
+
+        The segmentation is a deterministic replay of the ordered clicks (with painted strokes laid over it): a
+        widget passes its whole Points layer each time, and undo is the same list without the undone click. A
+        click that is new in the list and cannot apply raises :class:`InteractionError` naming it, and the
+        clicks stay as they were; adding or removing the last click costs one click's work."""
+        self._require_interaction().set_clicks(points, labels, actions)
+
+    @property
+    def object_clicks(self) -> bool:
+        """Whether this model's clicks act on whole objects (a model with many objects per class whose objects'
+        size is known, such as the nuclei model; metadata ``"click_mode"`` may say ``"object"`` or ``"region"``).
+        Models with one object per class (:attr:`single_object`, the lesion model) and semantic models keep
+        region clicks."""
+        mode = self.metadata.get("click_mode")
+        if mode in ("object", "region"):
+            return mode == "object"
+        return not self.single_object and self.object_diameter is not None
+
+    @property
+    def click_mode(self) -> str:
+        """How the current image's clicks act: ``"object"`` or ``"region"`` (:attr:`Interaction.mode`); settable
+        for the current image (``"object"`` only where :attr:`object_clicks`)."""
+        return self._require_interaction().mode
+
+    @click_mode.setter
+    def click_mode(self, value) -> None:
+        self._require_interaction().mode = value
+
+    @property
+    def click_notes(self) -> dict[int, str]:
+        """Click index -> why that click changes nothing (object clicks; e.g. a background click on background)."""
+        return self._require_interaction().notes
 
     def remove_click(self, index: int) -> None:
         self._require_interaction().remove_click(index)
@@ -550,8 +664,13 @@ class ClisSession:
 
     @property
     def clicks(self) -> list[tuple[int, int, int]]:
-        """The clicks as (y, x, label), in the order they were made."""
+        """The clicks as (y, x, label), in the order they were made (their actions in :attr:`click_actions`)."""
         return list(self.interaction.clicks) if self.interaction is not None else []
+
+    @property
+    def click_actions(self) -> list[str]:
+        """Each click's action (``"auto"``, ``"split"``, ``"merge"``), beside :attr:`clicks`."""
+        return list(self.interaction.actions) if self.interaction is not None else []
 
     @property
     def labels(self) -> np.ndarray:
@@ -563,7 +682,12 @@ class ClisSession:
         """(H, W) uint32: the objects of the current :attr:`labels` (clicks and paint included), 0 = background,
         numbered 1..N, as :attr:`SegmentationResult.instances` makes them.
 
-        Computed when asked for, not at each click, and kept until the labels change."""
+        With object clicks, the objects as the clicks edited them (each click changes only the object it
+        touches; painted strokes laid over them). Otherwise computed when asked for, not at each click, and kept
+        until the labels change."""
+        inter = self._require_interaction()
+        if inter.mode == "object":
+            return inter.instances
         labels = self.labels
         cached = self._instances
         if cached is None or cached[0].shape != labels.shape or not np.array_equal(cached[0], labels):
@@ -581,7 +705,9 @@ class ClisSession:
         return measure_objects(instances, self._image, self.result.uncertainty)
 
     def suggest(self, n: int = 16) -> np.ndarray:
-        """(n, 2) int: (y, x) inside the ``n`` most uncertain regions that are not annotated yet."""
+        """(n, 2) int: (y, x) inside the ``n`` most uncertain regions that are not annotated yet; with object
+        clicks, inside the ``n`` most uncertain whole objects (and possibly missed ones) not clicked yet
+        (:meth:`Interaction.suggest_objects` gives their ids and doubt too)."""
         return self._require_interaction().suggest(n)
 
     # -- continual learning -------------------------------------------------------------------------

@@ -444,13 +444,23 @@ def interactive(args) -> int:
     """NoC@85/90 and IoU after k clicks for CLIS and two classical peers, both simulated-user protocols."""
     from ..data import load_dataset
     from ..session import ClisSession
-    from .simulated_user import ClisMethod, PixelClassifierPeer, RandomWalkerPeer, noc, region_oracle, run_protocol
+    from .simulated_user import (
+        ClisMethod,
+        PixelClassifierPeer,
+        RandomWalkerPeer,
+        noc,
+        region_oracle,
+        run_clicks,
+        run_protocol,
+    )
 
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
     protocols = args.protocols.split(",")
     peers = {"rw": RandomWalkerPeer, "rf": PixelClassifierPeer}
     chosen_peers = [p for p in args.peers.split(",") if p]
     rows, detail, oracles = [], {}, {}
+    far: dict[tuple[str, str, str], list[float]] = {}  # (dataset, protocol, method) -> per click share beyond 40 px
+    aps: dict[tuple[str, str, str], list[tuple[float, float]]] = {}  # -> (AP@0.5 before, after) per image
     for model in models:
         dataset = "dsb2018" if model == "nuclei" else "isic2017"
         samples = _pick(load_dataset(model, args.part, args.data), args.images, args.seed)
@@ -476,8 +486,25 @@ def interactive(args) -> int:
                 methods.append(peers[p](s.image, inter))
             for protocol in protocols:
                 for m in methods:
+                    if protocol == "click" and isinstance(m, ClisMethod):
+                        continue  # region clicks run below, with their locality
                     res = run_protocol(m, inter, truth, protocol, max_clicks=args.max_clicks)
                     curves.setdefault((protocol, m.name), []).append(res.ious)
+            # the click protocol with CLIS's clicks: today's region clicks and, for models with many objects per
+            # class, object clicks (the standard protocol, and the object protocol that also splits and merges)
+            runs = [("click", "region", "click")] if "click" in protocols else []
+            if session.object_clicks and "click" in protocols:
+                runs += [("click", "object", "click")] + ([("object", "object", "object")]
+                                                          if s.instances is not None else [])
+            for label, mode, protocol in runs:
+                res = run_clicks(inter, truth, protocol, mode=mode, truth_instances=s.instances,
+                                 max_clicks=args.max_clicks)
+                name = ClisMethod.name if mode == "region" else "CLIS object clicks"
+                curves.setdefault((label, name), []).append(res.ious)
+                far.setdefault((dataset, label, name), []).extend(res.far)
+                if res.ap:
+                    aps.setdefault((dataset, label, name), []).append((res.ap[0], res.ap[-1]))
+            inter.mode = "object" if session.object_clicks else "region"
             print(f"  {model}: {i + 1}/{len(samples)} images ({time.time() - t0:.0f}s)", file=sys.stderr)
         for (protocol, name), ious in curves.items():
             row = {
@@ -510,6 +537,15 @@ def interactive(args) -> int:
                     best = min(r[key] for r in others)
                     cells.append(f"{ours[0][key]:.2f} / {best:.2f} = {ours[0][key] / best:.2f}" if best > 0 else "n/a")
                 print(f"| {dataset} | {protocol} | {cells[0]} | {cells[1]} |")
+    if far:
+        print("\nLocality of CLIS's clicks: the share of a click's changed pixels more than 40 px from it (per click, "
+              "clicks that changed nothing left out); instance AP@0.5 before the first and after the last click\n")
+        print("| dataset | protocol | method | clicks | far share median | mean | AP@0.5 start | end |\n"
+              "|---|---|---|---|---|---|---|---|")
+        for (dataset, protocol, name), v in far.items():
+            ap = np.asarray(aps.get((dataset, protocol, name), [(np.nan, np.nan)]))
+            print(f"| {dataset} | {protocol} | {name} | {len(v)} | {np.median(v) if v else float('nan'):.3f} | "
+                  f"{np.mean(v) if v else float('nan'):.3f} | {ap[:, 0].mean():.3f} | {ap[:, 1].mean():.3f} |")
     print("\nRegion oracle (every region given its true majority class: the ceiling of whole-region annotation)\n")
     print("| dataset | images | oracle IoU | oracle below 0.85 | oracle below 0.90 |\n|---|---|---|---|---|")
     for dataset, v in oracles.items():
@@ -518,23 +554,27 @@ def interactive(args) -> int:
               f"{100 * np.mean(v < 0.90):.0f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "curves": detail,
+                                               "far": {" | ".join(k): v for k, v in far.items()},
+                                               "ap": {" | ".join(k): v for k, v in aps.items()},
                                                "region_oracle": {d: list(map(float, v)) for d, v in oracles.items()}},
                                               indent=1))
     return 0
 
 
 def clicks(args) -> int:
-    """Latency of one click (click -> updated labels) beside a full re-segmentation of the same image."""
+    """Latency of one click (click -> updated labels and instances) beside a full re-segmentation of the same image,
+    with region clicks and, for models with many objects per class, object clicks; the first object click makes the
+    network's objects (segment() leaves them to be made when first needed), so it is shown on its own."""
     from ..interactive import build_region_graph
     from ..preprocessing import normalize_image
     from ..session import ClisSession
 
     session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
     rng = np.random.default_rng(0)
-    print(f"\nClick latency, {_machine()}\n")
-    print("| image | regions | segment() s | region graph ms (part of segment) | click -> labels ms, median | "
-          "p90 | median / segment() |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\nClick latency (click -> labels and instances), {_machine()}\n")
+    print("| image | clicks | regions | segment() s | region graph ms (part of segment) | objects made ms (once, when "
+          "first needed) | click ms, median | p90 | median / segment() |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in [int(v) for v in args.sizes.split(",")]:
         img = _speed_image(size, args.data)
         t = time.perf_counter()
@@ -544,17 +584,24 @@ def clicks(args) -> int:
         t = time.perf_counter()
         build_region_graph(r.superpixels, r.probabilities, r.uncertainty, norm)
         build = time.perf_counter() - t
-        times = []
-        for _ in range(args.clicks):  # half the clicks contradict the network, half agree with it
-            y, x = int(rng.integers(size)), int(rng.integers(size))
-            lab = int(1 - r.labels[y, x]) if rng.random() < 0.5 else int(r.labels[y, x])
-            t = time.perf_counter()
-            session.click(y, x, lab)
-            _ = session.labels
-            times.append(time.perf_counter() - t)
-        med = float(np.median(times))
-        print(f"| {size}x{size} | {session.interaction.graph.n} | {seg:.2f} | {1000 * build:.0f} | "
-              f"{1000 * med:.1f} | {1000 * np.percentile(times, 90):.1f} | {med / seg:.3f} |")
+        t = time.perf_counter()
+        _ = r.instances  # segment() leaves them to the first use (an object click, the instances layer)
+        made = time.perf_counter() - t
+        modes = ["region"] + (["object"] if session.object_clicks else [])
+        for mode in modes:
+            session.interaction.clear_clicks()
+            session.click_mode = mode
+            times = []
+            for _ in range(args.clicks):  # corrections: each click contradicts the network where it falls
+                y, x = int(rng.integers(size)), int(rng.integers(size))
+                lab = int(1 - min(1, r.labels[y, x]))
+                t = time.perf_counter()
+                session.click(y, x, lab)
+                _ = session.labels, session.instances  # instances included
+                times.append(time.perf_counter() - t)
+            med = float(np.median(times))
+            print(f"| {size}x{size} | {mode} | {session.interaction.graph.n} | {seg:.2f} | {1000 * build:.0f} | "
+                  f"{1000 * made:.0f} | {1000 * med:.1f} | {1000 * np.percentile(times, 90):.1f} | {med / seg:.3f} |")
     return 0
 
 
@@ -1246,7 +1293,8 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--images", type=int, default=30, help="images per dataset, drawn with --seed")
     it.add_argument("--seed", type=int, default=0, help="seed of the draw of images")
     it.add_argument("--protocols", default="uncertain,click", help="comma-separated: uncertain (the paper's: the 16 "
-                    "most uncertain wrong regions per iteration), click (the next click in the largest error)")
+                    "most uncertain wrong regions per iteration), click (the next click in the largest error; for "
+                    "nuclei also with object clicks, and the object protocol that splits and merges)")
     it.add_argument("--peers", default="rw,rf", help="comma-separated: rw (random walker), rf (pixel classifier)")
     it.add_argument("--max-clicks", type=int, default=20, help="clicks (or iterations) per image at most")
     it.add_argument("--smoothness", type=float, help="MRF smoothness lambda (default: the session's)")

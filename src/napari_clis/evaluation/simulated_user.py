@@ -7,6 +7,13 @@ Two protocols, both on the foreground (any class > 0) for the scores:
   iteration; one annotated region counts as one click.
 * ``"click"`` (the standard interactive-segmentation protocol): the next click goes to the interior point
   farthest from the border of the largest error region, with the true class there.
+* ``"object"`` (object clicks, :func:`next_object_click`): the next click goes to the centre of the largest error
+  object: a missed true object gets a click of its class, a false object (or an overspill) a background click,
+  two true objects merged into one predicted object a split click, one true object cut in two a merge click.
+
+:func:`run_clicks` runs the click protocols on an :class:`~napari_clis.interactive.Interaction` in either of
+its modes (region clicks, object clicks) and records, for each click, the share of the pixels it changed that
+lie more than ``FAR`` px from it.
 
 Every method receives the same information per click: the region under the click (the SLIC superpixel part
 that the CLIS region graph holds) with its true class. Peers that nobody here wrote:
@@ -27,13 +34,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..interactive import Interaction
-from ..metrics import iou
+from ..interactive import Interaction, InteractionError
+from ..metrics import average_precision, iou
 
-__all__ = ["next_click", "wrong_regions", "region_oracle", "noc", "run_protocol", "ClisMethod", "RandomWalkerPeer",
-           "PixelClassifierPeer", "ProtocolResult", "FolderPixelClassifier", "pixel_features"]
+__all__ = ["next_click", "next_object_click", "wrong_regions", "region_oracle", "noc", "run_protocol", "run_clicks",
+           "ClisMethod", "RandomWalkerPeer", "PixelClassifierPeer", "ProtocolResult", "FolderPixelClassifier",
+           "pixel_features", "far_share", "FAR"]
 
 PER_ITERATION = 16
+FAR = 40  # px: a click's changed pixels farther than this from it count as changed elsewhere
 PIXEL_SAMPLES = 4000  # pixels of each class a pixel classifier trains on (per image)
 
 
@@ -49,6 +58,145 @@ def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int] | No
     dist = ndimage.distance_transform_edt(region)[1:-1, 1:-1]
     y, x = np.unravel_index(int(dist.argmax()), dist.shape)
     return int(y), int(x), int(truth[y, x])
+
+
+def _interior(mask: np.ndarray) -> tuple[int, int]:
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(dist.argmax()), dist.shape)
+    return int(y), int(x)
+
+
+def next_object_click(pred: np.ndarray, pred_instances: np.ndarray, truth: np.ndarray, truth_instances: np.ndarray,
+                      skip=()) -> tuple[int, int, int, str] | None:
+    """The object protocol's next click ``(y, x, class, action)``, at the centre of the largest error object; None
+    when there is none.
+
+    Error objects and their sizes: each connected piece of pixels of the wrong class (its area; a click of the
+    true class at its innermost pixel, ``"auto"``: a missed object is added, a false one removed, an overspill
+    trimmed); a predicted object holding most of two or more true objects (the area of the second largest of
+    them; a ``"split"`` click at the innermost pixel of the largest); a true object cut between predicted objects
+    that each hold at least a quarter of it (the area of the second largest piece; a ``"merge"`` click on the
+    border between the two largest pieces, nearest the true object's centre). Clicks in ``skip`` (ones that
+    could not apply) are not given again."""
+    skip = set(skip)
+    cands: list[tuple[float, tuple[int, int, int, str]]] = []
+    err = pred != truth
+    if err.any():
+        comp, n = ndimage.label(err)
+        areas = np.bincount(comp.ravel())
+        for j in np.argsort(-areas[1:], kind="stable")[:8] + 1:  # the largest few are enough
+            y, x = _interior(comp == j)
+            c = (y, x, int(truth[y, x]), "auto")
+            if c not in skip:
+                cands.append((float(areas[j]), c))
+                break
+    p, t = pred_instances.ravel().astype(np.int64), truth_instances.ravel().astype(np.int64)
+    both = (p > 0) & (t > 0)
+    if both.any():
+        pairs, counts = np.unique(p[both] * (int(t.max()) + 1) + t[both], return_counts=True)
+        pi, ti = pairs // (int(t.max()) + 1), pairs % (int(t.max()) + 1)
+        t_area = np.bincount(t, minlength=int(t.max()) + 1)
+        mostly = counts >= 0.5 * t_area[ti]
+        for obj in np.unique(pi[mostly]):  # merged: one predicted object holds most of several true ones
+            sel = mostly & (pi == obj)
+            if sel.sum() >= 2:
+                order = np.argsort(-counts[sel], kind="stable")
+                inside = (pred_instances == obj) & (truth_instances == ti[sel][order[0]])
+                y, x = _interior(inside)
+                c = (y, x, int(truth[y, x]), "split")
+                if c not in skip:
+                    cands.append((float(counts[sel][order[1]]), c))
+        quarter = counts >= 0.25 * t_area[ti]
+        for tobj in np.unique(ti[quarter]):  # cut: a true object shared by predicted ones
+            sel = quarter & (ti == tobj)
+            if sel.sum() >= 2:
+                order = np.argsort(-counts[sel], kind="stable")
+                a, b = pi[sel][order[0]], pi[sel][order[1]]
+                inside = truth_instances == tobj
+                border = (pred_instances == a) & ndimage.binary_dilation(pred_instances == b, np.ones((3, 3), bool))
+                border &= inside
+                if not border.any():
+                    continue
+                ys, xs = np.nonzero(border)
+                cy, cx = ndimage.center_of_mass(inside)
+                k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+                c = (int(ys[k]), int(xs[k]), int(truth[ys[k], xs[k]]), "merge")
+                if c not in skip:
+                    cands.append((float(counts[sel][order[1]]), c))
+    if not cands:
+        return None
+    return max(cands, key=lambda v: v[0])[1]
+
+
+def far_share(before: np.ndarray, after: np.ndarray, y: int, x: int, far: float = FAR) -> float | None:
+    """The share of the pixels that changed class from ``before`` to ``after`` lying more than ``far`` px from
+    ``(y, x)``; None when nothing changed."""
+    changed = before != after
+    total = int(changed.sum())
+    if total == 0:
+        return None
+    ys, xs = np.nonzero(changed)
+    return float(np.count_nonzero((ys - y) ** 2 + (xs - x) ** 2 > far * far)) / total
+
+
+def run_clicks(interaction: Interaction, truth: np.ndarray, protocol: str = "click", *, mode: str | None = None,
+               truth_instances: np.ndarray | None = None, max_clicks: int = 20, min_clicks: int = 5,
+               stop_at: float = 0.90) -> ProtocolResult:
+    """The simulated user clicking on ``interaction`` (its clicks and paint are cleared first), in ``mode``
+    (``"region"`` or ``"object"``; default the interaction's), by ``protocol`` ``"click"`` (:func:`next_click`,
+    the standard protocol) or ``"object"`` (:func:`next_object_click`, needs ``truth_instances``).
+
+    Returns the foreground IoU after each click (``ious``), the share of each click's changed pixels farther than
+    :data:`FAR` px from it (``far``; clicks that changed nothing left out), and with ``truth_instances`` the
+    instance AP@0.5 before the first and after the last click (``ap``). A click that cannot apply (raises
+    :class:`~napari_clis.interactive.InteractionError`) still counts, and is not given again. Stops as
+    :func:`run_protocol` does."""
+    if protocol not in ("click", "object"):
+        raise ValueError(f"protocol must be 'click' or 'object', got {protocol!r}")
+    if protocol == "object" and truth_instances is None:
+        raise ValueError("the object protocol needs the true objects (truth_instances)")
+    inter = interaction
+    if mode is not None:
+        inter.clear_clicks()
+        inter.mode = mode
+    inter.clear_clicks()
+    inter.clear_annotations()
+    name = f"CLIS {inter.mode} clicks" + (" (object protocol)" if protocol == "object" else "")
+    res = ProtocolResult(name)
+    pred = inter.labels.copy()
+    fg_truth = (truth > 0).astype(np.int32)
+    res.ious.append(iou(pred, fg_truth))
+
+    def objects():
+        inst = inter.instances if inter.mode == "object" else ndimage.label(pred > 0)[0]
+        return inst
+
+    if truth_instances is not None:
+        res.ap.append(float(average_precision(objects(), truth_instances, 0.5)))
+    failed: set = set()
+    while len(res.ious) - 1 < max_clicks:
+        if res.ious[-1] >= stop_at and len(res.ious) - 1 >= min_clicks:
+            break
+        if protocol == "click":
+            c = next_click(pred, truth)
+            c = None if c is None else (*c, "auto")
+        else:
+            c = next_object_click(pred, objects(), truth, truth_instances, failed)
+        if c is None:
+            break
+        try:
+            inter.click(*c)
+        except InteractionError:
+            failed.add(c)
+        after = inter.labels.copy()
+        share = far_share(pred, after, c[0], c[1])
+        if share is not None:
+            res.far.append(share)
+        pred = after
+        res.ious.append(iou(pred, fg_truth))
+    if truth_instances is not None:
+        res.ap.append(float(average_precision(objects(), truth_instances, 0.5)))
+    return res
 
 
 def wrong_regions(interaction: Interaction, pred: np.ndarray, truth: np.ndarray) -> list[tuple[int, int]]:
@@ -93,7 +241,7 @@ def noc(ious: list[float], threshold: float, max_clicks: int = 20) -> int:
 # -- methods ---------------------------------------------------------------------------------------
 
 class ClisMethod:
-    """CLIS: the session's propagated segmentation; annotations are clicks on regions."""
+    """CLIS: the session's propagated segmentation; annotations are clicks on regions (region mode)."""
 
     name = "CLIS (ours)"
 
@@ -101,6 +249,7 @@ class ClisMethod:
         self.interaction = interaction
         self.interaction.clear_clicks()
         self.interaction.clear_annotations()
+        self.interaction.mode = "region"
 
     def predict(self, seeds) -> np.ndarray:
         """``seeds``: (region, class, (y, x) or None): a click where the position is given, else the whole
@@ -113,7 +262,7 @@ class ClisMethod:
             lut = np.full(inter.graph.n, -1, np.int64)
             for r, lab in regions:
                 lut[r] = lab
-            inter.set_painted(lut[inter.graph.regions])
+            inter.set_painted(lut[inter.graph.regions], propagate=True)  # the paper's region annotation
         else:
             inter.clear_annotations()
         return inter.labels
@@ -245,6 +394,8 @@ class ProtocolResult:
 
     method: str
     ious: list[float] = field(default_factory=list)
+    far: list[float] = field(default_factory=list)  # run_clicks: per click, its changed pixels' share beyond FAR px
+    ap: list[float] = field(default_factory=list)  # run_clicks with true objects: AP@0.5 before and after
 
 
 def run_protocol(method, interaction: Interaction, truth: np.ndarray, protocol: str, *, max_clicks: int = 20,

@@ -1,0 +1,313 @@
+"""Issue 20 item 3: object-level clicks (add, remove, split, merge), their locality, object suggestions, bad input,
+and lazy instances."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_clis.instances import foreground_probability, segmentation_objects
+from napari_clis.interactive import InteractionError
+from napari_clis.objects import ObjectEditor, overlay_paint
+
+
+def _centre(mask):
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return tuple(int(v) for v in np.unravel_index(int(dist.argmax()), mask.shape))
+
+
+def _reach(session, obj):
+    """Pixels within about one object diameter of an object."""
+    d = session.interaction.objects.diameter
+    return ndimage.distance_transform_edt(~obj) <= 1.2 * d
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_segment_makes_instances_only_when_asked_and_keeps_them(nuclei_session, nuclei_fluo):
+    image, _ = nuclei_fluo
+    r = nuclei_session.segment(image)
+    assert not r.instances_ready  # segment() no longer pays for the watershed
+    inst = r.instances
+    assert r.instances_ready and r.instances is inst
+    fg = foreground_probability(r.probabilities)
+    np.testing.assert_array_equal(inst, segmentation_objects(r.labels, fg))
+    assert "instances" not in repr(r)
+
+
+def test_the_nuclei_model_clicks_objects_and_the_lesion_model_regions(nuclei_session, lesion_session, nuclei_fluo,
+                                                                      lesion):
+    nuclei_session.segment(nuclei_fluo[0])
+    assert nuclei_session.object_clicks and nuclei_session.click_mode == "object"
+    lesion_session.segment(lesion[0])
+    assert not lesion_session.object_clicks and lesion_session.click_mode == "region"
+    with pytest.raises(InteractionError, match="object clicks"):
+        lesion_session.click(10, 10, 1, "split")
+    with pytest.raises(InteractionError, match="one object per class"):
+        lesion_session.click_mode = "object"
+    assert lesion_session.clicks == []
+
+
+def test_a_background_click_removes_the_whole_object_and_a_click_adds_it_back(nuclei_session, nuclei_fluo):
+    image, truth = nuclei_fluo
+    s = nuclei_session
+    s.segment(image)
+    base, inst = s.labels.copy(), s.instances.copy()
+    areas = np.bincount(inst.ravel())
+    areas[0] = 0
+    ident = int(np.argsort(areas)[len(areas) // 2])  # a typical object
+    obj = inst == ident
+    y, x = _centre(obj)
+    s.click(y, x, 0)
+    changed = s.labels != base
+    np.testing.assert_array_equal(changed, obj)  # the whole object, nothing else
+    assert not s.instances[obj].any() and s.instances.max() == inst.max() - 1
+    # a click of the nucleus class at the same place adds the nucleus back, its extent from the probabilities
+    # and the image's edges (the earlier background click is a background seed it respects, so undo it first)
+    s.remove_click(0)
+    np.testing.assert_array_equal(s.labels, base)
+    s.set_clicks([[y, x]], [0])
+    s.interaction.objects.replay([])  # the editor's state may be rebuilt from nothing: same result
+    removed = s.labels.copy()
+    s.set_clicks([], [])
+    s.annotate(obj, 0)  # erased by the brush instead
+    s.click(y, x, 1)
+    s.clear_annotations()
+    assert np.array_equal(removed[~obj], base[~obj])
+    assert s.labels[y, x] == 1
+
+
+def test_an_object_click_on_a_missed_nucleus_adds_the_whole_nucleus(nuclei_session, nuclei_he):
+    image, _ = nuclei_he
+    s = nuclei_session
+    s.segment(image)
+    inst, base = s.instances.copy(), s.labels.copy()
+    fg = foreground_probability(s.result.probabilities)
+    found = 0
+    for ident in range(1, int(inst.max()) + 1, 3):
+        obj = inst == ident
+        if obj.sum() < 80:
+            continue
+        # the network's object taken away (as if missed) with the brush under a click-free editor state
+        editor = ObjectEditor(s.result.probabilities, s.interaction.objects.image, np.where(obj, 0, base),
+                              np.where(obj, 0, inst).astype(np.uint32), uncertainty=s.result.uncertainty)
+        y, x = _centre(obj)
+        editor.replay([_click(y, x, 1)])
+        added = editor.labels != np.where(obj, 0, base)
+        assert not (added & ~_reach(s, obj)).any()  # never farther than about one object diameter
+        found += _iou(added, obj) >= 0.6
+        assert fg[added].mean() > 0.3
+    assert found >= 3
+
+
+def _click(y, x, label, action="auto"):
+    from napari_clis.objects import ObjectClick
+
+    return ObjectClick(y, x, label, action)
+
+
+def _touching_pair(inst):
+    right = (inst[:, :-1] > 0) & (inst[:, 1:] > 0) & (inst[:, :-1] != inst[:, 1:])
+    ys, xs = np.nonzero(right)
+    for y, x in zip(ys, xs):
+        a, b = int(inst[y, x]), int(inst[y, x + 1])
+        if (inst == a).sum() > 60 and (inst == b).sum() > 60:
+            return a, b, (int(y), int(x))
+    return None
+
+
+def test_merge_then_split_gives_back_two_objects_and_touches_nothing_else(nuclei_session, nuclei_he):
+    image, _ = nuclei_he
+    s = nuclei_session
+    s.segment(image)
+    inst, base = s.instances.copy(), s.labels.copy()
+    pair = _touching_pair(inst)
+    assert pair is not None
+    a, b, (y, x) = pair
+    both = (inst == a) | (inst == b)
+    s.click(y, x, 1, "merge")
+    merged = s.instances
+    assert len(np.unique(merged[both])) == 1 and merged.max() == inst.max() - 1
+    changed = s.labels != base
+    assert not (changed & ~ndimage.binary_dilation(both, iterations=3)).any()  # at most the gap closed
+    # a split click at one nucleus's centre cuts the merged object in two again, near where it was
+    ca = _centre(inst == a)
+    s.click(*ca, 1, "split")
+    parts = s.instances
+    ids = np.unique(parts[both])
+    assert len(ids) == 2 and parts.max() == inst.max()
+    best = max(_iou(parts == i, inst == a) for i in ids)
+    assert best >= 0.6
+    np.testing.assert_array_equal(s.labels, np.where(changed, s.labels, base))
+    # undo both: exactly the network's objects again
+    s.remove_click(1)
+    s.remove_click(0)
+    np.testing.assert_array_equal(s.instances, inst)
+    np.testing.assert_array_equal(s.labels, base)
+
+
+def test_a_click_changes_nothing_farther_than_an_object_diameter_from_its_object(nuclei_session, nuclei_fluo):
+    image, truth = nuclei_fluo
+    s = nuclei_session
+    s.segment(image)
+    rng = np.random.default_rng(0)
+    errors = np.argwhere((s.labels > 0) != truth)
+    for y, x in errors[rng.choice(len(errors), 12, replace=False)]:
+        before_l, before_i = s.labels.copy(), s.instances.copy()
+        s.click(int(y), int(x), int(truth[y, x]))
+        changed = s.labels != before_l
+        if not changed.any():
+            continue
+        touched = before_i == before_i[y, x] if before_i[y, x] else np.zeros_like(changed)
+        touched[y, x] = True
+        assert not (changed & ~_reach(s, touched | (s.instances == s.instances[y, x]))).any()
+
+
+def test_a_background_click_on_an_overspill_trims_it_and_keeps_the_object(nuclei_session, nuclei_fluo):
+    image, _ = nuclei_fluo
+    s = nuclei_session
+    s.segment(image)
+    inst = s.instances.copy()
+    areas = np.bincount(inst.ravel())
+    areas[0] = 0
+    ident = int(areas.argmax())
+    obj = inst == ident
+    # the object's farthest pixel from its centre: a click there is outside its core
+    cy, cx = _centre(obj)
+    ys, xs = np.nonzero(obj)
+    k = int(np.argmax((ys - cy) ** 2 + (xs - cx) ** 2))
+    s.click(int(ys[k]), int(xs[k]), 0)
+    after = s.instances
+    assert after[cy, cx] > 0 and s.labels[ys[k], xs[k]] == 0
+    assert 0 < ((s.labels == 0) & obj).sum() < obj.sum()
+
+
+@pytest.mark.parametrize("action, where, message", [
+    ("split", "background", "background"),
+    ("split", "small", "too small"),
+    ("merge", "lone", "itself"),
+    ("merge", "background", "no object within"),
+])
+def test_bad_object_clicks_are_refused_by_name_and_lose_nothing(nuclei_session, nuclei_fluo, action, where, message):
+    image, _ = nuclei_fluo
+    s = nuclei_session
+    s.segment(image)
+    inst = s.instances
+    s.click(*_centre(inst == 1), 0)  # a click the user made before
+    before_l, before_i, before_c = s.labels.copy(), s.instances.copy(), s.clicks
+    inst = s.instances
+    areas = np.bincount(inst.ravel())
+    areas[0] = 10**9
+    if where == "background":
+        far = ndimage.distance_transform_edt(inst == 0)
+        y, x = np.unravel_index(int(far.argmax()), far.shape)
+    elif where == "small":
+        ident = int(areas.argmin())
+        y, x = _centre(inst == ident)
+    else:  # an object far from every other object, clicked at its centre
+        dist = ndimage.distance_transform_edt(inst == 0)
+        ident = max(range(1, int(inst.max()) + 1), key=lambda i: dist[ndimage.binary_dilation(
+            inst == i, iterations=2) & (inst != i)].min())
+        y, x = _centre(inst == ident)
+    with pytest.raises(InteractionError, match=message):
+        s.click(int(y), int(x), 1, action)
+    assert s.clicks == before_c
+    np.testing.assert_array_equal(s.labels, before_l)
+    np.testing.assert_array_equal(s.instances, before_i)
+    # the same click passed with the whole list (a widget's Points layer) is refused by its index
+    with pytest.raises(InteractionError, match="click 1 "):
+        s.set_clicks([c[:2] for c in before_c] + [[y, x]], [c[2] for c in before_c] + [1], ["auto", action])
+    assert s.clicks == before_c
+    with pytest.raises(InteractionError, match="action"):
+        s.click(5, 5, 1, "explode")
+
+
+def test_undoing_a_click_that_a_later_split_needed_changes_nothing_for_it_and_says_why(nuclei_session, nuclei_he):
+    image, _ = nuclei_he
+    s = nuclei_session
+    s.segment(image)
+    inst = s.instances.copy()
+    a, b, (y, x) = _touching_pair(inst)
+    s.click(y, x, 1, "merge")
+    s.click(*_centre(inst == a), 1, "split")
+    s.click(*_centre(inst == b), 0)  # remove b's half
+    s.set_clicks([c[:2] for c in s.clicks[1:]], [1, 0], ["split", "auto"])  # undo the merge: never refused
+    assert len(s.clicks) == 2
+    assert isinstance(s.click_notes, dict)
+
+
+def test_object_suggestions_rank_whole_objects_by_their_uncertainty(nuclei_session, nuclei_he):
+    image, _ = nuclei_he
+    s = nuclei_session
+    s.segment(image)
+    ranked = s.interaction.suggest_objects(8)
+    assert 1 <= len(ranked) <= 8
+    doubts = [d for _, _, d, _ in ranked]
+    assert doubts == sorted(doubts, reverse=True)
+    inst, unc = s.instances, s.result.uncertainty
+    for y, x, doubt, ident in ranked:
+        if ident:
+            assert inst[y, x] == ident
+            assert doubt == pytest.approx(unc[inst == ident].sum(), rel=1e-4)
+    pts = s.suggest(8)
+    assert pts.shape == (len(ranked), 2)
+    # a clicked object is not suggested again
+    top = [r for r in ranked if r[3]][0]
+    s.click(top[0], top[1], 1)
+    assert top[3] not in [i for *_, i in s.interaction.suggest_objects(8)]
+
+
+def test_an_instance_head_asked_of_a_model_without_one_is_refused_with_a_note(nuclei_session, nuclei_fluo):
+    with pytest.raises(ValueError, match="no instance head"):
+        nuclei_session.instance_method = "head"
+    assert nuclei_session.instance_method == "auto"
+    with pytest.raises(ValueError, match="instance_method"):
+        nuclei_session.instance_method = "magic"
+    nuclei_session.instance_method = "watershed"
+    try:
+        r = nuclei_session.segment(nuclei_fluo[0])
+        assert r.instances.max() > 5
+    finally:
+        nuclei_session.instance_method = "auto"
+
+
+def test_ten_thousand_objects_in_one_image():
+    """A 1000x1000 field of 10,000 spots: clicks stay fast and local, ids stay 1..N, suggestions and paint work."""
+    h = w = 1000
+    yy, xx = np.mgrid[:h, :w]
+    spots = ((yy % 10 - 4.5) ** 2 + (xx % 10 - 4.5) ** 2) <= 9
+    ids = ((yy // 10) * 100 + xx // 10 + 1) * spots
+    p1 = np.where(spots, 0.9, 0.05).astype(np.float32)
+    probs = np.stack([1 - p1, p1])
+    image = np.repeat(np.where(spots, 0.4, -0.4)[None].astype(np.float32), 3, 0)
+    editor = ObjectEditor(probs, image, spots.astype(np.int32), ids.astype(np.uint32),
+                          uncertainty=(1 - (probs**2).sum(0)))
+    assert editor.instances.max() == 10_000
+    t = time.perf_counter()
+    editor.replay([_click(505, 505, 0)])  # remove one spot
+    editor.replay([_click(505, 505, 0), _click(304, 300, 1, "merge")])
+    seconds = time.perf_counter() - t
+    changed = editor.labels != spots
+    assert changed.sum() > 0
+    assert not changed[(np.abs(yy - 505) > 12) & (np.abs(yy - 300) > 12)].any()
+    assert editor.instances.max() == 10_000 - 2
+    np.testing.assert_array_equal(np.unique(editor.instances), np.arange(10_000 - 1))
+    assert seconds < 2.0
+    painted = np.full((h, w), -1, np.int16)
+    painted[100:103, :] = 0  # erase a line through 100 spots: each keeps its largest piece
+    labels, inst = overlay_paint(editor.labels, editor.instances, painted)
+    assert (labels[100:103] == 0).all() and not (labels != editor.labels)[~(painted >= 0)].any()
+    assert inst.max() <= 10_000
+    from napari_clis.objects import rank_objects
+
+    ranked = rank_objects(inst, labels, editor.uncertainty, editor.fg, sure=0.0, n=16)
+    assert len(ranked) == 16
+    with pytest.raises(InteractionError, match="itself"):
+        editor.replay([_click(505, 505, 0), _click(304, 300, 1, "merge"), _click(704, 704, 1, "merge")],
+                      strict={2})
+    assert len(editor.applied) == 2
