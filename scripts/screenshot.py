@@ -20,7 +20,7 @@ viewer.window.resize(1500, 900)
 data, kwargs, _ = (nuclei_sample() if sample == "nuclei" else skin_lesion_sample())[0]
 image = viewer.add_image(data, **kwargs)
 _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
-widget._model_combo.value = "nuclei" if sample == "nuclei" else "skin-lesion"
+widget.set_model("nuclei" if sample == "nuclei" else "skin-lesion")
 widget.run(image)
 t = time.time()
 while widget.busy and time.time() - t < 120:

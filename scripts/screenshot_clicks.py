@@ -31,7 +31,7 @@ viewer.window.resize(1500, 900)
 data, kwargs, _ = skin_lesion_sample()[0]
 image = viewer.add_image(data, **kwargs)
 _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
-widget._model_combo.value = "skin-lesion"
+widget.set_model("skin-lesion")
 widget.run(image)
 t = time.time()
 while widget.busy and time.time() - t < 120:

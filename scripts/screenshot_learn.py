@@ -51,7 +51,7 @@ for i, (img, tru) in enumerate(halves):
         clicks.selected_data = set()
         clicks.add([y, x])
         settle(0.3)
-    widget._session.learn_settings.steps = 20
+    widget.session.learn_settings.steps = 20
     widget.learn()
     wait(widget)
     settle(0.5)

@@ -73,8 +73,8 @@ def test_a_new_user_segments_corrects_learns_saves_and_comes_back(make_napari_vi
     # open the first image and segment it
     viewer, widget = _open_window(make_napari_viewer)
     first = viewer.open(str(files[0]))[0]
-    widget._image_combo.value = first
-    widget._run_button.native.click()
+    widget.set_image(first)
+    widget.controls.run_button.native.click()
     j.wait(widget)
     seg, unc = viewer.layers["segmentation"], viewer.layers["uncertainty"]
     t1 = parts[0][1]
@@ -116,17 +116,17 @@ def test_a_new_user_segments_corrects_learns_saves_and_comes_back(make_napari_vi
 
     # learn from it
     widget.session.learn_settings.steps = steps
-    widget._learn_button.native.click()
+    widget.controls.learn_button.native.click()
     j.wait(widget)
-    assert len(widget.session.tasks) == 1, widget._status.value
+    assert len(widget.session.tasks) == 1, widget.status
     assert widget.session.annotations[1].any()  # the painted edits were learned and are kept with the task
-    assert widget._task_plot.after == [widget.session.tasks[0].dice_after]
+    assert widget.controls.task_plot.after == [widget.session.tasks[0].dice_after]
     j.shot(viewer, "learned")
 
     # the next image starts better than the pretrained model would
     second = viewer.open(str(files[1]))[0]
-    widget._image_combo.value = second
-    widget._run_button.native.click()
+    widget.set_image(second)
+    widget.controls.run_button.native.click()
     j.wait(widget)
     t2 = parts[1][1]
     start_next = dice(seg.data > 0, t2)
@@ -151,14 +151,14 @@ def test_a_new_user_segments_corrects_learns_saves_and_comes_back(make_napari_vi
     # quit, restart, load the model and continue
     viewer.close()
     viewer, widget = _open_window(make_napari_viewer)
-    assert str(saved[0]) in widget._model_combo.choices
-    widget._model_combo.value = str(saved[0])
+    assert str(saved[0]) in widget.controls.model.choices
+    widget.set_model(saved[0])
     labels = viewer.open(str(labels_file), plugin="napari", layer_type="labels")[0]
     np.testing.assert_array_equal(np.asarray(labels.data), labels_before_quit)
     viewer.layers.remove(labels)
     again = viewer.open(str(files[1]))[0]
-    widget._image_combo.value = again
-    widget._run_button.native.click()
+    widget.set_image(again)
+    widget.controls.run_button.native.click()
     j.wait(widget)
     seg = viewer.layers["segmentation"]
     assert len(widget.session.tasks) == 1 and widget.session.task == 1

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_clis._widget import SegmentWidget
+from napari_clis._widget import SegmentWidget, source_id
 
 
 @pytest.fixture
@@ -19,8 +19,7 @@ def errors(monkeypatch):
 @pytest.fixture
 def viewer_and_widget(make_napari_viewer):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     return viewer, widget
 
 
@@ -33,8 +32,8 @@ def test_segment_adds_segmentation_uncertainty_and_superpixels_layers(viewer_and
     viewer, widget = viewer_and_widget
     image, _ = nuclei_fluo
     layer = viewer.add_image(image, name="nuclei", scale=(0.5, 0.25), translate=(10, 20))
-    widget._image_combo.value = layer
-    widget._run_button.native.click()  # as a person would
+    widget.set_image(layer)
+    widget.controls.run_button.native.click()  # as a person would
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not errors
     seg, unc, sp = viewer.layers["segmentation"], viewer.layers["uncertainty"], viewer.layers["superpixels"]
@@ -47,14 +46,14 @@ def test_segment_adds_segmentation_uncertainty_and_superpixels_layers(viewer_and
     for lyr in (seg, unc, sp):
         np.testing.assert_allclose(lyr.scale, layer.scale)
         np.testing.assert_allclose(lyr.translate, layer.translate)
-    assert "Segmented" in widget._status.value
+    assert "Segmented" in widget.status
     # the objects, as outlines over the segmentation, and their count in the status
     inst = viewer.layers["instances"]
     assert type(inst).__name__ == "Labels" and inst.contour == 1 and inst.visible
     np.testing.assert_array_equal(inst.data, widget.session.instances)
     np.testing.assert_allclose(inst.scale, layer.scale)
     n = int(inst.data.max())
-    assert n > 5 and f"'nuclei': {n} nuclei." in widget._status.value.replace("\u200b", "")
+    assert n > 5 and f"'nuclei': {n} nuclei." in widget.status
     assert viewer.layers.index(inst) > viewer.layers.index(seg)
 
 
@@ -69,7 +68,7 @@ def test_running_again_updates_the_layers_instead_of_adding_more(viewer_and_widg
     layers = viewer.layers  # the image opened later went on top; the results must not hide under it
     qtbot.waitUntil(lambda: all(layers.index(layers[name]) > layers.index(b)
                                 for name in ("segmentation", "clicks", "suggestions")), timeout=5_000)
-    assert [c for c in widget._image_combo.choices] == [a, b]  # the uncertainty map is not offered as an image
+    assert [c for c in widget.controls.image.choices] == [a, b]  # the uncertainty map is not offered as an image
 
 
 def test_a_stack_segments_the_slice_on_screen_only(viewer_and_widget, qtbot, nuclei_fluo):
@@ -89,38 +88,39 @@ def test_all_slices_of_a_time_series_are_segmented_with_progress(viewer_and_widg
     image, _ = nuclei_fluo
     stack = np.stack([image, image[::-1], image[:, ::-1]])
     layer = viewer.add_image(stack, name="movie")
-    widget._all_slices.value = True
+    widget.all_slices = True
     _run(widget, qtbot, layer)
     seg = viewer.layers["segmentation"].data
     assert all(seg[t].any() for t in range(3))
-    assert "3/3" in widget._status.value
+    assert "3/3" in widget.status
     shown = int(round(viewer.dims.point[0]))
-    assert widget._target[1] == (shown,)  # the slice on screen went last: it is the one clicks correct
+    assert widget.target[1] == (shown,)  # the slice on screen went last: it is the one clicks correct
     other = next(t for t in range(3) if t != shown)
     widget.session.segment(stack[other])  # every slice as it is when segmented alone: the propagated labels
     np.testing.assert_array_equal(seg[other], widget.session.labels)
     widget.session.segment(stack[shown])
     np.testing.assert_array_equal(seg[shown], widget.session.labels)
-    store = widget._store()  # per slice: what was written, in one byte a pixel; painted maps only where needed
-    assert len(store["written"]) == 3 and len(store["painted"]) <= 1
-    assert all(w.dtype == np.uint8 for key, w in store["written"].items() if key != widget._target_key())
+    ledger = widget.ledger  # per slice: what was written, in one byte a pixel; painted maps only where needed
+    assert len(ledger.written) == 3 and len(ledger.painted) <= 1
+    target = (source_id(layer), widget.target[1])
+    assert all(w.dtype == np.uint8 for key, w in ledger.written.items() if key != target)
 
 
 def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qtbot, nuclei_fluo):
     viewer, widget = viewer_and_widget
     image, _ = nuclei_fluo
     layer = viewer.add_image(np.stack([image] * 30), name="long")
-    widget._all_slices.value = True
+    widget.all_slices = True
     widget.run(layer)
-    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.controls.progress.value >= 1, timeout=60_000)
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     seg = viewer.layers["segmentation"].data
     done = [t for t in range(30) if seg[t].any()]
     assert 1 <= len(done) < 30 and done == list(range(len(done)))
-    assert widget._status.value.replace("\u200b", "").startswith(f"Cancelled: {len(done)} of 30 slice(s)")
+    assert widget.status.startswith(f"Cancelled: {len(done)} of 30 slice(s)")
     # the slice it stopped on is set up for correcting: its clicks layer, its suggestions
-    assert widget._target is not None and widget._target[1] == (done[-1],) and "clicks" in viewer.layers
+    assert widget.target is not None and widget.target[1] == (done[-1],) and "clicks" in viewer.layers
 
 
 def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_and_widget, qtbot, nuclei_fluo,
@@ -131,26 +131,27 @@ def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_a
     big = np.tile(image, reps)[:1100, :1100]  # four tiles of at most 1024 px
     layer = viewer.add_image(big, name="big")
     shown = []
-    widget._progress.changed.connect(lambda v: shown.append((widget._progress.max, v)))
+    widget.controls.progress.changed.connect(lambda v: shown.append((widget.controls.progress.max, v)))
     widget.run(layer)
-    assert widget._cancel_button.enabled  # one image, but a large one: it can be stopped
+    assert widget.controls.cancel_button.enabled  # one image, but a large one: it can be stopped
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert not errors
     assert (5, 1) in shown  # 4 tiles and the superpixels: the bar moved on after the first tile
     seg = viewer.layers["segmentation"]
     before = seg.data.copy()
-    assert before.any() and "Segmented 'big'" in widget._status.value
+    assert before.any() and "Segmented 'big'" in widget.status
     result = widget.session.result
 
     widget.run(layer)
     widget.cancel()  # long before the first of the four tiles is done
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert not errors  # a cancel is no failure
-    assert widget._status.value.replace("\u200b", "") == (
+    assert widget.status == (
         "Cancelled: 'big' was not segmented; the layers are as they were.")
     np.testing.assert_array_equal(seg.data, before)
     assert widget.session.result is result  # the session still holds the image as it was
-    assert not widget._progress.visible and widget._run_button.enabled and not widget._cancel_button.enabled
+    c = widget.controls
+    assert not c.progress.visible and c.run_button.enabled and not c.cancel_button.enabled
 
 
 def test_channels_opened_as_one_stack_are_pointed_out_and_the_status_names_the_slice(viewer_and_widget, qtbot,
@@ -165,7 +166,7 @@ def test_channels_opened_as_one_stack_are_pointed_out_and_the_status_names_the_s
     viewer.dims.set_current_step(0, 1)
     _run(widget, qtbot, layer)
     assert any("2 planes along its first axis" in w and "Split Stack" in w for w in warnings)
-    assert widget._status.value.replace("\u200b", "").startswith("Segmented slice 1 of 'cyx': ")
+    assert widget.status.startswith("Segmented slice 1 of 'cyx': ")
     _run(widget, qtbot, layer)
     assert sum("first axis" in w for w in warnings) == 1  # said once for the layer, not at every Segment
     warnings.clear()
@@ -221,9 +222,9 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
     viewer, widget = viewer_and_widget
     image = nuclei_fluo[0][:96, :96]
     layer = viewer.add_image(np.stack([image] * 12), name="movie")
-    widget._all_slices.value = True
+    widget.all_slices = True
     widget.run(layer)
-    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.controls.progress.value >= 1, timeout=60_000)
     viewer.layers.remove("segmentation")
     deleted.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
@@ -232,20 +233,27 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
 
 
 def test_cancel_pressed_as_an_image_finishes_says_it_had_finished(viewer_and_widget, qtbot, nuclei_fluo):
+    import threading
+
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(nuclei_fluo[0], name="img")
     _run(widget, qtbot, layer)
     session = widget.session
-    real = session.segment
+    real, done, go_on = session.segment, threading.Event(), threading.Event()
 
-    def segment_then_cancel(*args, **kwargs):  # every tile done: Cancel comes too late to stop it
+    def segment_then_wait(*args, **kwargs):  # every tile done: Cancel comes too late to stop it
         result = real(*args, **kwargs)
-        widget._cancel_requested = True  # what Cancel sets
+        done.set()
+        go_on.wait(30)
         return result
 
-    session.segment = segment_then_cancel
-    _run(widget, qtbot, layer)
-    assert widget._status.value.replace("\u200b", "").startswith(
+    session.segment = segment_then_wait
+    widget.run(layer)
+    qtbot.waitUntil(done.is_set, timeout=60_000)
+    widget.cancel()
+    go_on.set()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.status.startswith(
         "Segmenting had finished when Cancel was pressed. Segmented 'img': ")
 
 
@@ -265,7 +273,7 @@ def test_rgb_image_keeps_its_scale(viewer_and_widget, qtbot, lesion):
     viewer, widget = viewer_and_widget
     image, _ = lesion
     layer = viewer.add_image(image, name="lesion", rgb=True, scale=(2.0, 2.0))
-    widget._model_combo.value = "skin-lesion"
+    widget.set_model("skin-lesion")
     _run(widget, qtbot, layer)
     seg = viewer.layers["segmentation"]
     assert seg.data.shape == image.shape[:2] and seg.data.any()
@@ -312,12 +320,12 @@ def test_a_foreign_model_file_is_reported(viewer_and_widget, tmp_path, nuclei_fl
     layer = viewer.add_image(nuclei_fluo[0])
     path = tmp_path / "notamodel.pt"
     path.write_text("hello")
-    widget._model_combo.value = "Model file…"
-    widget._checkpoint.value = path
-    assert not widget._checkpoint.native.isHidden()
+    widget.set_model(path)
+    assert widget.model == "Model file…" and not widget.controls.checkpoint.native.isHidden()
     widget.run(layer)
-    assert not widget.busy
+    widget.wait()  # the model is loaded in the worker: its failure is reported from there
     assert errors and "not a readable napari-clis model" in errors[0], errors
+    assert widget.status.startswith("Not segmented: ") and "segmentation" not in viewer.layers
 
 
 def test_cuda_asked_for_without_a_gpu_is_reported(viewer_and_widget, nuclei_fluo, errors):
@@ -327,8 +335,9 @@ def test_cuda_asked_for_without_a_gpu_is_reported(viewer_and_widget, nuclei_fluo
         pytest.skip("this machine has a CUDA GPU")
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(nuclei_fluo[0])
-    widget._device.value = "cuda"
+    widget.device = "cuda"
     widget.run(layer)
+    widget.wait()
     assert errors and "no CUDA GPU" in errors[0]
 
 
@@ -352,9 +361,9 @@ def test_the_dock_scrolls_in_a_short_window_and_keeps_its_width(make_napari_view
     for _ in range(10):
         QApplication.processEvents()
     area = dock.widget()
-    assert isinstance(area, QScrollArea) and area.widget().isAncestorOf(widget._learn_button.native)
+    assert isinstance(area, QScrollArea) and area.widget().isAncestorOf(widget.controls.learn_button.native)
     assert area.verticalScrollBar().maximum() > 0  # what does not fit can be scrolled to
-    area.ensureWidgetVisible(widget._save_button.native)
+    area.ensureWidgetVisible(widget.controls.save_button.native)
     assert area.verticalScrollBar().value() > 0
     assert dock.width() < 450 < viewer.window._qt_viewer.canvas.native.width()  # the canvas keeps its room
 
@@ -362,7 +371,7 @@ def test_the_dock_scrolls_in_a_short_window_and_keeps_its_width(make_napari_view
 def test_shift_s_in_the_viewer_segments_the_chosen_image(viewer_and_widget, qtbot, nuclei_fluo):
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(nuclei_fluo[0], name="fluo")
-    widget._image_combo.value = layer
+    widget.set_image(layer)
     from app_model.types import KeyBinding
 
     viewer.keymap[KeyBinding.from_str("Shift-S")](viewer)
@@ -380,17 +389,21 @@ def test_a_four_channel_non_rgba_image_is_reported(viewer_and_widget, qtbot, nuc
     assert "segmentation" not in [lyr.name for lyr in viewer.layers]
 
 
-def test_a_two_channel_image_read_as_a_stack_of_strips_gets_a_hint(viewer_and_widget, qtbot, nuclei_fluo,
-                                                                   monkeypatch):
-    import napari.utils.notifications as notifications
+def test_a_two_channel_image_read_as_a_stack_of_strips_is_refused_as_batch_refuses_it(viewer_and_widget, qtbot,
+                                                                                     nuclei_fluo, errors, tmp_path):
+    import tifffile
 
-    warnings = []
-    monkeypatch.setattr(notifications, "show_warning", lambda msg: warnings.append(str(msg)))
+    from napari_clis.cli import main
+
     viewer, widget = viewer_and_widget
     image = nuclei_fluo[0][:64, :64]
     layer = viewer.add_image(np.stack([image, image], -1), name="two channels")  # napari: 64 slices of 64x2
     _run(widget, qtbot, layer)
-    assert any("only 2 pixels along its last axis" in w for w in warnings)
+    assert errors and "would make 64 planes of 64x2 pixels" in errors[-1] and "channels last" in errors[-1]
+    assert "segmentation" not in viewer.layers and widget.status.startswith("Not segmented")
+    # the same decision (preprocessing.image_layout) for the same array in a file, from `napari-clis segment`
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([image, image], -1))
+    assert main(["segment", str(tmp_path / "two.tif"), "--model", "nuclei", "--output", str(tmp_path / "out")]) != 0
 
 
 # -- issue 19: intensity range and object size ------------------------------------------------------------------------
@@ -402,16 +415,18 @@ def test_as_displayed_segments_what_the_contrast_limits_show(viewer_and_widget, 
     image, _ = nuclei_fluo
     layer = viewer.add_image(image, name="nuclei")
     layer.contrast_limits = (5.0, 120.0)
-    widget._intensity_combo.value = "as displayed"
+    widget.intensity_range = "as displayed"
     _run(widget, qtbot, layer)
     assert not errors
-    np.testing.assert_array_equal(widget.session._normalized, normalize_image(image, value_range=(5.0, 120.0)))
     expected = nuclei_session.segment(image, intensity_range=(5.0, 120.0))
+    assert not np.array_equal(normalize_image(image, value_range=(5.0, 120.0)), normalize_image(image))
     np.testing.assert_array_equal(widget.session.result.labels, expected.labels)
     np.testing.assert_allclose(widget.session.result.uncertainty, expected.uncertainty, atol=1e-6)
-    widget._intensity_combo.value = "automatic"  # the robust range again: another input
+    widget.intensity_range = "automatic"  # the robust range again: another input
     _run(widget, qtbot, layer)
-    np.testing.assert_array_equal(widget.session._normalized, normalize_image(image))
+    automatic = nuclei_session.segment(image)
+    np.testing.assert_allclose(widget.session.result.uncertainty, automatic.uncertainty, atol=1e-6)
+    assert not np.allclose(automatic.uncertainty, expected.uncertainty, atol=1e-6)
 
 
 def test_contrast_limits_of_no_width_are_reported_and_the_segmentation_stays(viewer_and_widget, qtbot, nuclei_fluo,
@@ -422,35 +437,37 @@ def test_contrast_limits_of_no_width_are_reported_and_the_segmentation_stays(vie
     _run(widget, qtbot, layer)
     before = viewer.layers["segmentation"].data.copy()
     result = widget.session.result
-    widget._intensity_combo.value = "as displayed"
+    widget.intensity_range = "as displayed"
     layer._contrast_limits = (50.0, 50.0)  # napari's setter refuses this; a layer can still hold it
     widget.run(layer)
     assert not widget.busy
     assert errors and "contrast limits of 'nuclei' have no width" in errors[-1]
-    assert "Not segmented" in widget._status.value
+    assert "Not segmented" in widget.status
     assert widget.session.result is result
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, before)
 
 
 def test_the_object_size_rescales_for_the_model_and_results_keep_the_image_size(viewer_and_widget, qtbot,
-                                                                                 nuclei_fluo, errors):
+                                                                                 nuclei_fluo, nuclei_session, errors):
     viewer, widget = viewer_and_widget
     image, _ = nuclei_fluo
     small = image[::2, ::2]
     layer = viewer.add_image(small, name="small")
-    widget._object_size.value = 9.95  # half the nuclei the model learned (19.9 px)
+    widget.object_size = 9.95  # half the nuclei the model learned (19.9 px)
     _run(widget, qtbot, layer)
     assert not errors
-    assert widget.session._scale == pytest.approx(2.0)
+    assert widget.session.object_scale(9.95) == pytest.approx(2.0)  # the factor the image was resized by
+    np.testing.assert_array_equal(widget.session.result.labels,
+                                  nuclei_session.segment(small, object_diameter=9.95).labels)
     for name in ("segmentation", "uncertainty", "superpixels", "instances"):
         assert viewer.layers[name].data.shape == small.shape
     assert int(viewer.layers["instances"].data.max()) > 5
     before = viewer.layers["segmentation"].data.copy()
-    widget._object_size.value = 500  # larger than the image: said, nothing lost
+    widget.object_size = 500  # larger than the image: said, nothing lost
     widget.run(layer)
     assert not widget.busy
     assert errors and "object_diameter 500 px is larger than the image" in errors[-1]
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, before)
-    widget._object_size.value = 0  # the image as it is
+    widget.object_size = 0  # the image as it is
     _run(widget, qtbot, layer)
-    assert widget.session._scale is None
+    np.testing.assert_array_equal(widget.session.result.labels, nuclei_session.segment(small).labels)

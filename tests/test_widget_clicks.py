@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_clis._widget import SegmentWidget, _source_id
+from napari_clis._widget import Settings, source_id
 
 
 @pytest.fixture
@@ -20,8 +20,7 @@ def messages(monkeypatch):
 def segmented(make_napari_viewer, qtbot, nuclei_he):
     """A viewer with the widget, the H&E nuclei image (with a scale) segmented."""
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     image, truth = nuclei_he
     layer = viewer.add_image(image, name="he", rgb=True, scale=(0.5, 0.5))
     widget.run(layer)
@@ -46,7 +45,7 @@ def test_segmenting_creates_the_clicks_and_suggestions_layers(segmented, qtbot):
     assert viewer.layers.selection.active is clicks
     assert len(sugg.data) == 16
     np.testing.assert_allclose(clicks.scale, (0.5, 0.5))
-    assert widget._class_combo.value == 1
+    assert widget.click_class == 1
 
 
 def test_a_click_on_the_points_layer_updates_the_segmentation_layer(segmented, messages):
@@ -131,7 +130,7 @@ def test_an_edit_stays_an_annotation_after_the_propagation_comes_to_agree_with_i
 def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and_kept(
         make_napari_viewer, qtbot, nuclei_fluo, messages):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     image, truth = nuclei_fluo
     stack = np.stack([image, image[::-1]])
     layer = viewer.add_image(stack, name="stack")
@@ -152,10 +151,10 @@ def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and
 
 def test_clicks_before_any_segmentation_say_what_to_do(make_napari_viewer, nuclei_fluo):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     viewer.add_image(nuclei_fluo[0], name="img")
-    widget._propagate_clicks()
-    assert widget._click_status.value == ""
+    widget.apply_corrections()
+    assert widget.click_status == ""
     assert widget.session is None
 
 
@@ -177,7 +176,7 @@ def test_clear_clicks_restores_the_network_segmentation(segmented):
         widget.set_click_class(want)
         clicks.add(list(_wrong_pixel(seg.data, truth, want)))
     assert (seg.data != start).any()
-    widget._clear_button.native.click()
+    widget.controls.clear_button.native.click()
     assert len(clicks.data) == 0
     assert (seg.data != start).mean() < 0.001  # the MRF without clicks: the network's answer
 
@@ -331,7 +330,7 @@ def test_a_points_layer_of_the_wrong_dimensionality_is_reported_and_nothing_is_l
     wrong = viewer.add_points(np.array([[0, 5, 5]], float), name="clicks", ndim=3,
                               features={"class": np.array([1])})
     wrong.metadata["napari_clis"] = "clicks"
-    widget._propagate_clicks()
+    widget.apply_corrections()
     assert any("3D" in m for m in messages["error"])
     np.testing.assert_array_equal(seg.data, before)
     assert len(wrong.data) == 1
@@ -340,13 +339,13 @@ def test_a_points_layer_of_the_wrong_dimensionality_is_reported_and_nothing_is_l
 def test_learn_from_this_image_then_save_and_reload_the_model(segmented, qtbot, tmp_path, messages, monkeypatch):
     viewer, widget, truth = segmented
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
-    widget._session.learn_settings.steps = 4
+    widget.session.learn_settings.steps = 4
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
     infos = []
     import napari.utils.notifications as notifications
 
     monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
-    widget._learn_button.native.click()
+    widget.controls.learn_button.native.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     outcome = infos + messages["warning"]
     assert any("Learned task 1" in m for m in outcome) or any("rolled back" in m for m in outcome), outcome
@@ -354,8 +353,7 @@ def test_learn_from_this_image_then_save_and_reload_the_model(segmented, qtbot, 
     path = tmp_path / "mine.pt"
     widget.save_model(path)
     assert path.exists()
-    widget._model_combo.value = "Model file…"
-    widget._checkpoint.value = path
+    widget.set_model(path)
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session.source == str(path)
@@ -366,39 +364,43 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
                                                                               messages, make_napari_viewer):
     viewer, widget, truth = segmented
     monkeypatch.setenv("NAPARI_CLIS_MODELS", str(tmp_path / "models"))
-    assert widget._mask_plot.usage and widget._task_plot.after == []  # the pretrained task's mask, no task yet
-    assert sum(new for _, _, new, _ in widget._mask_plot.usage) == 0
+    # the pretrained task's mask, no task yet
+    assert widget.controls.mask_plot.usage and widget.controls.task_plot.after == []
+    assert sum(new for _, _, new, _ in widget.controls.mask_plot.usage) == 0
     session = widget.session
-    session.annotate(truth, 1)  # the user corrects the whole image, so learning has something to gain
-    session.annotate(~truth, 0)
-    record = session.learn(steps=6)  # learning from the ground truth itself is kept (a rollback fails the test)
-    widget._on_learned(record)
-    assert widget._task_plot.after == [record.dice_after] and widget._task_plot.before == [record.dice_before]
-    assert widget._mask_plot.task == record.task
+    _correct_by_painting(viewer.layers["segmentation"], truth)  # the user corrects the whole image, so learning
+    session.learn_settings.steps = 6  # has something to gain: learning from the ground truth itself is kept
+    widget.learn()
+    widget.wait()
+    assert len(session.tasks) == 1, widget.status  # (a rollback fails the test)
+    record = session.tasks[0]
+    plots = widget.controls
+    assert plots.task_plot.after == [record.dice_after] and plots.task_plot.before == [record.dice_before]
+    assert plots.mask_plot.task == record.task
     free, reserve = session.free_kernels  # what later tasks can still learn with is in view, not only in a notice
-    assert free < reserve and widget._tasks_label.value.endswith(f"free kernels for new tasks: {free} of {reserve}")
-    image = widget._task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
+    assert free < reserve and widget.tasks_text.endswith(f"free kernels for new tasks: {free} of {reserve}")
+    image = widget.controls.task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
     blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
             if image.pixelColor(x, y).name() == "#42a5f5"]
     assert blue
-    widget._save_path.line_edit.value = ""
+    widget.save_path = ""
     widget.save_model()  # no path given: a new file in the models folder, listed and chosen in the Model list
     saved = list((tmp_path / "models").glob("nuclei-*.pt"))
     assert len(saved) == 1 and not messages["error"]
-    assert widget._model_combo.value == str(saved[0])
+    assert widget.model == str(saved[0])
     other_viewer = make_napari_viewer()  # another window: it loads the saved file
-    other = SegmentWidget(other_viewer)
-    assert str(saved[0]) in other._model_combo.choices
-    other._model_combo.value = str(saved[0])
-    assert "Press Segment to use this model" in other._tasks_label.value  # its tasks show once it is loaded
+    _, other = other_viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    assert str(saved[0]) in other.controls.model.choices
+    other.set_model(saved[0])
+    assert "Press Segment to use this model" in other.tasks_text  # its tasks show once it is loaded
     other.run(other_viewer.add_image(viewer.layers["he"].data, name="he", rgb=True))
     qtbot.waitUntil(lambda: not other.busy, timeout=60_000)
     assert len(other.session.tasks) == 1 and other.session.source == str(saved[0])
-    assert other._status.value.endswith("\nTask 1: this image's own.")  # the image task 1 learned from
+    assert other.status.endswith("\nTask 1: this image's own.")  # the image task 1 learned from
 
 
 def test_long_names_break_inside_the_dock_instead_of_widening_it(make_napari_viewer):
-    from napari_clis._widget import SegmentWidget, breakable
+    from napari_clis._widget import breakable
 
     name = "patient_0042_left_forearm_dermoscopy_2024_visit_03_flipped"
     assert breakable("Saved as " + name + ".pt in the models folder.").replace("\u200b", "") == (
@@ -406,11 +408,11 @@ def test_long_names_break_inside_the_dock_instead_of_widening_it(make_napari_vie
     assert all(len(part) <= 24 for part in breakable(name + ".pt").split("\u200b"))
     assert breakable("short words stay as they are") == "short words stay as they are"
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    before = widget._image_combo.native.sizeHint().width()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    before = widget.controls.image.native.sizeHint().width()
     viewer.add_image(np.zeros((8, 8)), name=name * 3)
-    assert widget._image_combo.value.name == name * 3
-    assert widget._image_combo.native.sizeHint().width() <= before  # elided, not widening (else 1148 px)
+    assert widget.image.name == name * 3
+    assert widget.controls.image.native.sizeHint().width() <= before  # elided, not widening (else 1148 px)
 
 
 def test_the_status_line_says_which_task_segmented_the_image_and_why():
@@ -432,7 +434,7 @@ def test_the_status_line_says_which_task_segmented_the_image_and_why():
 
 def test_cancel_while_learning_keeps_the_model(segmented, qtbot, messages):
     viewer, widget, truth = segmented
-    widget._session.learn_settings.steps = 200
+    widget.session.learn_settings.steps = 200
     net = widget.session.net
     widget.learn()
     widget.cancel()
@@ -443,7 +445,7 @@ def test_cancel_while_learning_keeps_the_model(segmented, qtbot, messages):
 
 def test_learning_before_segmenting_says_what_to_do(make_napari_viewer, messages):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     widget.learn()
     assert any("segment an image" in m for m in messages["error"])
     widget.save_model()
@@ -468,8 +470,8 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     infos = []
     monkeypatch.setattr(notifications, "show_info", lambda msg: infos.append(str(msg)))
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    widget._session.learn_settings.steps = 6
-    widget._learn_button.native.click()
+    widget.session.learn_settings.steps = 6
+    widget.controls.learn_button.native.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     session = widget.session
     assert len(session.tasks) == 1, (infos, messages)
@@ -478,40 +480,44 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     assert any(f"Saved as {saved[0].name} in the models folder" in m for m in infos)
     assert any("left free for later tasks" in m for m in infos)
     # a long message (here a long unbroken path as well) wraps inside the dock instead of widening it over the canvas
-    widget._set_status("Saved in /" + "a-very-long-folder-name/" * 20 + "model.pt. " + "More words follow. " * 20)
-    for label in (widget._status, widget._click_status, widget._tasks_label):
+    long = "Saved in /" + "a-very-long-folder-name/" * 20 + "model.pt. " + "More words follow. " * 20
+    widget.controls.set_status(long)
+    for label in (widget.controls.status, widget.controls.click_status, widget.controls.tasks_label):
         assert label.native.minimumSizeHint().width() < 400  # without wrapping: 5851 px for the status
-    assert widget._model_combo.value == str(saved[0])  # the Model list shows it, chosen
+    assert widget.model == str(saved[0])  # the Model list shows it, chosen
 
-    widget._device.value = "cpu"  # another device: the same session moves, tasks, image and clicks stay
+    widget.device = "cpu"  # another device: the same session moves, tasks, image and clicks stay
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session is session and len(session.tasks) == 1 and not messages["error"]
-    assert session.task == 1 and widget._status.value.endswith("\nTask 1: this image's own.")
+    assert session.task == 1 and widget.status.endswith("\nTask 1: this image's own.")
 
     # the Task list: the learned task is offered, and a chosen task segments the image regardless of the choice
-    combo = widget._task_combo
+    combo = widget.controls.task
     assert combo.choices == (-1, 0, 1)
     assert [combo.native.itemText(i) for i in range(combo.native.count())] == ["auto (task-aware)", "0 (pretrained)",
                                                                                 "1"]
-    widget._task_combo.value = 0
+    widget.task = 0
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert session.task == 0 and widget._status.value.endswith("\nTask 0, as asked.") and not messages["error"]
-    widget._start_worker(viewer.layers["he"], [()], session, task=5)  # a task the model lacks: refused, said why
+    assert session.task == 0 and widget.status.endswith("\nTask 0, as asked.") and not messages["error"]
+    combo.choices = [("auto", -1), ("0", 0), ("1", 1), ("5", 5)]  # a list offering a task the model lacks
+    widget.task = 5
+    widget.run(viewer.layers["he"])  # refused, said why
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert any("task 5 does not exist" in m for m in messages["error"]) and session.task == 0
     messages["error"].clear()
-    widget._task_combo.value = 1
+    combo.choices = widget.learn_panel.task_choices  # the tasks of the model in use again
+    widget.task = 1
 
-    widget._model_combo.value = "skin-lesion"  # another model: a new session, and the user is told where
+    widget.set_model("skin-lesion")  # another model: a new session, and the user is told where
     # until it is loaded, the Task list offers none of the old model's tasks and the panel says so
-    assert widget._task_combo.value == -1 and widget._task_combo.choices == (-1, 0)
-    assert "Press Segment to use this model" in widget._tasks_label.value
+    assert widget.controls.task.value == -1 and widget.controls.task.choices == (-1, 0)
+    assert "Press Segment to use this model" in widget.tasks_text
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session is not session and any(str(saved[0]) in m for m in infos)
-    widget._model_combo.value = str(saved[0])
+    widget.set_model(saved[0])
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert len(widget.session.tasks) == 1 and not messages["error"]
@@ -524,13 +530,13 @@ def test_tasks_that_could_not_be_saved_block_switching_the_model_until_saved(seg
     blocker.write_text("")
     monkeypatch.setenv("NAPARI_CLIS_MODELS", str(blocker / "models"))  # cannot be made: no autosave
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    widget._session.learn_settings.steps = 6
-    widget._learn_button.native.click()
+    widget.session.learn_settings.steps = 6
+    widget.controls.learn_button.native.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     session = widget.session
     assert len(session.tasks) == 1 and session.autosave is None
     assert any("not saved automatically" in m for m in messages["warning"])
-    widget._model_combo.value = "skin-lesion"
+    widget.set_model("skin-lesion")
     widget.run(viewer.layers["he"])
     assert widget.session is session and any("not saved" in m for m in messages["error"])
     widget.save_model(tmp_path / "mine.pt")  # once saved, the switch goes ahead
@@ -553,14 +559,14 @@ def test_a_failed_autosave_keeps_the_task_says_it_is_not_saved_and_blocks_switch
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    widget._session.learn_settings.steps = 6
-    widget._learn_button.native.click()
+    widget.session.learn_settings.steps = 6
+    widget.controls.learn_button.native.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     session = widget.session
     assert len(session.tasks) == 1 and session.autosave is None, "the learned task was thrown away"
     assert any("Learned task 1" in m and "NOT saved" in m and "No space left" in m for m in messages["warning"])
-    assert "NOT saved" in widget._status.value and widget._task_combo.choices == (-1, 0, 1)
-    widget._model_combo.value = "skin-lesion"  # the unsaved task blocks another model, as any unsaved task does
+    assert "NOT saved" in widget.status and widget.controls.task.choices == (-1, 0, 1)
+    widget.set_model("skin-lesion")  # the unsaved task blocks another model, as any unsaved task does
     widget.run(viewer.layers["he"])
     assert widget.session is session and any("not saved" in m for m in messages["error"])
     failing[0] = False
@@ -604,14 +610,13 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
 def test_a_kept_copy_someone_edited_is_never_overwritten_and_a_stack_keeps_the_slices_not_segmented_again(
         make_napari_viewer, qtbot, nuclei_fluo, nuclei_he):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     image, truth = nuclei_fluo
     stack = viewer.add_image(np.stack([image[::-1], image[:, ::-1], image]), name="zstack")
     other = viewer.add_image(nuclei_he[0], name="he", rgb=True)
 
     def segment(layer, all_slices=False):
-        widget._all_slices.value = all_slices
+        widget.all_slices = all_slices
         widget.run(layer)
         qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
 
@@ -650,7 +655,7 @@ def test_an_image_given_data_of_another_shape_is_another_image_and_its_correctio
     widget.learn()  # not from the old image's segmentation read as this one's annotations
     assert any("has changed since it was segmented" in m for m in messages["error"]) and not widget.busy
     clicks.add([5, 5])  # not applied to the old image's segmentation: the status says to segment again
-    assert "has changed since it was segmented" in widget._click_status.value.replace("\u200b", "")
+    assert "has changed since it was segmented" in widget.click_status
     np.testing.assert_array_equal(seg.data, corrected)
     widget.run(image)
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
@@ -675,24 +680,24 @@ def test_undo_takes_a_painted_stroke_back_and_redo_brings_it_back(segmented, qtb
     disc = _disc(seg.data.shape, (y, x)) & (seg.data == 0)
     with seg.block_history():
         seg.data_setitem(np.nonzero(disc), 1)
-    assert (widget._painted[disc] == 1).all() and (seg.data[disc] == 1).all()
+    assert (widget.painted[disc] == 1).all() and (seg.data[disc] == 1).all()
     seg.undo()  # napari's Ctrl-Z
-    assert (widget._painted[disc] == -1).all(), "an undone stroke stayed an annotation"
+    assert (widget.painted[disc] == -1).all(), "an undone stroke stayed an annotation"
     painted = widget.session.interaction.painted  # None: nothing painted
     assert painted is None or (painted[disc] == -1).all()
     np.testing.assert_array_equal(seg.data, widget.session.labels)  # the propagation, fresh
     clicks.add([y, x])  # a click there now fills its region: no locked hole where the stroke was
     region = widget.session.interaction.graph.regions == widget.session.interaction.graph.regions[y, x]
-    assert seg.data[y, x] == 1 and (widget._painted[region] == -1).all()
+    assert seg.data[y, x] == 1 and (widget.painted[region] == -1).all()
     seg.redo()
-    assert (widget._painted[disc] == 1).all() and (seg.data[disc] == 1).all()
+    assert (widget.painted[disc] == 1).all() and (seg.data[disc] == 1).all()
     # a single paint call: napari announces it before writing the pixels; it is an annotation all the same
     by, bx = _wrong_pixel(seg.data, truth, 0)
     seg.selected_label, seg.brush_size = 0, 3
     seg.paint((by, bx), 0)
-    qtbot.waitUntil(lambda: widget._painted[by, bx] == 0, timeout=5_000)
+    qtbot.waitUntil(lambda: widget.painted[by, bx] == 0, timeout=5_000)
     seg.undo()
-    assert widget._painted[by, bx] == -1 and (widget._painted[disc] == 1).all()
+    assert widget.painted[by, bx] == -1 and (widget.painted[disc] == 1).all()
 
 
 def test_segmenting_the_same_image_again_keeps_its_painted_edits(segmented, qtbot):
@@ -702,7 +707,7 @@ def test_segmenting_the_same_image_again_keeps_its_painted_edits(segmented, qtbo
     disc = _disc(seg.data.shape, (y, x)) & (seg.data == 0)
     with seg.block_history():
         seg.data_setitem(np.nonzero(disc), 1)
-    widget._samples.value = 2  # e.g. fewer samples: the same image segmented again
+    widget.samples = 2  # e.g. fewer samples: the same image segmented again
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert (seg.data[disc] == 1).all() and (widget.session.interaction.painted[disc] == 1).all()
@@ -710,20 +715,21 @@ def test_segmenting_the_same_image_again_keeps_its_painted_edits(segmented, qtbo
     assert (seg.data[disc] == 1).all()
 
 
-def test_a_newly_opened_or_selected_image_is_the_one_segmented_next(segmented, nuclei_fluo):
+def test_a_newly_opened_or_selected_image_is_the_one_segmented_next(segmented, qtbot, nuclei_fluo):
     viewer, widget, _ = segmented
     he = viewer.layers["he"]
-    assert widget._image_combo.value is he  # the layers the widget adds (an image among them) are never chosen
+    assert widget.image is he  # the layers the widget adds (an image among them) are never chosen
     fluo = viewer.add_image(nuclei_fluo[0], name="fluo")  # File > Open: on top, and the one to segment
-    assert widget._image_combo.value is fluo
+    assert widget.image is fluo
     for name in ("uncertainty", "segmentation", "superpixels"):  # made again for the next image: still not chosen
         viewer.layers.remove(viewer.layers[name])
-    widget._prepare_layers(fluo)
-    assert widget._image_combo.value is fluo
+    widget.run(fluo)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "segmentation" in viewer.layers and widget.image is fluo
     viewer.layers.selection.active = he
-    assert widget._image_combo.value is he
+    assert widget.image is he
     viewer.layers.selection.active = viewer.layers["uncertainty"]  # the widget's own output is never the input
-    assert widget._image_combo.value is he
+    assert widget.image is he
 
 
 def test_images_are_told_apart_by_layer_not_by_name(segmented, qtbot, nuclei_fluo):
@@ -756,7 +762,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     labels_a, in_use = first.session.labels.copy(), first.session
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
     QApplication.processEvents()
-    assert first._retired
+    assert first.retired
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     second.run(viewer.add_image(image[::-1].copy(), name="b"))
     qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
@@ -764,7 +770,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     y, x = np.argwhere(seg.data == 0)[len(np.argwhere(seg.data == 0)) // 2]
     with seg.block_history():
         seg.data_setitem(np.nonzero(_disc(seg.data.shape, (y, x))), 1)
-    assert (second._painted >= 0).any()  # the new widget took the stroke
+    assert (second.painted >= 0).any()  # the new widget took the stroke
     np.testing.assert_array_equal(seg.data, second.session.labels)  # and nothing of the closed one's image came back
     assert not np.array_equal(seg.data, labels_a)
     assert second.session is in_use and first.session is None  # the reopened dock goes on with the model in use
@@ -772,12 +778,12 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
 
 def test_zero_mc_samples_hides_the_empty_map_and_suggests_nothing(segmented, qtbot):
     viewer, widget, _ = segmented
-    widget._samples.value = 0
+    widget.samples = 0
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not viewer.layers["uncertainty"].visible and len(viewer.layers["suggestions"].data) == 0
-    assert "MC samples is 0" in widget._status.value.replace("\u200b", "")
-    widget._samples.value = 8
+    assert "MC samples is 0" in widget.status
+    widget.samples = 8
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert viewer.layers["uncertainty"].visible and len(viewer.layers["suggestions"].data) == 16
@@ -824,11 +830,10 @@ def test_painted_edits_survive_closing_and_reopening_the_dock(make_napari_viewer
 def _all_slices_of(make_napari_viewer, qtbot, slices, shown=2):
     """A viewer with the widget and a stack of ``slices``, all segmented, slice ``shown`` on screen (the target)."""
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     layer = viewer.add_image(np.stack(slices), name="stack")
     viewer.dims.set_point(0, shown)
-    widget._all_slices.value = True
+    widget.all_slices = True
     widget.run(layer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     return viewer, widget, layer
@@ -847,7 +852,7 @@ def test_a_run_over_all_slices_keeps_the_clicks_of_every_slice_and_their_note_sh
     widget.run(layer)  # All slices is still ticked: every slice again, slice 0 (on screen) last
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     np.testing.assert_array_equal(seg.data[2], corrected)  # slice 2 keeps its click (it lost it before)
-    assert widget._target[1] == (0,)
+    assert widget.target[1] == (0,)
     assert sum("other slices" in w for w in messages["warning"]) == 1
     for want in (1, 0):  # clicks on slice 0: the note about slice 2's click is not shown again at each
         widget.set_click_class(want)
@@ -862,26 +867,26 @@ def test_a_stroke_on_another_slice_is_kept_for_that_slice_and_undo_takes_it_back
                                                                                  nuclei_fluo):
     image, truth = nuclei_fluo
     viewer, widget, layer = _all_slices_of(make_napari_viewer, qtbot, [image, image[::-1], image[:, ::-1]])
-    assert widget._target[1] == (2,)
+    assert widget.target[1] == (2,)
     viewer.dims.set_point(0, 0)  # the user goes to slice 0 and paints there
     seg = viewer.layers["segmentation"]
     disc = _disc(image.shape, _wrong_pixel(seg.data[0], truth, 1)) & (seg.data[0] == 0)
     where = np.nonzero(disc)
     with seg.block_history():
         seg.data_setitem((np.zeros(len(where[0]), int),) + where, 1)
-    assert "Painted on slice (0,)" in widget._click_status.value
-    widget._all_slices.value = False
+    assert "Painted on slice (0,)" in widget.click_status
+    widget.all_slices = False
     widget.run(layer)  # as the message says: segment that slice
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert widget._target[1] == (0,) and (seg.data[0][disc] == 1).all()
+    assert widget.target[1] == (0,) and (seg.data[0][disc] == 1).all()
     assert (widget.session.interaction.painted[disc] == 1).all()
     viewer.dims.set_point(0, 1)  # a stroke on slice 1, then undone: not an annotation of slice 1
     with seg.block_history():
         seg.data_setitem((np.ones(len(where[0]), int),) + where, 1)
-    key = (_source_id(layer), (1,))
-    assert (widget._store()["painted"][key][disc] == 1).all()
+    key = (source_id(layer), (1,))
+    assert (widget.ledger.painted[key][disc] == 1).all()
     seg.undo()
-    assert (widget._store()["painted"][key] == -1).all()
+    assert (widget.ledger.painted[key] == -1).all()
 
 
 def test_a_run_over_all_slices_uses_each_slices_painted_edits_as_annotations(make_napari_viewer, qtbot,
@@ -900,7 +905,7 @@ def test_a_run_over_all_slices_uses_each_slices_painted_edits_as_annotations(mak
     all_run = seg.data[0].copy()
     assert (all_run[disc] == 1).all()
     viewer.dims.set_point(0, 0)
-    widget._all_slices.value = False
+    widget.all_slices = False
     widget.run(layer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     np.testing.assert_array_equal(all_run, seg.data[0])  # the stroke propagated the same way in both
@@ -931,7 +936,7 @@ def test_a_click_made_while_slices_are_segmented_waits_for_the_run_and_lands_on_
     qtbot.wait(200)
     y, x = _wrong_pixel(alone[3], truth[::-1, ::-1], 1)
     clicks.add([3, y, x])  # on the slice on screen, while the worker holds slice 1's image
-    assert "applied when it is done" in widget._click_status.value
+    assert "applied when it is done" in widget.click_status
     go_on.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     for k in range(3):
@@ -955,59 +960,56 @@ def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as
     with seg.block_history():
         for z in (0, 1):
             seg.data_setitem((np.full(len(where[0]), z),) + where, 1)
-    qtbot.waitUntil(lambda: "Painted on slice(s) 0, 1" in widget._click_status.value, timeout=5_000)
-    painted = widget._store()["painted"]
+    qtbot.waitUntil(lambda: "Painted on slice(s) 0, 1" in widget.click_status, timeout=5_000)
+    painted = widget.ledger.painted
     for z in (0, 1):
-        assert (painted[(_source_id(layer), (z,))][disc] == 1).all(), f"slice {z}'s stroke was not kept"
-    assert (_source_id(layer), (3,)) not in painted  # a slice the stroke did not touch gets no painted map
+        assert (painted[(source_id(layer), (z,))][disc] == 1).all(), f"slice {z}'s stroke was not kept"
+    assert (source_id(layer), (3,)) not in painted  # a slice the stroke did not touch gets no painted map
     seg.undo()  # napari undoes the stroke on both slices; so do the annotations
     for z in (0, 1):
-        assert (painted[(_source_id(layer), (z,))] == -1).all()
+        assert (painted[(source_id(layer), (z,))] == -1).all()
     seg.redo()
-    assert all((painted[(_source_id(layer), (z,))][disc] == 1).all() for z in (0, 1))
+    assert all((painted[(source_id(layer), (z,))][disc] == 1).all() for z in (0, 1))
     viewer.dims.ndisplay = 2
     viewer.dims.set_point(0, 1)
-    widget._all_slices.value = False
+    widget.all_slices = False
     widget.run(layer)  # segmenting slice 1 keeps the stroke painted there in 3D
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert (seg.data[1][disc] == 1).all()
 
 
 def test_a_stroke_during_a_background_propagation_is_kept(segmented, qtbot, monkeypatch):
-    import napari_clis._widget as w
-
     viewer, widget, truth = segmented
-    monkeypatch.setattr(w, "ASYNC_PIXELS", 16)  # this image now propagates in a worker, as a large one would
+    monkeypatch.setattr(Settings, "async_pixels", 16)  # this image now propagates in a worker, as a large one would
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))  # the propagation starts in the background
-    assert widget._click_worker is not None
+    assert widget.propagating
     disc = _disc(seg.data.shape, _wrong_pixel(seg.data, truth, 0)) & (seg.data == 1)
     with seg.block_history():  # a stroke before the propagation's result is written
         seg.data_setitem(np.nonzero(disc), 0)
-    qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=30_000)
     qtbot.wait(100)
-    qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
-    assert (seg.data[disc] == 0).all() and (widget._painted[disc] == 0).all()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=30_000)
+    assert (seg.data[disc] == 0).all() and (widget.painted[disc] == 0).all()
     assert (widget.session.interaction.painted[disc] == 0).all()
     seg.undo()  # and the stroke is one undo entry, as without the background work
-    qtbot.waitUntil(lambda: widget._click_worker is None, timeout=30_000)
-    assert (widget._painted[disc] == -1).all()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=30_000)
+    assert (widget.painted[disc] == -1).all()
 
 
 def test_another_image_in_the_layer_leaves_no_stale_copy_to_misread_strokes_against(make_napari_viewer, qtbot,
                                                                                    nuclei_fluo):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     image = nuclei_fluo[0][:128, :128]
     a = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="a")
     b = viewer.add_image(np.stack([image[::-1, ::-1]] * 3), name="b")
-    widget._all_slices.value = True
+    widget.all_slices = True
     widget.run(a)
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     widget.run(b)  # the layers move on to b (same shape): they are reset
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
-    widget._all_slices.value = False
+    widget.all_slices = False
     viewer.dims.set_point(0, 0)
     widget.run(a)  # back to a, slice 0 only: slice 1 of the layer shows nothing
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
@@ -1015,7 +1017,7 @@ def test_another_image_in_the_layer_leaves_no_stale_copy_to_misread_strokes_agai
     seg = viewer.layers["segmentation"]
     with seg.block_history():  # a 4-pixel stroke on slice 1
         seg.data_setitem((np.array([1, 1, 1, 1]), np.array([5, 5, 6, 6]), np.array([5, 6, 5, 6])), 1)
-    painted = widget._store()["painted"][(_source_id(a), (1,))]
+    painted = widget.ledger.painted[(source_id(a), (1,))]
     assert int((painted >= 0).sum()) == 4  # the stroke, not everything the old copy of slice 1 differed in
 
 
@@ -1028,7 +1030,7 @@ def test_a_label_that_is_not_a_class_is_replaced_by_the_propagation(segmented, m
                                                                   (4, seg.data.shape[1] - 8)))), 7)
     assert any("not a class" in m for m in messages["warning"])
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
-    assert (seg.data[box] < 2).all() and (widget._painted[box] == -1).all()
+    assert (seg.data[box] < 2).all() and (widget.painted[box] == -1).all()
 
 
 def test_a_dock_closed_while_it_segments_stays_out_of_the_next_widgets_way(make_napari_viewer, qtbot, nuclei_he):
@@ -1041,20 +1043,22 @@ def test_a_dock_closed_while_it_segments_stays_out_of_the_next_widgets_way(make_
     first.run(layer)
     viewer.window.remove_dock_widget(dock)  # closed while it segments
     QApplication.processEvents()
-    assert first._retired
+    assert first.retired
     qtbot.waitUntil(lambda: not first.busy, timeout=60_000)  # its result arrives after it was closed
-    assert not first._connections, "a closed widget hooked the layers again"
+    # its result went nowhere: no layer was made for it, and nothing of it listens to the viewer's layers
+    assert "segmentation" not in viewer.layers and "clicks" not in viewer.layers, "a closed widget wrote its result"
+    assert not first.connected, "a closed widget hooked the layers again"
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
-    second._model_combo.value = "skin-lesion"  # another model: the two widgets' results would differ
+    second.set_model("skin-lesion")  # another model: the two widgets' results would differ
     second.run(layer)
     qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     for want in (1, 0):
         clicks.add(list(_wrong_pixel(seg.data, truth, want)))
         QApplication.processEvents()
-    assert not (second._painted >= 0).any(), "the user painted nothing"
+    assert not (second.painted >= 0).any(), "the user painted nothing"
     np.testing.assert_array_equal(seg.data, second.session.labels)
-    assert first._click_status.value == ""
+    assert first.click_status == ""
 
 
 def test_cancel_pressed_as_learning_ends_keeps_and_lists_the_task(segmented, qtbot, messages, monkeypatch):
@@ -1082,9 +1086,9 @@ def test_cancel_pressed_as_learning_ends_keeps_and_lists_the_task(segmented, qtb
     go_on.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert len(session.tasks) == 1
-    assert widget._tasks_label.value.startswith("task 1") and widget._task_plot.after
+    assert widget.tasks_text.startswith("task 1") and widget.controls.task_plot.after
     assert any(m.startswith("Learning had finished when Cancel was pressed") for m in infos), infos
-    assert widget._status.value.replace("\u200b", "").startswith("Learning had finished")
+    assert widget.status.startswith("Learning had finished")
 
 
 def test_autosave_does_not_overwrite_a_model_file_another_window_wrote(segmented, qtbot, messages):
@@ -1093,16 +1097,16 @@ def test_autosave_does_not_overwrite_a_model_file_another_window_wrote(segmented
     from napari_clis import ClisSession
 
     viewer, widget, truth = segmented
-    widget._save_path.line_edit.value = ""
+    widget.save_path = ""
     widget.save_model()  # a file in the models folder, chosen: the one learning keeps up to date
-    path = Path(widget._model_combo.value)
+    path = Path(widget.model)
     assert path.is_file() and Path(widget.session.autosave) == path
     other = ClisSession.from_pretrained("nuclei", device="cpu")  # another window saves its model over it
     other.remembered.append(([0.0] * 128, 0))
     other.save(path)
     theirs = path.read_bytes()
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    widget._session.learn_settings.steps = 6
+    widget.session.learn_settings.steps = 6
     widget.learn()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert len(widget.session.tasks) == 1 and path.read_bytes() == theirs
@@ -1110,7 +1114,7 @@ def test_autosave_does_not_overwrite_a_model_file_another_window_wrote(segmented
     assert mine != path and len(ClisSession.load(mine).tasks) == 1
     assert any("written by another window or program" in m and mine.name in m for m in messages["warning"])
     other.save(mine)  # and over that one too: the task is in no file now, so another model is refused
-    widget._model_combo.value = "skin-lesion"
+    widget.set_model("skin-lesion")
     widget.run(viewer.layers["he"])
     assert widget.session.model_name == "nuclei" and any("wrote over its file" in m for m in messages["error"])
 
@@ -1120,21 +1124,21 @@ def test_the_model_in_use_stays_chosen_when_its_file_is_deleted_and_its_tasks_ar
     from pathlib import Path
 
     viewer, widget, truth = segmented
-    widget._save_path.line_edit.value = ""
+    widget.save_path = ""
     widget.save_model()
-    path = Path(widget._model_combo.value)
-    combo = widget._model_combo.native
+    path = Path(widget.model)
+    combo = widget.controls.model.native
     assert [combo.itemText(i) for i in range(combo.count())][-1] == "Model file…"  # saved models listed above it
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    widget._session.learn_settings.steps = 6
+    widget.session.learn_settings.steps = 6
     widget.learn()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     session = widget.session
     assert len(session.tasks) == 1 and list(path.parent.glob("*.pt")) == [path]  # learning updated the saved file
     path.unlink()  # tidied away in a file manager
     viewer.add_image(nuclei_fluo[0], name="fluo")  # the lists refresh
-    assert widget._model_combo.value == str(path) and "file is gone" in widget._model_combo.native.currentText()
-    widget._model_combo.value = "skin-lesion"
+    assert widget.model == str(path) and "file is gone" in widget.controls.model.native.currentText()
+    widget.set_model("skin-lesion")
     widget.run(viewer.layers["he"])
     assert widget.session is session and any("is gone" in m for m in messages["error"])
     widget.save_model(path)  # saved again: the switch goes ahead
@@ -1156,10 +1160,10 @@ def test_another_model_chosen_while_learning_stays_chosen_and_a_second_press_say
     widget.learn()
     widget.run()  # Segment pressed while it learns
     assert "Learning is still running; wait, or press Cancel." in infos
-    assert widget._status.value.replace("\u200b", "").startswith("Learning from")  # still says what runs
-    widget._model_combo.value = "skin-lesion"
+    assert widget.status.startswith("Learning from")  # still says what runs
+    widget.set_model("skin-lesion")
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
-    assert len(session.tasks) == 1 and widget._model_combo.value == "skin-lesion"  # the user's choice stays
+    assert len(session.tasks) == 1 and widget.model == "skin-lesion"  # the user's choice stays
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session.model_name == "skin-lesion" and any(str(session.autosave) in m for m in infos)
@@ -1173,13 +1177,12 @@ def test_closing_the_viewer_while_it_learns_raises_nothing_and_the_task_is_saved
     from qtpy.QtWidgets import QApplication
 
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     image, truth = nuclei_he
     widget.run(viewer.add_image(image, name="he", rgb=True))
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    widget._session.learn_settings.steps = 6
+    widget.session.learn_settings.steps = 6
     widget.learn()
     qtbot.wait(400)  # a few progress ticks
     viewer.close()
@@ -1187,7 +1190,7 @@ def test_closing_the_viewer_while_it_learns_raises_nothing_and_the_task_is_saved
     for _ in range(5):  # any late timer tick or callback would touch deleted Qt widgets here
         QApplication.processEvents()
         qtbot.wait(250)
-    assert widget._retired and not messages["error"] and not messages["warning"]
+    assert widget.retired and not messages["error"] and not messages["warning"]
     assert len(list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))) == 1
 
 
@@ -1212,15 +1215,15 @@ def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_d
     layer = viewer.add_image(image, name="he", rgb=True)
     first.run(layer)
     qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
-    first._save_path.line_edit.value = ""
+    first.save_path = ""
     first.save_model()  # the model's file in the models folder: learning keeps it up to date
-    path = Path(first._model_combo.value)
+    path = Path(first.model)
     if save_fails:  # the disk fills up while it learns
         real = checkpoint.atomic_write_bytes
         monkeypatch.setattr(checkpoint, "atomic_write_bytes",
                             lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     _correct_by_painting(viewer.layers["segmentation"], truth)
-    first._session.learn_settings.steps = 6
+    first.session.learn_settings.steps = 6
     first.learn()
     viewer.window.remove_dock_widget(dock)  # closed while it learns
     QApplication.processEvents()
@@ -1231,13 +1234,13 @@ def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_d
     else:
         assert any(f"Learned task 1 (after the widget was closed). Saved as {path.name}" in m for m in infos), infos
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
-    assert len(second.session.tasks) == 1 and second._model_combo.value == str(path)
-    assert second._tasks_label.value.startswith("task 1")
+    assert len(second.session.tasks) == 1 and second.model == str(path)
+    assert second.tasks_text.startswith("task 1")
     if save_fails:  # not saved anywhere: another model is refused until it is
-        second._model_combo.value = "skin-lesion"
+        second.set_model("skin-lesion")
         second.run(layer)
         assert any("not saved in any file" in m for m in messages["error"])
-        second._model_combo.value = str(path)
+        second.set_model(path)
     second.run(layer)
     qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
     second.learn()
@@ -1249,6 +1252,8 @@ def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_d
 
 def test_a_panel_replaced_by_a_newer_one_on_the_same_window_does_nothing_and_says_so(make_napari_viewer, qtbot,
                                                                                    nuclei_he, messages):
+    from napari_clis._widget import SegmentWidget  # made from a script, not through napari's plugin menu
+
     viewer = make_napari_viewer()
     first = SegmentWidget(viewer)
     viewer.window.add_dock_widget(first)
@@ -1259,7 +1264,7 @@ def test_a_panel_replaced_by_a_newer_one_on_the_same_window_does_nothing_and_say
     second = SegmentWidget(viewer)  # made from a script: the first stays on screen
     viewer.window.add_dock_widget(second)
     assert second.session is session and first.session is None
-    assert not first._run_button.enabled and "replaced" in first._status.value.replace("\u200b", "")
+    assert not first.controls.run_button.enabled and "replaced" in first.status
     for action in (first.run, first.learn, first.save_model, first.clear_clicks):
         action()
     assert len(messages["error"]) == 4 and all("replaced by a newer one" in m for m in messages["error"])
@@ -1272,15 +1277,15 @@ def test_a_listed_model_deleted_before_it_is_chosen_leaves_the_list_and_the_mode
     from pathlib import Path
 
     viewer, widget, _ = segmented
-    widget._save_path.line_edit.value = ""
+    widget.save_path = ""
     widget.save_model()
-    in_use, session = widget._model_combo.value, widget.session
+    in_use, session = widget.model, widget.session
     copy = Path(in_use).with_name("copy.pt")
     shutil.copy(in_use, copy)
     viewer.add_image(nuclei_fluo[0], name="fluo")  # the list refreshes: the copy is listed
-    widget._model_combo.value = str(copy)
+    widget.set_model(copy)
     copy.unlink()  # deleted in a file manager before Segment
     widget.run(viewer.layers["he"])
     assert any("does not exist" in m for m in messages["error"]) and widget.session is session
-    assert str(copy) not in widget._model_combo.choices and widget._model_combo.value == in_use
-    assert widget._model_combo.native.itemText(widget._model_combo.native.count() - 1) == "Model file…"
+    assert str(copy) not in widget.controls.model.choices and widget.model == in_use
+    assert widget.controls.model.native.itemText(widget.controls.model.native.count() - 1) == "Model file…"

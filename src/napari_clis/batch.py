@@ -66,9 +66,11 @@ from .preprocessing import (
     MIN_TILE,
     ImageError,
     Tile,
+    alpha_is_transparency,
     as_2d_image,
     check_intensity_range,
     check_tiling,
+    image_layout,
     intensity_range,
     normalize_image,
     plan_tiles,
@@ -82,7 +84,6 @@ SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _DTYPES = {"labels": np.int32, "instances": np.uint32, "uncertainty": np.float32, "superpixels": np.int32}
 MEASUREMENTS = "measurements"  # the one output that is not a TIFF: <stem>_measurements.csv
 _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
-MIN_PLANE_SIDE = 8  # px: a stack's planes narrower than this are an image's channels, read as planes
 _IMAGEJ_KEYS = ("spacing", "unit", "finterval", "fps", "xorigin", "yorigin", "zorigin")
 _TRIM_CONFIG = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
@@ -219,8 +220,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, _SourceInfo]:
                            resolution_unit=2 if dpi else None)  # 2: inch
         # a PNG or JPEG is one 2D image: CMYK (print JPEGs) as RGB, not its inks as colours; grey + alpha as grey
         data = np.asarray(iio.imread(path, plugin="pillow", **({"mode": "RGB"} if mode == "CMYK" else {})))
-        if data.ndim == 3 and data.shape[-1] == 2:
-            data = as_2d_image(data)  # drops an opaque alpha channel; refuses transparency with a message
+        if data.ndim == 3 and data.shape[-1] == 2:  # drops an opaque alpha channel, and a transparency mask
+            # (preprocessing.alpha_is_transparency); refuses a second channel of data with a message
+            data = data[..., 0] if alpha_is_transparency(data) else as_2d_image(data)
         return data, info
     except ImageError:
         raise
@@ -261,14 +263,11 @@ def _plane_stack(data: np.ndarray, axes: str | None) -> tuple[np.ndarray, tuple[
         if data.ndim >= 3 and data.shape[-1] == 1:
             data = data[..., 0]
         colour, axes = data.ndim >= 3 and data.shape[-1] in (3, 4), None
-    if data.ndim < 2 + colour or data.size == 0:
-        raise ImageError(f"It is not an image: its shape is {data.shape}.")
-    lead = data.shape[: data.ndim - 2 - colour]
-    plane = data.shape[len(lead): len(lead) + 2]
-    if lead and min(plane) < MIN_PLANE_SIDE:
-        raise ImageError(f"Its shape {data.shape} would make {int(np.prod(lead))} planes of {plane[0]}x{plane[1]} "
-                         "pixels: it looks like an image with its channels last, saved without axes. Save each "
-                         "channel as an image of its own, or an RGB image as RGB.")
+    # the axes are read as the widget reads a layer's (preprocessing.image_layout: one policy for both)
+    layout = image_layout(data.shape, colour=colour)
+    lead = layout.lead
+    if layout.channels == 4 and alpha_is_transparency(data.reshape((-1,) + data.shape[len(lead):])[0]):
+        data = data[..., :3]  # RGBA with transparency: its colours, as the widget segments them
     if axes is None or len(axes) != len(lead) + 2:
         axes = _DEFAULT_AXES.get(len(lead) + 2, "Q" * len(lead) + "YX")
     return data.reshape((-1,) + data.shape[len(lead):]), tuple(lead), axes

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["as_2d_image", "normalize_image", "intensity_range", "check_intensity_range", "check_tiling", "plan_tiles",
-           "Tile", "ImageError", "MIN_TILE", "DEFAULT_TILE", "DEFAULT_MARGIN"]
+           "Tile", "ImageError", "MIN_TILE", "DEFAULT_TILE", "DEFAULT_MARGIN", "ImageLayout", "image_layout",
+           "alpha_is_transparency", "MIN_PLANE_SIDE"]
 
 MIN_TILE = 64  # smallest tile core: smaller tiles are mostly margin and cost more than they save
 # images up to this many pixels on a side run in one piece, in segment(), the widget and batch alike (a 1024 px
 # tile and its context peak at about 2.3 GB: docs/benchmarks.md)
 DEFAULT_TILE = 1024
 DEFAULT_MARGIN = 96  # context around each tile; wider than the network's receptive field
+MIN_PLANE_SIDE = 8  # px: a stack's planes narrower than this are an image's channels (last), not planes
 
 # Percentiles that set the intensity range; robust to a few hot pixels and to dark backgrounds.
 _LOW_PERCENTILE = 1.0
@@ -86,6 +88,74 @@ def plan_tiles(height: int, width: int, tile: int = DEFAULT_TILE, margin: int = 
     return [Tile((y0, y1, x0, x1), (max(0, y0 - margin), min(height, y1 + margin),
                                      max(0, x0 - margin), min(width, x1 + margin)))
             for y0, y1 in cores(height) for x0, x1 in cores(width)]
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How an image's axes are read (:func:`image_layout`): ``lead``, the shape of the leading axes, one 2D plane
+    per index; ``plane``, (H, W); ``channels``, 0 for grey, else the colour channels on the last axis (3 or 4)."""
+
+    shape: tuple[int, ...]
+    lead: tuple[int, ...]
+    plane: tuple[int, int]
+    channels: int
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.lead)) if self.lead else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The shape without the colour axis: the shape of the labels."""
+        return self.lead + self.plane
+
+    @property
+    def channels_first_hint(self) -> bool:
+        """Whether a three-axis stack of 2 to 4 large planes may hold channels (C, Y, X) rather than slices: worth
+        a hint (it is segmented plane by plane all the same)."""
+        return len(self.lead) == 1 and 2 <= self.lead[0] <= 4 < min(self.plane)
+
+
+def image_layout(shape, *, colour: bool | None = None) -> ImageLayout:
+    """The one decision of what an image's axes are, for the widget and for batch segmentation alike.
+
+    ``shape``: the array's shape. ``colour``: whether its last axis holds colour channels, when the caller knows
+    (napari's ``layer.rgb``, a TIFF's ``S`` axis); by default a last axis of 3 or 4 behind at least two others is
+    colour (RGB, RGBA). The axes before the last two spatial ones index planes (a z-stack, a time series).
+    Raises :class:`ImageError` for fewer than two spatial axes, and for a stack whose planes are narrower than
+    :data:`MIN_PLANE_SIDE` pixels (an image with its channels last, read as slices: a stack of slivers).
+    Whether an RGBA image's alpha is dropped is :func:`alpha_is_transparency`'s decision."""
+    shape = tuple(int(n) for n in shape)
+    if colour is None:
+        colour = len(shape) >= 3 and shape[-1] in (3, 4)
+    channels = shape[-1] if colour else 0
+    spatial = shape[:-1] if colour else shape
+    if len(spatial) < 2 or 0 in shape:
+        raise ImageError(f"It is not an image: its shape is {shape}; segmentation needs at least a 2D image.")
+    lead, plane = spatial[:-2], (spatial[-2], spatial[-1])
+    if lead and min(plane) < MIN_PLANE_SIDE:
+        raise ImageError(f"Its shape {shape} would make {int(np.prod(lead))} planes of {plane[0]}x{plane[1]} pixels: "
+                         "it looks like an image with its channels last, read as slices. Segment each channel as an "
+                         "image of its own (for a file, save it so), or open or save an RGB image as RGB.")
+    return ImageLayout(shape, lead, plane, channels)
+
+
+def alpha_is_transparency(rgba) -> bool:
+    """Whether the last channel of ``rgba`` (one plane, (H, W, 4) or (H, W, 2)) is a real alpha channel that is
+    not constant: nearly all of it (90%) fully transparent or fully opaque (the type's largest value; 1.0 for
+    floats), with an opaque part of at least a tenth, as a cut-out or a photo with a transparent corner has. Such
+    an image is segmented by its colours, its alpha left out (the widget and batch segmentation alike). A varying
+    last channel of any other kind holds data (a 4-channel microscopy image), which :func:`as_2d_image` refuses
+    with its message; a constant one it drops."""
+    rgba = np.asarray(rgba)
+    if rgba.ndim != 3 or rgba.shape[-1] not in (2, 4):
+        return False
+    alpha = rgba[..., -1]
+    if not alpha.size or alpha.min() == alpha.max():
+        return False
+    opaque = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
+    solid = (alpha == opaque).mean()
+    return bool(alpha.min() >= 0 and solid >= 0.1 and solid + (alpha == 0).mean() >= 0.9)
 
 
 def as_2d_image(image) -> np.ndarray:

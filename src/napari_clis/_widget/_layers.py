@@ -1,0 +1,289 @@
+"""The dock's layers: made, found, kept, moved with their image, stacked, written."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from .._napari_compat import clear_undo_history
+from ._common import (
+    BACKGROUND_CLICK_COLOUR,
+    CLICKS,
+    GEOMETRY,
+    INSTANCES,
+    LAYER_TAG,
+    MAPS,
+    SEGMENTATION,
+    SUGGESTIONS,
+    SUPERPIXELS,
+    UNCERTAINTY,
+    copy_geometry,
+    digest,
+    same_source,
+    source_id,
+    spatial_shape,
+)
+
+
+def is_input(layer) -> bool:
+    """An image layer the user opened (not one of the dock's outputs, such as the uncertainty map)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and LAYER_TAG not in layer.metadata
+
+
+class Layers:
+    """The layers of one dock: ``segmentation``, ``uncertainty``, ``superpixels``, ``instances``, ``clicks`` and
+    ``suggestions`` (tagged in their metadata), and the hidden copies kept of earlier images."""
+
+    def __init__(self, dock):
+        self.dock = dock
+        self.geometry_hooked = weakref.WeakSet()
+
+    @property
+    def viewer(self):
+        return self.dock.viewer
+
+    def find(self, role: str):
+        for lyr in self.viewer.layers:
+            if lyr.metadata.get(LAYER_TAG) == role:
+                return lyr
+        return None
+
+    def image_choices(self, _widget=None) -> list:
+        """The viewer's image layers, without this dock's own outputs (the uncertainty map)."""
+        return [(lyr.name, lyr) for lyr in self.viewer.layers if is_input(lyr)]
+
+    # -- kept copies of earlier images ------------------------------------------------------------------------------
+    def keep_corrected_result(self, image_layer) -> None:
+        """Before the layers move on to another image: a segmentation the user corrected (clicks, painted edits)
+        is kept as its own layers, ``segmentation [name]`` and ``clicks [name]`` (hidden), so nothing is lost."""
+        from napari.utils.notifications import show_info
+
+        seg, clicks = self.find(SEGMENTATION), self.find(CLICKS)
+        if seg is None or seg.metadata.get("source") is None or same_source(seg, image_layer):
+            return
+        ledger = self.dock.state.ledger
+        has_clicks = clicks is not None and len(clicks.data) > 0
+        source = seg.metadata.get("source_id")
+        if not (has_clicks or ledger.has_painting(source)):
+            return
+        name = seg.metadata["source"]
+        earlier = self.kept_segmentation(source)
+        if earlier is not None:  # the image was corrected, left and come back to before: one copy, brought up
+            # to date with the slices segmented since (a stack keeps the others), and only when nobody edited it
+            data = np.array(earlier.data, copy=True)
+            for idx in ledger.segmented_slices(source):
+                if idx:
+                    data[idx] = seg.data[idx]
+                else:
+                    data = np.array(seg.data, copy=True)
+            earlier.data = data
+            earlier.metadata["class_names"] = seg.metadata.get("class_names")
+            earlier.metadata["clis_digest"] = digest(data)
+            kept = [earlier]
+        else:
+            data = np.array(seg.data, copy=True)
+            kept = [self.viewer.add_labels(data, name=f"{SEGMENTATION} [{name}]", visible=False,
+                                           metadata={"source": name, "source_id": source,
+                                                     "class_names": seg.metadata.get("class_names"),
+                                                     "clis_digest": digest(data)})]
+        copy_geometry(kept[0], seg)
+        if has_clicks:
+            kept.append(self.viewer.add_points(np.array(clicks.data, copy=True), name=f"{CLICKS} [{name}]",
+                                               ndim=clicks.ndim, features=clicks.features.copy(),
+                                               face_color=np.array(clicks.face_color, copy=True), size=clicks.size,
+                                               visible=False, metadata={"source": name, "source_id": source}))
+            copy_geometry(kept[1], clicks)
+        show_info(f"Your corrected segmentation of '{name}' is kept as layer '{kept[0].name}'"
+                  + (f", its clicks as '{kept[1].name}'" if len(kept) > 1 else "") + ".")
+
+    def kept_segmentation(self, source: str):
+        """The hidden ``segmentation [name]`` copy kept for an image (by its source id) as the dock last wrote
+        it, if there is one: a copy the user edited since (painted on it, to polish and save it) is theirs."""
+        from napari.layers import Labels
+
+        for lyr in self.viewer.layers:
+            if isinstance(lyr, Labels) and lyr.metadata.get(LAYER_TAG) is None and \
+                    lyr.metadata.get("source_id") == source and lyr.name.startswith(f"{SEGMENTATION} [") and \
+                    lyr.metadata.get("clis_digest") == digest(lyr.data):
+                return lyr
+        return None
+
+    def kept_clicks(self, image_layer, ndim: int):
+        """The clicks kept for ``image_layer`` when the layers moved on to another image (``clicks [name]``)."""
+        from napari.layers import Points
+
+        for lyr in reversed(list(self.viewer.layers)):  # the latest kept copy first
+            if isinstance(lyr, Points) and lyr.metadata.get(LAYER_TAG) is None and lyr.ndim == ndim and \
+                    "class" in lyr.features and same_source(lyr, image_layer) and lyr.name.startswith(CLICKS):
+                return lyr
+        return None
+
+    # -- the output layers ----------------------------------------------------------------------------------------
+    def prepare(self, image_layer) -> None:
+        """Create the output layers, or reset them when they were made for a differently shaped image."""
+        self.keep_corrected_result(image_layer)
+        shape = spatial_shape(image_layer)
+        session = self.dock.state.session
+        specs = {
+            SEGMENTATION: (np.int32, "add_labels", {}),
+            UNCERTAINTY: (np.float32, "add_image", dict(colormap="inferno", blending="additive", opacity=0.7)),
+            SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
+            INSTANCES: (np.uint32, "add_labels", {}),
+        }
+        for role, (dtype, adder, kwargs) in specs.items():
+            lyr = self.find(role)
+            if lyr is not None and (lyr.data.shape != shape or not same_source(lyr, image_layer)):
+                lyr.data = np.zeros(shape, dtype)
+                if role == SEGMENTATION:  # it shows none of what was written: edits are found against zeros now
+                    self.dock.state.ledger.forget_written()
+            elif lyr is None:  # tagged as it is added: the Image list never offers the dock's own layers
+                lyr = getattr(self.viewer, adder)(np.zeros(shape, dtype), name=role, metadata={LAYER_TAG: role},
+                                                  **kwargs)
+                if role == SEGMENTATION:  # a new layer shows zeros
+                    self.dock.state.ledger.forget_written()
+            lyr.metadata[LAYER_TAG] = role
+            lyr.metadata["source"] = image_layer.name
+            lyr.metadata["source_id"] = source_id(image_layer)
+            copy_geometry(lyr, image_layer)
+            if role in (SUPERPIXELS, INSTANCES):  # outlines: the segmentation shows through
+                lyr.contour = 1
+            if role == UNCERTAINTY:  # the map's full range: 0 to 1 - 1/K
+                lyr.contrast_limits = (0.0, 1.0 - 1.0 / session.n_classes)
+        seg = self.find(SEGMENTATION)
+        seg.metadata["class_names"] = session.class_names
+        self.viewer.layers.selection.active = seg
+        self.follow_geometry(image_layer)
+
+    def follow_geometry(self, image_layer) -> None:
+        """When the image moves (its scale, translate, rotation, shear, affine or units change), the dock's
+        layers of that image move with it."""
+        if image_layer in self.geometry_hooked:
+            return
+
+        def moved(_event=None, ref=weakref.ref(image_layer)):  # noqa: B008 - binds a weak reference, once, on purpose
+            image = ref()
+            if image is None:
+                return
+            for role in MAPS + (CLICKS, SUGGESTIONS):
+                lyr = self.find(role)
+                if lyr is not None and same_source(lyr, image):
+                    copy_geometry(lyr, image)
+
+        for name in GEOMETRY:
+            emitter = getattr(image_layer.events, name, None)
+            if emitter is not None:
+                self.dock.connect(emitter, moved)
+        self.geometry_hooked.add(image_layer)
+
+    def raise_above(self, image_layer) -> None:
+        """Keep the dock's layers above the image they belong to (an image opened later goes on top)."""
+        if not self.dock.alive:
+            return
+        layers = self.viewer.layers
+        ours = [lyr for role in MAPS + (SUGGESTIONS, CLICKS) if (lyr := self.find(role)) is not None]
+        lowest = min((layers.index(lyr) for lyr in ours), default=None)
+        if image_layer in layers and lowest is not None and lowest < layers.index(image_layer):
+            layers.move(layers.index(image_layer), lowest)  # one move: the image goes under them
+        clicks, sugg = self.find(CLICKS), self.find(SUGGESTIONS)
+        below = [lyr for role in MAPS if (lyr := self.find(role))]
+        top = max((layers.index(lyr) for lyr in below), default=-1)  # a layer made again (deleted, then Segment)
+        for points in (sugg, clicks):  # the rings, then the clicks over them, over the maps
+            if points is not None and (layers.index(points) < top or (points is clicks and sugg is not None and
+                                                                        layers.index(clicks) < layers.index(sugg))):
+                layers.move(layers.index(points), len(layers))
+
+    def write_plane(self, image_layer, idx, result, painted=None, late: bool = False) -> np.ndarray:
+        """Write one slice's results; the segmentation with the slice's painted edits over it (returned).
+        ``late``: slices of this run were written before (a layer deleted meanwhile is said to lack them)."""
+        labels = result.labels
+        if painted is not None and (painted >= 0).any():
+            labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
+        session = self.dock.state.session
+        for role, values in ((SEGMENTATION, labels), (UNCERTAINTY, result.uncertainty),
+                             (SUPERPIXELS, result.superpixels), (INSTANCES, result.instances)):
+            lyr = self.find(role)
+            if lyr is None:  # the user deleted it while we worked: make it again
+                if idx and late:
+                    from napari.utils.notifications import show_warning
+
+                    show_warning(f"'{role}' was deleted during the run: the slices segmented before are empty in "
+                                 "the new layer. Segment them again (All slices).")
+                self.prepare(image_layer)
+                lyr = self.find(role)
+            if idx:
+                lyr.data[idx] = values
+                lyr.refresh()
+            else:  # a copy: the layer is painted on, and must not write into the session's arrays
+                lyr.data = np.array(values, copy=True)
+            if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
+                clear_undo_history(lyr)
+            if role == UNCERTAINTY:  # no samples: an all-zero map says nothing
+                lyr.visible = bool(session is None or session.n_samples > 0)
+        return np.array(labels, copy=True)
+
+    # -- clicks and suggestions ---------------------------------------------------------------------------------
+    def class_colour(self, label: int):
+        if label == 0:
+            return BACKGROUND_CLICK_COLOUR
+        seg = self.find(SEGMENTATION)
+        return tuple(seg.get_color(label)) if seg is not None else "cyan"
+
+    def recolour_clicks(self, clicks) -> None:
+        if len(clicks.data):
+            clicks.face_color = [self.class_colour(int(c)) for c in clicks.features["class"]]
+
+    def prepare_clicks(self, image_layer, click_class: int):
+        """Create (or adopt) the 'clicks' Points layer for the image; returns it."""
+        session = self.dock.state.session
+        ndim = len(spatial_shape(image_layer))
+        clicks = self.find(CLICKS)
+        if clicks is not None and (clicks.ndim != ndim or not same_source(clicks, image_layer)):
+            self.viewer.layers.remove(clicks)
+            clicks = None
+        if clicks is None:
+            size = max(4.0, 0.6 * session.superpixel_size)
+            kept = self.kept_clicks(image_layer, ndim)
+            data, classes = (np.zeros((0, ndim)), np.zeros(0, int)) if kept is None else \
+                (np.array(kept.data, copy=True), np.asarray(kept.features["class"], int).copy())
+            clicks = self.viewer.add_points(data, name=CLICKS, ndim=ndim, size=size, features={"class": classes},
+                                            border_color="white", border_width=0.15)
+            clicks.metadata[LAYER_TAG] = CLICKS
+            if kept is not None:  # the image is back: its clicks are the clicks again, as its painted edits are
+                from napari.utils.notifications import show_info
+
+                show_info(f"The {len(data)} click(s) kept in '{kept.name}' are back in '{CLICKS}' for "
+                          f"'{image_layer.name}'.")
+                self.viewer.layers.remove(kept)
+        clicks.metadata["source"] = image_layer.name
+        clicks.metadata["source_id"] = source_id(image_layer)
+        copy_geometry(clicks, image_layer)
+        clicks.feature_defaults = {"class": click_class}
+        clicks.current_face_color = self.class_colour(click_class)
+        self.recolour_clicks(clicks)
+        return clicks
+
+    def show_suggestions(self, points, image_layer, size: float) -> None:
+        """The ``suggestions`` rings at ``points`` (in the image's data coordinates; none: an empty layer)."""
+        sugg = self.find(SUGGESTIONS)
+        if points is None:
+            if sugg is not None:
+                sugg.data = np.zeros((0, sugg.ndim))
+            return
+        if sugg is None or sugg.ndim != points.shape[1]:
+            if sugg is not None:
+                self.viewer.layers.remove(sugg)
+            sugg = self.viewer.add_points(points, name=SUGGESTIONS, ndim=points.shape[1], size=size, symbol="ring",
+                                          face_color="yellow", border_width=0, opacity=0.9)
+            sugg.metadata[LAYER_TAG] = SUGGESTIONS
+            sugg.editable = False
+            clicks = self.find(CLICKS)
+            if clicks is not None:  # keep the clicks layer on top and selected
+                self.viewer.layers.selection.active = clicks
+        else:
+            sugg.data = points
+        copy_geometry(sugg, image_layer)
+        sugg.metadata["source"] = image_layer.name
+        sugg.metadata["source_id"] = source_id(image_layer)

@@ -1,0 +1,128 @@
+"""One worker runner for the dock: segment and learn in one lane (one busy state), click propagation in another.
+
+Every worker gets the state's generation when it starts; what it hands back is passed on only while that
+generation is still the state's and the dock is alive, so a late result never writes into another image, a
+layer deleted meanwhile, or a closed dock. Progress comes by ``yield`` (a generator worker's items) and, within a
+step (tiles, learning steps), by a value the worker sets and the bar reads on a timer.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Runner:
+    """Runs the dock's heavy steps in napari's worker threads (``napari.qt.threading``)."""
+
+    def __init__(self, dock):
+        self.dock = dock
+        self.worker = None  # the segment or learn worker
+        self.kind = None  # "segment" or "learn"
+        self.side = None  # the propagation worker
+        self.side_pending = False  # clicks changed while it ran: propagate again when it ends
+        self.cancel_requested = False
+        self.step = (0, 0)  # (done, total) within the running step, set from the worker thread
+        self.threads: dict[str, str] = {}  # what ran in which thread, by step (read by tests)
+        self._timer = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def note_thread(self, what: str) -> None:
+        """Record the thread a step runs in (called in the step)."""
+        self.threads[what] = threading.current_thread().name
+
+    def start(self, kind: str, function, *, on_item=None, on_return=None, on_error=None, on_done=None,
+              poll=None, guarded: bool = True) -> None:
+        """Run ``function`` (a generator function for ``on_item``) in a worker; ``poll()`` every 200 ms.
+
+        ``guarded`` (a segmentation): a new generation, and its items and errors reach the dock only while it is
+        current. Unguarded (learning): the results always arrive (a learned task is kept, even once the dock is
+        closed), and the callbacks see to the rest."""
+        from napari.qt.threading import thread_worker
+
+        state = self.dock.state
+        generation = state.next_generation() if guarded else None
+
+        def current(callback):
+            def call(*args):
+                if callback is not None and (generation is None or (self.dock.alive and
+                                                                     state.is_current(generation))):
+                    callback(*args)
+            return call
+
+        worker = thread_worker(function, ignore_errors=True)()
+        if on_item is not None:
+            worker.yielded.connect(current(on_item))
+        if on_return is not None:
+            worker.returned.connect(current(on_return))
+        worker.errored.connect(current(on_error))
+        worker.finished.connect(lambda: self._finished(worker, on_done))
+        self.worker, self.kind, self.cancel_requested, self.step = worker, kind, False, (0, 0)
+        state.busy = kind
+        if poll is not None:
+            from qtpy.QtCore import QTimer
+
+            self._timer = QTimer()
+            self._timer.timeout.connect(poll)
+            self._timer.start(200)
+        worker.start()
+
+    def _finished(self, worker, on_done) -> None:
+        if worker is not self.worker:
+            return
+        self.stop_timer()
+        self.worker, kind = None, self.kind
+        self.kind = None
+        if self.dock.state.busy == kind:
+            self.dock.state.busy = None
+        if on_done is not None:
+            on_done()
+        self.cancel_requested = False
+
+    def stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
+
+    def cancel(self) -> bool:
+        """Ask the running worker to stop: a segmentation at its next tile or slice (a single image's result that
+        is already done still arrives), learning at its next step. False when nothing runs."""
+        if self.worker is None:
+            return False
+        self.cancel_requested = True
+        if self.kind != "learn":  # learning stops at its next step through its progress callback; quitting
+            self.worker.quit()  # its worker would also drop the result of a learn that had just finished
+        return True
+
+    def abandon(self) -> None:
+        """What the running workers hand back from now on is dropped (their image is gone, or the dock is)."""
+        self.dock.state.next_generation()
+        if self.worker is not None and self.kind == "segment":
+            self.cancel_requested = True
+            self.worker.quit()
+
+    # -- the propagation lane ------------------------------------------------------------------------------------
+    def start_side(self, function, on_return, on_error, again) -> None:
+        """Propagate clicks in a worker (a large image); ``again()`` when clicks changed meanwhile."""
+        from napari.qt.threading import thread_worker
+
+        state, generation = self.dock.state, self.dock.state.generation
+
+        def returned(out):
+            if self.dock.alive and state.is_current(generation):
+                on_return(out)
+
+        def finished():
+            self.side = None
+            if self.side_pending and self.dock.alive:
+                self.side_pending = False
+                again()
+
+        worker = thread_worker(function, ignore_errors=True)()
+        worker.returned.connect(returned)
+        worker.errored.connect(on_error)
+        worker.finished.connect(finished)
+        self.side = worker
+        worker.start()

@@ -1,0 +1,367 @@
+"""Segment: what the Segment button does, from the chosen image and model to the layers, the model loaded and the
+image segmented in a worker (the GUI thread never imports torch nor loads a model for it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .. import _tooltips as tips
+from ..annotation_state import RunRecord, Target
+from ..preprocessing import alpha_is_transparency
+from ._common import (
+    AUTO_TASK,
+    CLICKS,
+    CUSTOM_MODEL,
+    DISPLAYED_RANGE,
+    SEGMENTATION,
+    familiarity_text,
+    layout,
+    notify_error,
+    object_count_text,
+    pixels,
+    plane_indices,
+    same_source,
+    source_id,
+    spatial_shape,
+    task_choice_text,
+)
+
+
+class Cancelled(Exception):
+    """Raised in a segmentation worker at the next tile once Cancel was pressed."""
+
+
+class NotStarted(Exception):
+    """The model could not be loaded or set up in the worker: nothing was segmented."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the worker needs to have a session: the one in use (``session``) or what to load (``load``)."""
+
+    key: tuple
+    device: str
+    session: object = None
+    load: tuple | None = None  # ("pretrained", name) or ("checkpoint", path)
+    old_tasks: int = 0
+    held: object = None  # the file that holds the tasks of the session replaced
+
+
+def load_session(plan: Plan):
+    """Load the planned model (in the worker: this imports torch)."""
+    from ..session import ClisSession
+
+    kind, what = plan.load
+    if kind == "pretrained":
+        return ClisSession.from_pretrained(what, device=plan.device)
+    return ClisSession.from_checkpoint(what, device=plan.device)
+
+
+def check_layer(layer):
+    from napari.layers import Image
+
+    if layer is None:
+        raise ValueError("there is no image layer. Open an image first (File > Open, or a sample).")
+    if not isinstance(layer, Image):
+        raise ValueError(f"'{layer.name}' is a {type(layer).__name__} layer, not an image. Choose an image layer.")
+    return layer
+
+
+class Segmenter:
+    """The Segment button's work, over the dock's state."""
+
+    def __init__(self, dock):
+        self.dock = dock
+        self.hinted: set = set()  # layers told that their first axis may hold channels
+
+    # -- on the GUI thread: checks, then the worker ------------------------------------------------------------
+    def run(self, image_layer=None) -> None:
+        d = self.dock
+        c = d.controls
+        layer = image_layer if image_layer is not None else c.image.value
+        try:
+            layer = check_layer(layer)
+            planes = plane_indices(layer, d.viewer, bool(c.all_slices.value))
+            if len(planes) > 1:  # the slice on screen last: it is the one the clicks then correct
+                try:
+                    shown = plane_indices(layer, d.viewer, False)[0]
+                except ValueError:  # a 3D view: no slice on screen
+                    shown = None
+                planes = [p for p in planes if p != shown] + ([shown] if shown in planes else [])
+            plan = self.plan_session()
+            ranged = self.intensity_range(layer)
+            diameter = float(c.object_size.value) or None  # 0: the image as it is
+            if plan.session is not None:  # refused here, by name, before any work (else in the worker)
+                plan.session.object_scale(diameter, spatial_shape(layer)[-2:])
+        except Exception as e:  # every failure here is shown to the user; nothing has been changed yet
+            self.not_segmented(e)
+            return
+        from napari.utils.notifications import show_warning
+
+        if layout(layer).channels_first_hint and layer.unique_id not in self.hinted:
+            self.hinted.add(layer.unique_id)  # (C, Y, X) opened as one layer, say: said once per layer
+            shape = spatial_shape(layer)
+            show_warning(f"'{layer.name}' has {shape[0]} planes along its first axis; each is segmented as a slice. "
+                         "If they are channels, right-click the layer and choose Split Stack, then segment the "
+                         "channel that shows the objects.")
+        colours_only = layout(layer).channels == 4 and alpha_is_transparency(
+            np.asarray(pixels(layer)[planes[0]] if planes[0] else pixels(layer)))
+        if colours_only:
+            show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
+                         "channel is left out, so transparent pixels are segmented by the colour they hold.")
+        task = c.task.value  # one the model lacks (another model chosen since) is refused by segment()
+        self.start(layer, planes, plan, None if task == AUTO_TASK else task, colours_only=colours_only,
+                   intensity_range=ranged, object_diameter=diameter)
+
+    def not_segmented(self, error) -> None:
+        notify_error(f"Cannot segment: {error}")
+        self.dock.controls.set_status(f"Not segmented: {error}")
+        self.forget_missing_model()
+
+    def plan_session(self) -> Plan:
+        """The session for the chosen model and device: the one in use, or one to load in the worker. Raises with
+        a user message when another model may not replace the one in use (learned tasks in no file)."""
+        from ..checkpoint import shipped_models
+
+        state, c = self.dock.state, self.dock.controls
+        key = c.chosen_key()
+        model, path = key
+        device = c.device.value
+        if state.session is not None and state.model_key == key:
+            return Plan(key, device, session=state.session)
+        state.check_switch()
+        if model == CUSTOM_MODEL:
+            if not path or path in (".", ""):
+                raise ValueError("Choose a model file first (Model file).")
+            load = ("checkpoint", path)
+        elif model in shipped_models():
+            load = ("pretrained", model)
+        else:  # a saved model, listed by its path
+            if not Path(model).is_file():
+                raise ValueError(f"Model file {model} does not exist.")
+            load = ("checkpoint", model)
+        old = state.session
+        return Plan(key, device, load=load, old_tasks=len(old.tasks) if old is not None else 0,
+                    held=state.tasks_file(old))
+
+    def intensity_range(self, layer) -> tuple[float, float] | None:
+        """The intensity range chosen for ``layer``: None (automatic), or its contrast limits as displayed now."""
+        from ..preprocessing import check_intensity_range
+
+        if self.dock.controls.intensity.value != DISPLAYED_RANGE:
+            return None
+        low, high = (float(v) for v in layer.contrast_limits)
+        if not high > low:
+            raise ValueError(f"the contrast limits of '{layer.name}' have no width ({low:g} to {high:g}): nothing "
+                             "could be told apart. Widen them in the layer controls (contrast limits), or choose "
+                             "Intensity range: automatic.")
+        return check_intensity_range((low, high))
+
+    def raw_corrections(self, layer, planes) -> dict:
+        """``{slice index: (clicks, painted)}`` for each of ``planes`` that has any, copied for a worker: the
+        clicks of ``layer`` (in 'clicks', or kept for it in 'clicks [name]') inside the image, as ``(points (N, 2),
+        classes)``, and the slice's painted map; ``None`` for what a slice lacks. Classes are checked in the
+        worker, once the model is known."""
+        d = self.dock
+        ndim = len(spatial_shape(layer))
+        clicks = d.layers.find(CLICKS)
+        if clicks is None or clicks.ndim != ndim or not same_source(clicks, layer):
+            clicks = d.layers.kept_clicks(layer, ndim)
+        out = {}
+        if clicks is not None and len(clicks.data) and "class" in clicks.features:
+            data = np.asarray(clicks.data, float)
+            classes = clicks.features["class"].to_numpy().astype(int)
+            h, w = spatial_shape(layer)[-2:]
+            lead = np.round(data[:, :-2]).astype(int)
+            y, x = data[:, -2], data[:, -1]
+            inside = (y > -0.5) & (y < h - 0.5) & (x > -0.5) & (x < w - 0.5)
+            for idx in planes:
+                on = inside & (lead == np.asarray(idx, int)).all(1)
+                if on.any():
+                    out[tuple(idx)] = ((data[on, -2:], classes[on]), None)
+        source = source_id(layer)
+        for idx in planes:
+            painted = d.state.ledger.painted.get((source, tuple(idx)))
+            if painted is not None and (painted >= 0).any():
+                out[tuple(idx)] = (out.get(tuple(idx), (None, None))[0], painted.copy())
+        return out
+
+    def start(self, layer, planes, plan: Plan, task: int | None = None, colours_only: bool = False,
+              intensity_range=None, object_diameter: float | None = None) -> None:
+        d = self.dock
+        runner, c = d.runner, d.controls
+        data = pixels(layer)
+        if colours_only:  # RGBA with transparency: the colours (segment() refuses an alpha that is not constant)
+            data = data[..., :3]
+        n = len(planes)
+        # each slice of a run over several gets its own clicks and painted edits, as when it is segmented alone
+        raw = self.raw_corrections(layer, planes) if n > 1 else {}
+        samples, plane_shape = int(c.samples.value), spatial_shape(layer)[-2:]
+
+        def tiles(done, total):  # in the worker, after each tile of a large image: Cancel stops at the next one
+            if runner.cancel_requested:
+                raise Cancelled()
+            runner.step = (done, total)
+
+        def work():
+            try:
+                session = plan.session
+                if session is None:
+                    runner.note_thread("load")
+                    session = load_session(plan)
+                    yield ("session", session)
+                from ..session import resolve_device
+
+                if session.device != resolve_device(plan.device):  # the same session, its tasks, image and clicks
+                    session.to(plan.device)
+                session.n_samples = samples
+                session.object_scale(object_diameter, plane_shape)
+            except Exception as e:
+                raise NotStarted(str(e)) from e
+            for i, idx in enumerate(planes):
+                runner.note_thread("segment")
+                runner.step = (0, 0)
+                result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles,
+                                         intensity_range=intensity_range, object_diameter=object_diameter)
+                clicks, painted = raw.get(tuple(idx), (None, None))
+                if clicks is not None:
+                    known = (clicks[1] >= 0) & (clicks[1] < session.n_classes)
+                    if known.any():
+                        session.interaction.set_clicks(clicks[0][known], clicks[1][known].tolist())
+                if painted is not None and painted.shape == result.labels.shape and \
+                        int(painted.max()) < session.n_classes:
+                    session.interaction.set_painted(painted)
+                # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
+                yield ("plane", i, idx, dataclasses.replace(result, labels=session.labels.copy(),
+                                                            instances=session.instances.copy()))
+
+        runner.start("segment", work, on_item=lambda item: self.on_item(layer, n, plan, item),
+                     on_error=self.on_error, on_done=self.on_finished, poll=self.show_tiles if n == 1 else None)
+        d.state.run = RunRecord(layer, n, d.state.generation)
+        c.show_busy(n if n > 1 else 0)  # 0 = busy indicator for a single plane, until it has tiles
+        model = plan.session.model_name if plan.session is not None else Path(plan.key[0]).stem
+        where = plan.session.device if plan.session is not None else plan.device
+        c.set_status(f"Segmenting '{layer.name}' with {model} on {where}…")
+
+    def show_tiles(self) -> None:
+        done, total = self.dock.runner.step
+        if total > 1 and not self.dock.destroyed:
+            self.dock.controls.progress.max = total + 1
+            self.dock.controls.progress.value = done
+
+    # -- results, on the GUI thread ------------------------------------------------------------------------------
+    def on_item(self, layer, n, plan: Plan, item) -> None:
+        if item[0] == "session":
+            self.took_session(item[1], plan)
+        else:
+            self.on_plane(layer, n, *item[1:])
+
+    def took_session(self, session, plan: Plan) -> None:
+        from napari.utils.notifications import show_info
+
+        self.dock.state.use_session(session, plan.key)
+        if plan.old_tasks and plan.held is not None:
+            show_info(f"Switched to {session.model_name}. The {plan.old_tasks} task(s) learned before are saved "
+                      f"in {plan.held}; choose it in Model to go on with them.")
+
+    def on_plane(self, layer, n, i, idx, result) -> None:
+        d = self.dock
+        state, c = d.state, d.controls
+        ledger, session, run = state.ledger, state.session, state.run
+        key = (source_id(layer), tuple(idx))
+        seg = d.layers.find(SEGMENTATION)
+        if seg is not None and seg.metadata.get("source_id") == key[0] and key in ledger.written:
+            d.corrections.absorb(key, idx)  # edits not taken yet (made while no dock watched: it was reopened)
+        if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
+            d.layers.prepare(layer)
+        # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
+        painted = ledger.painted.get(key)
+        painted = painted if painted is not None and painted.shape == result.labels.shape else None
+        written = d.layers.write_plane(layer, idx, result, painted, late=bool(run is not None and run.done))
+        ledger.wrote(key, written, session.n_classes)
+        state.target = Target(layer, tuple(idx))
+        state.written_base = result.labels.copy()
+        ledger.new_segmentation()
+        if run is not None:
+            run.done, run.last = i + 1, result
+        if i == n - 1:
+            self.finish_run(layer)
+        c.progress.max = n if n > 1 else 1
+        c.progress.value = i + 1
+        if session.n_samples == 0:
+            note = " MC samples is 0: no uncertainty map and no suggestions."
+        else:
+            note = " Bright areas of 'uncertainty' need checking."
+        where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
+        late = "Segmenting had finished when Cancel was pressed. " if n == 1 and d.runner.cancel_requested else ""
+        found = f": {object_count_text(session, result.instances)}."
+        c.set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
+                      f"{late}Segmented {where}'{layer.name}'{found}{note}")
+                     + (task_choice_text(session) if n == 1 else "")  # a stack: tasks per slice
+                     + familiarity_text(result.familiarity))
+        fam = result.familiarity
+        c.status.tooltip = (fam.message + "\n\n" if fam is not None else "") + tips.UNCERTAINTY_LAYER
+
+    def finish_run(self, layer) -> None:
+        """The slice segmented last is the one to correct: click layers, the clicks and edits, the task panel."""
+        d = self.dock
+        d.corrections.prepare_click_layers(layer)
+        d.corrections.shown_notes = []  # a new run: its notes are news
+        d.corrections.propagate()
+        d.learn_panel.show_tasks()
+        from qtpy.QtCore import QTimer
+
+        # after this callback returns: moving layers inside it crashed Mesa's OpenGL under Xvfb
+        QTimer.singleShot(0, lambda: d.layers.raise_above(layer))
+
+    def on_error(self, error: Exception) -> None:
+        if isinstance(error, Cancelled):  # Cancel between two tiles: on_finished says so
+            return
+        if isinstance(error, NotStarted):
+            self.not_segmented(error)
+            return
+        notify_error(f"Segmentation failed: {error}")
+        self.dock.controls.set_status(f"Failed: {error}")
+
+    def on_finished(self) -> None:
+        d = self.dock
+        state, c = d.state, d.controls
+        run, state.run = state.run, None
+        if d.destroyed:
+            return
+        c.progress.visible = False
+        if not d.alive:
+            return
+        c.show_idle()
+        if run is None or not state.is_current(run.generation) or run.done >= run.n:
+            return
+        cancelled = d.runner.cancel_requested  # cancelled, or failed on a later slice
+        session, last = state.session, run.last  # a copy of the session's result: it shares the maps
+        if run.done and session is not None and session.result is not None and last is not None and \
+                session.result.probabilities is last.probabilities:
+            self.finish_run(run.layer)
+        elif run.done:  # the session went on to a slice that was not shown: segment again to correct
+            state.target = None
+        if cancelled and run.n == 1:
+            c.set_status(f"Cancelled: '{run.layer.name}' was not segmented; the layers are as they were.")
+        elif cancelled:
+            c.set_status(f"Cancelled: {run.done} of {run.n} slice(s) of '{run.layer.name}' segmented."
+                         + (" Press Segment to correct one." if state.target is None else ""))
+
+    def forget_missing_model(self) -> None:
+        """A saved model chosen in the list whose file was deleted since the list was made: it leaves the list, and
+        the list shows the model in use again."""
+        from ..checkpoint import shipped_models
+
+        d = self.dock
+        value = d.controls.model.value
+        if value == CUSTOM_MODEL or value in shipped_models() or Path(value).is_file():
+            return
+        d.reset_models()
+        key = d.state.model_key
+        if key is not None and key[0] in [v for _, v in d.model_list()]:
+            d.controls.choose_model(key)
+            d.learn_panel.show_tasks()

@@ -1,0 +1,75 @@
+"""Every private napari or magicgui name the plugin relies on still exists and works (napari_clis._napari_compat),
+and no other module of the package reaches one."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_clis
+from napari_clis import _napari_compat as compat
+
+PACKAGE = Path(napari_clis.__file__).parent
+
+
+def test_every_private_name_listed_is_still_there():
+    import importlib
+
+    for owner, name in compat.PRIVATE_NAMES:
+        if owner.endswith("._widget"):  # an attribute of a Container instance: checked on one below
+            continue
+        module, _, cls = owner.rpartition(".")
+        assert hasattr(getattr(importlib.import_module(module), cls), name), f"{owner}.{name} is gone"
+
+
+def test_unwrap_gives_the_viewer_behind_naparis_proxy(make_napari_viewer):
+    from napari.utils._proxies import PublicOnlyProxy  # the proxy itself, to check what unwrap undoes
+
+    viewer = make_napari_viewer()
+    proxy = PublicOnlyProxy(viewer)
+    assert compat.unwrap(proxy) is viewer and compat.unwrap(viewer) is viewer
+    with pytest.warns(FutureWarning, match="Private attribute access"):  # what the proxy still says, and pytest
+        proxy.window._qt_window  # noqa: B018 (an error in this suite: pyproject's filterwarnings)
+
+
+def test_undo_history_cleared_and_undo_redo_replaced_and_restored(make_napari_viewer):
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.zeros((8, 8), np.int32))
+    labels.paint((2, 2), 1)
+    calls = []
+    compat.hook_undo_redo(labels, lambda layer, name: (calls.append(name), compat.native_undo_redo(layer, name)),
+                          owner="me")
+    assert compat.is_hooked(labels, "me") and not compat.is_hooked(labels, "another")
+    labels.undo()
+    assert calls == ["undo"] and not labels.data.any()  # napari's own undo ran
+    labels.redo()
+    assert calls == ["undo", "redo"] and labels.data.any()
+    compat.unhook_undo_redo(labels, "another")  # not theirs: stays
+    assert compat.is_hooked(labels, "me")
+    compat.unhook_undo_redo(labels, "me")
+    labels.undo()
+    assert calls == ["undo", "redo"] and not labels.data.any()
+    labels.paint((3, 3), 1)
+    compat.clear_undo_history(labels)
+    labels.undo()  # nothing left to undo
+    assert labels.data[3, 3] == 1
+
+
+def test_the_container_layout_is_reached(make_napari_viewer):
+    from magicgui.widgets import Container, Label
+
+    box = Container(widgets=[Label(value="a"), Label(value="b")], scrollable=True)
+    layout = compat.container_layout(box)
+    assert layout.count() == 2 and layout.itemAt(0).widget() is not None
+
+
+def test_no_other_module_touches_a_private_napari_or_magicgui_name():
+    private = re.compile(r"__wrapped__|\._reset_history|_mgui_|\._qt_window|\._qt_viewer|\._undo_history|"
+                         r"napari\.utils\._|napari\._|\._widget\._")
+    # layers' own attributes (an instance's __dict__) are napari's business too, in the Qt layer
+    layer_dict = re.compile(r"\.__dict__|vars\((?!self\))")
+    offenders = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if p.name != "_napari_compat.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if private.search(line) or (p.parent.name == "_widget" and layer_dict.search(line))]
+    assert offenders == []
