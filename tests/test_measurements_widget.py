@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+from napari_clis._napari_compat import camera
 from napari_clis.instances import measure_objects, measurements_csv
 
 SCALE, TRANSLATE = (0.5, 0.5), (10.0, 20.0)
@@ -79,9 +80,23 @@ def test_sorting_by_area_is_numeric_and_a_row_centres_the_view_on_its_object(doc
     layer = viewer.layers["instances"]
     assert layer.selected_label == label and layer.show_selected_label
     centre = np.array([m["centroid_y"][i], m["centroid_x"][i]]) * SCALE + TRANSLATE  # in world coordinates
-    np.testing.assert_allclose(viewer.camera.center[-2:], centre, atol=1e-6)
+    np.testing.assert_allclose(camera(viewer).center[-2:], centre, atol=1e-6)
     ys, xs = np.nonzero(layer.data == label)  # it is the object: its pixels lie around the centre
     np.testing.assert_allclose(centre, [ys.mean() * SCALE[0] + TRANSLATE[0], xs.mean() * SCALE[1] + TRANSLATE[1]])
+
+
+def test_the_row_chosen_stays_chosen_when_the_table_refreshes(dock, qtbot):
+    viewer, widget = dock
+    widget.show_selected.setChecked(True)
+    widget.table.selectRow(2)
+    label = viewer.layers["instances"].selected_label
+    qtbot.wait(600)  # napari announces a redraw when the chosen object is shown: whatever it refreshes keeps the row
+    widget.refresh()
+    _wait(qtbot, widget)
+    rows = widget.table.selectionModel().selectedRows()
+    assert len(rows) == 1
+    m = widget.measurements
+    assert int(m["label"][int(widget.model.order[rows[0].row()])]) == label
 
 
 def test_the_csv_saved_is_batchs_csv_of_the_core_measurements(dock, segmented, tmp_path, monkeypatch):

@@ -23,20 +23,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._napari_compat import camera
+from ._widget._common import INSTANCES, LAYER_TAG, UNCERTAINTY, pixels, source_id, spatial_shape
+
 __all__ = ["MeasurementsWidget"]
 
-TAG = "napari_clis"  # layer.metadata[TAG]: the role of a layer Segment (CLIS) owns
-INSTANCES, UNCERTAINTY = "instances", "uncertainty"
 NONE_YET = "No objects yet: segment an image with Segment (CLIS), then its objects are listed here."
-
-
-def _spatial_shape(layer) -> tuple[int, ...]:
-    shape = _level(layer).shape
-    return tuple(shape[:-1] if getattr(layer, "rgb", False) else shape)
-
-
-def _level(layer):
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def _shown(value, integer: bool):
@@ -138,23 +130,27 @@ class MeasurementsWidget(QWidget):
         """The ``instances`` layer Segment (CLIS) made (the selected one, if several), or None."""
         from napari.layers import Labels
 
-        ours = [lyr for lyr in self._viewer.layers if isinstance(lyr, Labels) and lyr.metadata.get(TAG) == INSTANCES]
+        ours = [lyr for lyr in self._viewer.layers
+                if isinstance(lyr, Labels) and lyr.metadata.get(LAYER_TAG) == INSTANCES]
         active = self._viewer.layers.selection.active
         return active if active in ours else (ours[0] if ours else None)
 
     def _source_layers(self, inst):
-        """The image ``inst`` was made from and its uncertainty map (or None): by the ``source_id`` Segment (CLIS)
-        writes ("<image layer's unique id>:<shape>"), else by its name (``source``); of the objects' shape."""
+        """The image ``inst`` was made from and its uncertainty map (or None): the image whose
+        :func:`~napari_clis._widget._common.source_id` is the one Segment (CLIS) wrote in ``metadata["source_id"]``,
+        else (a layer saved and opened again: a new layer id) the image of that name (``source``); of the objects'
+        shape."""
         from napari.layers import Image
 
-        source_id, name = inst.metadata.get("source_id"), inst.metadata.get("source")
+        wanted, name = inst.metadata.get("source_id"), inst.metadata.get("source")
         shape = tuple(inst.data.shape)
-        images = [lyr for lyr in self._viewer.layers if isinstance(lyr, Image) and lyr.metadata.get(TAG) is None
-                  and _spatial_shape(lyr) == shape]
-        image = next((lyr for lyr in images if source_id and str(source_id).startswith(f"{lyr.unique_id}:")),
+        images = [lyr for lyr in self._viewer.layers if isinstance(lyr, Image) and lyr.metadata.get(LAYER_TAG) is None
+                  and spatial_shape(lyr) == shape]
+        image = next((lyr for lyr in images if wanted and source_id(lyr) == wanted),
                      next((lyr for lyr in images if lyr.name == name), None))
-        maps = [lyr for lyr in self._viewer.layers if isinstance(lyr, Image) and lyr.metadata.get(TAG) == UNCERTAINTY
-                and lyr.metadata.get("source_id") == source_id and _spatial_shape(lyr) == shape]
+        maps = [lyr for lyr in self._viewer.layers if isinstance(lyr, Image)
+                and lyr.metadata.get(LAYER_TAG) == UNCERTAINTY and lyr.metadata.get("source_id") == wanted
+                and spatial_shape(lyr) == shape]
         return image, (maps[0] if maps else None)
 
     def _plane(self, layer) -> tuple[int, ...]:
@@ -192,7 +188,7 @@ class MeasurementsWidget(QWidget):
         plane = self._plane(inst)
         # the objects copied here (a paint stroke during the measuring does not change what is measured); the
         # image and map read in the worker (a lazy array's pixels load there)
-        args = [np.array(inst.data[plane])] + [None if lyr is None else _level(lyr)[plane] for lyr in (image, unc)]
+        args = [np.array(inst.data[plane])] + [None if lyr is None else pixels(lyr)[plane] for lyr in (image, unc)]
         where = f" (slice {', '.join(map(str, plane))})" if plane else ""
         worker = create_worker(measure_objects, *args, _start_thread=False)
         generation = self._generation
@@ -235,28 +231,47 @@ class MeasurementsWidget(QWidget):
         """Show ``table`` (measure_objects'), or empty the table and say ``where`` (a message)."""
         if generation != self._generation or not self._alive:  # a newer refresh is under way, or the dock is gone
             return
+        chosen = self._chosen_label()
         self.measurements = table
         self._said = "" if table is not None else self._said
         self.model.set(table)
         header = self.table.horizontalHeader()  # the order chosen stays (by id until a header is clicked)
         if 0 <= header.sortIndicatorSection() < self.model.columnCount():
             self.model.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
+        if chosen is not None and table is not None:  # the object chosen stays chosen across a refresh
+            rows = np.flatnonzero(np.asarray(table["label"])[np.asarray(self.model.order, int)] == chosen)
+            if rows.size:
+                selection = self.table.selectionModel()
+                selection.blockSignals(True)
+                try:
+                    self.table.selectRow(int(rows[0]))
+                finally:
+                    selection.blockSignals(False)
         n = self.model.rowCount()
         self.count.setText(where if table is None else f"{n} object{'' if n == 1 else 's'} {where}")
 
     # -- a row chosen --------------------------------------------------------------------------------------------
+    def _chosen_label(self) -> int | None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows or self.measurements is None or self.model.order is None:
+            return None
+        return int(self.measurements["label"][int(self.model.order[rows[0].row()])])
+
     def _row_selected(self, *_) -> None:
         rows = self.table.selectionModel().selectedRows()
         if not rows or self.measurements is None or self._layer is None:
             return
         i = int(self.model.order[rows[0].row()])
         inst, m = self._layer, self.measurements
-        inst.selected_label = int(m["label"][i])
-        inst.show_selected_label = self.show_selected.isChecked()
+        # napari redraws (and says its data was set) on every assignment, even of the same value: only changes
+        if inst.selected_label != int(m["label"][i]):
+            inst.selected_label = int(m["label"][i])
+        if inst.show_selected_label != self.show_selected.isChecked():
+            inst.show_selected_label = self.show_selected.isChecked()
         world = inst.data_to_world(np.array(self._plane(inst) + (m["centroid_y"][i], m["centroid_x"][i])))
         point = list(self._viewer.dims.point)
         point[len(point) - len(world):] = [float(v) for v in world]
-        self._viewer.camera.center = tuple(point[d] for d in self._viewer.dims.displayed)
+        camera(self._viewer).center = tuple(point[d] for d in self._viewer.dims.displayed)
 
     def _show_selected_toggled(self, on: bool) -> None:
         if self._layer is not None:

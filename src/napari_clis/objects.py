@@ -336,6 +336,10 @@ class ObjectEditor:
             region = _disk(shape, cy, cx, d / 2) & free
             comp, _ = ndimage.label(region)
             region = comp == comp[cy, cx]
+        for e in self._applied:  # an earlier click of another class keeps its pixel, however close it lies
+            y, x = e.y - box[0].start, e.x - box[1].start
+            if e.label != c.label and 0 <= y < shape[0] and 0 <= x < shape[1] and (y, x) != (cy, cx):
+                region[y, x] = False
         ident = 0
         if region.sum() < JOIN_AREA * self.typical_area:
             rim = ndimage.binary_dilation(region) & ~region
@@ -374,9 +378,15 @@ class ObjectEditor:
             sure = ndimage.binary_opening(sure, iterations=2)
             if sure.sum() >= 0.25 * self.typical_area:
                 kept = sure
+        protect = np.zeros(mask.shape, bool)  # an earlier click of the object's class keeps its pixel, however close
+        for e in self._applied:
+            y, x = e.y - box[0].start, e.x - box[1].start
+            if e.label != 0 and 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and (y, x) != (cy, cx):
+                protect[y, x] = mask[y, x]
         if not kept.any() and (dt[cy, cx] >= 0.5 * dmax or np.hypot(cy - iy, cx - ix) <= max(dmax, 2.0)):
-            self._write(log, box, mask, 0, 0)
-            self._drop_id(log, ident)
+            self._write(log, box, mask & ~protect, 0, 0)
+            if not protect.any():
+                self._drop_id(log, ident)
             return None
         # an overspill: cut the object along the image's edges between the click and the object's core
         from skimage.segmentation import watershed
@@ -396,7 +406,7 @@ class ObjectEditor:
         cut = (part == 1) | (mask & (part == 0))
         rest, _ = ndimage.label(mask & ~cut)
         cut |= mask & (rest != rest[iy, ix]) & (rest > 0)  # pieces cut off from what stays go with the overspill
-        self._write(log, box, cut, 0, 0)
+        self._write(log, box, cut & ~protect, 0, 0)
         return None
 
     def _split(self, c: ObjectClick, ident: int, log) -> None:
