@@ -18,7 +18,9 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
 echo "== napari $lowest (the lowest pyproject.toml allows) in $venv =="
 "$venv/bin/python" -m pip install -q "napari==$lowest" "app-model==0.5.1" "vispy==0.16.2"
 "$venv/bin/python" -c "import napari; assert napari.__version__ == '$lowest', napari.__version__; print('napari', napari.__version__)"
-tests=(tests/test_widget.py tests/test_widget_clicks.py tests/test_journey.py)
+tests=(tests/test_widget.py tests/test_widget_clicks.py tests/test_journey.py tests/test_widget_bad_input.py
+       tests/test_napari_compat.py tests/test_measurements_widget.py tests/test_reader.py tests/test_familiarity.py
+       tests/test_widget_first_minutes.py)
 if [ -n "${DISPLAY:-}" ] || ! command -v xvfb-run >/dev/null 2>&1; then
     "$venv/bin/python" -m pytest "${tests[@]}" "$@"
 else

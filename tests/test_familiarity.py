@@ -121,20 +121,20 @@ def test_fires_rarely_in_domain_and_often_on_foreign_images(nuclei_session):
 
 def test_widget_says_so_in_the_status(make_napari_viewer, qtbot, nuclei_fluo, lesion):
     from napari_clis import _tooltips as tips
-    from napari_clis._widget import SegmentWidget
 
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     for image, foreign in ((nuclei_fluo[0], False), (lesion[0], True)):  # both through the nuclei model
         layer = viewer.add_image(image, name="foreign" if foreign else "own", rgb=image.ndim == 3)
-        widget._image_combo.value = layer
-        widget.run(layer)
-        qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-        status = widget._status.value.replace("\u200b", "")
+        widget.set_image(layer)
+        widget.run()
+        widget.wait(timeout=60)
+        status = widget.status
         assert status.startswith("Segmented") and (tips.UNFAMILIAR in status) is foreign
-        assert widget._status.tooltip.startswith(widget.session.result.familiarity.message)
-        assert tips.UNCERTAINTY_LAYER in widget._status.tooltip
+        # the detail (distances) and what the uncertainty map is: in the status's tooltip, not in the status
+        tooltip = widget.controls.status.tooltip
+        assert tooltip.startswith(widget.session.result.familiarity.message)
+        assert tips.UNCERTAINTY_LAYER in tooltip and "distance" not in status
 
 
 def test_a_learned_task_segments_unseen_images_of_a_kind_the_pretraining_never_saw():

@@ -51,6 +51,7 @@ def _click(widget, clicks, y, x, label) -> None:
     widget.set_click_class(label)  # what Shift-B / Shift-F do
     clicks.selected_data = set()
     clicks.add([y, x])
+    widget.wait()  # the click propagates in a worker
 
 
 @pytest.mark.parametrize("steps", [20])

@@ -66,10 +66,24 @@ def test_the_container_layout_is_reached(make_napari_viewer):
 
 def test_no_other_module_touches_a_private_napari_or_magicgui_name():
     private = re.compile(r"__wrapped__|\._reset_history|_mgui_|\._qt_window|\._qt_viewer|\._undo_history|"
-                         r"napari\.utils\._|napari\._|\._widget\._")
+                         r"napari\.utils\._|napari\._|(?<!from )(?<!napari_clis)\._widget\._")  # ours: not private
     # layers' own attributes (an instance's __dict__) are napari's business too, in the Qt layer
     layer_dict = re.compile(r"\.__dict__|vars\((?!self\))")
     offenders = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py") if p.name != "_napari_compat.py"
                  for i, line in enumerate(p.read_text().splitlines(), 1)
                  if private.search(line) or (p.parent.name == "_widget" and layer_dict.search(line))]
     assert offenders == []
+
+
+def test_a_worker_gives_the_generator_it_runs(qtbot):
+    import types
+
+    from napari.qt.threading import thread_worker
+
+    def numbers():
+        yield 1
+
+    worker = thread_worker(numbers)()
+    generator = compat.worker_generator(worker)
+    assert isinstance(generator, types.GeneratorType), "napari's GeneratorWorker no longer keeps its generator"
+    generator.close()

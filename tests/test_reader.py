@@ -29,7 +29,8 @@ def saved(tmp_path):
 
 def _check_uncertainty_look(layer, limits):
     assert type(layer).__name__ == "Image"
-    assert layer.colormap.name == UNCERTAINTY_STYLE["colormap"]
+    assert layer.colormap.name == UNCERTAINTY_STYLE["colormap"]["name"]
+    np.testing.assert_allclose(layer.colormap.colors, UNCERTAINTY_STYLE["colormap"]["colors"])
     assert layer.blending == UNCERTAINTY_STYLE["blending"]
     assert layer.opacity == pytest.approx(UNCERTAINTY_STYLE["opacity"])
     np.testing.assert_allclose(layer.contrast_limits, limits)

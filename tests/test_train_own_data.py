@@ -1,5 +1,5 @@
-"""Training on a user's own folder of annotated images (issue 19, item 3): `napari_clis.train` and
-`napari-clis train`, on the real dsb2018 images of tests/data."""
+"""Training on a user's own annotated images (issue 19, item 3): `napari_clis.train` and `napari-clis train` on a
+folder, `training.train_arrays` on images in memory; on the real dsb2018 images of tests/data."""
 
 import shutil
 from pathlib import Path
@@ -14,7 +14,7 @@ from napari_clis.cli import main
 from napari_clis.data import load_annotated_folder
 from napari_clis.metrics import dice
 from napari_clis.network import ClisNet, NetworkConfig
-from napari_clis.training import TRAIN_STEPS
+from napari_clis.training import TRAIN_STEPS, train_arrays
 
 DATA = Path(__file__).parent / "data" / "dsb2018"
 TINY = dict(batch=2, crop=64)  # a few steps on small crops: seconds on a CPU
@@ -154,3 +154,83 @@ def test_the_help_says_the_default_steps():
     text = sub.format_help().replace("\n", " ")
     assert f"default {TRAIN_STEPS['fine-tune']} from a model, {TRAIN_STEPS['new']} for a new one" in " ".join(
         text.split()), text
+
+
+# -- in memory: train_arrays, the widget's way in (napari's image and labels layers) --------------------------------
+
+def _pairs():
+    """The two dsb2018 images (RGBA as stored) and their instance masks (object ids, as napari's labels hold)."""
+    stems = sorted(p.stem for p in (DATA / "images").iterdir())
+    return ([iio.imread(DATA / "images" / f"{s}.png") for s in stems],
+            [iio.imread(DATA / "masks" / f"{s}.png") for s in stems], ["fluo", "he"])
+
+
+def test_train_arrays_writes_a_model_the_widget_lists(folders):
+    images, masks, names = _pairs()
+    assert max(int(m.max()) for m in masks) > 2  # instance masks: every id above 0 counts as foreground
+    lines, steps = [], []
+    path = train_arrays(images, masks, names=names, steps=3, log=lines.append,
+                        progress=lambda step, total, loss: steps.append((step, total)), **TINY)
+    assert path == folders / "models" / "nuclei-fluo.pt" and path.stem in saved_models()
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert any("1 images to train on, 1 to validate on" in line for line in lines), lines
+    assert sorted(p.name for p in (folders / "models").iterdir()) == ["mine.pt", "nuclei-fluo.pt"]  # no checkpoint
+    session = ClisSession.from_checkpoint(path)
+    assert session.class_names == ["background", "nucleus"]
+    assert dice(session.segment(images[0][..., :3]).labels, masks[0] > 0) > 0.7
+    # one pair is enough (nothing kept aside), into a file of the caller's choosing; never over an existing one
+    lines.clear()
+    out = train_arrays([images[1]], [masks[1] > 0], output=folders / "one.pt", steps=1, log=lines.append, **TINY)
+    assert out == folders / "one.pt" and out.is_file()
+    assert any("none kept aside to validate on" in line for line in lines), lines
+    with pytest.raises(ValueError, match="exists already"):
+        train_arrays([images[1]], [masks[1]], output=out, steps=1, **TINY)
+
+
+def test_train_arrays_names_bad_input_and_writes_nothing(folders):
+    images, masks, names = _pairs()
+    cases = [
+        (([], []), "nothing to train on"),
+        ((images, masks[:1]), "2 images but 1 masks"),
+        ((images[0], masks[0]), r"lists, one array per image.*train_arrays\(\[image\], \[mask\]\)"),
+        ((images, [masks[0], masks[1][:100, :90]]), "Masks must be the size of their image: the mask of he is "
+                                                    "90x100 px, its image 320x256"),
+        ((images, [masks[0], masks[1] - 1.5]), "mask of he holds fractions"),
+        ((images, [masks[0].astype(np.int32) - 1, masks[1]]), "mask of fluo holds negative values"),
+        ((images, [masks[0], np.zeros((2, 256, 320))]), "mask of he is not a 2D image"),
+        ((images, [np.zeros_like(m) for m in masks]), "No mask marks any object"),
+        (([im[:30, :30] for im in images], [m[:30, :30] for m in masks]), "is 30x30 px: too small"),
+    ]
+    for (imgs, msks), message in cases:
+        with pytest.raises(ValueError, match=message):
+            train_arrays(imgs, msks, names=names[:len(imgs)] if isinstance(imgs, list) else None, steps=1, **TINY)
+    # class ids above a three-class model's; with two classes (the nuclei model) the same masks are foreground
+    three = folders / "three.pt"
+    save_model(three, ClisNet(NetworkConfig(n_classes=3)), {"name": "three", "class_names": ["bg", "a", "b"]})
+    with pytest.raises(ValueError, match="mask of fluo holds class id 16, above the model's 3 classes"):
+        train_arrays(images, masks, names=names, init=three, steps=1, **TINY)
+    with pytest.raises(ValueError, match="neither a shipped model"):
+        train_arrays(images, masks, init="mitochondria")
+    _untouched(folders)
+
+
+def test_train_arrays_cancelled_or_diverged_leaves_nothing(folders):
+    images, masks, names = _pairs()
+    done = []
+    with pytest.raises(TrainingCancelled, match="step 1 of 3"):
+        train_arrays(images, masks, names=names, steps=3, keep_progress=False, resume=False, **TINY,
+                     progress=lambda step, total, loss: done.append(step), cancel=lambda: len(done) >= 1)
+    _untouched(folders)  # no model file, no checkpoint
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        train_arrays(images, masks, names=names, steps=3, lr=1e30, **TINY)
+    _untouched(folders)
+    # kept progress: the same pixels resume, other pixels are another training
+    with pytest.raises(TrainingCancelled):
+        train_arrays(images, masks, names=names, steps=2, cancel=lambda: True, **TINY)
+    assert (folders / "models" / "nuclei-fluo.pt.ckpt").is_file()
+    with pytest.raises(ValueError, match="checkpoint of another training"):
+        train_arrays(images, [masks[0], masks[1] > 1], names=names, steps=2, **TINY)
+    lines = []
+    path = train_arrays(images, masks, names=names, steps=2, log=lines.append, **TINY)
+    assert any("resumed" in line for line in lines) and path.is_file()
+    assert not (folders / "models" / "nuclei-fluo.pt.ckpt").exists()

@@ -162,6 +162,7 @@ def test_two_viewers_segment_at_once_each_into_its_own_layers(make_napari_viewer
     assert first.layers["segmentation"].metadata["source_id"] != second.layers["segmentation"].metadata["source_id"]
     assert a.session is not b.session and not messages["error"]
     second.layers["clicks"].add([10, 10])  # a click in one window corrects that window's image only
+    b.wait()  # it propagates in a worker
     assert b.session.clicks == [(10, 10, 1)] and a.session.clicks == []
 
 

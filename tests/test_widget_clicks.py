@@ -57,16 +57,19 @@ def test_a_click_on_the_points_layer_updates_the_segmentation_layer(segmented, m
     regions = widget.session.interaction.graph.regions
     assert regions[y, x] != regions[by, bx]
     clicks.add([y, x])  # data coordinates, as a mouse click in add mode gives
+    widget.wait()  # the propagation runs in a worker
     assert seg.data[y, x] == 1
     assert clicks.features["class"].tolist() == [1]
     widget.set_click_class(0)
     clicks.add([by, bx])
+    widget.wait()
     assert seg.data[by, bx] == 0 and seg.data[y, x] == 1
     assert clicks.features["class"].tolist() == [1, 0]
     assert not np.array_equal(viewer.layers["suggestions"].data, before_sugg) or len(before_sugg) == 16
     # deleting the first click gives its region back to the network
     clicks.selected_data = {0}
     clicks.remove_selected()
+    widget.wait()
     np.testing.assert_array_equal(seg.data, widget.session.labels)
     assert widget.session.clicks == [(by, bx, 0)]
     assert not messages["error"]
@@ -102,14 +105,17 @@ def test_painted_edits_are_annotations_that_propagation_keeps_and_undo_still_wor
     seg.brush_size = 3
     seg.selected_label = 0
     seg.paint((py, px), 0)
+    widget.wait()
     assert seg.data[py, px] == 0
     y, x = _wrong_pixel(seg.data, truth, 1)
     clicks.add([y, x])  # a later click propagates again
+    widget.wait()
     assert seg.data[py, px] == 0, "a painted edit was overwritten by propagation"
     assert seg.data[y, x] == 1
     assert widget.session.interaction.painted[py, px] == 0
     before = seg.data.copy()
     seg.undo()  # napari's undo takes the paint stroke back
+    widget.wait()
     assert (seg.data != before).any()
 
 
@@ -122,6 +128,7 @@ def test_an_edit_stays_an_annotation_after_the_propagation_comes_to_agree_with_i
     then = np.nonzero(((seg.data > 0) != truth) & ~truth)  # a second stroke, of background
     with seg.block_history():
         seg.data_setitem(then, 0)
+    widget.wait()  # the strokes are taken in (and propagated) in a worker
     painted = widget.session.interaction.painted
     assert (painted[first] == 1).all() and (painted[then] == 0).all()
     assert (seg.data[first] == 1).all() and (seg.data[then] == 0).all()
@@ -141,8 +148,10 @@ def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and
     assert clicks.ndim == 3 and len(rings) >= 8 and (rings[:, 0] == 0).all()
     before = seg.data.copy()
     clicks.add([1, 10, 10])  # the other slice
+    widget.wait()  # the warning comes from the worker's propagation
     assert sum("other slices" in w for w in messages["warning"]) == 1  # one click, one warning (it was two)
     clicks.add([0, 10, 5000])  # outside
+    widget.wait()
     assert len(clicks.data) == 2
     assert any("outside the image" in w for w in messages["warning"])
     np.testing.assert_array_equal(seg.data, before)
@@ -175,8 +184,10 @@ def test_clear_clicks_restores_the_network_segmentation(segmented):
     for want in (1, 0, 1):
         widget.set_click_class(want)
         clicks.add(list(_wrong_pixel(seg.data, truth, want)))
+        widget.wait()
     assert (seg.data != start).any()
     widget.controls.clear_button.native.click()
+    widget.wait()
     assert len(clicks.data) == 0
     assert (seg.data != start).mean() < 0.001  # the MRF without clicks: the network's answer
 
@@ -187,6 +198,7 @@ def test_a_saved_and_reloaded_segmentation_is_the_same(segmented, tmp_path):
     viewer, widget, truth = segmented
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    widget.wait()
     path = napari.save_layers(str(tmp_path / "segmentation.tif"), [seg])[0]
     back = viewer.open(path, plugin="napari", layer_type="labels")[0]
     assert type(back).__name__ == "Labels"
@@ -291,6 +303,7 @@ def test_the_layers_follow_the_image_when_it_is_rotated_sheared_or_rescaled_and_
     pixel = np.array(_wrong_pixel(viewer.layers["segmentation"].data, truth, 1))
     clicks = viewer.layers["clicks"]
     clicks.add(clicks.world_to_data(image.data_to_world(pixel)))  # as napari's add mode does with a mouse click
+    widget.wait()
     assert widget.session.clicks == [(int(pixel[0]), int(pixel[1]), widget.click_class)]
     image.scale = (-0.5, 0.5)  # flipped: the plugin's TIFF writer still saves it (the tags hold sizes)
     path = napari.save_layers(str(tmp_path / "flipped.tif"), [viewer.layers["segmentation"]], plugin="napari-clis")[0]
@@ -302,9 +315,11 @@ def test_moving_a_click_moves_its_correction(segmented):
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     y, x = _wrong_pixel(seg.data, truth, 1)
     clicks.add([y, x])
+    widget.wait()
     assert seg.data[y, x] == 1
     target = np.argwhere((truth == 0) & (seg.data == 0))[0]
     clicks.data = np.array([target], float)  # a drag in select mode ends in the same data event
+    widget.wait()
     assert widget.session.clicks == [(int(target[0]), int(target[1]), 1)]
     assert seg.data[target[0], target[1]] == 1
     np.testing.assert_array_equal(seg.data, widget.session.labels)
@@ -317,6 +332,7 @@ def test_thousands_of_clicks_at_once_update_once_without_error(segmented, messag
     pts = np.column_stack([rng.integers(0, truth.shape[0], 3000), rng.integers(0, truth.shape[1], 3000)])
     widget.set_click_class(1)
     clicks.add(pts)
+    widget.wait()
     assert len(widget.session.clicks) == 3000
     assert seg.data[tuple(pts.T)].all()
     assert not messages["error"]
@@ -378,7 +394,8 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     assert plots.task_plot.after == [record.dice_after] and plots.task_plot.before == [record.dice_before]
     assert plots.mask_plot.task == record.task
     free, reserve = session.free_kernels  # what later tasks can still learn with is in view, not only in a notice
-    assert free < reserve and widget.tasks_text.endswith(f"free kernels for new tasks: {free} of {reserve}")
+    assert free < reserve and widget.tasks_text.endswith(f"Room for new tasks: {round(100 * free / reserve)}%")
+    assert f"Free kernels for new tasks: {free} of {reserve}." in widget.controls.tasks_label.tooltip
     image = widget.controls.task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
     blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
             if image.pixelColor(x, y).name() == "#42a5f5"]
@@ -396,7 +413,8 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     other.run(other_viewer.add_image(viewer.layers["he"].data, name="he", rgb=True))
     qtbot.waitUntil(lambda: not other.busy, timeout=60_000)
     assert len(other.session.tasks) == 1 and other.session.source == str(saved[0])
-    assert other.status.endswith("\nTask 1: this image's own.")  # the image task 1 learned from
+    # the image task 1 learned from
+    assert other.status.endswith("\nUsed learned task 1: it was learned on this image.")
 
 
 def test_long_names_break_inside_the_dock_instead_of_widening_it(make_napari_viewer):
@@ -426,10 +444,21 @@ def test_the_status_line_says_which_task_segmented_the_image_and_why():
     assert task_choice_text(None) == ""
     assert task_choice_text(SimpleNamespace(tasks=[], remembered=[], task=0, task_choice={})) == ""
     assert task_choice_text(session(2, nearest=2, known=False, agreement=0.953)) == (
-        "\nTask 2: learned on the most similar image (agreement 0.95).")
+        "\nUsed learned task 2: it was learned on a similar image.")
     assert task_choice_text(session(0, nearest=2, known=False, agreement=0.5)) == (
-        "\nPretrained task: task 2 (most similar image) disagrees (0.50 < 0.9).")
-    assert task_choice_text(session(1, nearest=None, known=None, agreement=None, asked=True)) == "\nTask 1, as asked."
+        "\nUsed the pretrained model: learned task 2 (from the most similar image) did not fit this image.")
+    assert task_choice_text(session(1, nearest=None, known=None, agreement=None, asked=True)) == (
+        "\nUsed learned task 1, as chosen.")
+    assert task_choice_text(session(0, nearest=None, known=None, agreement=None, asked=True)) == (
+        "\nUsed the pretrained model, as chosen.")
+    assert task_choice_text(session(1, nearest=1, known=True, agreement=None)) == (
+        "\nUsed learned task 1: it was learned on this image.")
+    # the numbers behind an automatic choice are in the status's tooltip, not in its text
+    from napari_clis._widget._common import task_choice_detail
+
+    detail = task_choice_detail(session(0, nearest=2, known=False, agreement=0.5))
+    assert "task 2" in detail and "0.50" in detail
+    assert task_choice_detail(session(1, nearest=None, known=None, agreement=None, asked=True)) == ""
 
 
 def test_cancel_while_learning_keeps_the_model(segmented, qtbot, messages):
@@ -478,7 +507,7 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
     assert saved == [Path(session.autosave)]
     assert any(f"Saved as {saved[0].name} in the models folder" in m for m in infos)
-    assert any("left free for later tasks" in m for m in infos)
+    assert any("Learned task 1 from this image" in m and "it now fits your corrections" in m for m in infos), infos
     # a long message (here a long unbroken path as well) wraps inside the dock instead of widening it over the canvas
     long = "Saved in /" + "a-very-long-folder-name/" * 20 + "model.pt. " + "More words follow. " * 20
     widget.controls.set_status(long)
@@ -490,17 +519,18 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.session is session and len(session.tasks) == 1 and not messages["error"]
-    assert session.task == 1 and widget.status.endswith("\nTask 1: this image's own.")
+    assert session.task == 1 and widget.status.endswith("\nUsed learned task 1: it was learned on this image.")
 
     # the Task list: the learned task is offered, and a chosen task segments the image regardless of the choice
     combo = widget.controls.task
     assert combo.choices == (-1, 0, 1)
-    assert [combo.native.itemText(i) for i in range(combo.native.count())] == ["auto (task-aware)", "0 (pretrained)",
-                                                                                "1"]
+    assert [combo.native.itemText(i) for i in range(combo.native.count())] == ["automatic", "none (pretrained)",
+                                                                                "task 1"]
     widget.task = 0
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert session.task == 0 and widget.status.endswith("\nTask 0, as asked.") and not messages["error"]
+    assert session.task == 0 and widget.status.endswith("\nUsed the pretrained model, as chosen.")
+    assert not messages["error"]
     combo.choices = [("auto", -1), ("0", 0), ("1", 1), ("5", 5)]  # a list offering a task the model lacks
     widget.task = 5
     widget.run(viewer.layers["he"])  # refused, said why
@@ -579,6 +609,7 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     viewer, widget, truth = segmented
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    widget.wait()
     corrected = seg.data.copy()
     other = viewer.add_image(nuclei_fluo[0], name="fluo")
     widget.run(other)
@@ -597,6 +628,7 @@ def test_segmenting_the_next_image_keeps_the_corrected_segmentation_and_clicks_o
     widget.set_click_class(0)
     clicks = viewer.layers["clicks"]
     clicks.add(list(_wrong_pixel(viewer.layers["segmentation"].data, truth, 0)))  # corrected once more
+    widget.wait()
     corrected_again = viewer.layers["segmentation"].data.copy()
     assert (corrected_again != corrected).any()
     widget.run(other)  # and left again: the kept copy is brought up to date, not joined by a second one
@@ -623,6 +655,7 @@ def test_a_kept_copy_someone_edited_is_never_overwritten_and_a_stack_keeps_the_s
     viewer.dims.set_current_step(0, 2)
     segment(stack, all_slices=True)
     viewer.layers["clicks"].add([2, *_wrong_pixel(viewer.layers["segmentation"].data[2], truth, 1)])
+    widget.wait()
     first = viewer.layers["segmentation"].data.copy()
     segment(other)  # leave the stack: all three slices are kept
     kept = viewer.layers["segmentation [zstack]"]
@@ -630,6 +663,7 @@ def test_a_kept_copy_someone_edited_is_never_overwritten_and_a_stack_keeps_the_s
     segment(stack)  # back, the slice on screen only (2), corrected once more, and left again
     widget.set_click_class(0)
     viewer.layers["clicks"].add([2, *_wrong_pixel(viewer.layers["segmentation"].data[2], truth, 0)])
+    widget.wait()
     again = viewer.layers["segmentation"].data[2].copy()
     segment(other)
     assert [lyr.name for lyr in viewer.layers if lyr.name.startswith("segmentation [")] == ["segmentation [zstack]"]
@@ -650,11 +684,13 @@ def test_an_image_given_data_of_another_shape_is_another_image_and_its_correctio
     viewer, widget, truth = segmented
     seg, clicks, image = viewer.layers["segmentation"], viewer.layers["clicks"], viewer.layers["he"]
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    widget.wait()
     corrected, old = seg.data.copy(), image.data
     image.data = old[20:180, 10:230]  # the layer now holds another image
     widget.learn()  # not from the old image's segmentation read as this one's annotations
     assert any("has changed since it was segmented" in m for m in messages["error"]) and not widget.busy
     clicks.add([5, 5])  # not applied to the old image's segmentation: the status says to segment again
+    widget.wait()
     assert "has changed since it was segmented" in widget.click_status
     np.testing.assert_array_equal(seg.data, corrected)
     widget.run(image)
@@ -680,16 +716,20 @@ def test_undo_takes_a_painted_stroke_back_and_redo_brings_it_back(segmented, qtb
     disc = _disc(seg.data.shape, (y, x)) & (seg.data == 0)
     with seg.block_history():
         seg.data_setitem(np.nonzero(disc), 1)
+    widget.wait()
     assert (widget.painted[disc] == 1).all() and (seg.data[disc] == 1).all()
     seg.undo()  # napari's Ctrl-Z
+    widget.wait()
     assert (widget.painted[disc] == -1).all(), "an undone stroke stayed an annotation"
     painted = widget.session.interaction.painted  # None: nothing painted
     assert painted is None or (painted[disc] == -1).all()
     np.testing.assert_array_equal(seg.data, widget.session.labels)  # the propagation, fresh
     clicks.add([y, x])  # a click there now fills its region: no locked hole where the stroke was
+    widget.wait()
     region = widget.session.interaction.graph.regions == widget.session.interaction.graph.regions[y, x]
     assert seg.data[y, x] == 1 and (widget.painted[region] == -1).all()
     seg.redo()
+    widget.wait()
     assert (widget.painted[disc] == 1).all() and (seg.data[disc] == 1).all()
     # a single paint call: napari announces it before writing the pixels; it is an annotation all the same
     by, bx = _wrong_pixel(seg.data, truth, 0)
@@ -697,6 +737,7 @@ def test_undo_takes_a_painted_stroke_back_and_redo_brings_it_back(segmented, qtb
     seg.paint((by, bx), 0)
     qtbot.waitUntil(lambda: widget.painted[by, bx] == 0, timeout=5_000)
     seg.undo()
+    widget.wait()
     assert widget.painted[by, bx] == -1 and (widget.painted[disc] == 1).all()
 
 
@@ -770,6 +811,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     y, x = np.argwhere(seg.data == 0)[len(np.argwhere(seg.data == 0)) // 2]
     with seg.block_history():
         seg.data_setitem(np.nonzero(_disc(seg.data.shape, (y, x))), 1)
+    second.wait()
     assert (second.painted >= 0).any()  # the new widget took the stroke
     np.testing.assert_array_equal(seg.data, second.session.labels)  # and nothing of the closed one's image came back
     assert not np.array_equal(seg.data, labels_a)
@@ -782,11 +824,14 @@ def test_zero_mc_samples_hides_the_empty_map_and_suggests_nothing(segmented, qtb
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not viewer.layers["uncertainty"].visible and len(viewer.layers["suggestions"].data) == 0
-    assert "MC samples is 0" in widget.status
+    assert "Uncertainty samples is 0" in widget.status
     widget.samples = 8
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert viewer.layers["uncertainty"].visible and len(viewer.layers["suggestions"].data) == 16
+    assert len(viewer.layers["suggestions"].data) == 16
+    assert not viewer.layers["uncertainty"].visible  # hidden by default: 'Show uncertainty' shows it
+    widget.show_uncertainty = True
+    assert viewer.layers["uncertainty"].visible
 
 
 def test_a_model_saved_without_an_extension_gets_pt(segmented, tmp_path):
@@ -846,6 +891,7 @@ def test_a_run_over_all_slices_keeps_the_clicks_of_every_slice_and_their_note_sh
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     y, x = _wrong_pixel(seg.data[2], truth, 1)
     clicks.add([2, y, x])  # a correction of slice 2, the one on screen
+    widget.wait()
     corrected = seg.data[2].copy()
     assert corrected[y, x] == 1
     viewer.dims.set_point(0, 0)
@@ -857,6 +903,7 @@ def test_a_run_over_all_slices_keeps_the_clicks_of_every_slice_and_their_note_sh
     for want in (1, 0):  # clicks on slice 0: the note about slice 2's click is not shown again at each
         widget.set_click_class(want)
         clicks.add([0, *_wrong_pixel(seg.data[0], truth, want)])
+        widget.wait()
     assert sum("other slices" in w for w in messages["warning"]) == 1
     note = next(w for w in messages["warning"] if "other slices" in w)
     assert note.startswith("1 click(s) on other slices apply once that slice is the one segmented (go to it and "
@@ -966,9 +1013,11 @@ def test_a_stroke_in_the_3d_view_is_kept_on_every_slice_it_touched_and_undone_as
         assert (painted[(source_id(layer), (z,))][disc] == 1).all(), f"slice {z}'s stroke was not kept"
     assert (source_id(layer), (3,)) not in painted  # a slice the stroke did not touch gets no painted map
     seg.undo()  # napari undoes the stroke on both slices; so do the annotations
+    widget.wait()
     for z in (0, 1):
         assert (painted[(source_id(layer), (z,))] == -1).all()
     seg.redo()
+    widget.wait()
     assert all((painted[(source_id(layer), (z,))][disc] == 1).all() for z in (0, 1))
     viewer.dims.ndisplay = 2
     viewer.dims.set_point(0, 1)
@@ -1028,8 +1077,10 @@ def test_a_label_that_is_not_a_class_is_replaced_by_the_propagation(segmented, m
     with seg.block_history():
         seg.data_setitem(np.nonzero(np.pad(np.ones((4, 4), bool), ((4, seg.data.shape[0] - 8),
                                                                   (4, seg.data.shape[1] - 8)))), 7)
+    widget.wait()
     assert any("not a class" in m for m in messages["warning"])
     clicks.add(list(_wrong_pixel(seg.data, truth, 1)))
+    widget.wait()
     assert (seg.data[box] < 2).all() and (widget.painted[box] == -1).all()
 
 
@@ -1055,7 +1106,7 @@ def test_a_dock_closed_while_it_segments_stays_out_of_the_next_widgets_way(make_
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     for want in (1, 0):
         clicks.add(list(_wrong_pixel(seg.data, truth, want)))
-        QApplication.processEvents()
+        second.wait()
     assert not (second.painted >= 0).any(), "the user painted nothing"
     np.testing.assert_array_equal(seg.data, second.session.labels)
     assert first.click_status == ""
@@ -1086,7 +1137,8 @@ def test_cancel_pressed_as_learning_ends_keeps_and_lists_the_task(segmented, qtb
     go_on.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert len(session.tasks) == 1
-    assert widget.tasks_text.startswith("task 1") and widget.controls.task_plot.after
+    assert widget.tasks_text.startswith("1 task learned.") and "\ntask 1 (" in widget.tasks_text
+    assert widget.controls.task_plot.after
     assert any(m.startswith("Learning had finished when Cancel was pressed") for m in infos), infos
     assert widget.status.startswith("Learning had finished")
 
@@ -1235,7 +1287,7 @@ def test_a_learn_that_ends_after_the_dock_closed_is_taken_over_by_the_reopened_d
         assert any(f"Learned task 1 (after the widget was closed). Saved as {path.name}" in m for m in infos), infos
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     assert len(second.session.tasks) == 1 and second.model == str(path)
-    assert second.tasks_text.startswith("task 1")
+    assert second.tasks_text.startswith("1 task learned.") and "\ntask 1 (" in second.tasks_text
     if save_fails:  # not saved anywhere: another model is refused until it is
         second.set_model("skin-lesion")
         second.run(layer)

@@ -4,8 +4,9 @@ The public entry point is :class:`ClisSession`; it is imported lazily so that ``
 (e.g. by napari when it reads the plugin manifest) does not load torch. The errors the API raises are here too:
 ``ImageError``, ``InteractionError`` and ``CheckpointError`` are ``ValueError``; ``LearnRejected`` (a learn step
 rolled back because it would make the image worse), ``LearnCancelled``, ``TrainingDiverged`` and ``TrainingCancelled``
-are ``RuntimeError``. ``train`` trains or fine-tunes a model on a folder of annotated images. ``annotate`` opens an
-image in napari with the plugin's dock (:class:`napari_clis._widget.SegmentWidget`), for a script or a notebook.
+are ``RuntimeError``. ``train`` trains or fine-tunes a model on a folder of annotated images, ``train_arrays`` on
+images and masks in memory. ``annotate`` opens an image in napari with the plugin's dock
+(:class:`napari_clis._widget.SegmentWidget`), for a script or a notebook.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _LAZY = {
     "InteractionError": "interactive",
     "CheckpointError": "checkpoint",
     "train": "training",
+    "train_arrays": "training",
     "TrainingDiverged": "training",
     "TrainingCancelled": "training",
 }

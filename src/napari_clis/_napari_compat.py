@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["unwrap", "clear_undo_history", "hook_undo_redo", "unhook_undo_redo", "native_undo_redo",
-           "container_layout", "is_hooked", "PRIVATE_NAMES"]
+           "container_layout", "is_hooked", "camera", "worker_generator", "PRIVATE_NAMES"]
 
 # (owner, name) of every private attribute used below: the test checks each is still there
 PRIVATE_NAMES = (
@@ -72,3 +72,18 @@ def container_layout(container):
     controls). The container's ``native`` is overridden by the dock (it returns the scroll area), so the inner
     widget is asked for through magicgui's backend."""
     return container._widget._mgui_get_native_widget().layout()
+
+
+def camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` where napari has it (0.9 deprecates ``viewer.camera``), else
+    ``viewer.camera`` (napari 0.8, the lowest release supported)."""
+    viewer = unwrap(viewer)
+    scene = getattr(viewer, "scene", None)
+    found = getattr(scene, "camera", None) if scene is not None else None
+    return found if found is not None else viewer.camera
+
+
+def worker_generator(worker):
+    """The generator a napari ``GeneratorWorker`` runs (its private ``_gen``, set per instance: a test checks it),
+    to close it when the worker is quit; None if napari no longer keeps it there."""
+    return getattr(worker, "_gen", None)

@@ -2,8 +2,8 @@
 
 * :class:`TaskPlot` - each learned task's Dice on its own image before learning (grey) and after (blue),
   growing as the user works.
-* :class:`MaskUsagePlot` - per layer (A1.1 ... B3.2), the share of kernels the current task switches on; the
-  part the pretrained model does not use (what learning added) in orange.
+* :class:`MaskUsagePlot` - per layer (A1.1 ... B3.2, from input to output), the share of kernels the current task
+  switches on; the part the pretrained model does not use (what learning added) in orange.
 
 Thin: they only draw what :mod:`napari_clis.continual` computes.
 """
@@ -46,8 +46,9 @@ class TaskPlot(_Plot):
     """Dice before and after learning, one pair of points per learned task."""
 
     def __init__(self):
-        super().__init__("Each learned task's Dice on its own image (against your corrections): grey before "
-                         "learning, blue after.")
+        from ._tooltips import TASK_PLOT
+
+        super().__init__(TASK_PLOT)
         self.before: list[float] = []
         self.after: list[float] = []
 
@@ -59,9 +60,9 @@ class TaskPlot(_Plot):
     def paintEvent(self, _event) -> None:
         p = QPainter(self)
         area = self._frame(p)
-        self._text(p, area.left(), 7, "Dice per learned task:  ")
+        self._text(p, area.left(), 7, "Fit per task:  ")
         self._text(p, area.left() + 118, 7, "● before", BEFORE)
-        self._text(p, area.left() + 168, 7, "● after", AFTER)
+        self._text(p, area.left() + 168, 7, "● after learning", AFTER)
         lo = min(0.9, np.floor((min([*self.before, *self.after], default=0.9) - 0.02) * 10) / 10)
         p.setPen(QPen(QColor(AXIS), 1))
         p.drawRect(area)
@@ -95,8 +96,9 @@ class MaskUsagePlot(_Plot):
     """Per layer, the share of kernels the current task uses, and how much of it learning added."""
 
     def __init__(self):
-        super().__init__("The current task's kernel mask: per layer, the share of kernels switched on; orange: "
-                         "kernels the pretrained model does not use, added by learning.")
+        from ._tooltips import MASK_PLOT
+
+        super().__init__(MASK_PLOT)
         self.usage: list[tuple[str, int, int, int]] = []
         self.task = 0
 
@@ -107,7 +109,7 @@ class MaskUsagePlot(_Plot):
     def paintEvent(self, _event) -> None:
         p = QPainter(self)
         area = self._frame(p)
-        self._text(p, area.left(), 7, f"Kernels on, task {self.task}:  ")
+        self._text(p, area.left(), 7, "Network used:" if self.task == 0 else f"Network used, task {self.task}:")
         self._text(p, area.left() + 118, 7, "■ pretrained", BASE)
         self._text(p, area.left() + 190, 7, "■ learned", ADDED)
         p.setPen(QPen(QColor(AXIS), 1))
@@ -128,7 +130,6 @@ class MaskUsagePlot(_Plot):
             p.drawRect(QRectF(x, area.bottom() - h_base, step * 0.7, h_base))
             p.setBrush(QColor(ADDED))
             p.drawRect(QRectF(x, area.bottom() - h_base - h_new, step * 0.7, h_new))
-        for i, (name, *_rest) in enumerate(self.usage):
-            if name.endswith("conv1"):
-                self._text(p, area.left() + step * i + 1, area.bottom() + 8, name.split(".")[0])
+        self._text(p, area.left(), area.bottom() + 8, "input")
+        self._text(p, area.right(), area.bottom() + 8, "output", align=Qt.AlignmentFlag.AlignRight)
         p.end()

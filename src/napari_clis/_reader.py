@@ -12,10 +12,25 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["get_reader", "read_tiff", "layer_data", "UNCERTAINTY_STYLE"]
+__all__ = ["get_reader", "read_tiff", "layer_data", "UNCERTAINTY_STYLE", "uncertainty_style"]
 
-# How the uncertainty map is drawn, in the widget and when its file is reopened (the one place it is written)
-UNCERTAINTY_STYLE = {"colormap": "inferno", "blending": "additive", "opacity": 0.7}
+# How the uncertainty map is drawn, in the widget and when its file is reopened (the one place it is written):
+# transparent where the model is sure, through red and orange to pale yellow where it is unsure, blended over the
+# image and the segmentation (not added to them), so both show through on dark fluorescence and on light skin alike
+UNCERTAINTY_STYLE = {
+    "colormap": {"name": "uncertainty (napari-clis)",
+                 "colors": [[0.0, 0.0, 0.0, 0.0], [0.85, 0.1, 0.35, 0.45], [1.0, 0.55, 0.0, 0.8],
+                            [1.0, 1.0, 0.6, 0.95]]},
+    "blending": "translucent",
+    "opacity": 0.9,
+}
+
+
+def uncertainty_style() -> dict:
+    """A copy of :data:`UNCERTAINTY_STYLE` to give a layer (napari keeps what it is given)."""
+    import copy
+
+    return copy.deepcopy(UNCERTAINTY_STYLE)
 _UNCERTAINTY_LAYER = "uncertainty"  # the widget's name for the map: the napari writer saves it as kind "image"
 
 
@@ -60,7 +75,7 @@ def layer_data(data: np.ndarray, record: dict, default_name: str) -> tuple:
         kwargs["rgb"] = True
     limits = record.get("contrast_limits")
     if record.get("kind") == "uncertainty" or kwargs["name"] == _UNCERTAINTY_LAYER:
-        kwargs.update(UNCERTAINTY_STYLE)
+        kwargs.update(uncertainty_style())
         if limits is None and names and len(names) > 1:  # the map's full range, as the widget shows it
             limits = [0.0, 1.0 - 1.0 / len(names)]
     if limits is not None and len(limits) == 2 and limits[0] < limits[1]:

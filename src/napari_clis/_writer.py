@@ -26,9 +26,12 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
-    """An Image layer (the ``uncertainty`` map, float32): the values as they are, with the contrast limits."""
+    """An Image layer (the ``uncertainty`` map, float32): the values as they are, with the contrast limits. The map
+    Segment (CLIS) made (tagged in its metadata) is written as kind ``"uncertainty"``, so that the reader draws it
+    as the map again whatever the layer was renamed to."""
     limits = meta.get("contrast_limits")
-    return _write_tiff(path, data, meta, "image",
+    kind = "uncertainty" if (meta.get("metadata") or {}).get("napari_clis") == "uncertainty" else "image"
+    return _write_tiff(path, data, meta, kind,
                        {"contrast_limits": [float(v) for v in limits] if limits is not None else None},
                        rgb=bool(meta.get("rgb")))
 

@@ -28,11 +28,20 @@ import tempfile
 import time
 import warnings
 import zipfile
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .model_files import (  # noqa: F401 - the listing helpers (torch-free), under their old names too
+    MODELS_DIR_ENV,
+    CheckpointError,
+    file_stamp,
+    models_dir,
+    saved_models,
+    shipped_model_path,
+    shipped_models,
+    unique_model_path,
+)
 from .network import ClisNet, NetworkConfig
 
 try:
@@ -58,8 +67,6 @@ __all__ = [
 
 FORMAT = "napari-clis-model"
 FORMAT_VERSION = 1
-_SHIPPED = {"nuclei": "nuclei.pt", "skin-lesion": "skin-lesion.pt"}
-MODELS_DIR_ENV = "NAPARI_CLIS_MODELS"
 
 
 def _read_umask() -> int:
@@ -69,10 +76,6 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()  # saved files get the permissions a plain open() would give them
-
-
-class CheckpointError(ValueError):
-    """A model file cannot be used; the message says why."""
 
 
 #: the oldest PyTorch whose ``torch.load(weights_only=True)`` is trusted: before 2.6 a crafted file can bypass it and
@@ -621,62 +624,3 @@ def _check_task_record(where: str, name: str, record, n_tasks: int) -> int:
     if "created" in record:
         _of_type(where, f"{name}'s 'created'", record["created"], str, "text")
     return len(record["fingerprint"])
-
-
-def file_stamp(path) -> tuple | None:
-    """``(device, inode, modification time in ns, size)`` of a file, or ``None`` where there is none. A save replaces
-    a file by a rename (:func:`atomic_write_bytes`), so a file written since a stamp was taken has another one."""
-    try:
-        st = Path(path).stat()
-    except (OSError, TypeError, ValueError):
-        return None
-    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
-
-
-_NAMES_GIVEN: set[str] = set()  # model file names handed out in this process (two windows may save in the same second)
-
-
-def unique_model_path(folder, stem: str) -> Path:
-    """A new model file name in ``folder`` that no file has and this process has not handed out yet:
-    ``STEM-DATE-TIME.pt``, else ``STEM-DATE-TIME-2.pt`` and so on."""
-    folder = Path(folder)
-    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 10_000):
-        path = folder / (f"{base}.pt" if n == 1 else f"{base}-{n}.pt")
-        if str(path) not in _NAMES_GIVEN and not path.exists():
-            _NAMES_GIVEN.add(str(path))
-            return path
-    raise CheckpointError(f"No free model file name for {stem} in {folder}.")
-
-
-def shipped_models() -> list[str]:
-    """Names of the pretrained models inside the package."""
-    return list(_SHIPPED)
-
-
-def shipped_model_path(name: str) -> Path:
-    """Path of a shipped model file by name (``"nuclei"`` or ``"skin-lesion"``)."""
-    if name not in _SHIPPED:
-        raise ValueError(f"Unknown model {name!r}; shipped models are {', '.join(_SHIPPED)}. "
-                         "For your own model file use ClisSession.from_checkpoint(path).")
-    return Path(str(resources.files("napari_clis").joinpath("weights").joinpath(_SHIPPED[name])))
-
-
-def models_dir() -> Path:
-    """The folder where the widget saves models and looks for them: ``$NAPARI_CLIS_MODELS`` if set, else
-    ``~/.napari-clis/models``. It may not exist yet."""
-    env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".napari-clis" / "models"
-
-
-def saved_models(folder: Path | str | None = None) -> dict[str, Path]:
-    """The model files (``*.pt``) in ``folder`` (default :func:`models_dir`) by name, newest first.
-
-    Only names and paths: nothing is loaded, so a broken file is reported when it is chosen, not here."""
-    folder = Path(folder) if folder is not None else models_dir()
-    try:
-        files = [p for p in folder.glob("*.pt") if p.is_file()]
-    except OSError:
-        return {}
-    files.sort(key=lambda p: (-p.stat().st_mtime, p.name))
-    return {p.stem: p for p in files}

@@ -20,7 +20,9 @@ Pure torch/numpy: no Qt, no napari.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,8 +41,8 @@ from .uncertainty import decide, predict, resize_long_side
 
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
            "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged", "distance_target", "distance_loss",
-           "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA", "train", "TrainingCancelled",
-           "TRAIN_STEPS"]
+           "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA", "train", "train_arrays",
+           "TrainingCancelled", "TRAIN_STEPS"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -513,7 +515,12 @@ def _start_from(net: ClisNet, init, settings: PretrainSettings, log) -> list:
 
 
 class TrainingCancelled(RuntimeError):
-    """The training was cancelled: no model was written; its checkpoint keeps the progress for a resume."""
+    """The training was cancelled: no model was written; its checkpoint keeps the progress for a resume (unless
+    :func:`train_arrays` was asked not to keep it). ``step`` and ``total``: where it stopped, of how many steps."""
+
+    def __init__(self, message: str = "", step: int | None = None, total: int | None = None):
+        super().__init__(message)
+        self.step, self.total = step, total
 
 
 def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, data, weights, monitor: list[Sample],
@@ -599,7 +606,7 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
             keep_checkpoint()
             raise TrainingCancelled(f"The training was stopped at step {step} of {settings.steps}; no model was "
                                     f"written to {output}. {ckpt_path} keeps its progress: run the same training "
-                                    "again to go on from there.")
+                                    "again to go on from there.", step, settings.steps)
         ts = time.time()
         for group, base in zip(opt.param_groups, (settings.lr, settings.gate_lr)):
             group["lr"] = base * _lr_factor(step, settings.steps)
@@ -698,12 +705,87 @@ def train(images: Path | str, masks: Path | str, *, init: str | Path | None = No
     over), and a finished training removes it. ``progress(step, total, loss)`` is called after each step and
     ``log(text)`` with the evaluations. A loss that becomes NaN or infinite raises :class:`TrainingDiverged` and
     writes no model. Bad input raises ``ValueError`` (or :class:`~napari_clis.preprocessing.ImageError`,
-    :class:`~napari_clis.checkpoint.CheckpointError`) naming the problem.
+    :class:`~napari_clis.checkpoint.CheckpointError`) naming the problem. Images in memory (napari's layers):
+    :func:`train_arrays`, the same training.
     """
-    from .checkpoint import models_dir, shipped_model_path, shipped_models, unique_model_path
     from .data import load_annotated_folder
 
-    log = log or (lambda _: None)
+    _check_training_arguments(steps, val_fraction, lr, classes, batch, crop)
+    images, masks = Path(images), Path(masks)
+    start = _starting_model(init)
+    classes = start.classes(classes)
+    # where the model goes (never over a file there), and its checkpoint: the same for the same call, to resume
+    output, ckpt_path = _model_paths(output, f"{start.label}-{_folder_label(images)}")
+    samples = load_annotated_folder(images, masks, classes)
+    if len(samples) < 2:
+        raise ValueError(f"Training needs at least 2 annotated images (to train on and to check it on); {images} "
+                         f"has {len(samples)}.")
+    identity = {"images": str(images.resolve()), "masks": str(masks.resolve()), "stems": [s.id for s in samples],
+                "classes": classes, "init": start.identity, "val_fraction": float(val_fraction), "seed": int(seed)}
+    return _train_samples(samples, start, classes, output, ckpt_path, identity, str(images.resolve()),
+                          steps=steps, val_fraction=val_fraction, lr=lr, batch=batch, crop=crop, seed=seed,
+                          resume=resume, progress=progress, cancel=cancel, log=log)
+
+
+def train_arrays(images, masks, *, init: str | Path | None = "nuclei", output: Path | str | None = None,
+                 names=None, steps: int | None = None, val_fraction: float = 0.2, classes: int | None = None,
+                 lr: float | None = None, batch: int = 8, crop: int | None = None, seed: int = 0, resume: bool = True,
+                 keep_progress: bool = True, progress=None, cancel=None, log=None) -> Path:
+    """:func:`train` on annotated images in memory (the widget's image and labels layers): the same checks, loop,
+    checkpoints and model file; the model file written.
+
+    ``images`` is a list of 2D images, ``(H, W)`` grey or ``(H, W, 3)`` colour of any number type, and ``masks``
+    a list of as many label images ``(H, W)``, each the size of its image. With ``classes`` 2 (the default, or the
+    starting model's number) every value above 0 is foreground: binary masks, instance masks and napari's labels
+    (one id per object) all count as foreground; with more, masks hold class ids 0 to ``classes - 1``.
+    ``names`` (one per pair, default "pair 1", "pair 2", ...) name the pairs in messages; the model file is by
+    default ``<init>-<first name>.pt`` in the models folder (a new name where that exists). One pair is enough:
+    then none is kept aside to validate on. The checkpoint is resumed by the same call on the same pixels;
+    ``keep_progress=False`` removes it however the call ends (finished, cancelled, diverged, failed), so that
+    nothing but the finished model file is ever left behind. Raises what :func:`train` raises, and
+    ``ValueError`` for an empty list, lists of different lengths and a mask that is not a 2D image of
+    whole-number ids.
+    """
+    _check_training_arguments(steps, val_fraction, lr, classes, batch, crop)
+    if isinstance(images, np.ndarray) or isinstance(masks, np.ndarray) or torch.is_tensor(images):
+        raise ValueError("images and masks are lists, one array per image: for one image and its mask give "
+                         "train_arrays([image], [mask]).")
+    images, masks = list(images), list(masks)
+    if not images or not masks:
+        raise ValueError("There is nothing to train on: give at least one image and its mask.")
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks: each image needs its mask.")
+    names = [f"pair {i}" for i in range(1, len(images) + 1)] if names is None else [str(n) for n in names]
+    if len(names) != len(images):
+        raise ValueError(f"{len(names)} names for {len(images)} images: give one name per image, or none.")
+    start = _starting_model(init)
+    classes = start.classes(classes)
+    samples = _annotated_samples(images, masks, names, classes)
+    label = re.sub(r"[^\w.-]+", "-", names[0]).strip("-.") or "annotated"
+    output, ckpt_path = _model_paths(output, f"{start.label}-{label}")
+    digest = hashlib.sha256()
+    for s in samples:
+        for a in (s.image, s.mask):
+            digest.update(f"{a.shape}{a.dtype}".encode())
+            digest.update(np.ascontiguousarray(a).data)
+    identity = {"arrays": digest.hexdigest(), "names": names, "classes": classes, "init": start.identity,
+                "val_fraction": float(val_fraction), "seed": int(seed)}
+    try:
+        return _train_samples(samples, start, classes, output, ckpt_path, identity, ", ".join(names), steps=steps,
+                              val_fraction=val_fraction, lr=lr, batch=batch, crop=crop, seed=seed, resume=resume,
+                              progress=progress, cancel=cancel, log=log)
+    except TrainingCancelled as e:
+        if keep_progress:
+            raise
+        raise TrainingCancelled(f"The training was stopped at step {e.step} of {e.total}; no model was written.",
+                                e.step, e.total) from None
+    finally:
+        if not keep_progress:
+            ckpt_path.unlink(missing_ok=True)
+
+
+def _check_training_arguments(steps, val_fraction, lr, classes, batch, crop) -> None:
+    """:func:`train`'s and :func:`train_arrays`' settings, refused before anything is read."""
     if steps is not None and (int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
     if not 0.0 <= float(val_fraction) < 1.0:
@@ -716,22 +798,44 @@ def train(images: Path | str, masks: Path | str, *, init: str | Path | None = No
         if value is not None and (int(value) != value or value < 1 or (name == "crop" and value % 8)):
             raise ValueError(f"{name} must be a whole number of at least 1{' and a multiple of 8' * (name == 'crop')}"
                              f", got {value!r}")
-    images, masks = Path(images), Path(masks)
-    if init is None:
-        init_path, init_label, init_net, init_meta = None, "new", None, {}
-    else:
-        if str(init) in shipped_models():
-            init_path, init_label = shipped_model_path(str(init)), str(init)
-        elif Path(init).is_file():
-            init_path, init_label = Path(init), Path(init).stem
-        else:
-            raise ValueError(f"The starting model {str(init)!r} is neither a shipped model "
-                             f"({', '.join(shipped_models())}) nor a model file that exists.")
-        init_net, init_meta, _ = load_model(init_path)
-    classes = int(classes if classes is not None else (init_net.config.n_classes if init_net else 2))
 
-    # where the model goes (never over a file there), and its checkpoint: the same for the same call, to resume
-    stem = f"{init_label}-{_folder_label(images)}"
+
+@dataclass
+class _Start:
+    """The model a training starts from (``net`` None: a new network)."""
+
+    path: Path | None
+    label: str
+    net: ClisNet | None
+    meta: dict
+    identity: str  # what a checkpoint records of it
+
+    def classes(self, asked: int | None) -> int:
+        return int(asked if asked is not None else (self.net.config.n_classes if self.net else 2))
+
+
+def _starting_model(init) -> _Start:
+    """``init``: a shipped model's name, a model file, or None (a new network); loaded, or a clear error."""
+    from .checkpoint import shipped_model_path, shipped_models
+
+    if init is None:
+        return _Start(None, "new", None, {}, "new")
+    if str(init) in shipped_models():
+        path, label = shipped_model_path(str(init)), str(init)
+    elif Path(init).is_file():
+        path, label = Path(init), Path(init).stem
+    else:
+        raise ValueError(f"The starting model {str(init)!r} is neither a shipped model "
+                         f"({', '.join(shipped_models())}) nor a model file that exists.")
+    net, meta, _ = load_model(path)
+    return _Start(path, label, net, meta, label if str(init) in shipped_models() else str(path.resolve()))
+
+
+def _model_paths(output, stem: str) -> tuple[Path, Path]:
+    """The model file a training writes (``output``, refused where a file is, else ``<stem>.pt`` in the models
+    folder or a new name there) and its checkpoint beside it."""
+    from .checkpoint import models_dir, unique_model_path
+
     if output is not None:
         output = Path(output)
         if output.exists():
@@ -739,50 +843,103 @@ def train(images: Path | str, masks: Path | str, *, init: str | Path | None = No
                              "(--output), or leave it out to write a new file in the models folder.")
         if not output.parent.is_dir():
             raise ValueError(f"The folder {output.parent} for the model file does not exist.")
-        ckpt_path = output.with_suffix(output.suffix + ".ckpt")
-    else:
-        folder = models_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        ckpt_path = folder / f"{stem}.pt.ckpt"
-        output = folder / f"{stem}.pt" if not (folder / f"{stem}.pt").exists() else unique_model_path(folder, stem)
+        return output, output.with_suffix(output.suffix + ".ckpt")
+    folder = models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    output = folder / f"{stem}.pt" if not (folder / f"{stem}.pt").exists() else unique_model_path(folder, stem)
+    return output, folder / f"{stem}.pt.ckpt"
 
-    samples = load_annotated_folder(images, masks, classes)
-    if len(samples) < 2:
-        raise ValueError(f"Training needs at least 2 annotated images (to train on and to check it on); {images} "
-                         f"has {len(samples)}.")
+
+def _annotated_samples(images: list, masks: list, names: list[str], classes: int) -> list[Sample]:
+    """Image and mask arrays as :class:`~napari_clis.data.Sample` objects, by :func:`~napari_clis.data.
+    load_annotated_folder`'s rules (its checks of a mask file, made on an array); each problem named with the
+    pair's name."""
+    from scipy import ndimage
+
+    from .data import _listed
+    from .preprocessing import ImageError, as_2d_image
+
+    out, wrong = [], []
+    for name, image, raw in zip(names, images, masks):
+        try:
+            image = as_2d_image(image)
+        except ImageError as e:
+            raise ImageError(f"{name}: {e}") from e
+        raw = np.asarray(raw)
+        raw = raw.astype(np.uint8) if raw.dtype == bool else raw
+        if raw.ndim != 2 or raw.dtype.kind not in "iuf":
+            raise ValueError(f"The mask of {name} is not a 2D image of class (or object) ids: its shape is "
+                             f"{raw.shape}, its dtype {raw.dtype}.")
+        if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and np.array_equal(raw, np.round(raw))):
+            raise ValueError(f"The mask of {name} holds fractions; a mask holds whole-number ids per pixel.")
+        if raw.size and raw.min() < 0:
+            raise ValueError(f"The mask of {name} holds negative values ({raw.min()}); ids start at 0 (background).")
+        if raw.shape != image.shape[:2]:
+            wrong.append(f"the mask of {name} is {raw.shape[1]}x{raw.shape[0]} px, its image "
+                         f"{image.shape[1]}x{image.shape[0]}")
+            continue
+        top = int(raw.max()) if raw.size else 0
+        if classes > 2 and top >= classes:
+            raise ValueError(f"The mask of {name} holds class id {top}, above the model's {classes} classes (ids 0 "
+                             f"to {classes - 1}, 0 the background). Train with more classes (classes={top + 1}), or "
+                             "with 2 classes to count every id above 0 as foreground.")
+        if classes > 2:
+            out.append(Sample(name, image, raw.astype(np.int32), None))
+            continue
+        mask = (raw > 0).astype(np.int32)  # object ids of an instance mask, else the connected objects
+        several = len(np.unique(raw[raw > 0])) > 1
+        out.append(Sample(name, image, mask, raw.astype(np.int32) if several else
+                          ndimage.label(mask)[0].astype(np.int32)))
+    if wrong:
+        raise ValueError(f"Masks must be the size of their image: {_listed(wrong)}.")
+    return out
+
+
+def _train_samples(samples: list[Sample], start: _Start, classes: int, output: Path, ckpt_path: Path,
+                   identity: dict, source: str, *, steps, val_fraction, lr, batch, crop, seed, resume, progress,
+                   cancel, log) -> Path:
+    """The training of :func:`train` and :func:`train_arrays` once their images are read: the validation split,
+    the settings, :func:`_fit`; a finished training removes its checkpoint."""
+    log = log or (lambda _: None)
+    if not any(s.mask.any() for s in samples):
+        raise ValueError("No mask marks any object (all of their pixels are 0, the background): there is nothing "
+                         "to learn. Label the objects first.")
     n_val = 0 if val_fraction == 0 else min(len(samples) - 1, max(1, round(val_fraction * len(samples))))
     order = np.random.default_rng(seed).permutation(len(samples))
     val = [samples[i] for i in sorted(order[:n_val])]
     train_samples = [samples[i] for i in sorted(order[n_val:])]
-    log(f"{len(train_samples)} images to train on, {len(val)} to validate on ({', '.join(s.id for s in val)})")
-
+    log(f"{len(train_samples)} images to train on, " + (f"{len(val)} to validate on ({', '.join(s.id for s in val)})"
+                                                        if val else "none kept aside to validate on"))
+    init_net, init_meta = start.net, start.meta
     working_long_side = init_meta.get("working_long_side")
     config = (NetworkConfig(n_classes=classes) if init_net is None
               else NetworkConfig.from_dict({**init_net.config.to_dict(), "n_classes": classes}))
     steps = int(steps or TRAIN_STEPS["new" if init_net is None else "fine-tune"])
     settings = PretrainSettings(
-        model=stem, steps=steps, batch=int(batch), crop=crop if crop or working_long_side else 128,
+        model=output.stem, steps=steps, batch=int(batch), crop=crop if crop or working_long_side else 128,
         working_long_side=working_long_side, test_time_flips=bool(init_meta.get("test_time_flips", False)),
         lr=float(lr if lr is not None else (3e-3 if init_net is None else 1e-3)), seed=int(seed),
         width=config.width, dropout=config.dropout, bottleneck_dilation=config.bottleneck_dilation,
         eval_every=max(1, steps // 10), precise_bn_batches=min(50, steps),
-        fg_crop_fraction=0.5 if not working_long_side else 0.0, init=None if init_path is None else str(init_path),
+        fg_crop_fraction=0.5 if not working_long_side else 0.0, init=None if start.path is None else str(start.path),
         instance_head=config.instance_head)
     _check_settings(settings)
+    small = [s for s in train_samples if settings.crop and not working_long_side and
+             min(s.mask.shape) <= settings.crop // 2]
+    if small:
+        raise ValueError(f"{small[0].id} is {small[0].mask.shape[1]}x{small[0].mask.shape[0]} px: too small for the "
+                         f"training's {settings.crop} px crops (each side must be above {settings.crop // 2} px). "
+                         "Train on larger images, or with smaller crops.")
     data = _prepare(train_samples, settings.working_long_side, settings)
     if settings.crop is None and len({tuple(d[1].shape) for d in data}) > 1:
         # whole images of different shapes cannot share a batch: squares of the working side (padded by mirroring)
         settings.crop = working_long_side
-    identity = {"images": str(images.resolve()), "masks": str(masks.resolve()),
-                "stems": [s.id for s in samples], "classes": classes, "init": init_label if init_path is None or
-                str(init) in shipped_models() else str(init_path.resolve()), "val_fraction": float(val_fraction),
-                "seed": int(seed)}
     init_names = list(init_meta.get("class_names", []))
     class_names = (init_names if init_net is not None and init_net.config.n_classes == classes and
                    len(init_names) == classes else
                    ["background"] + (["foreground"] if classes == 2 else [f"class {k}" for k in range(1, classes)]))
     describe = {"name": output.stem, "class_names": class_names, "monitor": "validation",
-                "tasks": [{"name": "training", "source": str(images.resolve()), "n_images": len(train_samples)}]}
+                "tasks": [{"name": "training", "source": source, "n_images": len(train_samples)}]}
     if classes == 2 and init_meta.get("single_object"):
         describe["single_object"] = True  # one lesion per image, as the starting model declared
     weights = _image_weights(data, settings)

@@ -19,7 +19,12 @@ SEGMENTATION, UNCERTAINTY, SUPERPIXELS = "segmentation", "uncertainty", "superpi
 INSTANCES = "instances"  # one id per object (touching nuclei split), drawn as outlines
 CLICKS, SUGGESTIONS = "clicks", "suggestions"
 MAPS = (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, INSTANCES)
-BACKGROUND_CLICK_COLOUR = "#e0e0e0"
+# How clicks and suggestions look: saturated colours with a dark border, seen on dark fluorescence and light skin
+BACKGROUND_CLICK_COLOUR = "#00e5ff"  # cyan: unlike the object colours, the yellow rings and skin tones
+CLICK_STYLE = {"border_color": "#101010", "border_width": 0.2}
+SUGGESTION_STYLE = {"symbol": "ring", "face_color": "#ffd600", "border_color": "#101010", "border_width": 0.08,
+                    "opacity": 1.0}
+SEGMENTATION_OPACITY = 0.35  # a light fill: the image shows through, the instances' outlines draw the objects
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
 AUTO_RANGE, DISPLAYED_RANGE = "automatic", "as displayed"  # the Intensity range list: the robust range, contrast limits
 REPLACED = "This panel was closed or replaced by a newer one on this window; use that one."
@@ -29,7 +34,8 @@ GEOMETRY = ("scale", "translate", "rotate", "shear", "affine", "units")
 class Settings:
     """Tunables of the views (a test may lower them)."""
 
-    async_pixels = 2**21  # planes larger than this propagate clicks in a worker thread
+    async_pixels = 0  # (kept for scripts) clicks always propagate in the worker lane
+    busy_text_pixels = 2**21  # planes larger than this say "Propagating…" while their clicks propagate
 
 
 def notify_error(message: str) -> None:
@@ -74,10 +80,38 @@ def slice_of(layer, idx) -> np.ndarray:
 
 def copy_geometry(dst, src) -> None:
     """Give ``dst`` the whole data-to-world transform of ``src`` (scale, translate, rotate, shear, affine, units),
-    so that its pixels lie on ``src``'s and a point put on ``src`` lands on the same pixel of ``dst``."""
+    so that its pixels lie on ``src``'s and a point put on ``src`` lands on the same pixel of ``dst``.
+
+    Only what differs is set: each setter refreshes the layer and makes the viewer recompute its dims over all
+    layers, which costs tens of milliseconds on the GUI thread; an unchanged geometry costs nothing."""
     for name in GEOMETRY:
-        if hasattr(src, name):
+        if hasattr(src, name) and not same_value(getattr(dst, name, None), getattr(src, name)):
             setattr(dst, name, getattr(src, name))
+
+
+def same_value(a, b) -> bool:
+    """Whether two geometry values (arrays, transforms, tuples of units) are equal."""
+    if a is b:
+        return True
+    if a is None or b is None:
+        return False
+    for v in (a, b):  # napari's Affine: compare its matrix
+        if hasattr(v, "affine_matrix"):
+            a, b = getattr(a, "affine_matrix", a), getattr(b, "affine_matrix", b)
+            break
+    try:
+        x, y = np.asarray(a), np.asarray(b)
+        if x.dtype.kind in "fiub" and y.dtype.kind in "fiub":
+            return x.shape == y.shape and bool(np.array_equal(x, y))
+        return bool(tuple(map(str, np.ravel(a))) == tuple(map(str, np.ravel(b)))) and x.shape == y.shape
+    except Exception:  # noqa: BLE001 - unknown types: set them
+        return False
+
+
+def outline_width(shape) -> int:
+    """The objects' outline width in pixels: 2 on small images, thicker on large ones (about 1/400 of the long
+    side), so outlines stay visible when the whole image fits the window."""
+    return int(max(2, round(max(shape[-2:]) / 400)))
 
 
 def digest(data) -> str:
@@ -128,23 +162,35 @@ def plain(text: str) -> str:
 
 
 def task_choice_text(session) -> str:
-    """Which task segmented the current image and why: a second line for the status ("" before anything is
-    learned). The agreement is with the pretrained task's segmentation (``continual.choose_task``)."""
+    """Which learned task segmented the current image, in plain words: a second line for the status ("" before
+    anything is learned). The numbers behind the choice are in :func:`task_choice_detail` (the status's tooltip)."""
     if session is None or (not session.tasks and not session.remembered):
         return ""
     c, t = session.task_choice, session.task
+    if c.get("asked"):
+        return f"\nUsed learned task {t}, as chosen." if t else "\nUsed the pretrained model, as chosen."
+    if c.get("known"):
+        return f"\nUsed learned task {t}: it was learned on this image."
+    if t != 0 and c.get("agreement") is not None:
+        return f"\nUsed learned task {t}: it was learned on a similar image."
+    if c.get("nearest") and c.get("agreement") is not None:
+        return (f"\nUsed the pretrained model: learned task {c['nearest']} (from the most similar image) did not "
+                "fit this image.")
+    return "\nUsed the pretrained model."
+
+
+def task_choice_detail(session) -> str:
+    """The technical detail of :func:`task_choice_text`, for the status's tooltip ("" when there is none)."""
+    if session is None or (not session.tasks and not session.remembered):
+        return ""
     from ..continual import TRANSFER_AGREEMENT
 
-    if c.get("asked"):
-        return f"\nTask {t}, as asked."
-    if c.get("known"):
-        return f"\nTask {t}: this image's own."
-    if t != 0 and c.get("agreement") is not None:
-        return f"\nTask {t}: learned on the most similar image (agreement {c['agreement']:.2f})."
-    if c.get("nearest") and c.get("agreement") is not None:
-        return (f"\nPretrained task: task {c['nearest']} (most similar image) disagrees "
-                f"({c['agreement']:.2f} < {TRANSFER_AGREEMENT}).")
-    return "\nPretrained task."
+    c = session.task_choice
+    if c.get("agreement") is None or c.get("asked") or c.get("known"):
+        return ""
+    return (f"Task-aware choice: the most similar image taught is task {c.get('nearest')}'s; its segmentation agrees "
+            f"with the pretrained task's at {c['agreement']:.2f} (Dice), and a learned task is used from "
+            f"{TRANSFER_AGREEMENT} up.")
 
 
 def familiarity_text(familiarity) -> str:

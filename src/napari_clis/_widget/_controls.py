@@ -23,22 +23,42 @@ from ._common import AUTO_RANGE, AUTO_TASK, CUSTOM_MODEL, DISPLAYED_RANGE, break
 
 def model_choices(_widget=None) -> list[tuple[str, str]]:
     """The Model list: the shipped models, the models saved in the models folder, and 'Model file…'."""
-    from ..checkpoint import saved_models, shipped_models
+    from ..model_files import saved_models, shipped_models
 
     saved = [(f"{name} (saved)", str(path)) for name, path in saved_models().items()]
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
-def device_choices() -> list[str]:
-    """auto, cpu, cuda, and on a Mac Apple's mps where this PyTorch can use it (elsewhere torch is not imported
-    here: the GUI thread never waits for it)."""
-    choices = ["auto", "cpu", "cuda"]
-    if sys.platform == "darwin":
-        import torch
+NO_TASKS = "Nothing learned yet: correct a segmentation, then press Learn so that similar images start better."
 
-        mps = getattr(torch.backends, "mps", None)
-        choices += ["mps"] if mps is not None and mps.is_available() else []
-    return choices
+
+def model_class_names(model, path=None) -> list[str]:
+    """The class names of a model in the Model list (a shipped model's name, a saved model's path, or 'Model file…'
+    with ``path``), read from its file without loading it; ``background`` and ``object`` where it has none."""
+    from ..model_files import class_names
+
+    names = class_names(path if model == CUSTOM_MODEL else model) if model != CUSTOM_MODEL or path else None
+    return names or ["background", "object"]
+
+
+def class_choices(names) -> list[tuple[str, int]]:
+    """The Click class list: ``0: background``, ``1: nucleus`` ..."""
+    return [(f"{i}: {name}", i) for i, name in enumerate(names)]
+
+
+def device_choices() -> list[str]:
+    """auto, cpu, cuda, and on an Apple-silicon Mac its GPU (mps). Torch is not imported for this (the GUI thread
+    never waits for it): where it is loaded already, it says whether mps works; else mps is offered on arm64 Macs and
+    a Mac without it is told so when Segment loads the model (in the worker)."""
+    import platform
+
+    choices = ["auto", "cpu", "cuda"]
+    if sys.platform != "darwin":
+        return choices
+    torch = sys.modules.get("torch")
+    mps = getattr(getattr(torch, "backends", None), "mps", None)
+    usable = mps.is_available() if mps is not None else platform.machine() == "arm64"
+    return choices + (["mps"] if usable else [])
 
 
 class Controls:
@@ -52,8 +72,8 @@ class Controls:
         self.model = ComboBox(label="Model", choices=model_list, value="nuclei", tooltip=tips.MODEL)
         self.checkpoint = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False, tooltip=tips.CHECKPOINT)
         self.device = ComboBox(label="Device", choices=device_choices(), value="auto", tooltip=tips.DEVICE)
-        self.samples = SpinBox(label="MC samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
-        self.task = ComboBox(label="Task", choices=task_choices, value=AUTO_TASK, tooltip=tips.TASK)
+        self.samples = SpinBox(label="Uncertainty samples", min=0, max=64, value=8, tooltip=tips.SAMPLES)
+        self.task = ComboBox(label="Learned task", choices=task_choices, value=AUTO_TASK, tooltip=tips.TASK)
         self.intensity = ComboBox(label="Intensity range", choices=[AUTO_RANGE, DISPLAYED_RANGE], value=AUTO_RANGE,
                                   tooltip=tips.INTENSITY_RANGE)
         self.object_size = FloatSpinBox(label="Object size (px)", min=0.0, max=100000.0, step=1.0, value=0.0,
@@ -63,7 +83,8 @@ class Controls:
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="Choose an image and press Segment.", tooltip=tips.UNCERTAINTY_LAYER)
-        self.click_class = ComboBox(label="Click class", choices=[("0: background", 0), ("1: object", 1)], value=1,
+        self.show_uncertainty = CheckBox(text="Show uncertainty (Shift-U)", value=False, tooltip=tips.SHOW_UNCERTAINTY)
+        self.click_class = ComboBox(label="Click class", choices=class_choices(model_class_names("nuclei")), value=1,
                                     tooltip=tips.CLASS)
         self.suggest = CheckBox(text="Suggest where to click", value=True, tooltip=tips.SUGGEST)
         self.clear_button = PushButton(text="Clear clicks", tooltip=tips.CLEAR)
@@ -71,31 +92,39 @@ class Controls:
         self.learn_button = PushButton(text="Learn from this image", tooltip=tips.LEARN)
         self.save_path = FileEdit(label="Save model to", mode="w", filter="*.pt", tooltip=tips.SAVE_MODEL)
         self.save_button = PushButton(text="Save model", tooltip=tips.SAVE_MODEL)
-        self.tasks_label = Label(value="No task learned yet.")
+        self.tasks_label = Label(value=NO_TASKS, tooltip=tips.TASKS)
+        self.details = CheckBox(text="Show learning details", value=False, tooltip=tips.DETAILS)
         self.task_plot, self.mask_plot = TaskPlot(), MaskUsagePlot()
+        for plot in (self.task_plot, self.mask_plot):  # behind 'Show learning details': the dock stays short
+            plot.setVisible(False)
+        self.details.changed.connect(self.show_details)
         self._model_list = model_list
-        dock.extend([self.image, self.model, self.checkpoint, self.device, self.samples, self.task, self.intensity,
-                     self.object_size, self.all_slices, self.run_button, self.cancel_button, self.progress,
-                     self.status, Label(value="<b>Correct</b>"), self.click_class, self.suggest, self.clear_button,
-                     self.click_status, Label(value="<b>Learn</b>"), self.learn_button, self.tasks_label,
-                     self.save_path, self.save_button])
         from qtpy.QtWidgets import QComboBox, QSizePolicy
 
         for label in (self.status, self.click_status, self.tasks_label):  # long messages (a file path) wrap
-            label.native.setWordWrap(True)  # and never widen the dock over the canvas
-            label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+            label.native.setWordWrap(True)  # and never widen the dock over the canvas (before they are put in
+            label.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # it: magicgui sizes it then)
+        dock.extend([self.image, self.model, self.checkpoint, self.device, self.samples, self.task, self.intensity,
+                     self.object_size, self.all_slices, self.run_button, self.cancel_button, self.progress,
+                     self.status, self.show_uncertainty, Label(value="<br><b>Correct</b>"), self.click_class,
+                     self.suggest, self.clear_button, self.click_status, Label(value="<br><b>Learn</b>"),
+                     self.learn_button, self.tasks_label, self.details, self.save_path, self.save_button])
         for combo in (self.image, self.model):  # long layer or file names: elided, not widening
             combo.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-            combo.native.setMinimumContentsLength(16)
-        # the plots sit under the task list (magicgui wraps it in a row)
+            combo.native.setMinimumContentsLength(12)
+        # the plots sit under 'Show learning details' (magicgui wraps it in a row)
         layout = container_layout(dock)
         at = 1 + next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None and
-                      (layout.itemAt(i).widget() is self.tasks_label.native
-                       or layout.itemAt(i).widget().isAncestorOf(self.tasks_label.native)))
+                      (layout.itemAt(i).widget() is self.details.native
+                       or layout.itemAt(i).widget().isAncestorOf(self.details.native)))
         layout.insertWidget(at, self.task_plot)
         layout.insertWidget(at + 1, self.mask_plot)
 
     # -- what they show --------------------------------------------------------------------------------------------
+    def show_details(self, shown: bool) -> None:
+        for plot in (self.task_plot, self.mask_plot):
+            plot.setVisible(bool(shown))
+
     def set_status(self, text: str) -> None:
         self.status.value = breakable(text)
 
@@ -159,10 +188,10 @@ class Controls:
         self.checkpoint.visible = model == CUSTOM_MODEL
 
     def set_classes(self, names) -> None:
-        """The click classes of the model in use, keeping the chosen one where it still exists."""
+        """The click classes of the model in use (or chosen), keeping the chosen one where it still exists."""
         current = int(self.click_class.value)
         with self.click_class.changed.blocked():
-            self.click_class.choices = [(f"{i}: {name}", i) for i, name in enumerate(names)]
+            self.click_class.choices = class_choices(names)
             self.click_class.value = current if current < len(names) else min(1, len(names) - 1)
 
     def class_values(self) -> list[int]:

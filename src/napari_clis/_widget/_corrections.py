@@ -1,34 +1,50 @@
 """Corrections: clicks on the 'clicks' layer and paint strokes on 'segmentation' become the session's
-annotations (kept in the state's :class:`~napari_clis.annotation_state.Ledger`), propagated into the layer."""
+annotations (kept in the state's :class:`~napari_clis.annotation_state.Ledger`), propagated into the layer.
+
+Each point of 'clicks' carries its class and its action (``features["action"]``: add / remove, split, merge;
+:mod:`._click_actions`); the session replays them in order (:meth:`~napari_clis.ClisSession.set_clicks`). A new
+click that cannot apply (a split of a small object, a merge that reaches one object) is refused by the session: its
+point is taken off the layer and the click status says why, everything else staying as it was. An older click
+that stops applying (another image, a click before it deleted) keeps its point, drawn with a red border.
+"""
 
 from __future__ import annotations
 
+import re
 import weakref
+from collections import Counter
 
 import numpy as np
 
 from .._napari_compat import hook_undo_redo, is_hooked, native_undo_redo
+from ._click_actions import WORDS, Inputs, actions_of, click_keys, same_painted, set_available
 from ._common import (
     CLICKS,
     SEGMENTATION,
     Settings,
     breakable,
     notify_error,
+    object_count_text,
+    plain,
     plane_indices,
     slice_of,
     source_id,
     spatial_shape,
 )
+from ._suggestions import SuggestionsMixin, plan_clicks, run_plan
 
 
-class Corrections:
+class Corrections(SuggestionsMixin):
     """The click and paint loop of one dock."""
 
     def __init__(self, dock):
         self.dock = dock
-        self.applied_clicks = None  # the clicks layer's points and classes when they were last applied
+        self.applied_clicks = None  # the clicks layer's points, classes and actions when they were last applied
         self.shown_notes: list = []  # the click notes last shown as a notification
         self.hooked_clicks = weakref.WeakSet()  # the clicks layers this dock listens to
+        self.known: Counter = Counter()  # the clicks (click_keys) of the last propagation: a new one is not there
+        self.last_count: int | None = None  # the clicks layer's length then (None: a new layer, nothing is new)
+        self.marked: set = set()  # rows of the clicks layer drawn as not applying
 
     # -- shorthands ----------------------------------------------------------------------------------------------
     @property
@@ -56,24 +72,26 @@ class Corrections:
             return None
         return state.ledger.painted_map(self.target_key(), written.shape, state.session.n_classes)
 
-    # -- the click class -----------------------------------------------------------------------------------------
+    # -- the click class and action --------------------------------------------------------------------------------
     def on_class_changed(self, label) -> None:
+        self.change_clicks(**{"class": int(label)})
+
+    def on_action_changed(self, action) -> None:
+        self.change_clicks(action=str(action))
+
+    def change_clicks(self, **values) -> None:
+        """New clicks get ``values`` (their class or action); in select mode the selected clicks are changed too."""
         clicks = self.find(CLICKS)
         if clicks is None:
             return
-        label = int(label)
-        # napari selects a point right after adding it: relabel selected clicks only in select mode
+        # napari selects a point right after adding it: change selected clicks only in select mode
         selected = sorted(clicks.selected_data) if str(clicks.mode) == "select" else []
         if not selected:
             clicks.selected_data = set()
-        clicks.feature_defaults = {"class": label}
-        with clicks.events.current_face_color.blocker():
-            clicks.current_face_color = self.dock.layers.class_colour(label)
-        if selected:  # relabel the selected clicks
-            classes = clicks.features["class"].to_numpy().copy()
-            classes[selected] = label
-            clicks.features = {"class": classes}
-            self.dock.layers.recolour_clicks(clicks)
+        layers = self.dock.layers
+        layers.set_click_defaults(clicks, **values)
+        if selected:
+            layers.set_click_features(clicks, selected, **values)
             self.propagate()
 
     # -- the layers ----------------------------------------------------------------------------------------------
@@ -81,7 +99,10 @@ class Corrections:
         """The 'clicks' layer for the image, listened to; the segmentation's strokes listened to."""
         d = self.dock
         d.controls.set_classes(self.state.session.class_names)
-        clicks = d.layers.prepare_clicks(image_layer, int(d.controls.click_class.value))
+        interaction = self.state.session.interaction
+        set_available(d.click_action_control, interaction is not None and interaction.mode == "object")
+        clicks = d.layers.prepare_clicks(image_layer, int(d.controls.click_class.value), d.click_action)
+        self.known, self.last_count, self.marked = Counter(), None, set()
         if clicks not in self.hooked_clicks:  # a layer made by a dock closed since is adopted
             d.connect(clicks.events.data, self.on_clicks_event)
             d.connect(clicks.events.features, self.on_click_features)
@@ -103,7 +124,8 @@ class Corrections:
         clicks = self.find(CLICKS)
         if clicks is None or "class" not in clicks.features:
             return None
-        return np.asarray(clicks.data).tobytes(), np.asarray(clicks.features["class"]).tobytes()
+        return (np.asarray(clicks.data).tobytes(), np.asarray(clicks.features["class"]).tobytes(),
+                tuple(actions_of(clicks)))
 
     def on_click_features(self, _event=None) -> None:
         # adding a point announces its data and then its features: the clicks applied already are not applied twice
@@ -123,11 +145,7 @@ class Corrections:
         if clicks is None or self.state.target is None:
             return
         keep = [i for i, p in enumerate(clicks.data) if not self.on_target_plane(p)]
-        classes = clicks.features["class"].to_numpy()[keep] if len(keep) else np.zeros(0, int)
-        with clicks.events.data.blocker():
-            clicks.data = clicks.data[keep]
-            clicks.features = {"class": classes}
-        self.dock.layers.recolour_clicks(clicks)
+        self.dock.layers.keep_clicks(clicks, keep)
         self.propagate()
 
     def on_target_plane(self, point) -> bool:
@@ -137,13 +155,30 @@ class Corrections:
 
     # -- reading the layers --------------------------------------------------------------------------------------
     def gather_inputs(self):
-        """Clicks on the target plane (y, x, class) and the painted map, read from the layers; user messages
-        for what is ignored. Raises ValueError when the layers cannot be used."""
+        """``(points, classes, painted, notes)`` of the slice being corrected (:meth:`read_inputs` without the
+        clicks' actions). To give the session the corrections as they are, actions included: :meth:`sync_session`."""
+        inputs = self.read_inputs()
+        return inputs.points, inputs.classes.tolist(), inputs.painted, inputs.notes
+
+    def sync_session(self, inputs: Inputs | None = None) -> str:
+        """Give the session the clicks (with their actions) and painted edits the layers hold now (``inputs``,
+        else read), as each click does, without writing the layers (before learning); returns the click status
+        (:meth:`apply`). Raises ValueError when the layers cannot be used."""
+        inputs = self.read_inputs() if inputs is None else inputs
+        inter = self.state.session.interaction
+        msg = self.apply(inter, inputs)
+        if inputs.painted is not None and not same_painted(inter.painted, inputs.painted):
+            inter.set_painted(inputs.painted)
+        return msg
+
+    def read_inputs(self) -> Inputs:
+        """Clicks on the target plane and the painted map, read from the layers; user messages for what is
+        ignored. Raises ValueError when the layers cannot be used."""
         state = self.state
         layer, idx = state.target
         clicks, seg = self.find(CLICKS), self.find(SEGMENTATION)
         notes = []
-        pts, labs = np.zeros((0, 2)), []
+        pts, labs, acts, rows = np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, object), np.zeros(0, int)
         if clicks is not None and len(clicks.data):
             data = np.asarray(clicks.data, float)
             ndim = len(spatial_shape(layer))
@@ -156,19 +191,19 @@ class Corrections:
                 notes.append(f"{int((~on_plane).sum())} click(s) on other slices apply once that slice is the "
                              "one segmented (go to it and press Segment, or tick All slices)")
             h, w = state.written_base.shape
-            yx = data[on_plane, -2:]
+            yx = data[:, -2:]
             inside = (yx[:, 0] > -0.5) & (yx[:, 0] < h - 0.5) & (yx[:, 1] > -0.5) & (yx[:, 1] < w - 0.5)
-            if (~inside).any():
-                notes.append(f"{int((~inside).sum())} click(s) outside the image are ignored")
-            cls = classes[on_plane][inside]
-            known = (cls >= 0) & (cls < state.session.n_classes)
-            if (~known).any():
-                notes.append(f"{int((~known).sum())} click(s) with an unknown class are ignored")
-            pts, labs = yx[inside][known], cls[known].tolist()
+            if (~inside & on_plane).any():
+                notes.append(f"{int((~inside & on_plane).sum())} click(s) outside the image are ignored")
+            known = (classes >= 0) & (classes < state.session.n_classes)
+            if (~known & inside & on_plane).any():
+                notes.append(f"{int((~known & inside & on_plane).sum())} click(s) with an unknown class are ignored")
+            rows = np.flatnonzero(on_plane & inside & known)
+            pts, labs, acts = yx[rows], classes[rows], actions_of(clicks)[rows]
         painted = None
         if seg is not None and self.record_strokes(notes) is not None:
             painted = self.painted
-        return pts, labs, painted, notes
+        return Inputs(pts, labs, acts, rows, painted, notes)
 
     def absorb(self, key, idx, notes: list | None = None):
         """New painted edits on one slice become annotations (``Ledger.absorb``); the stroke, or ``None`` when the
@@ -257,8 +292,11 @@ class Corrections:
         if not parts:
             return
         ledger.group_with_last(parts, self.target_key())
-        self.say(f"Painted on slice(s) {', '.join(where)}: kept, and applied when segmented (go to the slice and "
-                 "press Segment).")
+        note = f"Painted on slice(s) {', '.join(where)}: kept, and applied when segmented (go to the slice and " \
+               "press Segment)."
+        if self.dock.propagating:  # the stroke's propagation writes its status later: the note goes with it
+            self.slice_note = note
+        self.say(note)
 
     def late_edits(self, shown=None) -> None:
         """Pixels written after their paint event: part of the last stroke."""
@@ -290,7 +328,8 @@ class Corrections:
 
     # -- propagation ---------------------------------------------------------------------------------------------
     def propagate(self) -> None:
-        """Apply the clicks and painted edits of the target plane and update 'segmentation' (and suggestions)."""
+        """Apply the clicks and painted edits of the target plane and update 'segmentation', 'instances', the
+        object count and the suggestions."""
         d, state = self.dock, self.state
         if not d.alive:  # another dock owns the layers now
             return
@@ -314,65 +353,135 @@ class Corrections:
             self.say(f"'{layer.name}' has changed since it was segmented: press Segment (Shift-S) to segment it as "
                      "it is now; your clicks are kept.")
             return
-        self.applied_clicks = self.click_signature()
+        self.applied_clicks = signature = self.click_signature()
+        inter = session.interaction
         try:
-            pts, labs, painted, notes = self.gather_inputs()
-            inter = session.interaction
-            inter.set_clicks(pts, labs)
-            if painted is not None:
-                inter.set_painted(painted)
+            inputs = self.read_inputs()
+            plan = plan_clicks(inter, inputs)
         except Exception as e:  # the layers keep the user's clicks and edits; nothing is overwritten
-            notify_error(f"Cannot apply the corrections: {e}")
-            self.say(f"Not applied: {e}")
+            self.not_applied(e)
             return
-        msg = f"{len(labs)} click(s) applied" + ("; " + "; ".join(notes) if notes else "") + "."
+        notes = inputs.notes
         if notes and notes != self.shown_notes:  # once, not again at every click: the click status keeps it
             from napari.utils.notifications import show_warning
 
             text = "; ".join(notes)
             show_warning(text[:1].upper() + text[1:] + ".")
         self.shown_notes = notes
-        if state.written_base.size > Settings.async_pixels:
+        suggest = self.wants_suggestions()  # read here: a worker never reads a control
+        painted = inputs.painted
+        # nothing to apply and nothing applied before (a fresh segmentation): the layers show it already
+        unchanged = not len(plan[0]) and not inter.clicks and inter.painted is None and \
+            (painted is None or not (painted >= 0).any())
+        if state.written_base.size > Settings.busy_text_pixels:
             self.say("Propagating…")
-            runner = d.runner
+        runner = d.runner
 
-            def work():
-                runner.note_thread("propagate")
-                return inter.propagated, inter.labels
+        def work():  # the session's work, off the GUI thread; the layers are written when it returns
+            runner.note_thread("propagate")
+            if unchanged:
+                return [], {}, {}, self.outputs(session, suggest, labels=False)
+            accepted, refused = run_plan(inter, plan, painted)
+            return accepted, refused, inter.notes, self.outputs(session, suggest)
 
-            runner.start_side(work, lambda out: self.write(*out, msg),
-                              lambda e: notify_error(f"Propagation failed: {e}"), self.propagate)
-        else:
-            self.write(inter.propagated, inter.labels, msg)
+        def done(result):
+            if runner.side_pending or self.click_signature() != signature:  # clicks or paint changed meanwhile:
+                runner.side_pending = True  # the next propagation, at once, writes the layers
+                return
+            accepted, refused, inter_notes, out = result
+            msg = self.settle(plan, accepted, refused, inter_notes)
+            self.write(out, msg + "".join(f"; {n}" for n in notes))
 
-    def write(self, base, labels, msg) -> None:
+        runner.start_side(work, done, self.not_applied, self.propagate)
+
+    def not_applied(self, error) -> None:
+        notify_error(f"Cannot apply the corrections: {error}")
+        self.say(f"Not applied: {error}")
+
+    def apply(self, inter, inputs: Inputs) -> str:
+        """Give the session the clicks (here, on the calling thread); a refused new click's point leaves the
+        layer, an older click that does not apply is marked. Returns the click status (``{count}`` where the
+        object count goes)."""
+        plan = plan_clicks(inter, inputs)
+        accepted, refused = run_plan(inter, plan, None)
+        return self.settle(plan, accepted, refused, inter.notes)
+
+    def settle(self, plan, accepted, refused, inter_notes) -> str:
+        """On the GUI thread, once the session has the clicks: a refused new click's point leaves the layer, an
+        older click that does not apply is marked. Returns the click status (``{count}`` for the object count)."""
+        pts, labs, acts, rows, said = plan
+        said, refused = list(said), dict(refused)
+        keys = click_keys(Inputs(pts, labs, acts, rows, None, []))
+        clicks = self.find(CLICKS)
+        n = len(clicks.data) if clicks is not None else 0
+        added = self.last_count is not None and n == self.last_count + 1  # one point added since: n - 1
+        removed = [i for i in refused if added and rows[i] == n - 1 and self.known[keys[i]] == 0]
+        for i in removed:  # the point just added: it goes, and the status says why
+            y, x = pts[i]
+            said.insert(0, f"{WORDS[acts[i]].capitalize()} at ({y:.0f}, {x:.0f}) refused: {refused.pop(i)}. Its "
+                           "point is removed; your other clicks and edits are as they were")
+            self.dock.layers.keep_clicks(clicks, range(n - 1))
+            self.applied_clicks = self.click_signature()
+        for i, reason in refused.items():
+            y, x = pts[i]
+            said.append(f"the {WORDS[acts[i]]} at ({y:.0f}, {x:.0f}) does not apply (red border): {reason}")
+        for j, reason in sorted(inter_notes.items()):
+            i = accepted[j]
+            y, x = pts[i]
+            said.append(f"the {WORDS[acts[i]]} at ({y:.0f}, {x:.0f}) changed nothing: {reason}")
+        marked = {int(rows[i]) for i in refused}
+        if clicks is not None and marked != self.marked:
+            self.dock.layers.recolour_clicks(clicks, marked)
+        self.marked = marked
+        self.known = Counter(k for i, k in enumerate(keys) if i not in removed)
+        self.last_count = len(clicks.data) if clicks is not None else None
+        return f"{len(accepted)} click(s) applied: {{count}}" + "".join(f". {t[:1].upper()}{t[1:]}" for t in said)
+
+    @staticmethod
+    def outputs(session, suggest: bool, labels: bool = True):
+        """What the layers show after the corrections (in the propagation worker): the propagated labels before
+        paint, the labels (``None`` for both when ``labels`` is false: the layers show them already), the objects,
+        the suggestions (None unless ``suggest``)."""
+        from ._suggestions import suggestions
+
+        inter = session.interaction
+        instances = inter.instances if inter.mode == "object" else session.instances
+        found = suggestions(session) if suggest else None
+        if not labels:
+            return None, None, instances, found
+        return inter.propagated, inter.labels, instances, found
+
+    def write(self, out, msg) -> None:
         state = self.state
         if state.target is None:
             return
+        base, labels, instances, found = out
         layer, idx = state.target
         seg = self.find(SEGMENTATION)
         if seg is None:
             self.say("The 'segmentation' layer was deleted; press Segment to make it again.")
             return
-        plane = slice_of(seg, idx)
-        out = state.ledger.merge(self.target_key(), plane, np.asarray(labels), state.session.n_classes)
-        if idx:
-            seg.data[idx] = out
-        else:
-            seg.data[...] = out
-        seg.refresh()
-        state.written_base = base.copy()
-        self.say(breakable(msg))
-        self.update_suggestions()
+        if labels is not None:
+            plane = slice_of(seg, idx)
+            merged = state.ledger.merge(self.target_key(), plane, np.asarray(labels), state.session.n_classes)
+            if idx:
+                seg.data[idx] = merged
+            else:
+                seg.data[...] = merged
+            seg.refresh()
+            state.written_base = base.copy()
+            self.dock.layers.write_instances(layer, idx, instances)
+        note, self.slice_note = getattr(self, "slice_note", ""), ""
+        self.say(breakable(msg.replace("{count}", self.show_count(instances)) + ".") + (f" {note}" if note else ""))
+        self.show_suggestions(found)
 
-    def update_suggestions(self) -> None:
-        state, c = self.state, self.dock.controls
-        session = state.session
-        if not c.suggest.value or state.target is None or session is None or session.interaction is None or \
-                session.result is None or not session.result.uncertainty.any():  # no map (0 samples): no ranking
-            self.dock.layers.show_suggestions(None, None, 0)
-            return
-        layer, idx = state.target
-        yx = session.interaction.suggest(16).astype(float)
-        pts = np.concatenate([np.tile(np.asarray(idx, float), (len(yx), 1)), yx], 1) if idx else yx
-        self.dock.layers.show_suggestions(pts, layer, max(6.0, 1.2 * session.superpixel_size))
+    def show_count(self, instances) -> str:
+        """The object count ("42 nuclei"), also put in place of the count the status line shows."""
+        session, controls = self.state.session, self.dock.controls
+        text = object_count_text(session, instances)
+        words = {object_count_text(session, np.array([k], np.uint32)).split(" ", 1)[1] for k in (1, 2)}
+        status = plain(controls.status.value)
+        new = re.sub(r": \d+ (%s)\." % "|".join(map(re.escape, words)), f": {text}.", status, count=1)
+        if new != status:
+            controls.set_status(new)
+        return text

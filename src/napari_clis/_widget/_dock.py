@@ -16,9 +16,11 @@ from magicgui.widgets import Container
 
 from .._napari_compat import unhook_undo_redo, unwrap
 from ..annotation_state import AnnotationState
+from ._click_actions import add_control as add_click_action_control
 from ._common import CUSTOM_MODEL, REPLACED, notify_error, plain
-from ._controls import Controls, model_choices
+from ._controls import Controls, model_choices, model_class_names
 from ._corrections import Corrections
+from ._keys import register as register_shortcuts
 from ._layers import Layers, is_input
 from ._learn import LearnPanel
 from ._runner import Runner
@@ -29,6 +31,13 @@ if TYPE_CHECKING:
 
 _OWNERS: dict[int, weakref.ref] = {}  # id(viewer) -> the dock that owns its layers (the last one opened)
 _STATES: dict[int, tuple[weakref.ref, AnnotationState]] = {}  # id(viewer) -> (the viewer, its state)
+
+
+def dock_of(viewer):
+    """The live dock of ``viewer`` (the last one opened on it), or None."""
+    ref = _OWNERS.get(id(unwrap(viewer)))
+    dock = ref() if ref is not None else None
+    return None if dock is None or dock.retired else dock
 
 
 def state_for(viewer) -> tuple[AnnotationState, bool]:
@@ -72,8 +81,9 @@ class SegmentWidget(Container):
         self.segmenter = Segmenter(self)
         self.learn_panel = LearnPanel(self)
         self.controls = c = Controls(self, self.layers.image_choices, self.model_list, self.learn_panel.task_choices)
-        self._image_combo, self._status = c.image, c.status  # read by tests/test_familiarity.py (to be moved)
         c.model.changed.connect(self.on_model_changed)
+        c.checkpoint.changed.connect(lambda _path: self.show_model_classes())
+        c.show_uncertainty.changed.connect(self.on_show_uncertainty)
         c.run_button.changed.connect(lambda: self.run())  # the button's value is not a layer
         c.cancel_button.changed.connect(self.cancel)
         c.click_class.changed.connect(self.corrections.on_class_changed)
@@ -87,11 +97,10 @@ class SegmentWidget(Container):
         self.reset_choices()
         if self.state.session is not None:  # a dock opened again: the model in use, its tasks, where they are saved
             self._show_session()
-        for key, action in (("Shift-S", self.run), ("Shift-B", lambda: self.set_click_class(0)),
-                            ("Shift-F", lambda: self.set_click_class(1)), ("Shift-C", self.next_click_class),
-                            ("Shift-L", self.learn)):  # a closed dock's shortcuts do nothing
-            self.viewer.bind_key(key, lambda _viewer, action=action: None if self.retired else action(),
-                                 overwrite=True)
+        else:  # the click classes of the chosen model, before it is loaded ("1: nucleus")
+            self.show_model_classes()
+        register_shortcuts(dock_of)  # napari actions: listed in Preferences > Shortcuts
+        self.click_action_control = add_click_action_control(self, dock_of)  # add / remove, split, merge
         self._watch_docking()
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -102,7 +111,12 @@ class SegmentWidget(Container):
 
     @property
     def busy(self) -> bool:
-        """Whether a segmentation or learning runs (on this viewer)."""
+        """Whether a segmentation, learning or a click's propagation runs (on this viewer)."""
+        return self.working or self.propagating
+
+    @property
+    def working(self) -> bool:
+        """Whether a segmentation or learning runs (what refuses another Segment or Learn)."""
         return self.runner.busy or self.state.busy is not None
 
     @property
@@ -159,7 +173,7 @@ class SegmentWidget(Container):
         """Segment ``image_layer`` (default: the chosen one) off the GUI thread (:meth:`wait` waits for it)."""
         if self._replaced():
             return
-        if self.busy:
+        if self.working:
             self._say_busy()
             return
         self.segmenter.run(image_layer)
@@ -168,10 +182,11 @@ class SegmentWidget(Container):
         """Learn from the corrected segmentation of the slice being corrected, off the GUI thread."""
         if self._replaced():
             return
-        if self.busy:
+        if self.working:
             self._say_busy()
             return
-        self.learn_panel.learn()
+        with self.runner.session_lock:  # a click's propagation running: learning reads the session's clicks once
+            self.learn_panel.learn()  # it is done (one propagation, pressed within it: rare and short)
 
     def save_model(self, path=None) -> None:
         """Save the model in use with its learned tasks (default: the 'Save model to' box, else the file learning
@@ -198,13 +213,34 @@ class SegmentWidget(Container):
         if label in self.controls.class_values():
             self.controls.click_class.value = label
 
+    @property
+    def click_action(self) -> str:
+        """What a new click does: "auto" (add / remove by its class), "split" or "merge" (object clicks)."""
+        return str(self.click_action_control.value)
+
+    def set_click_action(self, action: str) -> None:
+        """Choose what new clicks do (and, in select mode, what the selected clicks do): "auto", "split", "merge"."""
+        self.click_action_control.value = action
+
     def next_click_class(self) -> None:
         values = self.controls.class_values()
         self.set_click_class(values[(values.index(self.click_class) + 1) % len(values)])
 
+    def toggle_uncertainty(self) -> None:
+        """Show the uncertainty map if it is hidden, else hide it ('Show uncertainty', Shift-U)."""
+        self.show_uncertainty = not self.show_uncertainty
+
+    def on_show_uncertainty(self, shown: bool) -> None:
+        session = self.state.session
+        if shown and session is not None and session.n_samples == 0:
+            from napari.utils.notifications import show_info
+
+            show_info("There is no uncertainty map: 'Uncertainty samples' is 0. Set it above 0 and press Segment.")
+        self.layers.set_uncertainty_visible(self.layers.uncertainty_wanted())
+
     def wait(self, timeout: float = 120.0) -> None:
-        """Process Qt events until no segmentation or learning runs (for scripts and tests); TimeoutError after
-        ``timeout`` seconds."""
+        """Process Qt events until no segmentation, learning or propagation runs (for scripts and tests);
+        TimeoutError after ``timeout`` seconds."""
         import time
 
         from qtpy.QtWidgets import QApplication
@@ -229,7 +265,7 @@ class SegmentWidget(Container):
 
     @property
     def propagating(self) -> bool:
-        """Whether clicks are being propagated in a worker (a large image)."""
+        """Whether clicks are being propagated (or suggestions computed) in a worker."""
         return self.runner.side is not None
 
     @property
@@ -270,6 +306,7 @@ class SegmentWidget(Container):
     intensity_range = _option("intensity", "'automatic' or 'as displayed' (the contrast limits).")
     object_size = _option("object_size", "The typical object width in pixels; 0: the image as it is.")
     suggest = _option("suggest", "Show where to click next.")
+    show_uncertainty = _option("show_uncertainty", "Show the uncertainty map over the image (hidden by default).")
     del _option
 
     @property
@@ -309,8 +346,15 @@ class SegmentWidget(Container):
 
     def on_model_changed(self, value: str) -> None:
         self.controls.checkpoint.visible = value == CUSTOM_MODEL
+        self.show_model_classes()
         if self.state.model_key != self.controls.chosen_key():
             self.learn_panel.model_hint()
+
+    def show_model_classes(self) -> None:
+        """The click classes of the chosen model, read from its file, until Segment loads a model (the classes of
+        a model in use stay while another one is only chosen)."""
+        if self.state.session is None:
+            self.controls.set_classes(model_class_names(*self.controls.chosen_key()))
 
     def _show_session(self) -> None:
         """A dock opened again goes on with the model in use, its learned tasks and where they are saved, rather
@@ -373,6 +417,15 @@ class SegmentWidget(Container):
         if layer is not None and is_input(layer) and layer in self.viewer.layers:
             self.controls.image.value = layer
 
+    def fit_width(self) -> None:
+        """As wide as the controls need beside the vertical scroll bar (magicgui leaves 20 px for it, some styles
+        need more), so that no horizontal scroll bar cuts the Segment button."""
+        area = self.native
+        need = area.widget().minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() \
+            + 2 * area.frameWidth()
+        if area.minimumWidth() < need:
+            area.setMinimumWidth(need)
+
     def _watch_docking(self) -> None:
         """Retire when napari closes the dock (it takes the widget out of the window, without deleting it)."""
         from qtpy.QtCore import QEvent, QObject
@@ -383,6 +436,8 @@ class SegmentWidget(Container):
             docked = False
 
             def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+                if event.type() == QEvent.Show:  # every control is in by now
+                    widget.fit_width()
                 if event.type() == QEvent.ParentChange:
                     if obj.parent() is not None:
                         self.docked = True

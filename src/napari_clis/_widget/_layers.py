@@ -7,23 +7,46 @@ import weakref
 import numpy as np
 
 from .._napari_compat import clear_undo_history
+from .._reader import uncertainty_style
 from ._common import (
     BACKGROUND_CLICK_COLOUR,
+    CLICK_STYLE,
     CLICKS,
     GEOMETRY,
     INSTANCES,
     LAYER_TAG,
     MAPS,
     SEGMENTATION,
+    SEGMENTATION_OPACITY,
+    SUGGESTION_STYLE,
     SUGGESTIONS,
     SUPERPIXELS,
     UNCERTAINTY,
     copy_geometry,
     digest,
+    outline_width,
     same_source,
     source_id,
     spatial_shape,
 )
+
+
+def class_dtype(n_classes: int):
+    """The segmentation layer's type: uint8 for fewer than 256 classes (napari draws uint8 and uint16 labels
+    directly; int32 it converts at every write), else int32."""
+    return np.uint8 if n_classes < 256 else np.int32
+
+
+def fitting(values, dtype) -> np.ndarray:
+    """``values`` (labels) as ``dtype`` when they fit it (napari draws small unsigned labels without converting
+    them), else as they are."""
+    values = np.asarray(values)
+    if values.dtype == dtype:
+        return values
+    if np.issubdtype(dtype, np.integer) and values.size and (int(values.min()) < np.iinfo(dtype).min or
+                                                            int(values.max()) > np.iinfo(dtype).max):
+        return values
+    return values.astype(dtype)
 
 
 def is_input(layer) -> bool:
@@ -40,6 +63,7 @@ class Layers:
     def __init__(self, dock):
         self.dock = dock
         self.geometry_hooked = weakref.WeakSet()
+        self.visibility_hooked = weakref.WeakSet()
 
     @property
     def viewer(self):
@@ -127,15 +151,16 @@ class Layers:
         self.keep_corrected_result(image_layer)
         shape = spatial_shape(image_layer)
         session = self.dock.state.session
-        specs = {
-            SEGMENTATION: (np.int32, "add_labels", {}),
-            UNCERTAINTY: (np.float32, "add_image", dict(colormap="inferno", blending="additive", opacity=0.7)),
+        specs = {  # what the user sees first: the image, a light fill and the objects' outlines
+            SEGMENTATION: (class_dtype(session.n_classes), "add_labels", dict(opacity=SEGMENTATION_OPACITY)),
+            UNCERTAINTY: (np.float32, "add_image", dict(uncertainty_style(), visible=self.uncertainty_wanted())),
             SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
-            INSTANCES: (np.uint32, "add_labels", {}),
+            INSTANCES: (np.uint16, "add_labels", {}),
         }
         for role, (dtype, adder, kwargs) in specs.items():
             lyr = self.find(role)
-            if lyr is not None and (lyr.data.shape != shape or not same_source(lyr, image_layer)):
+            if lyr is not None and (lyr.data.shape != shape or not same_source(lyr, image_layer) or
+                                    (role == SEGMENTATION and lyr.data.dtype != dtype)):
                 lyr.data = np.zeros(shape, dtype)
                 if role == SEGMENTATION:  # it shows none of what was written: edits are found against zeros now
                     self.dock.state.ledger.forget_written()
@@ -148,14 +173,46 @@ class Layers:
             lyr.metadata["source"] = image_layer.name
             lyr.metadata["source_id"] = source_id(image_layer)
             copy_geometry(lyr, image_layer)
-            if role in (SUPERPIXELS, INSTANCES):  # outlines: the segmentation shows through
+            if role == SUPERPIXELS:  # outlines: the segmentation shows through
                 lyr.contour = 1
+            if role == INSTANCES:  # the objects' outlines, thick enough to see at the zoom that shows the image
+                lyr.contour = outline_width(shape)
             if role == UNCERTAINTY:  # the map's full range: 0 to 1 - 1/K
                 lyr.contrast_limits = (0.0, 1.0 - 1.0 / session.n_classes)
+                self.follow_uncertainty_visibility(lyr)
         seg = self.find(SEGMENTATION)
         seg.metadata["class_names"] = session.class_names
         self.viewer.layers.selection.active = seg
         self.follow_geometry(image_layer)
+
+    # -- how the maps look (one definition each) ------------------------------------------------------------------
+    def uncertainty_wanted(self) -> bool:
+        """Whether the uncertainty map is to be shown: 'Show uncertainty' ticked, and a map computed (samples)."""
+        session = self.dock.state.session
+        return bool(self.dock.controls.show_uncertainty.value) and (session is None or session.n_samples > 0)
+
+    def set_uncertainty_visible(self, visible: bool) -> None:
+        lyr = self.find(UNCERTAINTY)
+        if lyr is not None and lyr.visible != visible:
+            self._showing = True  # our own change: the checkbox is not to follow it
+            try:
+                lyr.visible = visible
+            finally:
+                self._showing = False
+
+    def follow_uncertainty_visibility(self, lyr) -> None:
+        """The layer list's eye of the uncertainty map and the dock's 'Show uncertainty' box agree."""
+        if lyr in self.visibility_hooked:
+            return
+
+        def shown(_event=None, ref=weakref.ref(lyr)):  # noqa: B008 - binds a weak reference, once, on purpose
+            layer, box = ref(), self.dock.controls.show_uncertainty
+            if layer is not None and not getattr(self, "_showing", False) and box.value != layer.visible:
+                with box.changed.blocked():
+                    box.value = layer.visible
+
+        self.dock.connect(lyr.events.visible, shown)
+        self.visibility_hooked.add(lyr)
 
     def follow_geometry(self, image_layer) -> None:
         """When the image moves (its scale, translate, rotation, shear, affine or units change), the dock's
@@ -201,7 +258,6 @@ class Layers:
         labels = result.labels
         if painted is not None and (painted >= 0).any():
             labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
-        session = self.dock.state.session
         for role, values in ((SEGMENTATION, labels), (UNCERTAINTY, result.uncertainty),
                              (SUPERPIXELS, result.superpixels), (INSTANCES, result.instances)):
             lyr = self.find(role)
@@ -213,15 +269,18 @@ class Layers:
                                  "the new layer. Segment them again (All slices).")
                 self.prepare(image_layer)
                 lyr = self.find(role)
+            values = fitting(values, lyr.data.dtype) if role in (SEGMENTATION, INSTANCES) else values
             if idx:
+                if values.dtype != lyr.data.dtype and np.can_cast(lyr.data.dtype, values.dtype):
+                    lyr.data = lyr.data.astype(values.dtype)  # more objects than the layer's type holds
                 lyr.data[idx] = values
                 lyr.refresh()
             else:  # a copy: the layer is painted on, and must not write into the session's arrays
                 lyr.data = np.array(values, copy=True)
             if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
                 clear_undo_history(lyr)
-            if role == UNCERTAINTY:  # no samples: an all-zero map says nothing
-                lyr.visible = bool(session is None or session.n_samples > 0)
+            if role == UNCERTAINTY:  # shown when asked for ('Show uncertainty'); no samples: an all-zero map
+                self.set_uncertainty_visible(self.uncertainty_wanted())
         return np.array(labels, copy=True)
 
     # -- clicks and suggestions ---------------------------------------------------------------------------------
@@ -231,12 +290,61 @@ class Layers:
         seg = self.find(SEGMENTATION)
         return tuple(seg.get_color(label)) if seg is not None else "cyan"
 
-    def recolour_clicks(self, clicks) -> None:
-        if len(clicks.data):
-            clicks.face_color = [self.class_colour(int(c)) for c in clicks.features["class"]]
+    def recolour_clicks(self, clicks, refused=()) -> None:
+        """Draw each click as it is: its class as its colour, its action as its symbol (a cross splits, a diamond
+        merges), and a red border where it does not apply (``refused``: indices of the layer's points)."""
+        from ._click_actions import REFUSED_BORDER, SYMBOLS, actions_of, rgba
 
-    def prepare_clicks(self, image_layer, click_class: int):
-        """Create (or adopt) the 'clicks' Points layer for the image; returns it."""
+        n = len(clicks.data)
+        if not n:
+            return
+        clicks.face_color = [self.class_colour(int(c)) for c in clicks.features["class"]]
+        clicks.symbol = [SYMBOLS[a] for a in actions_of(clicks)]
+        border = np.tile(rgba(CLICK_STYLE["border_color"]), (n, 1))
+        if len(refused):
+            border[list(refused)] = rgba(REFUSED_BORDER)
+        clicks.border_color = border
+
+    def set_click_defaults(self, clicks, **values) -> None:
+        """What the next point gets (its ``class``, its ``action``), the other columns as they were; drawn so."""
+        from ._click_actions import AUTO, SYMBOLS
+
+        defaults = {name: clicks.feature_defaults[name][0] for name in clicks.features.columns}
+        defaults.update(values)
+        clicks.feature_defaults = defaults
+        with clicks.events.current_face_color.blocker():
+            clicks.current_face_color = self.class_colour(int(defaults["class"]))
+        with clicks.events.current_symbol.blocker():
+            clicks.current_symbol = SYMBOLS.get(defaults.get("action", AUTO), SYMBOLS[AUTO])
+
+    def set_click_features(self, clicks, rows, **columns) -> None:
+        """Give the points ``rows`` new values of some feature columns (the others kept), and draw them."""
+        features, defaults = clicks.features.copy(), clicks.feature_defaults.copy()
+        for name, value in columns.items():
+            column = features[name].to_numpy().copy()
+            column[list(rows)] = value
+            features[name] = column
+        clicks.features = features
+        clicks.feature_defaults = defaults  # napari resets them with the features: the next click's stay
+        self.recolour_clicks(clicks)
+
+    def keep_clicks(self, clicks, keep) -> None:
+        """Keep only the points ``keep`` (indices), with all their features; the layer announces no data change
+        (the caller applies the clicks once)."""
+        keep = np.asarray(list(keep), int)
+        features, defaults = clicks.features.iloc[keep].reset_index(drop=True), clicks.feature_defaults.copy()
+        with clicks.events.data.blocker(), clicks.events.features.blocker():
+            clicks.selected_data = set()
+            clicks.data = np.asarray(clicks.data)[keep] if len(keep) else np.zeros((0, clicks.ndim))
+            clicks.features = features
+            clicks.feature_defaults = defaults  # napari resets them with the features: the next click's stay
+        self.recolour_clicks(clicks)
+
+    def prepare_clicks(self, image_layer, click_class: int, action: str = "auto"):
+        """Create (or adopt) the 'clicks' Points layer for the image (features ``class`` and ``action`` per
+        point); returns it."""
+        from ._click_actions import actions_of
+
         session = self.dock.state.session
         ndim = len(spatial_shape(image_layer))
         clicks = self.find(CLICKS)
@@ -246,10 +354,10 @@ class Layers:
         if clicks is None:
             size = max(4.0, 0.6 * session.superpixel_size)
             kept = self.kept_clicks(image_layer, ndim)
-            data, classes = (np.zeros((0, ndim)), np.zeros(0, int)) if kept is None else \
-                (np.array(kept.data, copy=True), np.asarray(kept.features["class"], int).copy())
-            clicks = self.viewer.add_points(data, name=CLICKS, ndim=ndim, size=size, features={"class": classes},
-                                            border_color="white", border_width=0.15)
+            data, classes, actions = (np.zeros((0, ndim)), np.zeros(0, int), np.zeros(0, object)) if kept is None \
+                else (np.array(kept.data, copy=True), np.asarray(kept.features["class"], int).copy(), actions_of(kept))
+            clicks = self.viewer.add_points(data, name=CLICKS, ndim=ndim, size=size,
+                                            features={"class": classes, "action": actions}, **CLICK_STYLE)
             clicks.metadata[LAYER_TAG] = CLICKS
             if kept is not None:  # the image is back: its clicks are the clicks again, as its painted edits are
                 from napari.utils.notifications import show_info
@@ -257,33 +365,66 @@ class Layers:
                 show_info(f"The {len(data)} click(s) kept in '{kept.name}' are back in '{CLICKS}' for "
                           f"'{image_layer.name}'.")
                 self.viewer.layers.remove(kept)
+        elif "action" not in clicks.features:  # a layer made before clicks had actions: each was add / remove
+            features = clicks.features.copy()
+            features["action"] = actions_of(clicks)
+            with clicks.events.features.blocker():
+                clicks.features = features
         clicks.metadata["source"] = image_layer.name
         clicks.metadata["source_id"] = source_id(image_layer)
         copy_geometry(clicks, image_layer)
-        clicks.feature_defaults = {"class": click_class}
-        clicks.current_face_color = self.class_colour(click_class)
+        clicks.selected_data = set()
+        self.set_click_defaults(clicks, **{"class": click_class, "action": action})
         self.recolour_clicks(clicks)
         return clicks
 
-    def show_suggestions(self, points, image_layer, size: float) -> None:
-        """The ``suggestions`` rings at ``points`` (in the image's data coordinates; none: an empty layer)."""
+    def show_suggestions(self, points, image_layer, size) -> None:
+        """The ``suggestions`` rings at ``points`` (in the image's data coordinates; none: an empty layer), of
+        ``size`` (one for all, or one per ring: around a whole object)."""
         sugg = self.find(SUGGESTIONS)
         if points is None:
-            if sugg is not None:
+            if sugg is not None and len(sugg.data):
                 sugg.data = np.zeros((0, sugg.ndim))
             return
         if sugg is None or sugg.ndim != points.shape[1]:
             if sugg is not None:
                 self.viewer.layers.remove(sugg)
-            sugg = self.viewer.add_points(points, name=SUGGESTIONS, ndim=points.shape[1], size=size, symbol="ring",
-                                          face_color="yellow", border_width=0, opacity=0.9)
+            sugg = self.viewer.add_points(points, name=SUGGESTIONS, ndim=points.shape[1], size=size,
+                                          **SUGGESTION_STYLE)
             sugg.metadata[LAYER_TAG] = SUGGESTIONS
             sugg.editable = False
             clicks = self.find(CLICKS)
             if clicks is not None:  # keep the clicks layer on top and selected
                 self.viewer.layers.selection.active = clicks
-        else:
-            sugg.data = points
-        copy_geometry(sugg, image_layer)
+            copy_geometry(sugg, image_layer)
+            from qtpy.QtCore import QTimer
+
+            # the rings arrive from the worker after the layers were stacked: under the clicks again, once this
+            # callback is over (moving layers inside one crashed Mesa's OpenGL under Xvfb)
+            QTimer.singleShot(0, lambda: self.raise_above(image_layer))
+        else:  # only what changed: each set redraws the layer on the GUI thread
+            if not (np.shape(sugg.data) == np.shape(points) and np.array_equal(sugg.data, points)):
+                sugg.data = points
+            if not np.array_equal(np.broadcast_to(sugg.size, (len(points),)), np.broadcast_to(size, (len(points),))):
+                sugg.size = size
+            if not same_source(sugg, image_layer):  # rings of another image before: its geometry (else
+                copy_geometry(sugg, image_layer)  # follow_geometry keeps it)
         sugg.metadata["source"] = image_layer.name
         sugg.metadata["source_id"] = source_id(image_layer)
+
+    # -- instances -------------------------------------------------------------------------------------------------
+    def write_instances(self, image_layer, idx, instances) -> None:
+        """The objects of one slice into the ``instances`` layer (after a click or a stroke). The layer announces
+        new data, so that the Measurements dock measures again (whether or not the layer is shown)."""
+        lyr = self.find(INSTANCES)
+        if lyr is None or not same_source(lyr, image_layer):
+            return  # deleted (Segment makes it again), or showing another image: nothing to keep up to date
+        instances = fitting(instances, lyr.data.dtype)
+        if idx:
+            if lyr.data.dtype != instances.dtype:  # more objects than the layer's type holds
+                lyr.data = lyr.data.astype(instances.dtype)
+            lyr.data[idx] = instances
+            lyr.events.data(value=lyr.data)
+            lyr.refresh()
+        else:  # a copy: the session keeps editing its own array
+            lyr.data = np.array(instances, copy=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import _tooltips as tips
 from ._common import AUTO_TASK, SEGMENTATION, breakable, notify_error, source_id
+from ._controls import NO_TASKS
 
 
 def moved_note(session) -> str:
@@ -43,11 +45,8 @@ class LearnPanel:
             notify_error(f"Cannot learn: '{state.target[0].name}' has changed since it was segmented (or the "
                          "segmentation layer is gone). Press Segment, correct it, then Learn.")
             return
-        try:  # the layers are the truth: take the latest clicks and paint before learning
-            pts, labs, painted, _ = d.corrections.gather_inputs()
-            session.interaction.set_clicks(pts, labs)
-            if painted is not None:
-                session.interaction.set_painted(painted)
+        try:  # the layers are the truth: the latest clicks (with their split / merge actions) and paint
+            d.corrections.sync_session()
         except Exception as e:
             notify_error(f"Cannot learn: {e}")
             return
@@ -91,7 +90,7 @@ class LearnPanel:
         saves to a new file beside it, which :func:`moved_note` reports.)"""
         from napari.utils.notifications import show_warning
 
-        from ..checkpoint import CheckpointError, models_dir, unique_model_path
+        from ..model_files import CheckpointError, models_dir, unique_model_path
 
         state = self.state
         if session.autosave is None and state.retry_autosave is not None:  # a failed autosave: the same file again
@@ -132,13 +131,11 @@ class LearnPanel:
                 (show_warning if unsaved is not None or moved or session.autosave is None else show_info)(
                     f"Learned task {record.task} (after the widget was closed).{saved}{moved}")
             return
-        free = session.free_kernels[0]
         late = "Learning had finished when Cancel was pressed, so the task is kept. " \
             if d.runner.cancel_requested else ""
-        msg = (f"{late}Learned task {record.task}: Dice on this image "
-               f"{record.dice_before:.3f} -> {record.dice_after:.3f} "
-               f"({record.seconds:.0f} s, {record.kernels_new} new kernels, {free} left free for later tasks)."
-               f"{saved}{moved}")
+        msg = (f"{late}Learned task {record.task} from this image in {record.seconds:.0f} s: it now fits your "
+               f"corrections {record.dice_after:.2f} (was {record.dice_before:.2f}; 1 = the same). Similar images "
+               f"are segmented with it from now on.{saved}{moved}")
         (show_warning if unsaved is not None or moved else show_info)(msg)
         d.controls.set_status(msg)
         self.show_tasks()
@@ -175,7 +172,7 @@ class LearnPanel:
         state, controls = self.state, getattr(self.dock, "controls", None)  # none while the Task list is made
         in_use = state.session is not None and controls is not None and state.model_key == controls.chosen_key()
         n = state.session.net.n_tasks if in_use else 1
-        return [("auto (task-aware)", AUTO_TASK), ("0 (pretrained)", 0)] + [(str(t), t) for t in range(1, n)]
+        return [("automatic", AUTO_TASK), ("none (pretrained)", 0)] + [(f"task {t}", t) for t in range(1, n)]
 
     def show_tasks(self) -> None:
         """The task list, its plot, and the mask usage of the task that segmented the current image."""
@@ -186,15 +183,23 @@ class LearnPanel:
         c.task_plot.set_tasks(session.tasks if session is not None else [])
         c.mask_plot.set_usage(mask_usage(session.net, session.task) if session is not None else [],
                               session.task if session is not None else 0)
+        c.tasks_label.tooltip = tips.TASKS
         if session is None or not session.tasks:
-            c.tasks_label.value = "No task learned yet."
+            c.tasks_label.value = NO_TASKS
             return
-        lines = [f"task {r.task}: Dice {r.dice_before:.2f} -> {r.dice_after:.2f}" for r in session.tasks[-4:]]
-        if len(session.tasks) > 4:
-            lines.insert(0, f"({len(session.tasks)} tasks; the last 4:)")
+        n = len(session.tasks)
+        them = "them" if n > 1 else "it"
+        lines = [f"{n} task{'s' if n > 1 else ''} learned. Similar images are segmented with {them} (Learned task: "
+                 "automatic); choose one in 'Learned task' to use it on any image."]
+        if n > 4:
+            lines.append(f"The last 4 of {n}:")
+        lines += [f"task {r.task} ({r.created[:16].replace('T', ' ')}): fits your corrections {r.dice_before:.2f}"
+                  f" → {r.dice_after:.2f}" for r in session.tasks[-4:]]
         free, reserve = session.free_kernels
-        lines.append(f"free kernels for new tasks: {free} of {reserve}" + ("" if free else " (all in use)"))
+        lines.append(f"Room for new tasks: {round(100 * free / reserve) if reserve else 0}%"
+                     + ("" if free else " (none left)"))
         c.tasks_label.value = "\n".join(lines)
+        c.tasks_label.tooltip = f"{tips.TASKS}\n\nFree kernels for new tasks: {free} of {reserve}."
 
     def model_hint(self) -> None:
         """Another model is chosen than the one in use: its tasks are known once it is loaded (Segment)."""
@@ -210,7 +215,7 @@ class LearnPanel:
         keeping this session for it (choosing it does not reload it), and is the one learning keeps up to date.
         A user who chose another model meanwhile (while learning) keeps that choice; a closed dock only keeps
         the state right (for a reopened dock to take over)."""
-        from ..checkpoint import models_dir
+        from ..model_files import models_dir
 
         d, state = self.dock, self.state
         session = state.session
@@ -229,7 +234,7 @@ class LearnPanel:
         """Save the session's model (with its learned tasks) to ``path`` (default: the 'Save model to' box, or
         when that is empty the file learning keeps up to date, else a new file in the models folder, which the
         Model list shows)."""
-        from ..checkpoint import CheckpointError, models_dir, unique_model_path
+        from ..model_files import CheckpointError, models_dir, unique_model_path
 
         d, state = self.dock, self.state
         session = state.session

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from .._napari_compat import worker_generator
+
 
 class Runner:
     """Runs the dock's heavy steps in napari's worker threads (``napari.qt.threading``)."""
@@ -23,6 +25,7 @@ class Runner:
         self.cancel_requested = False
         self.step = (0, 0)  # (done, total) within the running step, set from the worker thread
         self.threads: dict[str, str] = {}  # what ran in which thread, by step (read by tests)
+        self.session_lock = threading.RLock()  # a segmentation and a propagation never use the session at once
         self._timer = None
 
     @property
@@ -52,7 +55,14 @@ class Runner:
                     callback(*args)
             return call
 
-        worker = thread_worker(function, ignore_errors=True)()
+        worker = thread_worker(self.locked(function) if kind == "segment" else function, ignore_errors=True)()
+        gen = worker_generator(worker)  # napari's GeneratorWorker: the generator it runs
+        if kind == "segment" and gen is not None:
+            # a quit worker leaves its generator suspended at a yield, the session lock held (propagations then
+            # wait for ever): close it, in the worker's thread, as it stops
+            from qtpy.QtCore import Qt
+
+            worker.aborted.connect(gen.close, Qt.ConnectionType.DirectConnection)
         if on_item is not None:
             worker.yielded.connect(current(on_item))
         if on_return is not None:
@@ -68,6 +78,22 @@ class Runner:
             self._timer.timeout.connect(poll)
             self._timer.start(200)
         worker.start()
+
+    def locked(self, function):
+        """``function`` (a generator function or not) run holding the session lock."""
+        import inspect
+
+        lock = self.session_lock
+        if inspect.isgeneratorfunction(function):
+            def generator():
+                with lock:
+                    return (yield from function())
+            return generator
+
+        def plain():
+            with lock:
+                return function()
+        return plain
 
     def _finished(self, worker, on_done) -> None:
         if worker is not self.worker:
@@ -105,7 +131,8 @@ class Runner:
 
     # -- the propagation lane ------------------------------------------------------------------------------------
     def start_side(self, function, on_return, on_error, again) -> None:
-        """Propagate clicks in a worker (a large image); ``again()`` when clicks changed meanwhile."""
+        """Propagate clicks (or compute suggestions) in a worker, holding the session lock; ``on_return`` on the GUI
+        thread while the generation is current; ``again()`` when clicks changed meanwhile."""
         from napari.qt.threading import thread_worker
 
         state, generation = self.dock.state, self.dock.state.generation
@@ -120,7 +147,7 @@ class Runner:
                 self.side_pending = False
                 again()
 
-        worker = thread_worker(function, ignore_errors=True)()
+        worker = thread_worker(self.locked(function), ignore_errors=True)()
         worker.returned.connect(returned)
         worker.errored.connect(on_error)
         worker.finished.connect(finished)

@@ -11,6 +11,7 @@ import numpy as np
 from .. import _tooltips as tips
 from ..annotation_state import RunRecord, Target
 from ..preprocessing import alpha_is_transparency
+from ._click_actions import AUTO, actions_of, apply_clicks
 from ._common import (
     AUTO_TASK,
     CLICKS,
@@ -26,6 +27,7 @@ from ._common import (
     same_source,
     source_id,
     spatial_shape,
+    task_choice_detail,
     task_choice_text,
 )
 
@@ -58,6 +60,22 @@ def load_session(plan: Plan):
     if kind == "pretrained":
         return ClisSession.from_pretrained(what, device=plan.device)
     return ClisSession.from_checkpoint(what, device=plan.device)
+
+
+def warm_up() -> None:
+    """After the model loads (in the worker): import what the layers and learning import later (pandas for the
+    clicks' features, torch's optimizers), so the GUI thread does not; then collect and freeze what is alive
+    (the model, torch), so that Python's full garbage collections, on the GUI thread too, no longer walk it."""
+    import gc
+    import importlib
+
+    for name in ("pandas", "torch.optim", "torch.optim.lbfgs"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - optional here
+            pass
+    gc.collect()
+    gc.freeze()
 
 
 def check_layer(layer):
@@ -124,7 +142,7 @@ class Segmenter:
     def plan_session(self) -> Plan:
         """The session for the chosen model and device: the one in use, or one to load in the worker. Raises with
         a user message when another model may not replace the one in use (learned tasks in no file)."""
-        from ..checkpoint import shipped_models
+        from ..model_files import shipped_models
 
         state, c = self.dock.state, self.dock.controls
         key = c.chosen_key()
@@ -163,8 +181,8 @@ class Segmenter:
     def raw_corrections(self, layer, planes) -> dict:
         """``{slice index: (clicks, painted)}`` for each of ``planes`` that has any, copied for a worker: the
         clicks of ``layer`` (in 'clicks', or kept for it in 'clicks [name]') inside the image, as ``(points (N, 2),
-        classes)``, and the slice's painted map; ``None`` for what a slice lacks. Classes are checked in the
-        worker, once the model is known."""
+        classes, actions)``, and the slice's painted map; ``None`` for what a slice lacks. Classes and actions are
+        checked in the worker, once the model is known."""
         d = self.dock
         ndim = len(spatial_shape(layer))
         clicks = d.layers.find(CLICKS)
@@ -174,6 +192,7 @@ class Segmenter:
         if clicks is not None and len(clicks.data) and "class" in clicks.features:
             data = np.asarray(clicks.data, float)
             classes = clicks.features["class"].to_numpy().astype(int)
+            actions = actions_of(clicks)
             h, w = spatial_shape(layer)[-2:]
             lead = np.round(data[:, :-2]).astype(int)
             y, x = data[:, -2], data[:, -1]
@@ -181,7 +200,7 @@ class Segmenter:
             for idx in planes:
                 on = inside & (lead == np.asarray(idx, int)).all(1)
                 if on.any():
-                    out[tuple(idx)] = ((data[on, -2:], classes[on]), None)
+                    out[tuple(idx)] = ((data[on, -2:], classes[on], actions[on]), None)
         source = source_id(layer)
         for idx in planes:
             painted = d.state.ledger.painted.get((source, tuple(idx)))
@@ -212,6 +231,7 @@ class Segmenter:
                 if session is None:
                     runner.note_thread("load")
                     session = load_session(plan)
+                    warm_up()
                     yield ("session", session)
                 from ..session import resolve_device
 
@@ -227,10 +247,13 @@ class Segmenter:
                 result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles,
                                          intensity_range=intensity_range, object_diameter=object_diameter)
                 clicks, painted = raw.get(tuple(idx), (None, None))
-                if clicks is not None:
-                    known = (clicks[1] >= 0) & (clicks[1] < session.n_classes)
-                    if known.any():
-                        session.interaction.set_clicks(clicks[0][known], clicks[1][known].tolist())
+                if clicks is not None:  # as the slice's own clicks apply: one that cannot apply leaves the others
+                    inter = session.interaction
+                    objects = inter.mode == "object"  # region clicks: add / remove only
+                    keep = (clicks[1] >= 0) & (clicks[1] < session.n_classes) & (objects | (clicks[2] == AUTO))
+                    if keep.any():
+                        apply_clicks(inter, clicks[0][keep], clicks[1][keep].tolist(),
+                                     clicks[2][keep].tolist() if objects else None)
                 if painted is not None and painted.shape == result.labels.shape and \
                         int(painted.max()) < session.n_classes:
                     session.interaction.set_painted(painted)
@@ -244,7 +267,8 @@ class Segmenter:
         c.show_busy(n if n > 1 else 0)  # 0 = busy indicator for a single plane, until it has tiles
         model = plan.session.model_name if plan.session is not None else Path(plan.key[0]).stem
         where = plan.session.device if plan.session is not None else plan.device
-        c.set_status(f"Segmenting '{layer.name}' with {model} on {where}…")
+        on = f" on {where}" if str(where) != "auto" else ""
+        c.set_status(f"Segmenting '{layer.name}' with the {model} model{on}…")
 
     def show_tiles(self) -> None:
         done, total = self.dock.runner.step
@@ -291,10 +315,14 @@ class Segmenter:
             self.finish_run(layer)
         c.progress.max = n if n > 1 else 1
         c.progress.value = i + 1
-        if session.n_samples == 0:
-            note = " MC samples is 0: no uncertainty map and no suggestions."
+        if result.familiarity is not None and result.familiarity.unfamiliar:
+            note = ""  # the familiarity line says what to do first: the rings may miss what the model missed
+        elif session.n_samples == 0:
+            note = " Uncertainty samples is 0: no uncertainty map and no suggestions."
+        elif c.suggest.value:
+            note = " Check the yellow rings first: the model is least sure there."
         else:
-            note = " Bright areas of 'uncertainty' need checking."
+            note = " 'Show uncertainty' shows where the model is unsure."
         where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
         late = "Segmenting had finished when Cancel was pressed. " if n == 1 and d.runner.cancel_requested else ""
         found = f": {object_count_text(session, result.instances)}."
@@ -302,8 +330,9 @@ class Segmenter:
                       f"{late}Segmented {where}'{layer.name}'{found}{note}")
                      + (task_choice_text(session) if n == 1 else "")  # a stack: tasks per slice
                      + familiarity_text(result.familiarity))
-        fam = result.familiarity
-        c.status.tooltip = (fam.message + "\n\n" if fam is not None else "") + tips.UNCERTAINTY_LAYER
+        fam, detail = result.familiarity, task_choice_detail(session) if n == 1 else ""
+        c.status.tooltip = (fam.message + "\n\n" if fam is not None else "") + (detail + "\n\n" if detail else "") \
+            + tips.UNCERTAINTY_LAYER
 
     def finish_run(self, layer) -> None:
         """The slice segmented last is the one to correct: click layers, the clicks and edits, the task panel."""
@@ -354,7 +383,7 @@ class Segmenter:
     def forget_missing_model(self) -> None:
         """A saved model chosen in the list whose file was deleted since the list was made: it leaves the list, and
         the list shows the model in use again."""
-        from ..checkpoint import shipped_models
+        from ..model_files import shipped_models
 
         d = self.dock
         value = d.controls.model.value

@@ -1358,6 +1358,12 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--margin", type=float, default=MEMORY_MARGIN_MB,
                     help="allowed RSS growth (MB) after cycle 10, net of the tasks")
     me.set_defaults(bench_func=memory)
+    from . import gui as _gui  # imports no Qt until it runs
+
+    gu = _subcommand(bsub, "gui", "the widget in a real napari viewer: Segment time beside segment(), GUI-thread "
+                     "stalls and where they come from (needs a display: xvfb-run -a napari-clis bench gui)")
+    _gui.add_arguments(gu)
+    gu.set_defaults(bench_func=_gui.gui)
     return b
 
 

@@ -1,0 +1,716 @@
+"""``napari-clis bench gui``: the Segment (CLIS) dock in a real napari viewer, timed and watched for stalls.
+
+It needs a display; on a server run it under a virtual one: ``xvfb-run -a napari-clis bench gui``. Per image
+(default: the dsb2018 fluorescence nuclei image and an isic2017 lesion of tests/data), in one process:
+
+* **Segment time**: the widget's Segment, from the button press to the layers written (the dock no longer busy),
+  against ``ClisSession.segment()`` on the same data in the same process, interleaved and repeated (medians, and
+  their ratio; the issue's target is at most 1.2). The first Segment (the model loaded in the worker, torch
+  imported there for the first image) is reported apart, beside a fresh session's load and first ``segment()``.
+* **Event-loop stalls**: a timer ticks every ``--tick-ms`` on the GUI thread; the gaps between its ticks are how
+  long the GUI thread could not handle an event. Longest gap and 99th percentile per phase: idle, the first Segment,
+  warm Segments, object clicks added to the ``clicks`` Points layer (``layer.add``), brush strokes painted through
+  the ``segmentation`` Labels layer's ``paint``, Learn. The issue's target: never over 100 ms.
+* **Where a stall comes from**: a watcher thread looks at the GUI thread every ``--sample-ms``; while the timer
+  has not ticked for two intervals it takes every thread's Python stack (``sys._current_frames()``). Each long gap
+  is attributed to what the GUI thread was doing (its innermost product, napari and vispy frames), or, when the GUI
+  thread sat in Qt's event loop with no Python running, to what a worker thread was doing: a worker holding the GIL
+  in a C extension (or an import) stalls the GUI thread as surely as GUI-thread work does. The watcher needs the
+  GIL too, so such a stall is seen from its end (the worker still on the line of the long call), and the watcher's
+  own lateness is reported beside it. (``faulthandler.dump_traceback_later``, which needs no GIL, reads the
+  threads' frames while they run and crashed Python 3.11 here.) Garbage collections are timed through
+  ``gc.callbacks`` (a collection holds the GIL, so the watcher cannot sample it) and are a blocker of their own.
+  The blocker table shares each stall's time among its samples: a sampling profile of the GUI thread's stalls.
+
+Under Xvfb napari draws with Mesa's software OpenGL, so drawing costs more than on a real GPU; a loaded machine
+stretches every number. Only the widget's public surface and napari's public layer API are used.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_arguments", "gui", "attribute", "blockers"]
+
+NUCLEI_FLUO = "dsb2018/images/0280fa8f60f6bcae0f97d93c28f60be194f9309ff610dc5845e60455b0f87c21.png"
+# (path under tests/data, path under the data folder, shipped sample to fall back on, model, what it is)
+DEFAULT_IMAGES = (
+    (NUCLEI_FLUO, NUCLEI_FLUO, "nuclei.png", "nuclei", "dsb2018 fluorescence nuclei"),
+    ("isic2017/images/2.jpg", "isic2017/test/images/2.jpg", "skin_lesion.jpg", "skin-lesion", "isic2017 lesion"),
+)
+PHASES = ("startup", "idle", "first segment", "segment", "clicks", "strokes", "learn")
+REPORTED_STALL_MS = 50.0  # gaps at least this long are kept, with their stack samples, for the blocker table
+
+
+def add_arguments(p) -> None:
+    """The options of ``napari-clis bench gui`` (added to the subcommand's parser by benchmarks.py)."""
+    p.add_argument("--image", action="append", metavar="PATH",
+                   help="an image file to measure (repeat for several; default: the dsb2018 fluorescence nuclei "
+                        "image with the nuclei model and an isic2017 lesion with the skin-lesion model, from "
+                        "tests/data, else the data folder, else the shipped samples)")
+    p.add_argument("--model", default="nuclei", help="the model for --image files: a shipped model's name or a file")
+    p.add_argument("--data", help="data folder to find the default images in when tests/data is absent "
+                   "(default ../shared/data)")
+    p.add_argument("--repeats", type=int, default=5, help="warm Segments (and segment() calls) per image, "
+                   "interleaved; medians are reported")
+    p.add_argument("--clicks", type=int, default=20, help="clicks added to the clicks layer per image")
+    p.add_argument("--strokes", type=int, default=6, help="brush strokes painted on the segmentation per image")
+    p.add_argument("--learn-steps", type=int, help="learning steps of the one Learn per image (default: the "
+                   "model's own, 20); 0: no Learn")
+    p.add_argument("--tick-ms", type=float, default=5.0, help="the GUI-thread timer's interval")
+    p.add_argument("--stall-ms", type=float, default=100.0, help="a gap longer than this is a stall (the target)")
+    p.add_argument("--sample-ms", type=float, default=25.0, help="stack samples every this many ms of a stall")
+    p.add_argument("--no-stacks", action="store_true", help="no stack sampling (timings without its overhead)")
+    p.add_argument("--settle-ms", type=float, default=500.0, help="the event loop runs this long after each step "
+                   "(the layers drawn, deferred updates), inside the step's stall window")
+    p.add_argument("--pace-ms", type=float, default=150.0, help="time between two clicks, as a user clicks")
+    p.add_argument("--json", help="also write the numbers, the stalls and their stack samples to this JSON file")
+
+
+# -- stack samples ---------------------------------------------------------------------------------------------
+
+def _short(path: str) -> str:
+    """A frame's file, from its package on (``napari/layers/labels/labels.py``)."""
+    p = path.replace("\\", "/")
+    for marker in ("/site-packages/", "/dist-packages/", "/src/", "/lib/python"):
+        if marker in p:
+            p = p.split(marker, 1)[1]
+            break
+    return p
+
+
+def _is_harness(path: str) -> bool:
+    return _short(path).endswith("napari_clis/evaluation/gui.py")
+
+
+def _is_product(path: str) -> bool:
+    p = _short(path)
+    return p.startswith("napari_clis/") and "/evaluation/" not in p and not p.endswith("napari_clis/cli.py")
+
+
+def _name(frame, line: bool = False) -> str:
+    file, n, func = frame
+    s = _short(file)
+    s = s.split("/", 1)[1] if s.startswith("napari_clis/") else s
+    return f"{s}:{n} {func}" if line else f"{s}:{func}"
+
+
+# what the innermost product frame of a GUI-thread sample does (checked in this order, on the product frames)
+_PRODUCT_CATEGORIES = (
+    ("layer creation (add_labels / add_image / add_points)", lambda fr: any(
+        f in ("add_labels", "add_image", "add_points", "add_layer") for _, _, f in fr)),
+    ("geometry copied onto a layer (6 transform setters)", lambda fr: fr[0][2] == "copy_geometry"),
+    ("core computation (clicks, propagation, suggestions)", lambda fr: any(m in _short(fr[0][0]) for m in (
+        "interactive.py", "propagation.py", "objects.py", "instances.py", "superpixels.py", "uncertainty.py"))),
+    ("suggestions layer update", lambda fr: fr[0][2] == "show_suggestions"),
+    ("layer data writes", lambda fr: fr[0][2] in ("write_plane", "write", "merge") or "annotation_state" in fr[0][0]),
+)
+# what the GUI thread does outside the product's code (innermost frame first)
+_LIBRARY_CATEGORIES = (
+    ("vispy texture upload", lambda s, f: s.startswith(("vispy/", "OpenGL/")) and (
+        "texture" in s.lower() or "glTex" in f)),
+    ("vispy draw (OpenGL)", lambda s, f: s.startswith(("vispy/gloo", "vispy/app", "OpenGL/")) or "draw" in f),
+    ("labels contour", lambda s, f: "contour" in f),
+    ("Qt painting / widgets", lambda s, f: s.startswith(("napari/_qt", "magicgui/", "qtpy/", "superqt/"))),
+    ("napari events", lambda s, f: s.startswith(("napari/", "psygnal/", "vispy/"))),
+)
+_IDLE_FILES = ("threading.py", "queue.py", "selectors.py", "concurrent/futures")
+
+
+def _library_category(frames) -> str:
+    for file, _line, func in frames:
+        s = _short(file)
+        for name, rule in _LIBRARY_CATEGORIES:
+            if rule(s, func):
+                return name
+    return "other"
+
+
+def _describe(frames) -> tuple[str, str, str]:
+    """(category, where, detail) of one thread's stack (innermost frame first)."""
+    if any(f.startswith("<frozen importlib") for f, _, _ in frames):
+        modules = [_short(f) for f, _, fn in frames if fn == "<module>" and not f.startswith("<frozen")]
+        product = [fr for fr in frames if _is_product(fr[0]) and fr[2] != "<module>"]
+        what = modules[-1].split("/")[0] if modules else "?"
+        return (f"import of {what}", _name(product[0]) if product else "(no product frame)",
+                " < ".join(modules[-3:]))
+    product = [fr for fr in frames if _is_product(fr[0])]
+    inner = [fr for fr in frames if _short(fr[0]).startswith(("napari/", "vispy/"))]
+    detail = _name(inner[0], line=True) if inner else (_name(frames[0], line=True) if frames else "")
+    if product:
+        category = next((name for name, rule in _PRODUCT_CATEGORIES if rule(product)), f"widget: {product[0][2]}")
+        where = " > ".join(_name(fr) for fr in reversed(product[:2]))
+        return category, where, detail
+    category = _library_category(frames)
+    return category, (_name(inner[0]) if inner else detail), detail
+
+
+def attribute(dump: list[dict], gui_ident: int) -> dict:
+    """What one stack sample (per thread ``{"ident", "frames": [(file, line, function), ...]}``, innermost frame
+    first) says the GUI thread was blocked by: ``category``, ``where`` (the innermost two product frames, caller
+    first, or the innermost napari / vispy frame), ``detail`` and the ``stack`` (innermost 30 frames).
+
+    The GUI thread's frames are cut at the harness's (the event loop it runs). When nothing runs above it (the
+    GUI thread waits for the GIL, or Qt works in C++), the worker thread running product code is described
+    instead (``thread: "worker"``)."""
+    gui = next((t for t in dump if t["ident"] == gui_ident), None)
+    frames = []
+    for fr in gui["frames"] if gui is not None else []:
+        if _is_harness(fr[0]):
+            break
+        frames.append(fr)
+    if frames:
+        category, where, detail = _describe(frames)
+        return {"thread": "GUI", "category": category, "where": where, "detail": detail,
+                "stack": [_name(fr, line=True) for fr in frames[:30]]}
+    best = None
+    for t in dump:
+        if t["ident"] == gui_ident or not t["frames"] or any(m in _short(t["frames"][0][0]) for m in _IDLE_FILES):
+            continue  # the GUI thread, or a thread waiting on a lock or a queue
+        score = sum(_is_product(f) for f, _, _ in t["frames"])
+        if best is None or score > best[0]:
+            best = (score, t["frames"])
+    if best is None:
+        return {"thread": "GUI", "category": "Qt event loop (C++, no Python frame)", "where": "-", "detail": "",
+                "stack": []}
+    category, where, detail = _describe(best[1])
+    return {"thread": "worker", "category": f"GIL held by a worker: {category}", "where": where, "detail": detail,
+            "stack": [_name(fr, line=True) for fr in best[1][:30]]}
+
+
+def _frames(frame) -> list[tuple[str, int, str]]:
+    """A thread's stack, innermost frame first (no source lines read: the watcher holds the GIL meanwhile)."""
+    out = []
+    while frame is not None:
+        out.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return out
+
+
+# -- the event-loop meter ----------------------------------------------------------------------------------------
+
+@dataclass
+class Stall:
+    phase: str
+    image: str
+    ms: float
+    start: float  # perf_counter() of the tick before the gap
+    end: float  # and of the tick after it
+    samples: list = field(default_factory=list)  # attribute() of each stack sample taken during it
+    gc_ms: float = 0.0  # of it, the time the garbage collector ran (in any thread: it holds the GIL)
+
+
+class Meter:
+    """A timer on the GUI thread: the gaps between its ticks per phase; long gaps with the stack samples a watcher
+    thread took while the timer had not ticked."""
+
+    def __init__(self, tick_ms: float, stall_ms: float, sample_ms: float, stacks: bool):
+        from qtpy.QtCore import Qt, QTimer
+
+        self.tick_s, self.stall_ms, self.sample_s, self.stacks = tick_ms / 1000, stall_ms, sample_ms / 1000, stacks
+        self.gaps: dict[tuple[str, str], list[float]] = {}
+        self.stalls: list[Stall] = []
+        self.image, self.phase = "", "-"  # "-": between the measured steps (the harness's own work)
+        self.gui_ident = threading.get_ident()
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(max(1, int(round(tick_ms))))
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.until = None
+        self.met_at = None
+        self.loop = None
+        self.samples: list[tuple[float, float, list]] = []  # (time, watcher lateness s, threads) from the watcher
+        self._watching = threading.Event()
+        self._closed = False
+        self._watcher = None
+        self.collections: list[dict] = []  # garbage collections of at least 5 ms (their thread, generation, time)
+        self._gc_start = threading.local()
+        gc.callbacks.append(self._on_gc)
+        if stacks:
+            self._watcher = threading.Thread(target=self._watch, name="bench-gui-watcher", daemon=True)
+            self._watcher.start()
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        """gc's callback, in the thread that collects: a collection holds the GIL, so it stalls every thread."""
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_start.t = now
+            return
+        start = getattr(self._gc_start, "t", None)
+        if start is not None and now - start >= 0.005:
+            self.collections.append({"start": start, "ms": round((now - start) * 1000, 1),
+                                     "generation": info.get("generation"), "collected": info.get("collected"),
+                                     "thread": "GUI" if threading.get_ident() == self.gui_ident else
+                                     threading.current_thread().name, "phase": self.phase, "image": self.image})
+
+    def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        self._closed = True
+        self._watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+    def _watch(self) -> None:
+        """The watcher thread: every ``sample_s``, while the GUI thread's timer is two intervals late, every
+        thread's stack (innermost frame first). The watcher needs the GIL: when it wakes late, a thread held the GIL
+        (or the machine starved it), and the stacks it takes then are kept, dated to the middle of its wait."""
+        me = threading.get_ident()
+        while not self._closed:
+            self._watching.wait()
+            if self._closed:
+                return
+            expected = time.perf_counter() + self.sample_s
+            time.sleep(self.sample_s)
+            now = time.perf_counter()
+            last, late = self.last, now - expected
+            stale = last is not None and now - last >= max(2 * self.tick_s, self.sample_s)
+            if not self._watching.is_set() or not (stale or late > self.sample_s):
+                continue
+            threads = [{"ident": ident, "frames": _frames(frame)}
+                       for ident, frame in sys._current_frames().items() if ident != me]
+            self.samples.append((now if late <= self.sample_s else (expected + now) / 2, late, threads))
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            gap = now - self.last
+            self.gaps.setdefault((self.image, self.phase), []).append(gap)
+            if gap * 1000 >= REPORTED_STALL_MS:
+                self.stalls.append(Stall(self.phase, self.image, gap * 1000, self.last, now))
+        self.last = now
+        if self.met_at is None and self.until is not None and self.until():
+            self.met_at = now
+        if self.met_at is not None and now >= self.end_not_before and now - self.met_at >= self.settle_s:
+            self.loop.quit()
+        elif now > self.deadline:
+            self.loop.quit()
+
+    def finish(self) -> None:
+        """Stop the watcher; give each stall the stack samples taken during it."""
+        self.close()
+        samples = sorted(self.samples, key=lambda s: s[0])
+        times = np.array([s[0] for s in samples])
+        for stall in self.stalls:
+            lo, hi = np.searchsorted(times, stall.start), np.searchsorted(times, stall.end, side="right")
+            stall.samples = []
+            for t, late, threads in samples[lo:hi]:
+                a = attribute(threads, self.gui_ident)
+                a["watcher_late_ms"] = round(late * 1000, 1)
+                collecting = next((c for c in self.collections if c["start"] <= t <= c["start"] + c["ms"] / 1000),
+                                  None)
+                if collecting is not None:  # the frames are only where the collection happened to start
+                    a["detail"] = f"started in {a['where']} ({a['thread']} thread)"
+                    a["category"] = f"garbage collection (generation {collecting['generation']})"
+                    a["where"] = f"gc in the {collecting['thread']} thread"
+                stall.samples.append(a)
+            stall.gc_ms = round(sum(max(0.0, min(stall.end, c["start"] + c["ms"] / 1000) - max(stall.start, c["start"]))
+                                    for c in self.collections) * 1000, 1)
+
+    def spin(self, seconds: float = 0.0, *, until=None, settle: float = 0.0, actions=(), timeout: float = 600.0):
+        """Run Qt's event loop (the timer ticking) for at least ``seconds``; with ``until``, until it is true and
+        ``settle`` seconds more. ``actions``: ``(delay in s, callable)`` run inside the loop, each ``delay`` after
+        the one before (as a user's events arrive). Returns the time ``until`` first held (None: it never did)."""
+        from qtpy.QtCore import QEventLoop, QTimer
+
+        self.loop = QEventLoop()
+        self.met_at = None
+        start = time.perf_counter()
+        self.end_not_before = start + seconds
+        self.deadline = start + timeout
+        self.settle_s = settle
+        pending = list(actions)
+        finished = {"actions": not pending}
+
+        def next_action():
+            if not pending:
+                finished["actions"] = True
+                return
+            delay, fn = pending.pop(0)
+            QTimer.singleShot(int(round(delay * 1000)), lambda: (fn(), next_action()))
+
+        self.until = (lambda: finished["actions"] and (until is None or until())) if pending or until else None
+        if self.until is None:  # a plain wait: quits once `seconds` have passed
+            self.until = lambda: True
+        next_action()
+        self.last = time.perf_counter()  # the first gap: from the loop's start
+        self.timer.start()
+        self._watching.set()
+        self.loop.exec()
+        self._watching.clear()
+        self.timer.stop()
+        self.last = None
+        if time.perf_counter() > self.deadline:
+            raise TimeoutError(f"{self.phase} of {self.image}: still not done after {timeout:g} s")
+        return self.met_at
+
+    @contextmanager
+    def measuring(self, image: str, phase: str):
+        self.image, self.phase = image, phase
+        try:
+            yield self
+        finally:
+            self.phase = "-"
+
+    def stats(self, image: str, phase: str) -> dict | None:
+        gaps = self.gaps.get((image, phase))
+        if not gaps:
+            return None
+        ms = np.asarray(gaps) * 1000
+        return {"ticks": int(ms.size), "seconds": round(float(ms.sum()) / 1000, 3),
+                "longest_ms": round(float(ms.max()), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+                "median_ms": round(float(np.median(ms)), 2),
+                f"over_{self.stall_ms:g}_ms": int((ms > self.stall_ms).sum())}
+
+
+# -- the images ----------------------------------------------------------------------------------------------------
+
+def _default_images(data_root: str | None) -> list[tuple[Path, str, str]]:
+    from ..data import default_data_root
+
+    tests_data = Path(__file__).resolve().parents[3] / "tests" / "data"  # a source checkout
+    root = Path(data_root) if data_root else default_data_root()
+    sample_dir = Path(__file__).resolve().parents[1] / "sample_data"
+    out = []
+    for in_tests, in_data, sample, model, what in DEFAULT_IMAGES:
+        for path in (tests_data / in_tests, root / in_data, sample_dir / sample):
+            if path.is_file():
+                out.append((path, model, what))
+                break
+    return out
+
+
+def _segment_data(layer) -> np.ndarray:
+    """What the widget segments of a 2D layer: its pixels, an alpha that is transparency left out."""
+    from ..preprocessing import alpha_is_transparency
+
+    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    if data.ndim == 3 and data.shape[-1] == 4 and getattr(layer, "rgb", False) and alpha_is_transparency(data):
+        data = data[..., :3]
+    return data
+
+
+def _click_points(labels: np.ndarray, n: int, seed: int = 0) -> list[tuple[tuple[float, float], int]]:
+    """``n`` clicks a user might make: two in three a foreground click on background (an object the model
+    missed), one in three a background click on the foreground (a false object), away from the border."""
+    rng = np.random.default_rng(seed)
+    h, w = labels.shape
+    m = max(2, min(h, w) // 16)
+    inner = np.zeros_like(labels, bool)
+    inner[m:h - m, m:w - m] = True
+    fg = np.argwhere((labels > 0) & inner)
+    bg = np.argwhere((labels == 0) & inner)
+    out = []
+    for i in range(n):
+        cls, pool = (0, fg) if i % 3 == 2 and len(fg) else (1, bg if len(bg) else fg)
+        y, x = pool[rng.integers(len(pool))]
+        out.append(((float(y), float(x)), cls))
+    return out
+
+
+def _stroke_path(shape, k: int, brush: int) -> list[tuple[float, float]]:
+    """The mouse positions of brush stroke ``k``: a diagonal line over part of the image, a brush radius apart."""
+    h, w = shape
+    rng = np.random.default_rng(100 + k)
+    y0, x0 = rng.uniform(0.15, 0.5) * h, rng.uniform(0.15, 0.5) * w
+    y1, x1 = y0 + rng.uniform(0.2, 0.4) * h, x0 + rng.uniform(0.2, 0.4) * w
+    n = max(2, int(np.hypot(y1 - y0, x1 - x0) / max(1, brush / 2)))
+    return [(float(y), float(x)) for y, x in zip(np.linspace(y0, y1, n), np.linspace(x0, x1, n))]
+
+
+# -- one image ------------------------------------------------------------------------------------------------------
+
+def _press_and_wait(meter: Meter, widget, button, settle: float, timeout: float = 600.0) -> float:
+    """Press ``button`` inside the event loop; seconds from the press until the dock is no longer busy."""
+    pressed = {}
+
+    def press():
+        pressed["t"] = time.perf_counter()
+        button.native.click()
+
+    done = meter.spin(until=lambda: not widget.busy, settle=settle, actions=[(0.0, press)], timeout=timeout)
+    return done - pressed["t"]
+
+
+def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
+    import napari_clis
+    from napari_clis import ClisSession
+
+    name = what or path.name
+    torch_before = "torch" in sys.modules
+    viewer, widget = napari_clis.annotate(None, model=model)
+    try:
+        layer = viewer.open(str(path), plugin="napari")[0]
+        widget.set_image(layer)
+        data = _segment_data(layer)
+        shape = tuple(int(s) for s in data.shape)
+        settle = args.settle_ms / 1000
+        with meter.measuring(name, "startup"):  # the window and the image drawn (napari's own, not a target)
+            meter.spin(1.0)
+        with meter.measuring(name, "idle"):
+            meter.spin(1.0)
+        out = {"image": name, "path": str(path), "model": model, "shape": list(shape)}
+
+        # (a) the first Segment: the model loaded (and torch imported, for the first image) in the worker
+        with meter.measuring(name, "first segment"):
+            first = _press_and_wait(meter, widget, widget.controls.run_button, settle)
+        if "Segmented" not in widget.status:
+            raise RuntimeError(f"the widget did not segment {path}: {widget.status}")
+        t = time.perf_counter()
+        base = ClisSession.from_pretrained(model, device=widget.device) if not Path(model).suffix == ".pt" else \
+            ClisSession.from_checkpoint(model, device=widget.device)
+        base.n_samples = int(widget.samples)
+        result = base.segment(data)
+        first_base = time.perf_counter() - t
+        out["first"] = {"widget_s": round(first, 3), "load_and_segment_s": round(first_base, 3),
+                        "torch_imported_in_worker": not torch_before}
+
+        # (b) warm Segments against segment(), interleaved (the order alternates)
+        t_widget, t_base = [], []
+        for r in range(args.repeats):
+            for which in (("base", "widget") if r % 2 == 0 else ("widget", "base")):
+                if which == "base":
+                    t = time.perf_counter()
+                    result = base.segment(data)
+                    t_base.append(time.perf_counter() - t)
+                else:
+                    with meter.measuring(name, "segment"):
+                        t_widget.append(_press_and_wait(meter, widget, widget.controls.run_button, settle))
+        med_w, med_b = float(np.median(t_widget)), float(np.median(t_base))
+        out["segment"] = {"widget_s": [round(v, 3) for v in t_widget], "segment_s": [round(v, 3) for v in t_base],
+                          "widget_median_s": round(med_w, 3), "segment_median_s": round(med_b, 3),
+                          "ratio": round(med_w / med_b, 3),
+                          "ratio_pairs_median": round(float(np.median(np.divide(t_widget, t_base))), 3)}
+
+        # (d) clicks, added to the clicks layer as napari adds a user's click, at a user's pace
+        clicks = viewer.layers["clicks"]
+        latencies = []
+
+        def click(yx, cls):
+            def do():
+                widget.set_click_class(cls)
+                t = time.perf_counter()
+                clicks.add(np.asarray([yx]))
+                latencies.append(time.perf_counter() - t)
+            return do
+
+        plan = _click_points(np.asarray(result.labels), args.clicks)
+        if plan:
+            with meter.measuring(name, "clicks"):
+                meter.spin(until=lambda: not widget.propagating, settle=settle,
+                           actions=[(args.pace_ms / 1000, click(yx, c)) for yx, c in plan])
+        out["clicks"] = {"n": len(latencies), "add_ms_median": round(float(np.median(latencies)) * 1000, 1)
+                         if latencies else None,
+                         "add_ms_max": round(float(np.max(latencies)) * 1000, 1) if latencies else None,
+                         "applied": widget.click_status}
+
+        # (e) brush strokes through the Labels layer's paint, one mouse move per event, one undo entry per stroke
+        seg = viewer.layers["segmentation"]
+        brush = max(3, min(shape[:2]) // 24)
+        seg.brush_size = brush
+        actions = []
+        for k in range(args.strokes):
+            label = 1 if k % 2 == 0 else 0
+            box = {}
+
+            def begin(box=box):
+                box["cm"] = seg.block_history()
+                box["cm"].__enter__()
+
+            def end(box=box):
+                box["cm"].__exit__(None, None, None)
+
+            actions.append((args.pace_ms / 1000, begin))
+            actions += [(0.008, lambda yx=yx, label=label: seg.paint(yx, label, refresh=True))
+                        for yx in _stroke_path(shape[:2], k, brush)]
+            actions.append((0.0, end))
+        if actions:
+            with meter.measuring(name, "strokes"):
+                meter.spin(until=lambda: not widget.propagating, settle=settle, actions=actions)
+        out["strokes"] = {"n": args.strokes, "brush": brush}
+
+        # (c) Learn, once (the corrected segmentation is what it learns from)
+        if args.learn_steps is None or args.learn_steps > 0:
+            if args.learn_steps is not None:
+                widget.session.learn_settings.steps = int(args.learn_steps)
+            steps = widget.session.learn_settings.steps
+            with meter.measuring(name, "learn"):
+                t_learn = _press_and_wait(meter, widget, widget.controls.learn_button, settle)
+            if "learn" not in widget.threads:  # refused, or failed before its worker started
+                raise RuntimeError(f"Learn did not run on {path} (see the error above); status: {widget.status}")
+            out["learn"] = {"steps": int(steps), "widget_s": round(t_learn, 3), "status": widget.status}
+        out["threads"] = widget.threads
+        out["stalls"] = {ph: meter.stats(name, ph) for ph in PHASES if meter.stats(name, ph)}
+        return out
+    finally:
+        viewer.close()
+
+
+# -- the report ----------------------------------------------------------------------------------------------------
+
+def blockers(stalls: list[Stall], min_ms: float) -> list[dict]:
+    """A sampling profile of the GUI thread during stalls of at least ``min_ms``: the time the garbage collector
+    ran in a stall is its own row (the watcher cannot sample while it holds the GIL), the rest of the stall's time
+    is shared out among its other stack samples, summed by (category, where); most time first. A stall without
+    samples is counted as "not sampled"."""
+    groups: dict[tuple[str, str], dict] = {}
+
+    def add(key, ms, s, sampled, detail="", stack=()):
+        g = groups.setdefault(key, {"category": key[0], "where": key[1], "ms": 0.0, "samples": 0, "stalls": 0,
+                                    "longest_stall_ms": 0.0, "phases": [], "detail": detail, "stack": list(stack),
+                                    "_seen": set()})
+        g["ms"] += ms
+        g["samples"] += sampled
+        if id(s) not in g["_seen"]:
+            g["_seen"].add(id(s))
+            g["stalls"] += 1
+            if s.ms > g["longest_stall_ms"]:
+                g["longest_stall_ms"], g["detail"], g["stack"] = s.ms, detail, list(stack)
+        label = f"{s.phase} ({s.image})"
+        if label not in g["phases"]:
+            g["phases"].append(label)
+
+    for s in stalls:
+        if s.ms < min_ms:
+            continue
+        if s.gc_ms > 0:
+            add(("garbage collection", "gc (holds the GIL: every thread waits)"), s.gc_ms, s, 0)
+        samples = [a for a in s.samples if not a["category"].startswith("garbage collection")]
+        rest = max(0.0, s.ms - s.gc_ms)
+        if not samples:
+            if rest >= 1.0:
+                add(("not sampled", "(--no-stacks, or no sample in the stall)"), rest, s, 0)
+            continue
+        for a in samples:
+            add((a["category"], a["where"]), rest / len(samples), s, 1, a.get("detail", ""), a.get("stack", []))
+    out = sorted(groups.values(), key=lambda g: -g["ms"])
+    for g in out:
+        del g["_seen"]
+        g["ms"], g["longest_stall_ms"] = round(g["ms"], 1), round(g["longest_stall_ms"], 1)
+    return out
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def gc_summary(collections: list[dict], stalls: list[Stall]) -> dict:
+    """The garbage collections of at least 5 ms: how many, how long, in which threads, and how much of the
+    stalls' time they were."""
+    ms = [c["ms"] for c in collections]
+    threads: dict[str, int] = {}
+    for c in collections:
+        threads[c["thread"]] = threads.get(c["thread"], 0) + 1
+    return {"n": len(ms), "generation_2": sum(c["generation"] == 2 for c in collections),
+            "longest_ms": max(ms, default=0.0), "total_ms": round(sum(ms), 1), "threads": threads,
+            "in_stalls_ms": round(sum(s.gc_ms for s in stalls), 1)}
+
+
+def report(results: list[dict], top: list[dict], stall_ms: float, machine: str, gcs: dict | None = None) -> str:
+    lines = [f"Machine: {machine}", "",
+             "| image | px | first Segment (widget) | load + first segment() | warm Segment (widget, median) | "
+             "warm segment() (median) | ratio (target <= 1.2) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        f, s = r["first"], r["segment"]
+        torch_note = ", torch imported" if f["torch_imported_in_worker"] else ""
+        lines.append(f"| {r['image']} ({r['model']}) | {'x'.join(map(str, r['shape'][:2]))} | "
+                     f"{f['widget_s']:.2f} s (model loaded in the worker{torch_note}) | {f['load_and_segment_s']:.2f} s"
+                     f" | {s['widget_median_s']:.2f} s | {s['segment_median_s']:.2f} s | **{s['ratio']:.2f}** |")
+    over = f"over_{stall_ms:g}_ms"
+    lines += ["", f"Event-loop gaps on the GUI thread (target: none over {stall_ms:g} ms):", "",
+              f"| image | phase | s | ticks | median gap ms | p99 ms | longest ms | gaps > {stall_ms:g} ms |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for phase, st in r["stalls"].items():
+            flag = " **!**" if st["longest_ms"] > stall_ms else ""
+            lines.append(f"| {r['image'].split(' (')[0]} | {phase} | {st['seconds']:.1f} | {st['ticks']} | "
+                         f"{st['median_ms']:.1f} | {_ms(st['p99_ms'])} | {_ms(st['longest_ms'])}{flag} | "
+                         f"{st[over]} |")
+    extra = []
+    for r in results:
+        c = r["clicks"]
+        if c["n"]:
+            extra.append(f"- {r['image']}: {c['n']} clicks, `layer.add` (with the propagation it triggers on the GUI "
+                         f"thread) median {_ms(c['add_ms_median'])} ms, max {_ms(c['add_ms_max'])} ms.")
+        if "learn" in r:
+            extra.append(f"- {r['image']}: Learn ({r['learn']['steps']} steps) {r['learn']['widget_s']:.1f} s.")
+        extra.append(f"- {r['image']}: heavy steps ran in threads {r['threads']}.")
+    if gcs is not None and gcs["n"]:
+        extra.append(f"- Garbage collections of 5 ms or more: {gcs['n']} ({gcs['generation_2']} of generation 2), "
+                     f"longest {gcs['longest_ms']:.0f} ms, {gcs['total_ms']:.0f} ms in all, by thread "
+                     f"{gcs['threads']}; {gcs['in_stalls_ms']:.0f} ms of the stalls were a collection (it holds the "
+                     "GIL: every thread waits).")
+    lines += [""] + extra
+    if top:
+        lines += ["", "Top blockers: the GUI thread's stack sampled during the stalls of at least "
+                  f"{REPORTED_STALL_MS:g} ms, each stall's time shared among its samples (where: the innermost "
+                  "product frames, caller first; when the GUI thread ran no Python, the worker's):", "",
+                  "| what | where | ~ms | samples | stalls | longest stall ms | innermost napari / vispy frame | "
+                  "phases |", "|---|---|---|---|---|---|---|---|"]
+        for g in top[:15]:
+            lines.append(f"| {g['category']} | `{g['where']}` | {g['ms']:.0f} | {g['samples']} | {g['stalls']} | "
+                         f"{g['longest_stall_ms']:.0f} | `{g['detail']}` | {'; '.join(g['phases'])} |")
+    return "\n".join(lines)
+
+
+def gui(args) -> int:
+    """``napari-clis bench gui``: see the module's docstring."""
+    from qtpy.QtWidgets import QApplication
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and \
+            os.environ.get("QT_QPA_PLATFORM", "") not in ("offscreen", "minimal") and sys.platform.startswith("linux"):
+        print("napari-clis bench gui: needs a display; on a server run it as `xvfb-run -a napari-clis bench gui`.",
+              file=sys.stderr)
+        return 2
+    images = [(Path(p), args.model, "") for p in args.image] if args.image else _default_images(args.data)
+    missing = [str(p) for p, _, _ in images if not p.is_file()]
+    if missing or not images:
+        print(f"napari-clis bench gui: no image file {', '.join(missing) or '(no default image found)'}",
+              file=sys.stderr)
+        return 2
+    from napari.qt import get_qapp
+
+    get_qapp()
+    models = tempfile.TemporaryDirectory(prefix="clis-bench-gui-models-")  # Learn autosaves there, not ~/.napari-clis
+    old_models = os.environ.get("NAPARI_CLIS_MODELS")
+    os.environ["NAPARI_CLIS_MODELS"] = models.name
+    meter = Meter(args.tick_ms, args.stall_ms, args.sample_ms, stacks=not args.no_stacks)
+    results = []
+    try:
+        for path, model, what in images:
+            results.append(_bench_image(path, model, what, args, meter))
+            QApplication.processEvents()
+    finally:
+        meter.finish()
+        if old_models is None:
+            os.environ.pop("NAPARI_CLIS_MODELS", None)
+        else:
+            os.environ["NAPARI_CLIS_MODELS"] = old_models
+        models.cleanup()
+    from .benchmarks import _machine
+
+    machine = _machine()
+    top = blockers(meter.stalls, REPORTED_STALL_MS)
+    gcs = gc_summary(meter.collections, meter.stalls)
+    print(report(results, top, args.stall_ms, machine, gcs))
+    if args.json:
+        payload = {"machine": machine, "tick_ms": args.tick_ms, "stall_ms": args.stall_ms,
+                   "sample_ms": None if args.no_stacks else args.sample_ms, "images": results, "blockers": top,
+                   "garbage_collection": dict(gcs, collections=meter.collections),
+                   "stalls": [{"image": s.image, "phase": s.phase, "ms": round(s.ms, 1), "gc_ms": s.gc_ms,
+                               "samples": s.samples} for s in meter.stalls]}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+    return 0
