@@ -123,6 +123,29 @@ def test_cancel_stops_a_long_run_and_keeps_finished_slices(viewer_and_widget, qt
     assert widget.target is not None and widget.target[1] == (done[-1],) and "clicks" in viewer.layers
 
 
+def test_the_layers_are_made_while_the_first_segment_runs_and_go_if_it_is_cancelled(viewer_and_widget, qtbot,
+                                                                                     nuclei_fluo, errors):
+    """The output layers are made one per turn of the event loop while the worker loads the model and segments
+    (not all at once when the result comes); a run cancelled before its first result takes them away again."""
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    reps = (-(-1100 // image.shape[0]), -(-1100 // image.shape[1]))
+    layer = viewer.add_image(np.tile(image, reps)[:1100, :1100], name="big")
+    before = [lyr.name for lyr in viewer.layers]
+    widget.run(layer)
+    qtbot.waitUntil(lambda: "instances" in viewer.layers, timeout=60_000)
+    assert widget.busy and not viewer.layers["segmentation"].data.any()  # made ahead, before any result
+    assert viewer.layers["segmentation"].metadata["source"] == "big"
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert not errors and widget.status.startswith("Cancelled: 'big' was not segmented")
+    assert [lyr.name for lyr in viewer.layers] == before
+
+    _run(widget, qtbot, layer, timeout=120_000)  # and made ahead, they are the layers written
+    assert viewer.layers["segmentation"].data.any() and viewer.layers["instances"].data.any()
+    assert sum(lyr.name == "segmentation" for lyr in viewer.layers) == 1
+
+
 def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_and_widget, qtbot, nuclei_fluo,
                                                                        errors):
     viewer, widget = viewer_and_widget

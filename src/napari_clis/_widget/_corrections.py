@@ -108,8 +108,9 @@ class Corrections(SuggestionsMixin):
             d.connect(clicks.events.features, self.on_click_features)
             self.hooked_clicks.add(clicks)
         self.hook_segmentation(self.find(SEGMENTATION))
-        d.viewer.layers.selection.active = clicks
-        clicks.mode = "add"
+        d.layers.select(clicks)
+        if clicks.mode != "add":
+            clicks.mode = "add"
 
     def hook_segmentation(self, seg) -> None:
         """Paint strokes on the segmentation layer become annotations; napari's undo and redo take them back

@@ -56,6 +56,15 @@ def is_input(layer) -> bool:
     return isinstance(layer, Image) and LAYER_TAG not in layer.metadata
 
 
+def announce_in_place(layer) -> None:
+    """After writing into ``layer.data`` in place: the layer drawn again, and for the objects their listeners told
+    (the Measurements dock measures again). Not the other layers' data event: the viewer would measure every
+    layer's extent again, though none changed."""
+    if layer.metadata.get(LAYER_TAG) == INSTANCES:
+        layer.events.data(value=layer.data)
+    layer.refresh()
+
+
 class Layers:
     """The layers of one dock: ``segmentation``, ``uncertainty``, ``superpixels``, ``instances``, ``clicks`` and
     ``suggestions`` (tagged in their metadata), and the hidden copies kept of earlier images."""
@@ -146,17 +155,59 @@ class Layers:
         return None
 
     # -- the output layers ----------------------------------------------------------------------------------------
-    def prepare(self, image_layer) -> None:
-        """Create the output layers, or reset them when they were made for a differently shaped image."""
-        self.keep_corrected_result(image_layer)
-        shape = spatial_shape(image_layer)
-        session = self.dock.state.session
-        specs = {  # what the user sees first: the image, a light fill and the objects' outlines
-            SEGMENTATION: (class_dtype(session.n_classes), "add_labels", dict(opacity=SEGMENTATION_OPACITY)),
+    def specs(self, n_classes: int) -> dict:
+        """``{role: (dtype, viewer method, keyword arguments)}`` of the output layers."""
+        return {  # what the user sees first: the image, a light fill and the objects' outlines
+            SEGMENTATION: (class_dtype(n_classes), "add_labels", dict(opacity=SEGMENTATION_OPACITY)),
             UNCERTAINTY: (np.float32, "add_image", dict(uncertainty_style(), visible=self.uncertainty_wanted())),
             SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
             INSTANCES: (np.uint16, "add_labels", {}),
         }
+
+    def add(self, role: str, shape, spec, image_layer):
+        """A new, empty output layer (tagged as it is added: the Image list never offers the dock's own layers)."""
+        dtype, adder, kwargs = spec
+        lyr = getattr(self.viewer, adder)(np.zeros(shape, dtype), name=role, metadata={LAYER_TAG: role}, **kwargs)
+        lyr.metadata["source"] = image_layer.name
+        lyr.metadata["source_id"] = source_id(image_layer)
+        copy_geometry(lyr, image_layer)
+        if role == SEGMENTATION:  # a new layer shows zeros: edits are found against zeros
+            self.dock.state.ledger.forget_written()
+        return lyr
+
+    def make_ahead(self, image_layer, n_classes: int, still_wanted) -> None:
+        """While a worker segments: the output layers the image lacks, made one per turn of the event loop
+        (making a layer blocks the GUI thread for about 0.1 s; all at once, when the result comes, over 1 s).
+        Stops once ``still_wanted()`` is false (the run ended: :meth:`prepare` makes what is left)."""
+        from qtpy.QtCore import QTimer
+
+        shape, specs = spatial_shape(image_layer), self.specs(n_classes)
+        self.ahead = weakref.WeakSet()
+
+        def step():
+            if not (self.dock.alive and still_wanted()) or image_layer not in self.viewer.layers:
+                return
+            missing = [role for role in specs if self.find(role) is None]
+            if missing:
+                self.ahead.add(self.add(missing[0], shape, specs[missing[0]], image_layer))
+                QTimer.singleShot(0, step)
+
+        QTimer.singleShot(0, step)
+
+    def drop_ahead(self) -> None:
+        """A run that wrote nothing: the layers made ahead for it go (the layers are as they were)."""
+        ahead, self.ahead = list(getattr(self, "ahead", ())), weakref.WeakSet()
+        for lyr in ahead:
+            if lyr in self.viewer.layers and not lyr.data.any():
+                self.viewer.layers.remove(lyr)
+
+    def prepare(self, image_layer) -> None:
+        """Create the output layers, or reset them when they were made for a differently shaped image."""
+        self.keep_corrected_result(image_layer)
+        self.ahead = weakref.WeakSet()  # written now: kept
+        shape = spatial_shape(image_layer)
+        session = self.dock.state.session
+        specs = self.specs(session.n_classes)
         for role, (dtype, adder, kwargs) in specs.items():
             lyr = self.find(role)
             if lyr is not None and (lyr.data.shape != shape or not same_source(lyr, image_layer) or
@@ -164,26 +215,29 @@ class Layers:
                 lyr.data = np.zeros(shape, dtype)
                 if role == SEGMENTATION:  # it shows none of what was written: edits are found against zeros now
                     self.dock.state.ledger.forget_written()
-            elif lyr is None:  # tagged as it is added: the Image list never offers the dock's own layers
-                lyr = getattr(self.viewer, adder)(np.zeros(shape, dtype), name=role, metadata={LAYER_TAG: role},
-                                                  **kwargs)
-                if role == SEGMENTATION:  # a new layer shows zeros
-                    self.dock.state.ledger.forget_written()
+            elif lyr is None:
+                lyr = self.add(role, shape, (dtype, adder, kwargs), image_layer)
             lyr.metadata[LAYER_TAG] = role
             lyr.metadata["source"] = image_layer.name
             lyr.metadata["source_id"] = source_id(image_layer)
             copy_geometry(lyr, image_layer)
-            if role == SUPERPIXELS:  # outlines: the segmentation shows through
+            # each setter redraws the layer, unchanged or not: only what differs is set
+            if role == SUPERPIXELS and lyr.contour != 1:  # outlines: the segmentation shows through
                 lyr.contour = 1
-            if role == INSTANCES:  # the objects' outlines, thick enough to see at the zoom that shows the image
-                lyr.contour = outline_width(shape)
+            if role == INSTANCES and lyr.contour != outline_width(shape):  # thick enough to see at the zoom
+                lyr.contour = outline_width(shape)  # that shows the whole image
             if role == UNCERTAINTY:  # the map's full range: 0 to 1 - 1/K
-                lyr.contrast_limits = (0.0, 1.0 - 1.0 / session.n_classes)
+                limits = (0.0, 1.0 - 1.0 / session.n_classes)
+                if tuple(lyr.contrast_limits) != limits:
+                    lyr.contrast_limits = limits
                 self.follow_uncertainty_visibility(lyr)
-        seg = self.find(SEGMENTATION)
-        seg.metadata["class_names"] = session.class_names
-        self.viewer.layers.selection.active = seg
+        self.find(SEGMENTATION).metadata["class_names"] = session.class_names
         self.follow_geometry(image_layer)
+
+    def select(self, layer) -> None:
+        """Make ``layer`` the active one, unless it is already (a change swaps the layer controls: slow)."""
+        if layer is not None and self.viewer.layers.selection.active is not layer:
+            self.viewer.layers.selection.active = layer
 
     # -- how the maps look (one definition each) ------------------------------------------------------------------
     def uncertainty_wanted(self) -> bool:
@@ -274,7 +328,11 @@ class Layers:
                 if values.dtype != lyr.data.dtype and np.can_cast(lyr.data.dtype, values.dtype):
                     lyr.data = lyr.data.astype(values.dtype)  # more objects than the layer's type holds
                 lyr.data[idx] = values
-                lyr.refresh()
+                announce_in_place(lyr)
+            elif isinstance(lyr.data, np.ndarray) and lyr.data.shape == values.shape and \
+                    lyr.data.dtype == values.dtype and lyr.data.flags.writeable:
+                lyr.data[...] = values  # into the layer's own array (prepare made it): no new layer data, which
+                announce_in_place(lyr)  # would make the viewer measure every layer's extent again
             else:  # a copy: the layer is painted on, and must not write into the session's arrays
                 lyr.data = np.array(values, copy=True)
             if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
@@ -424,7 +482,6 @@ class Layers:
             if lyr.data.dtype != instances.dtype:  # more objects than the layer's type holds
                 lyr.data = lyr.data.astype(instances.dtype)
             lyr.data[idx] = instances
-            lyr.events.data(value=lyr.data)
-            lyr.refresh()
+            announce_in_place(lyr)
         else:  # a copy: the session keeps editing its own array
             lyr.data = np.array(instances, copy=True)

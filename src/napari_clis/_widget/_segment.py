@@ -263,7 +263,9 @@ class Segmenter:
 
         runner.start("segment", work, on_item=lambda item: self.on_item(layer, n, plan, item),
                      on_error=self.on_error, on_done=self.on_finished, poll=self.show_tiles if n == 1 else None)
-        d.state.run = RunRecord(layer, n, d.state.generation)
+        d.state.run = run = RunRecord(layer, n, d.state.generation)
+        n_classes = plan.session.n_classes if plan.session is not None else 2  # (uint8 either way)
+        d.layers.make_ahead(layer, n_classes, lambda: d.state.run is run and not run.done)
         c.show_busy(n if n > 1 else 0)  # 0 = busy indicator for a single plane, until it has tiles
         model = plan.session.model_name if plan.session is not None else Path(plan.key[0]).stem
         where = plan.session.device if plan.session is not None else plan.device
@@ -301,6 +303,8 @@ class Segmenter:
             d.corrections.absorb(key, idx)  # edits not taken yet (made while no dock watched: it was reopened)
         if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
             d.layers.prepare(layer)
+            if n > 1:  # the segmentation chosen while the other slices come (the last one chooses the clicks)
+                d.layers.select(d.layers.find(SEGMENTATION))
         # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
         painted = ledger.painted.get(key)
         painted = painted if painted is not None and painted.shape == result.labels.shape else None
@@ -313,8 +317,9 @@ class Segmenter:
             run.done, run.last = i + 1, result
         if i == n - 1:
             self.finish_run(layer)
-        c.progress.max = n if n > 1 else 1
-        c.progress.value = i + 1
+        if n > 1:  # a single slice keeps the busy indicator until the run ends (setting a bar repaints the window)
+            c.progress.max = n
+            c.progress.value = i + 1
         if result.familiarity is not None and result.familiarity.unfamiliar:
             note = ""  # the familiarity line says what to do first: the rings may miss what the model missed
         elif session.n_samples == 0:
@@ -361,6 +366,8 @@ class Segmenter:
         run, state.run = state.run, None
         if d.destroyed:
             return
+        if run is not None and not run.done:  # nothing written: no empty layers left behind
+            d.layers.drop_ahead()
         c.progress.visible = False
         if not d.alive:
             return
