@@ -99,6 +99,8 @@ def test_a_tiny_run_in_a_real_viewer_reports_every_field(tmp_path):
     assert len(seg["widget_s"]) == len(seg["segment_s"]) == 1
     assert seg["widget_median_s"] > 0 and seg["segment_median_s"] > 0
     assert math.isfinite(seg["ratio"]) and seg["ratio"] > 0
+    assert math.isfinite(seg["ratio_core"]) and seg["core_median_s"] > 0
+    assert len(seg["core_s"]) == len(seg["segment_s"])
     assert r["clicks"]["n"] == 3 and r["clicks"]["add_ms_median"] >= 0
     assert r["learn"]["steps"] == 1 and r["learn"]["widget_s"] > 0
     assert set(r["stalls"]) == set(PHASES)

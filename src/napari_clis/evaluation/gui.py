@@ -5,7 +5,9 @@ It needs a display; on a server run it under a virtual one: ``xvfb-run -a napari
 
 * **Segment time**: the widget's Segment, from the button press to the layers written (the dock no longer busy),
   against ``ClisSession.segment()`` on the same data in the same process, interleaved and repeated (medians, and
-  their ratio; the issue's target is at most 1.2). The first Segment (the model loaded in the worker, torch
+  their ratio; the issue's target is at most 1.2), and against the same work through the API: ``segment()``, the
+  session's objects and clicks made ready (``session.labels``) and the suggestions, which the widget shows and
+  ``segment()`` alone leaves undone (the ratio to it is the widget's own cost: drawing). The first Segment (the model loaded in the worker, torch
   imported there for the first image) is reported apart, beside a fresh session's load and first ``segment()``.
 * **Event-loop stalls**: a timer ticks every ``--tick-ms`` on the GUI thread; the gaps between its ticks are how
   long the GUI thread could not handle an event. Longest gap and 99th percentile per phase: idle, the first Segment,
@@ -477,21 +479,33 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
         out["first"] = {"widget_s": round(first, 3), "load_and_segment_s": round(first_base, 3),
                         "torch_imported_in_worker": not torch_before}
 
-        # (b) warm Segments against segment(), interleaved (the order alternates)
-        t_widget, t_base = [], []
+        # (b) warm Segments against segment(), and against the same work through the API (segment(), then the
+        # session's objects and clicks ready and the suggestions, as the widget shows them), interleaved
+        from .._widget._suggestions import suggestions
+
+        t_widget, t_base, t_core = [], [], []
         for r in range(args.repeats):
-            for which in (("base", "widget") if r % 2 == 0 else ("widget", "base")):
+            for which in (("base", "core", "widget") if r % 2 == 0 else ("widget", "core", "base")):
                 if which == "base":
                     t = time.perf_counter()
                     result = base.segment(data)
                     t_base.append(time.perf_counter() - t)
+                elif which == "core":
+                    t = time.perf_counter()
+                    result = base.segment(data)
+                    base.labels  # the objects made, the clicks ready (the widget's layers show them)
+                    if widget.controls.suggest.value and base.n_samples:
+                        suggestions(base)
+                    t_core.append(time.perf_counter() - t)
                 else:
                     with meter.measuring(name, "segment"):
                         t_widget.append(_press_and_wait(meter, widget, widget.controls.run_button, settle))
-        med_w, med_b = float(np.median(t_widget)), float(np.median(t_base))
+        med_w, med_b, med_c = (float(np.median(v)) for v in (t_widget, t_base, t_core))
         out["segment"] = {"widget_s": [round(v, 3) for v in t_widget], "segment_s": [round(v, 3) for v in t_base],
+                          "core_s": [round(v, 3) for v in t_core],
                           "widget_median_s": round(med_w, 3), "segment_median_s": round(med_b, 3),
-                          "ratio": round(med_w / med_b, 3),
+                          "core_median_s": round(med_c, 3), "ratio": round(med_w / med_b, 3),
+                          "ratio_core": round(med_w / med_c, 3),
                           "ratio_pairs_median": round(float(np.median(np.divide(t_widget, t_base))), 3)}
 
         # (d) clicks, added to the clicks layer as napari adds a user's click, at a user's pace
@@ -621,14 +635,15 @@ def gc_summary(collections: list[dict], stalls: list[Stall]) -> dict:
 def report(results: list[dict], top: list[dict], stall_ms: float, machine: str, gcs: dict | None = None) -> str:
     lines = [f"Machine: {machine}", "",
              "| image | px | first Segment (widget) | load + first segment() | warm Segment (widget, median) | "
-             "warm segment() (median) | ratio (target <= 1.2) |",
-             "|---|---|---|---|---|---|---|"]
+             "warm segment() (median) | ratio (target <= 1.2) | segment() + objects + suggestions | ratio to it |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         f, s = r["first"], r["segment"]
         torch_note = ", torch imported" if f["torch_imported_in_worker"] else ""
         lines.append(f"| {r['image']} ({r['model']}) | {'x'.join(map(str, r['shape'][:2]))} | "
                      f"{f['widget_s']:.2f} s (model loaded in the worker{torch_note}) | {f['load_and_segment_s']:.2f} s"
-                     f" | {s['widget_median_s']:.2f} s | {s['segment_median_s']:.2f} s | **{s['ratio']:.2f}** |")
+                     f" | {s['widget_median_s']:.2f} s | {s['segment_median_s']:.2f} s | **{s['ratio']:.2f}** | "
+                     f"{s['core_median_s']:.2f} s | {s['ratio_core']:.2f} |")
     over = f"over_{stall_ms:g}_ms"
     lines += ["", f"Event-loop gaps on the GUI thread (target: none over {stall_ms:g} ms):", "",
               f"| image | phase | s | ticks | median gap ms | p99 ms | longest ms | gaps > {stall_ms:g} ms |",
