@@ -183,13 +183,14 @@ def test_a_step_that_makes_the_image_worse_is_rolled_back_with_the_reason(learne
 
     def worse(*args, **kwargs):
         new, task, info = real(*args, **kwargs)
-        return new, task, {**info, "dice_after": info["dice_before"] - 0.1}
+        return new, task, {**info, "agreement_after": 0.5}  # it would undo what the user accepted
 
     monkeypatch.setattr(session_module, "learn_task", worse)
     net = t.net
     t.segment(a, task=0)
     t.autosave = tmp_path / "auto.pt"  # the file that holds the session's task remembers the image too
-    with pytest.raises(LearnRejected, match="rolled back"):
+    with pytest.raises(LearnRejected, match="rolled back: it would change too much of what you accepted "
+                       r"\(it agrees with 50% of the pixels you did not correct; at least 90% are needed\)"):
         t.learn(steps=2)
     assert t.net is net and len(t.tasks) == 1
     assert ClisSession.load(t.autosave).remembered == t.remembered != []
@@ -216,11 +217,12 @@ def test_the_kernels_left_free_for_new_tasks_are_counted_and_a_rollback_says_whe
     t = _copy(s)
     real = session_module.learn_task
     monkeypatch.setattr(session_module, "learn_task", lambda *args, **kwargs: (lambda r: (
-        r[0], r[1], {**r[2], "dice_after": r[2]["dice_before"] - 0.1}))(real(*args, **kwargs)))
+        r[0], r[1], {**r[2], "corrected_before": 0.2, "corrected_after": 0.1}))(real(*args, **kwargs)))
     t.segment(a, task=0)
     with pytest.raises(LearnRejected) as first:
         t.learn(steps=2)
-    assert "free" not in str(first.value)
+    assert "free" not in str(first.value) and "fewer of your corrections than the current model (10% of the " \
+        "corrected pixels, against 20%)" in str(first.value)
     with torch.no_grad():  # task 1 takes every kernel still free
         for conv in t.net.masked_convs().values():
             conv.gates.logits[1].fill_(3.0)
@@ -239,7 +241,7 @@ def test_a_task_that_finds_none_of_the_objects_is_not_kept_even_if_the_model_did
     monkeypatch.setattr(session_module, "learn_task", lambda *args, **kwargs: (lambda r: (
         r[0], r[1], {**r[2], "dice_before": 0.0, "dice_after": 0.0}))(real(*args, **kwargs)))
     n = len(t.tasks)
-    with pytest.raises(LearnRejected, match="finding none of its objects"):
+    with pytest.raises(LearnRejected, match="it would find none of the objects"):
         t.learn(steps=2)
     assert len(t.tasks) == n
 

@@ -46,7 +46,7 @@ def test_the_domain_protocol_learns_two_images_and_measures_the_third_beside_no_
         assert float(rows[name][4].split()[0]) == 0.0, name
         assert 0.5 < float(rows[name][0].split()[0]) <= 1.0  # the learned crops after the simulated user
     assert rows["pixel classifier (RF) on the true masks"][0] == "-"  # the peers are measured on unseen images only
-    assert "| new_lab | CLIS (ours) | 2 |" in out  # the learn table: 2 learns, rolled back or not
+    assert "| new_lab | CLIS (ours) | 2, " in out  # the learn table: 2 learns, rolled back or not
     data = json.loads(out_json.read_text())
     learns = [e for e in data["learns"] if e["method"] == "clis" and not e.get("unseen")]
     assert [e["task"] for e in learns] == [1, 2] and all(e["seconds"] > 0 for e in learns)
@@ -55,7 +55,8 @@ def test_the_domain_protocol_learns_two_images_and_measures_the_third_beside_no_
     assert "CLIS on the unseen images: a learned task segmented" in out
     for e in learns:  # a rollback says why (the LearnRejected message); a kept task its two Dice
         assert isinstance(e["rolled_back"], bool)
-        assert ("rolled back" in e["reason"]) if e["rolled_back"] else e["dice_after"] >= e["dice_before"]
+        assert ("rolled back" in e["reason"]) if e["rolled_back"] else (e["dice_after"] > 0 and
+                                                                        isinstance(e["adapted"], bool))
     assert not [e for e in data["learns"] if e["method"] == "none"]
     split = data["splits"]["0"]
     assert len(split["learned"]) == 2 and len(split["unseen"]) == 1
@@ -63,7 +64,7 @@ def test_the_domain_protocol_learns_two_images_and_measures_the_third_beside_no_
     # the run merges with itself as another part would: same numbers, the learns kept
     assert main(["bench", "continual", "--merge", str(out_json)]) == 0
     merged = capsys.readouterr().out
-    assert "Domain shift on new_lab" in merged and "| new_lab | CLIS (ours) | 2 |" in merged
+    assert "Domain shift on new_lab" in merged and "| new_lab | CLIS (ours) | 2, " in merged
 
 
 def test_the_unseen_images_of_a_sequence_are_never_learned_ones():

@@ -356,6 +356,10 @@ def load_model(path: Path | str) -> tuple[ClisNet, dict, dict]:
     except Exception as e:  # within the limits this is memory: say so with the file
         raise CheckpointError(f"{where}: its network ({config}) could not be built: {type(e).__name__}: {e}") from e
     state = payload["state_dict"]
+    try:  # the learned tasks' own BatchNorms and adapters (model files from before them have none)
+        net.make_room_for(state)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: the weight {e}.") from e
     expected = net.state_dict()
     for problem, keys in (("has no weight", [k for k in expected if k not in state]),
                           ("has a weight the network does not have:", [k for k in state if k not in expected]),

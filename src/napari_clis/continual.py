@@ -35,7 +35,7 @@ from .metrics import dice
 from .network import ClisNet
 
 __all__ = ["LearnSettings", "TaskRecord", "learn_task", "fit", "fingerprint", "select_task", "choose_task",
-           "TRANSFER_AGREEMENT", "LearnCancelled", "kernel_usage", "mask_usage"]
+           "TRANSFER_AGREEMENT", "LearnCancelled", "kernel_usage", "mask_usage", "learn_verdict", "own_statistics"]
 
 # the least foreground Dice between a learned task's and the pretrained task's labels of an unseen image for the
 # learned task to segment it (chosen on isic2017/val sequences: docs/benchmarks.md)
@@ -63,6 +63,15 @@ class LearnSettings:
     # the model's decision prior (ClisSession.class_log_prior): the loss and the Dice checks see the logits plus
     # this, as the labels do, so that a learned task's probabilities keep the network's own balance
     class_log_prior: tuple[float, ...] | None = None
+    # when a new task gets a BatchNorm (its images' statistics, its own scale) and a 1x1 adapter per convolution of
+    # its own, copies of its parent's: "auto" for an image unlike the pretraining images (ClisSession.learn: a new
+    # kind of image needs the features to move, which free kernels alone cannot do; on images of the pretraining
+    # kind the adaptation fitted the learned image and transferred worse, docs/method.md), "always", or "never"
+    # (free kernels and gates only, as the paper)
+    adapt: str = "auto"
+    # a learned task is kept when it follows as many of the corrections as its parent, and agrees with the accepted
+    # segmentation on at least this share of the pixels the user did not correct (learn_verdict)
+    keep_agreement: float = 0.9
 
 
 @dataclass
@@ -160,13 +169,20 @@ def choose_task(net: ClisNet, x: torch.Tensor, fp: np.ndarray, records: list[Tas
     return (nearest if agreement >= min_agreement else 0), info
 
 
-def _protected_digest(net: ClisNet, masks: dict[str, torch.Tensor]) -> str:
+def _protected_digest(net: ClisNet, masks: dict[str, torch.Tensor], tasks: list[int]) -> str:
+    """A digest of everything the tasks so far use: the shared kernels they switch on, every task's own BatchNorm
+    and adapter, the heads."""
     h = hashlib.sha256()
     for name, conv in net.masked_convs().items():
         used = masks[name] > 0
         h.update(conv.conv.weight[used].detach().cpu().numpy().tobytes())
         h.update(conv.norm.weight[used].detach().cpu().numpy().tobytes())
         h.update(conv.norm.bias[used].detach().cpu().numpy().tobytes())
+        for own in (conv.task_norms, conv.adapters):
+            for key in sorted(k for k in own.keys() if int(k) in tasks):
+                for t in own[key].state_dict().values():
+                    h.update(key.encode())
+                    h.update(t.detach().cpu().numpy().tobytes())
     for head in (net.logit_head, net.logvar_head):
         for p in head.parameters():
             h.update(p.detach().cpu().numpy().tobytes())
@@ -203,7 +219,7 @@ def _crops(x: torch.Tensor, y: torch.Tensor, s: LearnSettings, rng: np.random.Ge
 
 
 def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int, settings: LearnSettings | None = None,
-               progress=None) -> tuple[ClisNet, int, dict]:
+               progress=None, adapt: bool | None = None) -> tuple[ClisNet, int, dict]:
     """Learn one image as a new task on a copy of ``net``.
 
     Parameters
@@ -218,6 +234,9 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         The task whose mask the new task starts from (the one that segmented the image).
     progress : callable, optional
         ``progress(step, total)``; returning ``False`` cancels (``LearnCancelled``; ``net`` is untouched).
+    adapt : bool, optional
+        Give the task a BatchNorm and adapters of its own (:meth:`ClisNet.add_task_adaptation`, statistics from
+        :func:`own_statistics`); default: ``settings.adapt == "always"``.
 
     Returns
     -------
@@ -230,13 +249,23 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     new = copy.deepcopy(net).to(device).eval()  # eval: BatchNorm statistics stay frozen
     earlier = list(range(new.n_tasks))
     usage = kernel_usage(new, earlier)
-    digest = _protected_digest(new, usage)
+    digest = _protected_digest(new, usage, earlier)
+    x = x.to(device)
+    target = target.to(device)
+    with torch.no_grad():  # the labels the parent gives (the corrections are where the accepted ones differ)
+        parent_labels = _decided(new(x[None], parent)[0], s).argmax(1)[0]
     task = new.add_task(init_from=parent)
+    if s.adapt not in ("auto", "always", "never"):
+        raise ValueError(f"adapt must be 'auto', 'always' or 'never', got {s.adapt!r}")
+    if adapt if adapt is not None else s.adapt == "always":
+        new.add_task_adaptation(task, parent)
+        own_statistics(new, x, task, parent)
     priors = {name: ibp_restaurant_prior(usage[name], len(earlier), s.ibp_alpha_per_kernel * conv.gates.n_kernels)
               .to(device)
               for name, conv in new.masked_convs().items()}
 
-    # train only what no earlier task uses: the free kernels' weights and BatchNorm affine, the new gates
+    # train only what no earlier task uses: the free kernels' weights (and their BatchNorm affine), the new gates;
+    # with its own adaptation, the task's own BatchNorm affine and adapters
     for p in new.parameters():
         p.requires_grad_(False)
     weights, gates, hooks = [], [], []
@@ -244,27 +273,31 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     for name, conv in new.masked_convs().items():
         free = (usage[name] == 0).to(device)
         free_masks[name] = free
+        norm = conv.norm_of(task)
         with torch.no_grad():  # switch the free kernels on, with a zero scale: no effect until they learn one
             conv.gates.logits[task][free] = conv.gates.init_logit
-            conv.norm.weight[free] = 0.0
-            conv.norm.bias[free] = 1e-3
+            norm.weight[free] = 0.0
+            norm.bias[free] = 1e-3
         conv.gates.logits[task].requires_grad_(True)
         gates.append(conv.gates.logits[task])
+        own = str(task) in conv.task_norms
         if free.any():
-            for p, shape in ((conv.conv.weight, (-1, 1, 1, 1)), (conv.norm.weight, (-1,)), (conv.norm.bias, (-1,))):
+            for p, shape in ((conv.conv.weight, (-1, 1, 1, 1)),) + (() if own else (
+                    (norm.weight, (-1,)), (norm.bias, (-1,)))):
                 p.requires_grad_(True)
                 m = free.to(p.dtype).reshape(shape)
                 hooks.append(p.register_hook(lambda g, m=m: g * m))
+                weights.append(p)
+        if own:  # the task's own: every entry trains
+            for p in list(norm.parameters()) + list(conv.adapters[str(task)].parameters()):
+                p.requires_grad_(True)
                 weights.append(p)
     groups = [{"params": gates, "lr": s.gate_lr}]
     if weights:
         groups.append({"params": weights, "lr": s.lr, "weight_decay": 0.0})
     opt = torch.optim.Adam(groups)
 
-    x = x.to(device)
-    target = target.to(device)
-    with torch.no_grad():
-        before = _dice_fg(_decided(new(x[None], parent)[0], s).argmax(1)[0], target)
+    before = _dice_fg(parent_labels, target)
     rng = np.random.default_rng(s.seed)
     torch.manual_seed(s.seed)
     for step in range(s.steps):
@@ -274,7 +307,7 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
                  for name, conv in new.masked_convs().items())
         loss = _seg_loss(_decided(logits, s), yb) + s.kl_weight * kl / max(1, target.numel() / 1e4)
         if s.sparsity > 0:
-            loss = loss + s.sparsity * sum(conv.norm.weight[free_masks[name]].abs().sum()
+            loss = loss + s.sparsity * sum(conv.norm_of(task).weight[free_masks[name]].abs().sum()
                                            for name, conv in new.masked_convs().items() if free_masks[name].any())
         opt.zero_grad()
         loss.backward()
@@ -290,21 +323,82 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         p.grad = None  # the last step's gradients would otherwise stay with the session's model (1.7 MB for nuclei)
     with torch.no_grad():  # free kernels that learned nothing stay free for later tasks
         for name, conv in new.masked_convs().items():
-            idle = free_masks[name] & (conv.norm.weight.abs() < s.idle_scale)
+            idle = free_masks[name] & (conv.norm_of(task).weight.abs() < s.idle_scale)
             conv.gates.logits[task][idle] = -conv.gates.init_logit
     new.eval()
-    if _protected_digest(new, usage) != digest:  # would be a bug: earlier tasks must not change
+    if _protected_digest(new, usage, earlier) != digest:  # would be a bug: earlier tasks must not change
         raise RuntimeError("learning changed parameters that earlier tasks use; nothing was kept")
     with torch.no_grad():
-        after = _dice_fg(_decided(new(x[None], task)[0], s).argmax(1)[0], target)
+        labels = _decided(new(x[None], task)[0], s).argmax(1)[0]
+    after = _dice_fg(labels, target)
+    corrected = target != parent_labels  # where the accepted labels differ from the parent's own: the corrections
+    kept = ~corrected
+
+    def share(a, where):
+        return float((a[where] == target[where]).float().mean()) if bool(where.any()) else None
+
     on = {name: int(conv.gates.hard(task).sum()) for name, conv in new.masked_convs().items()}
     fresh = int(sum(int(((conv.gates.hard(task) > 0) & (usage[name] == 0)).sum())
                     for name, conv in new.masked_convs().items()))
     for p in new.parameters():
         p.requires_grad_(True)
     info = {"dice_before": before, "dice_after": after, "kernels_on": on, "kernels_new": fresh,
-            "steps": s.steps, "lr": s.lr, "finite": bool(math.isfinite(after))}
+            "steps": s.steps, "lr": s.lr, "finite": bool(math.isfinite(after)),
+            "adapted": str(task) in new.A1.conv1.adapters, "corrected_share": float(corrected.float().mean()), "corrected_before": share(parent_labels, corrected),
+            "corrected_after": share(labels, corrected), "agreement_after": share(labels, kept)}
     return new, task, info
+
+
+@torch.no_grad()
+def own_statistics(net: ClisNet, x: torch.Tensor, task: int, parent: int) -> None:
+    """``task``'s own BatchNorms take the statistics of the image ``x`` (3, H, W), measured layer after layer in
+    one pass (AdaBN, Li et al. 2016), averaged with those of the images ``parent`` learned before it (each task's
+    ``num_batches_tracked`` counts them): a new kind of image is normalised as its kind, not as the pretraining
+    images, nor as this one image alone."""
+    convs = list(net.masked_convs().values())
+    earlier = []
+    for conv in convs:
+        own = conv.task_norms[str(parent)] if str(parent) in conv.task_norms else None
+        earlier.append(None if own is None else (int(own.num_batches_tracked), own.running_mean.clone(),
+                                                 own.running_var.clone()))
+        norm = conv.task_norms[str(task)]
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: exactly this pass's statistics
+        norm.train()
+    try:
+        net.trunk(x[None], task)
+    finally:
+        for conv, before in zip(convs, earlier):
+            norm = conv.task_norms[str(task)]
+            norm.momentum = 0.1
+            norm.eval()
+            if before is not None and before[0] > 0:  # the mean and variance over every image of the lineage
+                k, mean, var = before
+                m = (k * mean + norm.running_mean) / (k + 1)
+                second = (k * (var + mean ** 2) + norm.running_var + norm.running_mean ** 2) / (k + 1)
+                norm.running_mean.copy_(m)
+                norm.running_var.copy_((second - m ** 2).clamp_min(norm.eps))
+                norm.num_batches_tracked.fill_(k + 1)
+
+
+def learn_verdict(info: dict, settings: LearnSettings | None = None) -> str | None:
+    """Whether a learned task is to be kept (None) or rolled back (why, in words), from :func:`learn_task`'s
+    ``info``: it must find objects, follow at least as many of the user's corrections (the pixels where the
+    accepted labels differ from what the parent task gave) as the parent does, and agree with the accepted segmentation on at
+    least ``settings.keep_agreement`` of the other pixels. Judging it on the whole accepted segmentation instead
+    would favour the parent, which made most of it (docs/method.md)."""
+    s = settings or LearnSettings()
+    if not info["dice_after"] > 0:
+        return "it would find none of the objects"
+    fixed, was = info.get("corrected_after"), info.get("corrected_before")
+    if fixed is not None and was is not None and fixed < was:
+        return (f"it would follow fewer of your corrections than the current model ({fixed:.0%} of the corrected "
+                f"pixels, against {was:.0%})")
+    agreement = info.get("agreement_after")
+    if agreement is not None and agreement < s.keep_agreement:
+        return (f"it would change too much of what you accepted (it agrees with {agreement:.0%} of the pixels you "
+                f"did not correct; at least {s.keep_agreement:.0%} are needed)")
+    return None
 
 
 def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

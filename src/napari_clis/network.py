@@ -8,7 +8,9 @@ on the background), for splitting touching objects (``forward(..., with_distance
 
 Every convolution is a :class:`MaskedConv` whose output channels are multiplied by the current task's
 binary kernel gates (:mod:`napari_clis.masks`). Normalisation is BatchNorm; its statistics are frozen
-after pretraining (continual learning updates only convolution weights and gates).
+after pretraining. A learned task may carry, per convolution, an adaptation of its own
+(:meth:`ClisNet.add_task_adaptation`): a BatchNorm (statistics and scale) and a 1x1 convolution beside the 3x3 one
+(a residual adapter, Rebuffi et al. 2017); the weights every task shares stay as they are.
 
 For Monte-Carlo uncertainty the network is split in two: :meth:`ClisNet.trunk` is deterministic and
 computed once; :meth:`ClisNet.heads` applies what is stochastic (the Bernoulli gates of the last decoder
@@ -19,6 +21,7 @@ Pure torch: no Qt, no napari.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,24 +57,50 @@ class NetworkConfig:
 
 
 class MaskedConv(nn.Module):
-    """3x3 convolution, BatchNorm, ReLU, then the task's binary gates over output channels."""
+    """3x3 convolution, BatchNorm, ReLU, then the task's binary gates over output channels.
+
+    A task with an adaptation of its own (``task_norms[str(task)]``, ``adapters[str(task)]``) is normalised by its
+    own BatchNorm, and a 1x1 convolution of the same input is added to the 3x3 one's output; the other tasks use
+    the shared ``norm`` and nothing is added."""
 
     def __init__(self, c_in: int, c_out: int, dilation: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False)
         self.norm = nn.BatchNorm2d(c_out)
         self.gates = KernelGates(c_out)
+        self.task_norms = nn.ModuleDict()
+        self.adapters = nn.ModuleDict()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def norm_of(self, task: int) -> nn.BatchNorm2d:
+        """The BatchNorm ``task`` uses: its own, else the shared one."""
+        return self.task_norms[str(task)] if str(task) in self.task_norms else self.norm
+
+    def features(self, x: torch.Tensor, task: int = 0) -> torch.Tensor:
         """Output before gating."""
-        return F.relu(self.norm(self.conv(x)))
+        key = str(task)
+        y = self.conv(x)
+        if key in self.adapters:
+            y = y + self.adapters[key](x)
+        return F.relu(self.norm_of(task)(y))
+
+    def add_adaptation(self, task: int, parent: int) -> None:
+        """Give ``task`` its own BatchNorm and adapter, copies of ``parent``'s (a zero adapter for a parent
+        without one: the task starts as its parent)."""
+        key = str(task)
+        self.task_norms[key] = copy.deepcopy(self.norm_of(parent))
+        if str(parent) in self.adapters:
+            self.adapters[key] = copy.deepcopy(self.adapters[str(parent)])
+        else:
+            adapter = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, 1, bias=False).to(self.conv.weight)
+            nn.init.zeros_(adapter.weight)
+            self.adapters[key] = adapter
 
     def gate_vector(self, task: int, relaxed: bool) -> torch.Tensor:
         return self.gates.relaxed(task) if relaxed else self.gates.hard(task)
 
     def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> torch.Tensor:
         g = self.gate_vector(task, relaxed)
-        return self.features(x) * g.view(1, -1, 1, 1)
+        return self.features(x, task) * g.view(1, -1, 1, 1)
 
 
 class _Block(nn.Module):
@@ -134,6 +163,31 @@ class ClisNet(nn.Module):
             conv.gates.add_task(init)
         return self.n_tasks - 1
 
+    def add_task_adaptation(self, task: int, parent: int) -> None:
+        """Give ``task`` a BatchNorm and a 1x1 adapter of its own in every masked convolution, copies of
+        ``parent``'s (:meth:`MaskedConv.add_adaptation`)."""
+        for conv in self.masked_convs().values():
+            conv.add_adaptation(task, parent)
+
+    def adapted_tasks(self) -> list[int]:
+        """The tasks with an adaptation of their own, in order."""
+        return sorted(int(k) for k in self.A1.conv1.adapters.keys())
+
+    def make_room_for(self, state_dict) -> None:
+        """Before ``load_state_dict``: the per-task BatchNorms and adapters that ``state_dict`` holds, made (empty)
+        so that the names match. Raises ``ValueError`` for one of a task the network does not have."""
+        for name, conv in self.masked_convs().items():
+            for kind in ("task_norms", "adapters"):
+                prefix = f"{name}.{kind}."
+                keys = {k[len(prefix):].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
+                for key in sorted(keys, key=lambda k: (len(k), k)):
+                    if not (key.isdigit() and 0 < int(key) < self.n_tasks):
+                        raise ValueError(f"'{prefix}{key}' belongs to no learned task of the model (tasks 1 to "
+                                         f"{self.n_tasks - 1})")
+                    if key not in getattr(conv, kind):
+                        getattr(conv, kind)[key] = nn.BatchNorm2d(conv.conv.out_channels) if kind == "task_norms" \
+                            else nn.Conv2d(conv.conv.in_channels, conv.conv.out_channels, 1, bias=False)
+
     # -- forward ---------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> tuple[torch.Tensor, ...]:
         """The encoder: A1-A4's outputs ``(a1, a2, a3, a4)``, ``a4`` the bottleneck (the task fingerprint's)."""
@@ -150,7 +204,7 @@ class ClisNet(nn.Module):
         b1 = self.B1(torch.cat([_up(a4), a3], 1), task, relaxed)
         b2 = self.B2(torch.cat([_up(b1), a2], 1), task, relaxed)
         b3 = self.B3.conv1(torch.cat([_up(b2), a1], 1), task, relaxed)
-        return self.B3.conv2.features(b3)
+        return self.B3.conv2.features(b3, task)
 
     def heads(self, features: torch.Tensor, gates: torch.Tensor, dropout_mask: torch.Tensor | None = None,
               with_distance: bool = False):

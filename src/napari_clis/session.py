@@ -41,6 +41,7 @@ from .continual import (
     fingerprint,
     kernel_usage,
     learn_task,
+    learn_verdict,
 )
 from .familiarity import Familiarity, familiarity, first_layer_stats, reference_summary
 from .instances import foreground_probability, measure_objects, segmentation_objects
@@ -761,9 +762,9 @@ class ClisSession:
     def learn(self, *, steps: int | None = None, progress=None) -> TaskRecord:
         """Learn from the current image (its propagated labels) as a new task.
 
-        The model changes only if the new task segments the current image at least as well as the task that
-        segmented it (foreground Dice against the propagated labels); otherwise :class:`LearnRejected` says so
-        and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
+        The model changes only if the new task follows more of the corrections than the task that segmented the
+        image and keeps what was accepted elsewhere (:func:`~napari_clis.continual.learn_verdict`); otherwise
+        :class:`LearnRejected` says why and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
         ``autosave`` set, the session is saved after each learned task, and after a rollback once it has learned
         tasks (the image rolled back is remembered in the file too). A file someone else wrote since this session
         read or wrote it (or one it never read or wrote) is not overwritten: the session then goes to a new file
@@ -789,14 +790,17 @@ class ClisSession:
         settings = dataclasses.replace(self.learn_settings, **({"steps": int(steps)} if steps is not None else {}))
         x, y = self._working(self._normalized, labels, scale=self._scale)  # at the scale it was segmented at
         t0 = time.perf_counter()
-        new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress)
-        if not (info["dice_after"] >= info["dice_before"] and info["dice_after"] > 0):  # worse, or nothing learnt
+        # an image unlike the pretraining images: the new task gets its own normalisation and adapters
+        fam = self.result.familiarity if self.result is not None else None
+        new_kind = fam is not None and fam.distance is not None and fam.distance > fam.limit
+        adapt = settings.adapt == "always" or (settings.adapt == "auto" and new_kind)
+        new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress, adapt=adapt)
+        why = learn_verdict(info, settings)
+        if why is not None:
             entry = ([float(v) for v in self._fingerprint], int(self.task))
             if entry not in self.remembered:  # the same image rolled back again is remembered once
                 self.remembered.append(entry)
             self.task_choice = {"nearest": int(self.task), "known": True, "agreement": None}  # now remembered
-            worse = "worse than the current model" if info["dice_after"] < info["dice_before"] else \
-                "no better than the current model, finding none of its objects"
             kept = ""
             if self.autosave is not None and self.tasks:  # the file that holds the tasks remembers it too
                 try:
@@ -807,10 +811,8 @@ class ClisSession:
                 " No kernel of the network is free any more (the earlier tasks use them all), so a new task can "
                 "only choose among kernels in use; the tasks learned so far keep working.")
             raise LearnRejected(
-                f"Learning was rolled back: the new task would segment this image {worse} "
-                f"(Dice {info['dice_after']:.3f} against {info['dice_before']:.3f} on the accepted "
-                "segmentation). The network is unchanged; the image is remembered as one its current task "
-                f"segments best{kept}.{full}"
+                f"Learning was rolled back: {why}. The network is unchanged; the image is remembered as one its "
+                f"current task segments best{kept}.{full}"
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
                             image_shape=list(labels.shape), clicks=clicks,

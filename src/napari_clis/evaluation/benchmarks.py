@@ -1039,7 +1039,8 @@ def _continual_sequence(method: str, model: str, seq, unseen, args, packnet_cach
         if method == "clis":
             try:
                 rec = s.learn()
-                entry.update(dice_before=rec.dice_before, dice_after=rec.dice_after)
+                entry.update(dice_before=rec.dice_before, dice_after=rec.dice_after,
+                             adapted=rec.task in s.net.adapted_tasks())
             except LearnRejected as e:  # counted as it is: the model stays, the image keeps its task
                 entry.update(rolled_back=True, reason=str(e))
             except InteractionError as e:  # nothing in the corrected segmentation to learn from
@@ -1191,9 +1192,11 @@ def _print_continual(rows, args, seconds: dict | None, machine: str | None = Non
 
 def _print_learns(learns: list[dict]) -> None:
     """Per method, how many learns were rolled back and how long one took; then why each rollback happened."""
-    print("\nLearning: each image learned once per sequence (CLIS keeps a learned task only if it segments its image "
-          "at least as well as the task that segmented it; the others always keep what they learned). Seconds of "
-          "one learn (rough: the machine is shared).\n")
+    print("\nLearning: each image learned once per sequence (CLIS keeps a learned task only if it finds objects, "
+          "follows at least as many of the corrections as the task that segmented the image, and agrees with the "
+          "accepted segmentation on at least 90% of the other pixels; the others always keep what they learned). "
+          "Adapted: CLIS tasks with a BatchNorm and adapters of their own (images unlike the pretraining images). "
+          "Seconds of one learn (rough: the machine is shared).\n")
     print("| dataset | method | learns | rolled back | rollback rate | skipped (nothing to learn) | learn s, median "
           "(max) |\n|---|---|---|---|---|---|---|")
     choices = [e for e in learns if e.get("unseen")]  # CLIS's task choice on the unseen images
@@ -1205,21 +1208,24 @@ def _print_learns(learns: list[dict]) -> None:
         back = sum(bool(e.get("rolled_back")) for e in es)
         skipped = sum(bool(e.get("skipped")) for e in es)
         secs = np.asarray([e["seconds"] for e in es])
-        print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {len(es)} | {back} | {back / len(es):.0%} | {skipped} | "
+        adapted = sum(bool(e.get("adapted")) for e in es)
+        n = f"{len(es)}, {adapted} adapted" if method == "clis" else f"{len(es)}"
+        print(f"| {dataset} | {CONTINUAL_NAMES[method]} | {n} | {back} | {back / len(es):.0%} | {skipped} | "
               f"{np.median(secs):.1f} ({secs.max():.1f}) |")
     rolled = [e for e in learns if e.get("rolled_back") or e.get("skipped")]
     if rolled:
         print("\n| dataset | method | sequence | image (task) | why it was not kept |\n|---|---|---|---|---|")
         for e in rolled:
-            why = e["reason"].split(". ")[0]  # the message's first sentence holds the reason and the two Dice
+            why = e["reason"].split(". ")[0]  # the message's first sentence holds the reason and its numbers
             print(f"| {e['dataset']} | {CONTINUAL_NAMES[e['method']]} | {e['sequence']} | {e['image']} "
                   f"({e['task']}) | {why} |")
     if choices:
         used = [e for e in choices if e["chosen"] > 0]
         agree = [e["agreement"] for e in choices if e["agreement"] is not None]
         print(f"\nCLIS on the unseen images: a learned task segmented {len(used)} of {len(choices)}, the pretrained "
-              "task the others (the task-aware module keeps a learned task for a new image only where it agrees "
-              "with the pretrained one" + (f"; agreement {min(agree):.3f} to {max(agree):.3f}" if agree else "")
+              "task the others (the task-aware module keeps a learned task for a new image of the pretraining kind "
+              "only where it agrees with the pretrained one; an image unlike the pretraining images takes the "
+              "nearest learned task" + (f"; agreement {min(agree):.3f} to {max(agree):.3f}" if agree else "")
               + ").")
 
 
