@@ -344,7 +344,8 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         p.requires_grad_(True)
     info = {"dice_before": before, "dice_after": after, "kernels_on": on, "kernels_new": fresh,
             "steps": s.steps, "lr": s.lr, "finite": bool(math.isfinite(after)),
-            "adapted": str(task) in new.A1.conv1.adapters, "corrected_share": float(corrected.float().mean()), "corrected_before": share(parent_labels, corrected),
+            "adapted": str(task) in new.A1.conv1.adapters, "corrected_share": float(corrected.float().mean()),
+            "corrected_before": share(parent_labels, corrected),
             "corrected_after": share(labels, corrected), "agreement_after": share(labels, kept)}
     return new, task, info
 
@@ -384,9 +385,9 @@ def own_statistics(net: ClisNet, x: torch.Tensor, task: int, parent: int) -> Non
 def learn_verdict(info: dict, settings: LearnSettings | None = None) -> str | None:
     """Whether a learned task is to be kept (None) or rolled back (why, in words), from :func:`learn_task`'s
     ``info``: it must find objects, follow at least as many of the user's corrections (the pixels where the
-    accepted labels differ from what the parent task gave) as the parent does, and agree with the accepted segmentation on at
-    least ``settings.keep_agreement`` of the other pixels. Judging it on the whole accepted segmentation instead
-    would favour the parent, which made most of it (docs/method.md)."""
+    accepted labels differ from what the parent task gave) as the parent does, and agree with the accepted
+    segmentation on at least ``settings.keep_agreement`` of the other pixels. Judging it on the whole accepted
+    segmentation instead would favour the parent, which made most of it (docs/method.md)."""
     s = settings or LearnSettings()
     if not info["dice_after"] > 0:
         return "it would find none of the objects"

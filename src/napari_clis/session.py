@@ -762,13 +762,13 @@ class ClisSession:
     def learn(self, *, steps: int | None = None, progress=None) -> TaskRecord:
         """Learn from the current image (its propagated labels) as a new task.
 
-        The model changes only if the new task follows more of the corrections than the task that segmented the
-        image and keeps what was accepted elsewhere (:func:`~napari_clis.continual.learn_verdict`); otherwise
-        :class:`LearnRejected` says why and the model stays as it was. Earlier tasks never change (``napari_clis.continual``). With
-        ``autosave`` set, the session is saved after each learned task, and after a rollback once it has learned
-        tasks (the image rolled back is remembered in the file too). A file someone else wrote since this session
-        read or wrote it (or one it never read or wrote) is not overwritten: the session then goes to a new file
-        beside it (``autosave_moved``).
+        The model changes only if the new task follows at least as many of the corrections as the task that
+        segmented the image and keeps what was accepted elsewhere (:func:`~napari_clis.continual.learn_verdict`);
+        otherwise :class:`LearnRejected` says why and the model stays as it was. Earlier tasks never change
+        (``napari_clis.continual``). With ``autosave`` set, the session is saved after each learned task, and
+        after a rollback once it has learned tasks (the image rolled back is remembered in the file too). A file
+        someone else wrote since this session read or wrote it (or one it never read or wrote) is not
+        overwritten: the session then goes to a new file beside it (``autosave_moved``).
 
         Parameters
         ----------

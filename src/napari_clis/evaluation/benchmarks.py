@@ -743,13 +743,25 @@ def _memory_samples(model: str, data: str | None, size: int, n: int) -> list[tup
         return [(base[o:o + size, o:o + size], None) for o in np.linspace(0, size, n).astype(int)]
 
 
+def _task_bytes(net) -> int:
+    """Bytes the network keeps per task: the gate logits of tasks 1, 2, ... and the adapted tasks' own parts."""
+    total = 0
+    for conv in net.masked_convs().values():
+        total += sum(t.numel() * t.element_size() for t in list(conv.gates.logits)[1:])
+        for own in (conv.task_norms, conv.adapters):
+            total += sum(t.numel() * t.element_size() for m in own.values() for t in m.state_dict().values())
+    return total
+
+
 def memory_cycles(session, samples, cycles: int, *, clicks: int = 3, at=MEMORY_CHECKPOINTS,
                   seed: int = 0) -> list[dict]:
     """Run ``cycles`` cycles of segment, a few clicks and learn on ``samples`` (image, truth or None), in turn.
 
     Returns one record before the first cycle (``cycle`` 0) and one after each cycle in ``at``: RSS (MB), the
-    bytes of live torch tensors, the traced Python and numpy heap (bytes, when ``tracemalloc`` is tracing), and
-    the counts of learned tasks, rolled-back and skipped learn steps. The garbage collector runs before each.
+    bytes of live torch tensors, the traced Python and numpy heap (bytes, when ``tracemalloc`` is tracing), the
+    counts of learned tasks, rolled-back and skipped learn steps, and what the learned tasks keep in the network
+    (``task_bytes``: every task's gate logits and the adapted tasks' own BatchNorms and adapters; ``adapted``:
+    how many tasks have those). The garbage collector runs before each.
     """
     import gc
     import tracemalloc
@@ -765,7 +777,8 @@ def memory_cycles(session, samples, cycles: int, *, clicks: int = 3, at=MEMORY_C
         gc.collect()
         heap = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
         return {"cycle": cycle, "rss_mb": _rss_mb(), "tensor_bytes": _live_tensor_bytes(), "heap_bytes": heap,
-                "tasks": len(session.tasks), **counts}
+                "tasks": len(session.tasks), "task_bytes": _task_bytes(session.net),
+                "adapted": len(session.net.adapted_tasks()), **counts}
 
     out = [record(0)]
     for cycle in range(1, cycles + 1):

@@ -7,8 +7,9 @@ It needs a display; on a server run it under a virtual one: ``xvfb-run -a napari
   against ``ClisSession.segment()`` on the same data in the same process, interleaved and repeated (medians, and
   their ratio; the issue's target is at most 1.2), and against the same work through the API: ``segment()``, the
   session's objects and clicks made ready (``session.labels``) and the suggestions, which the widget shows and
-  ``segment()`` alone leaves undone (the ratio to it is the widget's own cost: drawing). The first Segment (the model loaded in the worker, torch
-  imported there for the first image) is reported apart, beside a fresh session's load and first ``segment()``.
+  ``segment()`` alone leaves undone (the ratio to it is the widget's own cost: drawing). The first Segment (the
+  model loaded in the worker, torch imported there for the first image) is reported apart, beside a fresh
+  session's load and first ``segment()``.
 * **Event-loop stalls**: a timer ticks every ``--tick-ms`` on the GUI thread; the gaps between its ticks are how
   long the GUI thread could not handle an event. Longest gap and 99th percentile per phase: idle, the first Segment,
   warm Segments, object clicks added to the ``clicks`` Points layer (``layer.add``), brush strokes painted through
@@ -493,7 +494,7 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
                 elif which == "core":
                     t = time.perf_counter()
                     result = base.segment(data)
-                    base.labels  # the objects made, the clicks ready (the widget's layers show them)
+                    _ = base.labels  # the objects made, the clicks ready (the widget's layers show them)
                     if widget.controls.suggest.value and base.n_samples:
                         suggestions(base)
                     t_core.append(time.perf_counter() - t)
