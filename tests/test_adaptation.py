@@ -123,3 +123,24 @@ def test_the_rollback_rule_names_why():
     assert "agrees with 80% of the pixels you did not correct" in learn_verdict({**ok, "agreement_after": 0.8}, s)
     # nothing corrected: judged by what was accepted only
     assert learn_verdict({**ok, "corrected_before": None, "corrected_after": None}, s) is None
+
+
+def test_the_widget_says_when_a_learned_task_has_its_own_normalisation(make_napari_viewer, inverted, monkeypatch,
+                                                                      tmp_path):
+    import napari_clis
+
+    monkeypatch.setenv("NAPARI_CLIS_MODELS", str(tmp_path / "models"))
+    (left, truth), _ = inverted
+    viewer, widget = napari_clis.annotate(left, model="nuclei", viewer=make_napari_viewer())
+    widget.run()
+    widget.wait()
+    seg = viewer.layers["segmentation"]
+    for label in (1, 0):  # the user paints the truth where the segmentation is wrong, as a person paints
+        where = np.nonzero(((seg.data > 0) != truth) & (truth == label))
+        with seg.block_history():
+            seg.data_setitem(where, label)
+    widget.session.learn_settings.steps = 3
+    widget.learn()
+    widget.wait()
+    assert widget.session.net.adapted_tasks() == [1], widget.status
+    assert "Learned task 1" in widget.status and "the task has its own normalisation and adapters" in widget.status

@@ -133,9 +133,11 @@ class LearnPanel:
             return
         late = "Learning had finished when Cancel was pressed, so the task is kept. " \
             if d.runner.cancel_requested else ""
+        adapted = " This image is unlike the model's training images: the task has its own normalisation and " \
+            "adapters for images of its kind." if record.task in session.net.adapted_tasks() else ""
         msg = (f"{late}Learned task {record.task} from this image in {record.seconds:.0f} s: it now fits your "
                f"corrections {record.dice_after:.2f} (was {record.dice_before:.2f}; 1 = the same). Similar images "
-               f"are segmented with it from now on.{saved}{moved}")
+               f"are segmented with it from now on.{adapted}{saved}{moved}")
         (show_warning if unsaved is not None or moved else show_info)(msg)
         d.controls.set_status(msg)
         self.show_tasks()
