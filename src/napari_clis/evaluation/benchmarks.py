@@ -616,6 +616,7 @@ def learn_speed(args) -> int:
     for size in [int(v) for v in args.sizes.split(",")]:
         session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
         session.learn_settings.steps = args.steps
+        session.learn_settings.adapt = args.adapt
         img = _speed_image(size, args.data)
         t = time.perf_counter()
         session.segment(img)
@@ -623,9 +624,10 @@ def learn_speed(args) -> int:
         t = time.perf_counter()  # the user accepts the segmentation as it is
         try:
             rec = session.learn()
-            outcome, kernels = f"{rec.dice_before:.3f} -> {rec.dice_after:.3f}", str(rec.kernels_new)
-        except LearnRejected as e:
-            outcome, kernels = "rolled back: " + str(e).split("(")[1].split(" on ")[0], "-"
+            adapted = " (adapted)" if rec.task in session.net.adapted_tasks() else ""
+            outcome, kernels = f"{rec.dice_before:.3f} -> {rec.dice_after:.3f}{adapted}", str(rec.kernels_new)
+        except LearnRejected as e:  # the reason: the message's first sentence
+            outcome, kernels = "rolled back: " + str(e).split(". ")[0].removeprefix("Learning was rolled back: "), "-"
         dt = time.perf_counter() - t
         print(f"| {size}x{size} | {seg:.2f} | {dt:.1f} | {dt / seg:.1f} | {outcome} | {kernels} |")
     return 0
@@ -1366,6 +1368,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(lr, default="nuclei", allow_all=False, image_only=True)
     lr.add_argument("--sizes", default="256,512", help="image sides in pixels, comma-separated")
     lr.add_argument("--steps", type=int, default=20, help="learning steps")
+    lr.add_argument("--adapt", choices=("auto", "always", "never"), default="auto",
+                    help="whether the task gets its own BatchNorms and adapters (LearnSettings.adapt; auto: only for "
+                         "an image unlike the pretraining images)")
     lr.set_defaults(bench_func=learn_speed)
     me = _subcommand(bsub, "memory", "RSS over 50 segment / click / learn cycles, net of what each task keeps")
     _model_args(me, default="nuclei", allow_all=False, image_only=False)
