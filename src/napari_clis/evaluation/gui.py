@@ -482,8 +482,6 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
 
         # (b) warm Segments against segment(), and against the same work through the API (segment(), then the
         # session's objects and clicks ready and the suggestions, as the widget shows them), interleaved
-        from .._widget._suggestions import suggestions
-
         t_widget, t_base, t_core = [], [], []
         for r in range(args.repeats):
             for which in (("base", "core", "widget") if r % 2 == 0 else ("widget", "core", "base")):
@@ -495,8 +493,9 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
                     t = time.perf_counter()
                     result = base.segment(data)
                     _ = base.labels  # the objects made, the clicks ready (the widget's layers show them)
+                    inter = base.interaction  # the suggestions: whole objects, or regions
                     if widget.controls.suggest.value and base.n_samples:
-                        suggestions(base)
+                        inter.suggest_objects(16) if inter.mode == "object" else inter.suggest(16)
                     t_core.append(time.perf_counter() - t)
                 else:
                     with meter.measuring(name, "segment"):
