@@ -94,6 +94,7 @@ class Segmenter:
     def __init__(self, dock):
         self.dock = dock
         self.hinted: set = set()  # layers told that their first axis may hold channels
+        self.ahead = lambda session: None  # makes the run's layers ahead of its results (start)
 
     # -- on the GUI thread: checks, then the worker ------------------------------------------------------------
     def run(self, image_layer=None) -> None:
@@ -264,8 +265,12 @@ class Segmenter:
         runner.start("segment", work, on_item=lambda item: self.on_item(layer, n, plan, item),
                      on_error=self.on_error, on_done=self.on_finished, poll=self.show_tiles if n == 1 else None)
         d.state.run = run = RunRecord(layer, n, d.state.generation)
-        n_classes = plan.session.n_classes if plan.session is not None else 2  # (uint8 either way)
-        d.layers.make_ahead(layer, n_classes, lambda: d.state.run is run and not run.done)
+        # the layers are made while the worker segments; a model to load first: once it is loaded (loading imports
+        # torch and pandas, which would slow the GUI thread's work or be imported on it)
+        self.ahead = lambda session: d.layers.make_ahead(layer, session.n_classes,
+                                                         lambda: d.state.run is run and not run.done)
+        if plan.session is not None:
+            self.ahead(plan.session)
         c.show_busy(n if n > 1 else 0)  # 0 = busy indicator for a single plane, until it has tiles
         model = plan.session.model_name if plan.session is not None else Path(plan.key[0]).stem
         where = plan.session.device if plan.session is not None else plan.device
@@ -289,6 +294,7 @@ class Segmenter:
         from napari.utils.notifications import show_info
 
         self.dock.state.use_session(session, plan.key)
+        self.ahead(session)
         if plan.old_tasks and plan.held is not None:
             show_info(f"Switched to {session.model_name}. The {plan.old_tasks} task(s) learned before are saved "
                       f"in {plan.held}; choose it in Model to go on with them.")
