@@ -86,6 +86,7 @@ def test_earlier_tasks_stay_bit_for_bit_and_the_statistics_follow_the_lineage(ad
     s.annotate(truth, 1)
     s.learn(steps=3)
     assert s.net.adapted_tasks() == [1, 2] and s.tasks[-1].parent == 1
+    assert 0.9 <= s.tasks[-1].agreement_after <= 1.0  # what the rule judged is in the task's record
     with torch.no_grad():
         for t, before in enumerate(outputs):
             assert torch.equal(s.net(probe, t)[0], before), f"task {t} changed"
@@ -99,6 +100,7 @@ def test_earlier_tasks_stay_bit_for_bit_and_the_statistics_follow_the_lineage(ad
     with torch.no_grad():
         for t in range(net.n_tasks):
             assert torch.equal(net(probe, t)[0], s.net(probe, t)[0])
+    assert ClisSession.load(path).tasks == s.tasks  # the records too, with what the rule judged
 
 
 def test_a_model_file_with_the_parts_of_a_task_it_does_not_have_is_refused(adapted, tmp_path):
@@ -144,3 +146,6 @@ def test_the_widget_says_when_a_learned_task_has_its_own_normalisation(make_napa
     widget.wait()
     assert widget.session.net.adapted_tasks() == [1], widget.status
     assert "Learned task 1" in widget.status and "the task has its own normalisation and adapters" in widget.status
+    record = widget.session.tasks[0]  # the status says what the rollback rule judged
+    assert f"it follows {record.corrected_after:.0%} of your corrections (the model before: " \
+        f"{record.corrected_before:.0%}) and keeps {record.agreement_after:.0%} of what you left" in widget.status

@@ -210,7 +210,8 @@ def test_metadata_out_of_type_or_range_is_refused_naming_the_field(tmp_path, cas
 @pytest.mark.parametrize("field, value", [("task", 5), ("task", 0), ("parent", -1), ("fingerprint", [math.nan]),
                                           ("fingerprint", "abc"), ("image_shape", "64x64"), ("clicks", [[1.5, 2, 1]]),
                                           ("kernels_on", {"A1.conv1": "ten"}), ("kernels_new", None),
-                                          ("dice_after", math.nan), ("seconds", -1.0), ("created", 2026)])
+                                          ("dice_after", math.nan), ("seconds", -1.0), ("created", 2026),
+                                          ("corrected_after", 1.5), ("agreement_after", "most")])
 def test_a_learned_task_record_out_of_type_or_range_is_refused_naming_the_field(tmp_path, field, value):
     good = _forge(tmp_path, lambda p: _with_task(p, _record()), "good.pt")
     s = ClisSession.from_checkpoint(good, device="cpu")  # the record as a session writes it loads

@@ -624,6 +624,11 @@ def _check_task_record(where: str, name: str, record, n_tasks: int) -> int:
     _whole(where, f"{name}'s 'kernels_new'", record["kernels_new"], 0)
     for key in ("dice_before", "dice_after"):
         _number(where, f"{name}'s {key!r}", record[key])
+    for key in ("corrected_before", "corrected_after", "agreement_after"):  # None: not measured (older files)
+        value = record.get(key)
+        if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
+            raise CheckpointError(f"{where}: {name}'s {key!r} must be a share of pixels from 0 to 1 (or None), got "
+                                  f"{_shown(value)}.")
     _number(where, f"{name}'s 'seconds'", record["seconds"], least=0.0)
     if "created" in record:
         _of_type(where, f"{name}'s 'created'", record["created"], str, "text")

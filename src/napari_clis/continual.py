@@ -89,6 +89,11 @@ class TaskRecord:
     dice_after: float
     seconds: float
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    # what the rollback rule judged (learn_verdict): the share of the corrected pixels the parent and the new task
+    # get right (None: nothing was corrected), and the new task's agreement with the other accepted pixels
+    corrected_before: float | None = None
+    corrected_after: float | None = None
+    agreement_after: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -818,7 +818,8 @@ class ClisSession:
                             image_shape=list(labels.shape), clicks=clicks,
                             kernels_on=info["kernels_on"], kernels_new=info["kernels_new"],
                             dice_before=float(info["dice_before"]), dice_after=float(info["dice_after"]),
-                            seconds=time.perf_counter() - t0)
+                            seconds=time.perf_counter() - t0, corrected_before=info.get("corrected_before"),
+                            corrected_after=info.get("corrected_after"), agreement_after=info.get("agreement_after"))
         old_net = self.net
         self.net = new_net.eval()
         self.tasks.append(record)

@@ -20,6 +20,18 @@ def moved_note(session) -> str:
             f"here), so it was not overwritten: the model is saved as {Path(new).name} instead.")
 
 
+def judged(record) -> str:
+    """What the rollback rule saw of a kept task, in words: the corrections it follows and what it keeps of the
+    rest (older records: its Dice against the corrected segmentation)."""
+    fit = f"it fits your corrected segmentation {record.dice_after:.2f} (was {record.dice_before:.2f}; 1 = the same)."
+    if record.agreement_after is None:
+        return fit
+    rest = f"keeps {record.agreement_after:.0%} of what you left as it was"
+    if record.corrected_after is None:
+        return f"it {rest} (nothing was corrected)."
+    return (f"it follows {record.corrected_after:.0%} of your corrections (the model before: "
+            f"{record.corrected_before:.0%}) and {rest}.")
+
 class LearnPanel:
     """Learning and saving for one dock; its controls are the dock's (``learn_button``, ``tasks_label``, the
     plots, ``save_path``, ``save_button``)."""
@@ -135,9 +147,8 @@ class LearnPanel:
             if d.runner.cancel_requested else ""
         adapted = " This image is unlike the model's training images: the task has its own normalisation and " \
             "adapters for images of its kind." if record.task in session.net.adapted_tasks() else ""
-        msg = (f"{late}Learned task {record.task} from this image in {record.seconds:.0f} s: it now fits your "
-               f"corrections {record.dice_after:.2f} (was {record.dice_before:.2f}; 1 = the same). Similar images "
-               f"are segmented with it from now on.{adapted}{saved}{moved}")
+        msg = (f"{late}Learned task {record.task} from this image in {record.seconds:.0f} s: {judged(record)} "
+               f"Similar images are segmented with it from now on.{adapted}{saved}{moved}")
         (show_warning if unsaved is not None or moved else show_info)(msg)
         d.controls.set_status(msg)
         self.show_tasks()
