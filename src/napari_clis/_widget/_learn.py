@@ -32,6 +32,7 @@ def judged(record) -> str:
     return (f"it follows {record.corrected_after:.0%} of your corrections (the model before: "
             f"{record.corrected_before:.0%}) and {rest}.")
 
+
 class LearnPanel:
     """Learning and saving for one dock; its controls are the dock's (``learn_button``, ``tasks_label``, the
     plots, ``save_path``, ``save_button``)."""
