@@ -58,6 +58,8 @@ def test_distance_and_learned_kind():
     f = familiarity(far, summary, advice="Do this.")
     assert f.unfamiliar is True and f.distance > f.limit and f.message.endswith("Do this.")
     assert familiarity(far, summary, learned_kind=True).unfamiliar is False  # images of its kind were taught
+    assert familiarity(far, summary, learned_kind=True).unlike_training  # (still unlike the pretraining images)
+    assert not familiarity(stats[0], summary).unlike_training
     z = (stats[0] - summary["mean"]) / np.asarray(summary["std"])
     assert f.limit == pytest.approx(summary["limit"]) and knn_distance(z, summary["reference"], 1) < 1e-3
     with pytest.raises(ValueError, match="at least 4 images"):

@@ -53,6 +53,12 @@ class Familiarity:
     unfamiliar: bool | None
     message: str
 
+    @property
+    def unlike_training(self) -> bool:
+        """Whether the image is farther from the pretraining images than the limit, whatever the session learned
+        since (``unfamiliar`` is False for a kind of image the session was taught)."""
+        return self.distance is not None and self.limit is not None and self.distance > self.limit
+
 
 @torch.no_grad()
 def first_layer_stats(net, x: torch.Tensor) -> np.ndarray:

@@ -792,8 +792,7 @@ class ClisSession:
         t0 = time.perf_counter()
         # an image unlike the pretraining images: the new task gets its own normalisation and adapters
         fam = self.result.familiarity if self.result is not None else None
-        new_kind = fam is not None and fam.distance is not None and fam.distance > fam.limit
-        adapt = settings.adapt == "always" or (settings.adapt == "auto" and new_kind)
+        adapt = settings.adapt == "always" or (settings.adapt == "auto" and fam is not None and fam.unlike_training)
         new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress, adapt=adapt)
         why = learn_verdict(info, settings)
         if why is not None:

@@ -73,6 +73,7 @@ class Layers:
         self.dock = dock
         self.geometry_hooked = weakref.WeakSet()
         self.visibility_hooked = weakref.WeakSet()
+        self.ahead = weakref.WeakSet()  # layers made ahead of a run's first result (make_ahead)
 
     @property
     def viewer(self):
@@ -196,7 +197,7 @@ class Layers:
 
     def drop_ahead(self) -> None:
         """A run that wrote nothing: the layers made ahead for it go (the layers are as they were)."""
-        ahead, self.ahead = list(getattr(self, "ahead", ())), weakref.WeakSet()
+        ahead, self.ahead = list(self.ahead), weakref.WeakSet()
         for lyr in ahead:
             if lyr in self.viewer.layers and not lyr.data.any():
                 self.viewer.layers.remove(lyr)

@@ -94,7 +94,7 @@ class Segmenter:
     def __init__(self, dock):
         self.dock = dock
         self.hinted: set = set()  # layers told that their first axis may hold channels
-        self.ahead = lambda session: None  # makes the run's layers ahead of its results (start)
+        self.make_layers_ahead = lambda session: None  # the current run's layers, made before its results (start)
 
     # -- on the GUI thread: checks, then the worker ------------------------------------------------------------
     def run(self, image_layer=None) -> None:
@@ -267,10 +267,10 @@ class Segmenter:
         d.state.run = run = RunRecord(layer, n, d.state.generation)
         # the layers are made while the worker segments; a model to load first: once it is loaded (loading imports
         # torch and pandas, which would slow the GUI thread's work or be imported on it)
-        self.ahead = lambda session: d.layers.make_ahead(layer, session.n_classes,
-                                                         lambda: d.state.run is run and not run.done)
+        self.make_layers_ahead = lambda session: d.layers.make_ahead(layer, session.n_classes,
+                                                                     lambda: d.state.run is run and not run.done)
         if plan.session is not None:
-            self.ahead(plan.session)
+            self.make_layers_ahead(plan.session)
         c.show_busy(n if n > 1 else 0)  # 0 = busy indicator for a single plane, until it has tiles
         model = plan.session.model_name if plan.session is not None else Path(plan.key[0]).stem
         where = plan.session.device if plan.session is not None else plan.device
@@ -294,7 +294,7 @@ class Segmenter:
         from napari.utils.notifications import show_info
 
         self.dock.state.use_session(session, plan.key)
-        self.ahead(session)
+        self.make_layers_ahead(session)
         if plan.old_tasks and plan.held is not None:
             show_info(f"Switched to {session.model_name}. The {plan.old_tasks} task(s) learned before are saved "
                       f"in {plan.held}; choose it in Model to go on with them.")
