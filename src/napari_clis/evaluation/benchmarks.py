@@ -606,30 +606,47 @@ def clicks(args) -> int:
 
 
 def learn_speed(args) -> int:
-    """Time of ``learn()`` for one image, beside ``segment()`` of the same image in the same run."""
+    """Time of ``learn()`` for one image, beside ``segment()`` of the same image in the same run.
+
+    The process's first ``learn()`` also pays PyTorch's one-off start-up (its first backward pass): it is timed
+    apart, on a 128 px image, so that the rows compare like with like; each row is the median of ``--repeats``
+    learns, each on a fresh session that segmented the image (the user accepts it as it is)."""
     from ..session import ClisSession, LearnRejected
 
-    print(f"\nLearning speed ({args.steps} steps), {_machine()}\n")
-    print("| image | segment() s | learn() s | learn / segment | Dice before -> after (its own labels) | "
-          "new kernels |")
-    print("|---|---|---|---|---|---|")
-    for size in [int(v) for v in args.sizes.split(",")]:
+    modes = [m.strip() for m in args.adapt.split(",")]
+    for m in modes:
+        if m not in ("auto", "always", "never"):
+            raise SystemExit(f"--adapt takes auto, always or never (comma-separated), got {m!r}")
+
+    def one(size, adapt):
         session = ClisSession.from_pretrained(args.model, device="cpu", n_samples=args.samples)
         session.learn_settings.steps = args.steps
-        session.learn_settings.adapt = args.adapt
+        session.learn_settings.adapt = adapt
         img = _speed_image(size, args.data)
         t = time.perf_counter()
         session.segment(img)
         seg = time.perf_counter() - t
-        t = time.perf_counter()  # the user accepts the segmentation as it is
+        t = time.perf_counter()
         try:
             rec = session.learn()
             adapted = " (adapted)" if rec.task in session.net.adapted_tasks() else ""
             outcome, kernels = f"{rec.dice_before:.3f} -> {rec.dice_after:.3f}{adapted}", str(rec.kernels_new)
         except LearnRejected as e:  # the reason: the message's first sentence
             outcome, kernels = "rolled back: " + str(e).split(". ")[0].removeprefix("Learning was rolled back: "), "-"
-        dt = time.perf_counter() - t
-        print(f"| {size}x{size} | {seg:.2f} | {dt:.1f} | {dt / seg:.1f} | {outcome} | {kernels} |")
+        return seg, time.perf_counter() - t, outcome, kernels
+
+    print(f"\nLearning speed ({args.steps} steps, median of {args.repeats}), {_machine()}\n")
+    first = one(128, modes[0])[1]
+    print(f"The process's first learn() (128x128, PyTorch's start-up included): {first:.1f} s\n")
+    print("| image | adapt | segment() s | learn() s | learn / segment | Dice before -> after (its own labels) | "
+          "new kernels |")
+    print("|---|---|---|---|---|---|---|")
+    for size in [int(v) for v in args.sizes.split(",")]:
+        for adapt in modes:
+            runs = [one(size, adapt) for _ in range(max(1, args.repeats))]
+            seg, dt = float(np.median([r[0] for r in runs])), float(np.median([r[1] for r in runs]))
+            print(f"| {size}x{size} | {adapt} | {seg:.2f} | {dt:.1f} | {dt / seg:.1f} | {runs[-1][2]} | "
+                  f"{runs[-1][3]} |")
     return 0
 
 
@@ -1368,9 +1385,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(lr, default="nuclei", allow_all=False, image_only=True)
     lr.add_argument("--sizes", default="256,512", help="image sides in pixels, comma-separated")
     lr.add_argument("--steps", type=int, default=20, help="learning steps")
-    lr.add_argument("--adapt", choices=("auto", "always", "never"), default="auto",
+    lr.add_argument("--adapt", default="auto",
                     help="whether the task gets its own BatchNorms and adapters (LearnSettings.adapt; auto: only for "
-                         "an image unlike the pretraining images)")
+                         "an image unlike the pretraining images); several, comma-separated, give a row each")
+    lr.add_argument("--repeats", type=int, default=3, help="learns per row (the median is shown)")
     lr.set_defaults(bench_func=learn_speed)
     me = _subcommand(bsub, "memory", "RSS over 50 segment / click / learn cycles, net of what each task keeps")
     _model_args(me, default="nuclei", allow_all=False, image_only=False)
