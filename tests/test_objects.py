@@ -40,6 +40,15 @@ def test_segment_makes_instances_only_when_asked_and_keeps_them(nuclei_session, 
     assert "instances" not in repr(r)
 
 
+def test_the_labels_without_clicks_or_paint_do_not_make_the_objects(nuclei_session, nuclei_fluo):
+    r = nuclei_session.segment(nuclei_fluo[0])
+    labels = nuclei_session.labels  # what learn() reads: the network's labels, no watershed needed
+    np.testing.assert_array_equal(labels, r.labels)
+    assert not r.instances_ready
+    np.testing.assert_array_equal(nuclei_session.instances, r.instances)  # made when asked for
+    assert r.instances_ready
+
+
 def test_the_nuclei_model_clicks_objects_and_the_lesion_model_regions(nuclei_session, lesion_session, nuclei_fluo,
                                                                       lesion):
     nuclei_session.segment(nuclei_fluo[0])

@@ -679,6 +679,9 @@ class Interaction:
     @property
     def labels(self) -> np.ndarray:
         """(H, W) int32: the propagated segmentation, with painted pixels keeping their class."""
+        if self._labels is None and self._mode == "object" and not self.clicks and self.painted is None:
+            # nothing to replay: the network's labels, without making its objects (learn() needs only the labels)
+            self._labels = self.objects.base_labels.astype(np.int32, copy=True)
         if self._labels is None and self._mode == "object":
             editor = self._replayed()
             self._labels, self._instances = overlay_paint(editor.labels, editor.instances, self.painted)
@@ -698,6 +701,8 @@ class Interaction:
         if self._mode != "object":
             return None
         _ = self.labels
+        if self._instances is None:  # the labels were the network's own: its objects, made now
+            self._instances = self._replayed().instances.copy()
         return self._instances
 
     # -- guidance ---------------------------------------------------------------------------------
