@@ -173,6 +173,27 @@ def test_sixteen_bit_nuclei_made_ten_times_brighter_leave_the_others_as_they_wer
     assert np.abs(after[:, others] - before[:, others]).mean() < 0.02
 
 
+@pytest.mark.parametrize("stem", ["20b20ab049372d184c705acebe7af026d3580f5fd5a72ed796e3622e1685af2f",
+                                  "7f4d7b549d0f1a110191e2aded872943d85892bc30667f19fe9de97a5370b08e"])
+def test_three_nuclei_made_ten_times_brighter_move_the_range_little_in_clumps_and_among_few_nuclei(stem):
+    """The two ways the first rule failed (2026-12-07): dim halos joined the nuclei into clumps that were left out
+    whole (the range fell to 1/17), and with a dozen nuclei the three bright ones set the typical level (the range
+    rose 9x). The bench's own protocol: 3 nuclei of middling size x10."""
+    from skimage.io import imread
+
+    from napari_clis.evaluation.benchmarks import brighten_nuclei
+    from napari_clis.preprocessing import intensity_range
+
+    from .conftest import DATA
+
+    image = imread(DATA / "outliers" / "images" / f"{stem}.png")[..., 0]  # dsb2018 pool images
+    labels = imread(DATA / "outliers" / "masks" / f"{stem}.png").astype(np.int32)
+    bright = brighten_nuclei(stem, image, labels)[0]
+    lo0, hi0 = intensity_range(image)
+    lo1, hi1 = intensity_range(bright)
+    assert 0.9 < (hi1 - lo1) / (hi0 - lo0) < 1.25
+
+
 @pytest.mark.parametrize("scale, offset", [(1e-4, -3.0), (37.5, 1e4), (1e6, 0.0)])
 def test_the_outlier_rule_does_not_depend_on_the_intensity_unit(scale, offset):
     image, labels = _fluo_instances()
