@@ -100,7 +100,11 @@ def test_a_tiny_run_in_a_real_viewer_reports_every_field(tmp_path):
     assert seg["widget_median_s"] > 0 and seg["segment_median_s"] > 0
     assert math.isfinite(seg["ratio"]) and seg["ratio"] > 0
     assert math.isfinite(seg["ratio_core"]) and seg["core_median_s"] > 0
-    assert len(seg["core_s"]) == len(seg["segment_s"])
+    assert len(seg["core_s"]) == len(seg["segment_s"]) == len(seg["shown_s"])
+    # two figures per press: the segmentation shown, then everything (objects, suggestions) shown
+    assert 0 < seg["shown_median_s"] <= seg["widget_median_s"]
+    assert all(0 < a <= b for a, b in zip(seg["shown_s"], seg["widget_s"]))
+    assert 0 < r["first"]["shown_s"] <= r["first"]["widget_s"]
     assert r["clicks"]["n"] == 3 and r["clicks"]["add_ms_median"] >= 0
     assert r["learn"]["steps"] == 1 and r["learn"]["widget_s"] > 0
     assert set(r["stalls"]) == set(PHASES)

@@ -217,13 +217,20 @@ class Target(NamedTuple):
 
 @dataclass
 class RunRecord:
-    """A segmentation run: its image layer, how many slices, how many done, the last result, its generation."""
+    """A segmentation run: its image layer, how many slices, how many shown (their segmentation written), how
+    many done (their objects too), the last result shown, its generation."""
 
     layer: Any
     n: int
     generation: int
     done: int = 0
     last: Any = None
+    shown: int = 0
+
+    @property
+    def finding_objects(self) -> bool:
+        """A slice's segmentation is shown and its objects are still being found."""
+        return self.shown > self.done
 
 
 @dataclass

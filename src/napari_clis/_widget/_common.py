@@ -27,6 +27,7 @@ SUGGESTION_STYLE = {"symbol": "ring", "face_color": "#ffd600", "border_color": "
 SEGMENTATION_OPACITY = 0.35  # a light fill: the image shows through, the instances' outlines draw the objects
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
 AUTO_RANGE, DISPLAYED_RANGE = "automatic", "as displayed"  # the Intensity range list: the robust range, contrast limits
+FINDING_OBJECTS = "finding the objects…"  # the status between a segmentation shown and its objects
 REPLACED = "This panel was closed or replaced by a newer one on this window; use that one."
 GEOMETRY = ("scale", "translate", "rotate", "shear", "affine", "units")
 

@@ -20,6 +20,7 @@ from .._napari_compat import hook_undo_redo, is_hooked, native_undo_redo
 from ._click_actions import WORDS, Inputs, actions_of, click_keys, same_painted, set_available
 from ._common import (
     CLICKS,
+    FINDING_OBJECTS,
     SEGMENTATION,
     Settings,
     breakable,
@@ -45,6 +46,7 @@ class Corrections(SuggestionsMixin):
         self.known: Counter = Counter()  # the clicks (click_keys) of the last propagation: a new one is not there
         self.last_count: int | None = None  # the clicks layer's length then (None: a new layer, nothing is new)
         self.marked: set = set()  # rows of the clicks layer drawn as not applying
+        self.objects_pending = False  # the target's segmentation is shown, its objects not yet (the next write)
 
     # -- shorthands ----------------------------------------------------------------------------------------------
     @property
@@ -345,8 +347,10 @@ class Corrections(SuggestionsMixin):
             return
         run = state.run
         if run is not None and run.done < run.n:  # the session is on the worker's image or slice, not on the one
-            # clicked: the clicks are applied when the run ends (Segmenter.finish_run)
-            self.say("Segmenting: your clicks are kept and applied when it is done.")
+            # clicked, or its objects are still being found: the clicks are applied when the run ends
+            # (Segmenter.finish_run)
+            self.say("Finding the objects: your clicks and edits are kept and applied once they are found."
+                     if run.shown == run.n else "Segmenting: your clicks are kept and applied when it is done.")
             return
         layer = state.target[0]
         seg = self.find(SEGMENTATION)
@@ -471,7 +475,9 @@ class Corrections(SuggestionsMixin):
                 seg.data[...] = merged
             seg.refresh()
             state.written_base = base.copy()
-            self.dock.layers.write_instances(layer, idx, instances)
+        if labels is not None or self.objects_pending:  # (the objects of a fresh segmentation: Cancel came as
+            self.dock.layers.write_instances(layer, idx, instances)  # they were to be found)
+        self.objects_pending = False
         note, self.slice_note = getattr(self, "slice_note", ""), ""
         self.say(breakable(msg.replace("{count}", self.show_count(instances)) + ".") + (f" {note}" if note else ""))
         self.show_suggestions(found)
@@ -483,6 +489,7 @@ class Corrections(SuggestionsMixin):
         words = {object_count_text(session, np.array([k], np.uint32)).split(" ", 1)[1] for k in (1, 2)}
         status = plain(controls.status.value)
         new = re.sub(r": \d+ (%s)\." % "|".join(map(re.escape, words)), f": {text}.", status, count=1)
+        new = new.replace(f"; {FINDING_OBJECTS}", f": {text}.", 1)
         if new != status:
             controls.set_status(new)
         return text

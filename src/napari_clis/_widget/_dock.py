@@ -115,6 +115,13 @@ class SegmentWidget(Container):
         return self.working or self.propagating
 
     @property
+    def finding_objects(self) -> bool:
+        """Whether a Segment has shown its segmentation and is still finding its objects (then the suggestions
+        follow; :meth:`wait` waits for all of it)."""
+        run = self.state.run
+        return run is not None and run.finding_objects
+
+    @property
     def working(self) -> bool:
         """Whether a segmentation or learning runs (what refuses another Segment or Learn)."""
         return self.runner.busy or self.state.busy is not None
@@ -239,8 +246,8 @@ class SegmentWidget(Container):
         self.layers.set_uncertainty_visible(self.layers.uncertainty_wanted())
 
     def wait(self, timeout: float = 120.0) -> None:
-        """Process Qt events until no segmentation, learning or propagation runs (for scripts and tests);
-        TimeoutError after ``timeout`` seconds."""
+        """Process Qt events until no segmentation (its objects and suggestions included), learning or
+        propagation runs (for scripts and tests); TimeoutError after ``timeout`` seconds."""
         import time
 
         from qtpy.QtWidgets import QApplication

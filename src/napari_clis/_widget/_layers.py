@@ -177,9 +177,9 @@ class Layers:
         return lyr
 
     def make_ahead(self, image_layer, n_classes: int, still_wanted) -> None:
-        """While a worker segments: the output layers the image lacks, made one per turn of the event loop
-        (making a layer blocks the GUI thread for about 0.1 s; all at once, when the result comes, over 1 s).
-        Stops once ``still_wanted()`` is false (the run ended: :meth:`prepare` makes what is left)."""
+        """While a worker segments: the output layers the image lacks, one per turn of the event loop 10 ms apart
+        (a layer blocks the GUI thread 0.1-0.3 s; chained at 0 ms no timer or input ran between them). Stops once
+        ``still_wanted()`` is false (the run ended: :meth:`prepare` makes what is left)."""
         from qtpy.QtCore import QTimer
 
         shape, specs = spatial_shape(image_layer), self.specs(n_classes)
@@ -191,7 +191,7 @@ class Layers:
             missing = [role for role in specs if self.find(role) is None]
             if missing:
                 self.ahead.add(self.add(missing[0], shape, specs[missing[0]], image_layer))
-                QTimer.singleShot(0, step)
+                QTimer.singleShot(10, step)
 
         QTimer.singleShot(0, step)
 
@@ -307,40 +307,60 @@ class Layers:
                                                                         layers.index(clicks) < layers.index(sugg))):
                 layers.move(layers.index(points), len(layers))
 
-    def write_plane(self, image_layer, idx, result, painted=None, late: bool = False) -> np.ndarray:
-        """Write one slice's results; the segmentation with the slice's painted edits over it (returned).
-        ``late``: slices of this run were written before (a layer deleted meanwhile is said to lack them)."""
+    def write_plane(self, image_layer, idx, result, painted=None, instances=None, late: bool = False) -> np.ndarray:
+        """Write one slice's results, the segmentation with its painted edits over it (returned); ``instances`` or no
+        objects until they come (:meth:`write_objects`). ``late``: slices of this run were written before."""
         labels = result.labels
         if painted is not None and (painted >= 0).any():
             labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
         for role, values in ((SEGMENTATION, labels), (UNCERTAINTY, result.uncertainty),
-                             (SUPERPIXELS, result.superpixels), (INSTANCES, result.instances)):
-            lyr = self.find(role)
-            if lyr is None:  # the user deleted it while we worked: make it again
-                if idx and late:
-                    from napari.utils.notifications import show_warning
-
-                    show_warning(f"'{role}' was deleted during the run: the slices segmented before are empty in "
-                                 "the new layer. Segment them again (All slices).")
-                self.prepare(image_layer)
-                lyr = self.find(role)
-            values = fitting(values, lyr.data.dtype) if role in (SEGMENTATION, INSTANCES) else values
-            if idx:
-                if values.dtype != lyr.data.dtype and np.can_cast(lyr.data.dtype, values.dtype):
-                    lyr.data = lyr.data.astype(values.dtype)  # more objects than the layer's type holds
-                lyr.data[idx] = values
-                announce_in_place(lyr)
-            elif isinstance(lyr.data, np.ndarray) and lyr.data.shape == values.shape and \
-                    lyr.data.dtype == values.dtype and lyr.data.flags.writeable:
-                lyr.data[...] = values  # into the layer's own array (prepare made it): no new layer data, which
-                announce_in_place(lyr)  # would make the viewer measure every layer's extent again
-            else:  # a copy: the layer is painted on, and must not write into the session's arrays
-                lyr.data = np.array(values, copy=True)
+                             (SUPERPIXELS, result.superpixels), (INSTANCES, instances)):
+            lyr = self.output_layer(role, image_layer, idx, late)
+            if values is None:  # the objects come later: none shown meanwhile (nothing written if none are)
+                if np.asarray(lyr.data[idx]).any():
+                    self.write_values(lyr, idx, np.zeros(np.shape(lyr.data[idx]), lyr.data.dtype))
+                continue
+            self.write_values(lyr, idx, values)
             if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
                 clear_undo_history(lyr)
             if role == UNCERTAINTY:  # shown when asked for ('Show uncertainty'); no samples: an all-zero map
                 self.set_uncertainty_visible(self.uncertainty_wanted())
         return np.array(labels, copy=True)
+
+    def write_objects(self, image_layer, idx, instances) -> None:
+        """The objects of a slice whose segmentation :meth:`write_plane` wrote (found after it, in the worker)."""
+        self.write_values(self.output_layer(INSTANCES, image_layer, idx, late=True), idx, instances)
+
+    def output_layer(self, role, image_layer, idx, late: bool):
+        """The output layer ``role`` of ``image_layer``, made again when the user deleted it while we worked."""
+        lyr = self.find(role)
+        if lyr is None:
+            if idx and late:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"'{role}' was deleted during the run: the slices segmented before are empty in "
+                             "the new layer. Segment them again (All slices).")
+            self.prepare(image_layer)
+            lyr = self.find(role)
+        return lyr
+
+    @staticmethod
+    def write_values(lyr, idx, values) -> None:
+        """``values`` into slice ``idx`` of an output layer (into its own array where it can: new layer data would
+        make the viewer measure every layer's extent again)."""
+        if lyr.metadata.get(LAYER_TAG) in (SEGMENTATION, INSTANCES):
+            values = fitting(values, lyr.data.dtype)
+        if idx:
+            if values.dtype != lyr.data.dtype and np.can_cast(lyr.data.dtype, values.dtype):
+                lyr.data = lyr.data.astype(values.dtype)  # more objects than the layer's type holds
+            lyr.data[idx] = values
+            announce_in_place(lyr)
+        elif isinstance(lyr.data, np.ndarray) and lyr.data.shape == values.shape and \
+                lyr.data.dtype == values.dtype and lyr.data.flags.writeable:
+            lyr.data[...] = values
+            announce_in_place(lyr)
+        else:  # a copy: the layer is painted on, and must not write into the session's arrays
+            lyr.data = np.array(values, copy=True)
 
     # -- clicks and suggestions ---------------------------------------------------------------------------------
     def class_colour(self, label: int):
@@ -476,13 +496,5 @@ class Layers:
         """The objects of one slice into the ``instances`` layer (after a click or a stroke). The layer announces
         new data, so that the Measurements dock measures again (whether or not the layer is shown)."""
         lyr = self.find(INSTANCES)
-        if lyr is None or not same_source(lyr, image_layer):
-            return  # deleted (Segment makes it again), or showing another image: nothing to keep up to date
-        instances = fitting(instances, lyr.data.dtype)
-        if idx:
-            if lyr.data.dtype != instances.dtype:  # more objects than the layer's type holds
-                lyr.data = lyr.data.astype(instances.dtype)
-            lyr.data[idx] = instances
-            announce_in_place(lyr)
-        else:  # a copy: the session keeps editing its own array
-            lyr.data = np.array(instances, copy=True)
+        if lyr is not None and same_source(lyr, image_layer):  # else deleted (Segment makes it again), or showing
+            self.write_values(lyr, idx, instances)  # another image: nothing to keep up to date

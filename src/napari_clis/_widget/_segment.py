@@ -1,5 +1,12 @@
 """Segment: what the Segment button does, from the chosen image and model to the layers, the model loaded and the
-image segmented in a worker (the GUI thread never imports torch nor loads a model for it)."""
+image segmented in a worker (the GUI thread never imports torch nor loads a model for it).
+
+Progressive: the worker hands the segmentation (labels, uncertainty, superpixels) on as soon as ``segment()``
+returns, and the GUI writes it at once ("Segmented …; finding the objects…"); the objects (a watershed, seconds on a
+large image) follow from the same worker, under the same busy state and generation, and the suggestions from the
+propagation that applies the clicks once the objects are there. Clicks and strokes made meanwhile land in the
+image's own clicks and segmentation layers and wait there (the propagation is deferred while a run goes on): they
+are applied once the objects are found, as object clicks need them."""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from ._common import (
     CLICKS,
     CUSTOM_MODEL,
     DISPLAYED_RANGE,
+    FINDING_OBJECTS,
     SEGMENTATION,
     familiarity_text,
     layout,
@@ -30,6 +38,12 @@ from ._common import (
     task_choice_detail,
     task_choice_text,
 )
+
+
+def objects_made_in_the_worker(*_args):
+    """The ``make_instances`` of a result handed to the GUI before its objects: they are the worker's to make (a
+    watershed on the GUI thread would freeze the window), and come in their own item."""
+    raise RuntimeError("the objects of this segmentation are made in the segmentation worker")
 
 
 class Cancelled(Exception):
@@ -64,7 +78,9 @@ def load_session(plan: Plan):
 
 def warm_up() -> None:
     """After the model loads (in the worker): import what the layers and learning import later (pandas for the
-    clicks' features, torch's optimizers), so the GUI thread does not; then collect and freeze what is alive
+    clicks' features, torch's optimizers), so the GUI thread does not; make vispy's line dash patterns, which the
+    first Labels layer's line overlays would make on the GUI thread (13 patterns in pure Python, kept for the
+    process: about 70 ms of the first layer's 210 ms under software OpenGL); then collect and freeze what is alive
     (the model, torch), so that Python's full garbage collections, on the GUI thread too, no longer walk it."""
     import gc
     import importlib
@@ -74,6 +90,12 @@ def warm_up() -> None:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover - optional here
             pass
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()  # its patterns are cached (functools.lru_cache) for every later line visual
+    except Exception:  # pragma: no cover - a vispy without it: the first layer makes them, as before
+        pass
     gc.collect()
     gc.freeze()
 
@@ -95,6 +117,7 @@ class Segmenter:
         self.dock = dock
         self.hinted: set = set()  # layers told that their first axis may hold channels
         self.make_layers_ahead = lambda session: None  # the current run's layers, made before its results (start)
+        self.clicks_for = None  # the run whose clicks layer was made as its segmentation came (before its objects)
 
     # -- on the GUI thread: checks, then the worker ------------------------------------------------------------
     def run(self, image_layer=None) -> None:
@@ -248,19 +271,29 @@ class Segmenter:
                 result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles,
                                          intensity_range=intensity_range, object_diameter=object_diameter)
                 clicks, painted = raw.get(tuple(idx), (None, None))
+                inter, corrected = session.interaction, False
                 if clicks is not None:  # as the slice's own clicks apply: one that cannot apply leaves the others
-                    inter = session.interaction
                     objects = inter.mode == "object"  # region clicks: add / remove only
                     keep = (clicks[1] >= 0) & (clicks[1] < session.n_classes) & (objects | (clicks[2] == AUTO))
                     if keep.any():
+                        corrected = True
                         apply_clicks(inter, clicks[0][keep], clicks[1][keep].tolist(),
                                      clicks[2][keep].tolist() if objects else None)
                 if painted is not None and painted.shape == result.labels.shape and \
                         int(painted.max()) < session.n_classes:
-                    session.interaction.set_painted(painted)
-                # the propagated segmentation, as clicks will show it: every slice of a stack as it is alone
-                yield ("plane", i, idx, dataclasses.replace(result, labels=session.labels.copy(),
-                                                            instances=session.instances.copy()))
+                    corrected = True
+                    inter.set_painted(painted)
+                if corrected:  # a slice of a stack with its own clicks and edits (object clicks edit the objects,
+                    # so they are made first): the propagated segmentation and its objects at once
+                    yield ("plane", i, idx, dataclasses.replace(result, labels=session.labels.copy(),
+                                                                instances=session.instances.copy()), True)
+                    continue
+                # the segmentation first, as clicks will show it (in object mode, before any click, the network's
+                # labels: asking the session for them would make the objects), then its objects
+                labels = result.labels if inter.mode == "object" else session.labels
+                yield ("plane", i, idx, dataclasses.replace(result, labels=labels.copy(), instances=None,
+                                                            make_instances=objects_made_in_the_worker), False)
+                yield ("objects", i, idx, session.instances.copy())
 
         runner.start("segment", work, on_item=lambda item: self.on_item(layer, n, plan, item),
                      on_error=self.on_error, on_done=self.on_finished, poll=self.show_tiles if n == 1 else None)
@@ -268,7 +301,7 @@ class Segmenter:
         # the layers are made while the worker segments; a model to load first: once it is loaded (loading imports
         # torch and pandas, which would slow the GUI thread's work or be imported on it)
         self.make_layers_ahead = lambda session: d.layers.make_ahead(layer, session.n_classes,
-                                                                     lambda: d.state.run is run and not run.done)
+                                                                     lambda: d.state.run is run and not run.shown)
         if plan.session is not None:
             self.make_layers_ahead(plan.session)
         c.show_busy(n if n > 1 else 0)  # 0 = busy indicator for a single plane, until it has tiles
@@ -287,8 +320,10 @@ class Segmenter:
     def on_item(self, layer, n, plan: Plan, item) -> None:
         if item[0] == "session":
             self.took_session(item[1], plan)
-        else:
+        elif item[0] == "plane":
             self.on_plane(layer, n, *item[1:])
+        else:
+            self.on_objects(layer, n, *item[1:])
 
     def took_session(self, session, plan: Plan) -> None:
         from napari.utils.notifications import show_info
@@ -299,7 +334,8 @@ class Segmenter:
             show_info(f"Switched to {session.model_name}. The {plan.old_tasks} task(s) learned before are saved "
                       f"in {plan.held}; choose it in Model to go on with them.")
 
-    def on_plane(self, layer, n, i, idx, result) -> None:
+    def on_plane(self, layer, n, i, idx, result, with_objects: bool) -> None:
+        """One slice's segmentation, written as it comes; its objects with it (``with_objects``) or after it."""
         d = self.dock
         state, c = d.state, d.controls
         ledger, session, run = state.ledger, state.session, state.run
@@ -314,15 +350,52 @@ class Segmenter:
         # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
         painted = ledger.painted.get(key)
         painted = painted if painted is not None and painted.shape == result.labels.shape else None
-        written = d.layers.write_plane(layer, idx, result, painted, late=bool(run is not None and run.done))
+        instances = result.instances if with_objects else None  # else: none shown until they come
+        written = d.layers.write_plane(layer, idx, result, painted, instances,
+                                       late=bool(run is not None and run.shown))
         ledger.wrote(key, written, session.n_classes)
         state.target = Target(layer, tuple(idx))
         state.written_base = result.labels.copy()
         ledger.new_segmentation()
         if run is not None:
-            run.done, run.last = i + 1, result
+            run.shown, run.last = i + 1, result
+        d.corrections.objects_pending = not with_objects
+        if with_objects:
+            self.objects_shown(layer, n, i, idx, result, instances)
+            return
+        if i == n - 1:  # the slice to correct: its clicks layer now, so that a click made while the objects are
+            # found lands on this image's layer; it waits there (propagate) and is applied once they are found
+            d.corrections.prepare_click_layers(layer)
+            self.clicks_for = run
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: d.layers.raise_above(layer))
+        where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
+        late = "Segmenting had finished when Cancel was pressed. " if n == 1 and d.runner.cancel_requested else ""
+        c.set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'; {FINDING_OBJECTS}" if n > 1 else
+                      f"{late}Segmented {where}'{layer.name}'; {FINDING_OBJECTS}")
+                     + (task_choice_text(session) if n == 1 else "") + familiarity_text(result.familiarity))
+
+    def on_objects(self, layer, n, i, idx, instances) -> None:
+        """The objects of the slice whose segmentation was written last."""
+        d = self.dock
+        run = d.state.run
+        result = run.last if run is not None else None
+        if result is None or run.shown != i + 1:  # (not expected: the items come in order)
+            return
+        d.layers.write_objects(layer, idx, instances)
+        d.corrections.objects_pending = False
+        self.objects_shown(layer, n, i, idx, result, instances)
+
+    def objects_shown(self, layer, n, i, idx, result, instances) -> None:
+        """A slice is done, objects included: the status, the progress, and after the last the clicks."""
+        d = self.dock
+        state, c = d.state, d.controls
+        session, run = state.session, state.run
+        if run is not None:
+            run.done = i + 1
         if i == n - 1:
-            self.finish_run(layer)
+            self.finish_run(layer, run)
         if n > 1:  # a single slice keeps the busy indicator until the run ends (setting a bar repaints the window)
             c.progress.max = n
             c.progress.value = i + 1
@@ -336,7 +409,7 @@ class Segmenter:
             note = " 'Show uncertainty' shows where the model is unsure."
         where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
         late = "Segmenting had finished when Cancel was pressed. " if n == 1 and d.runner.cancel_requested else ""
-        found = f": {object_count_text(session, result.instances)}."
+        found = f": {object_count_text(session, instances)}."
         c.set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
                       f"{late}Segmented {where}'{layer.name}'{found}{note}")
                      + (task_choice_text(session) if n == 1 else "")  # a stack: tasks per slice
@@ -345,12 +418,15 @@ class Segmenter:
         c.status.tooltip = (fam.message + "\n\n" if fam is not None else "") + (detail + "\n\n" if detail else "") \
             + tips.UNCERTAINTY_LAYER
 
-    def finish_run(self, layer) -> None:
-        """The slice segmented last is the one to correct: click layers, the clicks and edits, the task panel."""
+    def finish_run(self, layer, run=None) -> None:
+        """The slice segmented last is the one to correct: click layers (unless made for this run as its
+        segmentation came), the clicks and edits, the task panel."""
         d = self.dock
-        d.corrections.prepare_click_layers(layer)
+        if run is None or self.clicks_for is not run or d.layers.find(CLICKS) is None:
+            d.corrections.prepare_click_layers(layer)
+        self.clicks_for = None
         d.corrections.shown_notes = []  # a new run: its notes are news
-        d.corrections.propagate()
+        d.corrections.propagate()  # the clicks made meanwhile, the suggestions (and objects not made: Cancel)
         d.learn_panel.show_tasks()
         from qtpy.QtCore import QTimer
 
@@ -372,7 +448,7 @@ class Segmenter:
         run, state.run = state.run, None
         if d.destroyed:
             return
-        if run is not None and not run.done:  # nothing written: no empty layers left behind
+        if run is not None and not run.shown:  # nothing written: no empty layers left behind
             d.layers.drop_ahead()
         c.progress.visible = False
         if not d.alive:
@@ -382,15 +458,17 @@ class Segmenter:
             return
         cancelled = d.runner.cancel_requested  # cancelled, or failed on a later slice
         session, last = state.session, run.last  # a copy of the session's result: it shares the maps
-        if run.done and session is not None and session.result is not None and last is not None and \
+        if run.shown and session is not None and session.result is not None and last is not None and \
                 session.result.probabilities is last.probabilities:
-            self.finish_run(run.layer)
-        elif run.done:  # the session went on to a slice that was not shown: segment again to correct
+            # the slice shown last is the one to correct; objects it lacks (Cancel as they were about to be found)
+            # are made by its propagation (Corrections.objects_pending)
+            self.finish_run(run.layer, run)
+        elif run.shown:  # the session went on to a slice that was not shown: segment again to correct
             state.target = None
-        if cancelled and run.n == 1:
+        if cancelled and not run.shown:
             c.set_status(f"Cancelled: '{run.layer.name}' was not segmented; the layers are as they were.")
-        elif cancelled:
-            c.set_status(f"Cancelled: {run.done} of {run.n} slice(s) of '{run.layer.name}' segmented."
+        elif cancelled and run.n > 1:
+            c.set_status(f"Cancelled: {run.shown} of {run.n} slice(s) of '{run.layer.name}' segmented."
                          + (" Press Segment to correct one." if state.target is None else ""))
 
     def forget_missing_model(self) -> None:

@@ -3,13 +3,14 @@
 It needs a display; on a server run it under a virtual one: ``xvfb-run -a napari-clis bench gui``. Per image
 (default: the dsb2018 fluorescence nuclei image and an isic2017 lesion of tests/data), in one process:
 
-* **Segment time**: the widget's Segment, from the button press to the layers written (the dock no longer busy),
-  against ``ClisSession.segment()`` on the same data in the same process, interleaved and repeated (medians, and
-  their ratio; the issue's target is at most 1.2), and against the same work through the API: ``segment()``, the
-  session's objects and clicks made ready (``session.labels``) and the suggestions, which the widget shows and
-  ``segment()`` alone leaves undone (the ratio to it is the widget's own cost: drawing). The first Segment (the
-  model loaded in the worker, torch imported there for the first image) is reported apart, beside a fresh
-  session's load and first ``segment()``.
+* **Segment time**, two figures per press, the Segment being progressive: *shown*, from the button press to the
+  segmentation written (the status turns to "Segmented …; finding the objects…"), against
+  ``ClisSession.segment()`` on the same data in the same process, interleaved and repeated (medians, and their
+  ratio; the issue's target is at most 1.2); and *all shown*, from the press until the objects and the suggestions
+  are shown too (the dock no longer busy), against the same work through the API: ``segment()``, the session's
+  objects and clicks made ready (``session.labels``) and the suggestions, which ``segment()`` alone leaves undone
+  (the ratio to it is the widget's own cost: drawing). The first Segment (the model loaded in the worker, torch
+  imported there for the first image) is reported apart, beside a fresh session's load and first ``segment()``.
 * **Event-loop stalls**: a timer ticks every ``--tick-ms`` on the GUI thread; the gaps between its ticks are how
   long the GUI thread could not handle an event. Longest gap and 99th percentile per phase: idle, the first Segment,
   warm Segments, object clicks added to the ``clicks`` Points layer (``layer.add``), brush strokes painted through
@@ -233,6 +234,7 @@ class Meter:
         self.last = None
         self.until = None
         self.met_at = None
+        self.watch, self.watched_at = None, None
         self.loop = None
         self.samples: list[tuple[float, float, list]] = []  # (time, watcher lateness s, threads) from the watcher
         self._watching = threading.Event()
@@ -296,6 +298,8 @@ class Meter:
         self.last = now
         if self.met_at is None and self.until is not None and self.until():
             self.met_at = now
+        if self.watched_at is None and self.watch is not None and self.watch():
+            self.watched_at = now
         if self.met_at is not None and now >= self.end_not_before and now - self.met_at >= self.settle_s:
             self.loop.quit()
         elif now > self.deadline:
@@ -322,14 +326,17 @@ class Meter:
             stall.gc_ms = round(sum(max(0.0, min(stall.end, c["start"] + c["ms"] / 1000) - max(stall.start, c["start"]))
                                     for c in self.collections) * 1000, 1)
 
-    def spin(self, seconds: float = 0.0, *, until=None, settle: float = 0.0, actions=(), timeout: float = 600.0):
+    def spin(self, seconds: float = 0.0, *, until=None, settle: float = 0.0, actions=(), timeout: float = 600.0,
+             watch=None):
         """Run Qt's event loop (the timer ticking) for at least ``seconds``; with ``until``, until it is true and
         ``settle`` seconds more. ``actions``: ``(delay in s, callable)`` run inside the loop, each ``delay`` after
-        the one before (as a user's events arrive). Returns the time ``until`` first held (None: it never did)."""
+        the one before (as a user's events arrive). Returns the time ``until`` first held (None: it never did);
+        the first tick at which ``watch()`` held is left in ``watched_at``."""
         from qtpy.QtCore import QEventLoop, QTimer
 
         self.loop = QEventLoop()
         self.met_at = None
+        self.watch, self.watched_at = watch, None
         start = time.perf_counter()
         self.end_not_before = start + seconds
         self.deadline = start + timeout
@@ -435,16 +442,20 @@ def _stroke_path(shape, k: int, brush: int) -> list[tuple[float, float]]:
 
 # -- one image ------------------------------------------------------------------------------------------------------
 
-def _press_and_wait(meter: Meter, widget, button, settle: float, timeout: float = 600.0) -> float:
-    """Press ``button`` inside the event loop; seconds from the press until the dock is no longer busy."""
+def _press_and_wait(meter: Meter, widget, button, settle: float, timeout: float = 600.0) -> tuple[float, float]:
+    """Press ``button`` inside the event loop; seconds from the press until the dock is no longer busy, and until
+    the first tick at which the status says "Segmented" (the segmentation is written in the callback that says
+    so; its objects may follow; the first figure when it never did)."""
     pressed = {}
 
     def press():
         pressed["t"] = time.perf_counter()
         button.native.click()
 
-    done = meter.spin(until=lambda: not widget.busy, settle=settle, actions=[(0.0, press)], timeout=timeout)
-    return done - pressed["t"]
+    done = meter.spin(until=lambda: not widget.busy, settle=settle, actions=[(0.0, press)], timeout=timeout,
+                      watch=lambda: "t" in pressed and widget.status.startswith("Segmented"))
+    shown = meter.watched_at if meter.watched_at is not None else done
+    return done - pressed["t"], shown - pressed["t"]
 
 
 def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
@@ -468,7 +479,7 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
 
         # (a) the first Segment: the model loaded (and torch imported, for the first image) in the worker
         with meter.measuring(name, "first segment"):
-            first = _press_and_wait(meter, widget, widget.controls.run_button, settle)
+            first, first_shown = _press_and_wait(meter, widget, widget.controls.run_button, settle)
         if "Segmented" not in widget.status:
             raise RuntimeError(f"the widget did not segment {path}: {widget.status}")
         t = time.perf_counter()
@@ -477,12 +488,13 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
         base.n_samples = int(widget.samples)
         result = base.segment(data)
         first_base = time.perf_counter() - t
-        out["first"] = {"widget_s": round(first, 3), "load_and_segment_s": round(first_base, 3),
+        out["first"] = {"widget_s": round(first, 3), "shown_s": round(first_shown, 3),
+                        "load_and_segment_s": round(first_base, 3),
                         "torch_imported_in_worker": not torch_before}
 
         # (b) warm Segments against segment(), and against the same work through the API (segment(), then the
         # session's objects and clicks ready and the suggestions, as the widget shows them), interleaved
-        t_widget, t_base, t_core = [], [], []
+        t_widget, t_shown, t_base, t_core = [], [], [], []
         for r in range(args.repeats):
             for which in (("base", "core", "widget") if r % 2 == 0 else ("widget", "core", "base")):
                 if which == "base":
@@ -499,14 +511,18 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
                     t_core.append(time.perf_counter() - t)
                 else:
                     with meter.measuring(name, "segment"):
-                        t_widget.append(_press_and_wait(meter, widget, widget.controls.run_button, settle))
-        med_w, med_b, med_c = (float(np.median(v)) for v in (t_widget, t_base, t_core))
-        out["segment"] = {"widget_s": [round(v, 3) for v in t_widget], "segment_s": [round(v, 3) for v in t_base],
-                          "core_s": [round(v, 3) for v in t_core],
-                          "widget_median_s": round(med_w, 3), "segment_median_s": round(med_b, 3),
-                          "core_median_s": round(med_c, 3), "ratio": round(med_w / med_b, 3),
-                          "ratio_core": round(med_w / med_c, 3),
-                          "ratio_pairs_median": round(float(np.median(np.divide(t_widget, t_base))), 3)}
+                        everything, seen = _press_and_wait(meter, widget, widget.controls.run_button, settle)
+                    t_widget.append(everything)
+                    t_shown.append(seen)
+        med_w, med_s, med_b, med_c = (float(np.median(v)) for v in (t_widget, t_shown, t_base, t_core))
+        # "ratio": press -> segmentation shown against segment() (the target); "ratio_core": press -> everything
+        # shown (objects, suggestions) against segment() + objects + suggestions through the API
+        out["segment"] = {"widget_s": [round(v, 3) for v in t_widget], "shown_s": [round(v, 3) for v in t_shown],
+                          "segment_s": [round(v, 3) for v in t_base], "core_s": [round(v, 3) for v in t_core],
+                          "widget_median_s": round(med_w, 3), "shown_median_s": round(med_s, 3),
+                          "segment_median_s": round(med_b, 3), "core_median_s": round(med_c, 3),
+                          "ratio": round(med_s / med_b, 3), "ratio_core": round(med_w / med_c, 3),
+                          "ratio_pairs_median": round(float(np.median(np.divide(t_shown, t_base))), 3)}
 
         # (d) clicks, added to the clicks layer as napari adds a user's click, at a user's pace
         clicks = viewer.layers["clicks"]
@@ -561,7 +577,7 @@ def _bench_image(path: Path, model: str, what: str, args, meter: Meter) -> dict:
                 widget.session.learn_settings.steps = int(args.learn_steps)
             steps = widget.session.learn_settings.steps
             with meter.measuring(name, "learn"):
-                t_learn = _press_and_wait(meter, widget, widget.controls.learn_button, settle)
+                t_learn, _ = _press_and_wait(meter, widget, widget.controls.learn_button, settle)
             if "learn" not in widget.threads:  # refused, or failed before its worker started
                 raise RuntimeError(f"Learn did not run on {path} (see the error above); status: {widget.status}")
             out["learn"] = {"steps": int(steps), "widget_s": round(t_learn, 3), "status": widget.status}
@@ -634,16 +650,18 @@ def gc_summary(collections: list[dict], stalls: list[Stall]) -> dict:
 
 def report(results: list[dict], top: list[dict], stall_ms: float, machine: str, gcs: dict | None = None) -> str:
     lines = [f"Machine: {machine}", "",
-             "| image | px | first Segment (widget) | load + first segment() | warm Segment (widget, median) | "
-             "warm segment() (median) | ratio (target <= 1.2) | segment() + objects + suggestions | ratio to it |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| image | px | first Segment (widget): shown / all | load + first segment() | "
+             "warm Segment: segmentation shown (median) | warm segment() (median) | ratio (target <= 1.2) | "
+             "warm Segment: all shown (median) | segment() + objects + suggestions | ratio to it |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         f, s = r["first"], r["segment"]
         torch_note = ", torch imported" if f["torch_imported_in_worker"] else ""
         lines.append(f"| {r['image']} ({r['model']}) | {'x'.join(map(str, r['shape'][:2]))} | "
-                     f"{f['widget_s']:.2f} s (model loaded in the worker{torch_note}) | {f['load_and_segment_s']:.2f} s"
-                     f" | {s['widget_median_s']:.2f} s | {s['segment_median_s']:.2f} s | **{s['ratio']:.2f}** | "
-                     f"{s['core_median_s']:.2f} s | {s['ratio_core']:.2f} |")
+                     f"{f['shown_s']:.2f} / {f['widget_s']:.2f} s (model loaded in the worker{torch_note}) | "
+                     f"{f['load_and_segment_s']:.2f} s | {s['shown_median_s']:.2f} s | {s['segment_median_s']:.2f} s"
+                     f" | **{s['ratio']:.2f}** | {s['widget_median_s']:.2f} s | {s['core_median_s']:.2f} s | "
+                     f"{s['ratio_core']:.2f} |")
     over = f"over_{stall_ms:g}_ms"
     lines += ["", f"Event-loop gaps on the GUI thread (target: none over {stall_ms:g} ms):", "",
               f"| image | phase | s | ticks | median gap ms | p99 ms | longest ms | gaps > {stall_ms:g} ms |",
