@@ -174,7 +174,48 @@ def test_a_large_image_counts_its_tiles_and_cancel_stops_it_between_two(viewer_a
     np.testing.assert_array_equal(seg.data, before)
     assert widget.session.result is result  # the session still holds the image as it was
     c = widget.controls
-    assert not c.progress.visible and c.run_button.enabled and not c.cancel_button.enabled
+    assert c.progress.native.isHidden() and c.run_button.enabled and not c.cancel_button.enabled
+
+
+def test_the_busy_bar_of_a_single_image_shows_only_once_segmenting_takes_a_while(viewer_and_widget, qtbot,
+                                                                                  nuclei_fluo, monkeypatch):
+    """Every frame of the moving busy bar repaints the window: a short Segment shows none (the status says it runs);
+    one that takes a while shows it; a finished run's late timer shows nothing."""
+    import threading
+
+    from napari_clis.session import ClisSession
+
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(nuclei_fluo[0], name="fluo")
+    started, go_on = threading.Event(), threading.Event()
+    real = ClisSession.segment
+
+    def held(self, *args, **kwargs):
+        started.set()
+        assert go_on.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClisSession, "segment", held)
+    c = widget.controls
+
+    def bar_shown():  # shown by the dock (the viewer of the tests is not on screen: isVisible() is always False)
+        return not c.progress.native.isHidden()
+
+    try:
+        widget.run(layer)
+        assert not bar_shown() and not c.run_button.enabled and c.cancel_button.enabled
+        assert widget.status.startswith("Segmenting 'fluo'")
+        qtbot.waitUntil(started.is_set, timeout=60_000)
+        qtbot.waitUntil(bar_shown, timeout=5_000)  # it takes a while: the bar shows
+        assert c.progress.max == 0  # a busy indicator (no steps to count)
+    finally:
+        go_on.set()
+    widget.wait()
+    assert not bar_shown()
+    widget.run(layer)  # a run that ends at once: its timer fires after it ended and shows nothing
+    widget.wait()
+    qtbot.wait(700)
+    assert not bar_shown() and c.run_button.enabled
 
 
 def test_channels_opened_as_one_stack_are_pointed_out_and_the_status_names_the_slice(viewer_and_widget, qtbot,

@@ -29,6 +29,10 @@ def model_choices(_widget=None) -> list[tuple[str, str]]:
     return [(name, name) for name in shipped_models()] + saved + [(CUSTOM_MODEL, CUSTOM_MODEL)]
 
 
+# A run without steps to count shows its moving busy bar only after this long: each frame of the animation repaints
+# the window (under software OpenGL 20-50 ms each, 20-40 per Segment of a small image, on the cores segment() uses)
+BUSY_DELAY_MS = 500
+
 NO_TASKS = "Nothing learned yet: correct a segmentation, then press Learn so that similar images start better."
 
 
@@ -82,6 +86,7 @@ class Controls:
         self.run_button = PushButton(text="Segment", tooltip=tips.RUN)
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=tips.CANCEL)
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.busy_run = None  # the run the busy indicator waits to show for (show_busy)
         self.status = Label(value="Choose an image and press Segment.", tooltip=tips.UNCERTAINTY_LAYER)
         self.show_uncertainty = CheckBox(text="Show uncertainty (Shift-U)", value=False, tooltip=tips.SHOW_UNCERTAINTY)
         self.click_class = ComboBox(label="Click class", choices=class_choices(model_class_names("nuclei")), value=1,
@@ -137,14 +142,30 @@ class Controls:
         return model, (str(self.checkpoint.value) if model == CUSTOM_MODEL else None)
 
     def show_busy(self, total: int) -> None:
-        """A worker runs: Segment off, Cancel on, the bar (``total`` 0: a busy indicator)."""
+        """A worker runs: Segment off, Cancel on, the bar (``total`` 0: a busy indicator, shown once the run has
+        taken :data:`BUSY_DELAY_MS`; the status says what runs meanwhile)."""
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.progress.visible = True
         self.progress.max = total
         self.progress.value = 0
+        self.busy_run = run = object()
+        self.progress.visible = bool(total)
+        if not total:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(BUSY_DELAY_MS, lambda: self.show_progress(run))
+
+    def show_progress(self, run=None) -> None:
+        """The bar shown (``run``: only if that run is still going: a late timer of an earlier one does nothing)."""
+        if run is not None and run is not self.busy_run:
+            return
+        try:
+            self.progress.visible = True
+        except RuntimeError:  # the dock was closed meanwhile: its Qt widgets are gone
+            pass
 
     def show_idle(self) -> None:
+        self.busy_run = None
         self.progress.visible = False
         self.run_button.enabled = True
         self.cancel_button.enabled = False

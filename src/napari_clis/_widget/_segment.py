@@ -315,6 +315,7 @@ class Segmenter:
         if total > 1 and not self.dock.destroyed:
             self.dock.controls.progress.max = total + 1
             self.dock.controls.progress.value = done
+            self.dock.controls.show_progress()
 
     # -- results, on the GUI thread ------------------------------------------------------------------------------
     def on_item(self, layer, n, plan: Plan, item) -> None:
