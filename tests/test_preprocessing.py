@@ -200,3 +200,16 @@ def test_the_outlier_rule_does_not_depend_on_the_intensity_unit(scale, offset):
     bright = _brightened(image, labels)[0]
     ref = normalize_image(bright)
     np.testing.assert_allclose(normalize_image(bright.astype(np.float64) * scale + offset), ref, atol=2e-3)
+
+
+def test_the_per_object_percentile_is_numpys_for_every_object():
+    from scipy import ndimage
+
+    from napari_clis.preprocessing import _percentile_per_object
+
+    rng = np.random.default_rng(3)
+    values = rng.random((120, 90))
+    objects, n = ndimage.label(values > 0.55)  # hundreds of objects of 1 to many pixels
+    got = _percentile_per_object(values, objects, n, 75.0)
+    want = [np.percentile(values[objects == i], 75.0) for i in range(1, n + 1)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -363,8 +363,7 @@ def _bright_outliers(arr: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray 
         return None, b
     # the typical object level: the median over the objects (by area) of each object's 75th percentile, so that a
     # few very bright objects among a dozen, or dim halos joining objects into clumps, do not set it
-    per = np.asarray(ndimage.labeled_comprehension(means, objects, np.arange(1, n + 1),
-                                                   lambda v: np.percentile(v, _FOREGROUND_PERCENTILE), float, 0.0))
+    per = _percentile_per_object(means, objects, n, _FOREGROUND_PERCENTILE)
     order = np.argsort(per, kind="stable")
     area = np.cumsum(np.bincount(objects.ravel())[1:][order])
     level = float(per[order][np.searchsorted(area, area[-1] / 2)])
@@ -379,6 +378,21 @@ def _bright_outliers(arr: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray 
     if outliers.mean() > _MAX_OUTLIER_AREA:  # the "objects" run into the background: only the bright blocks
         outliers = ndimage.binary_dilation(bright)
     return outliers, b
+
+
+def _percentile_per_object(values: np.ndarray, objects: np.ndarray, n: int, q: float) -> np.ndarray:
+    """The ``q``-th percentile (numpy's linear one) of ``values`` over each object 1..n of ``objects``, in one sort:
+    a noisy field's Otsu foreground may hold a hundred thousand specks."""
+    lab = objects.ravel()
+    inside = lab > 0
+    v, lab = values.ravel()[inside], lab[inside]
+    v = v[np.lexsort((v, lab))]
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos = q / 100.0 * (counts - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, counts - 1)
+    return v[starts + i0] + (pos - i0) * (v[starts + i1] - v[starts + i0])
 
 
 def _as_numeric_2d(image) -> np.ndarray:
