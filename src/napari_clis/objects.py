@@ -7,7 +7,9 @@ For models with many objects per class (nuclei), a click acts on objects rather 
   on the edges of the network's foreground probability (and of the image) inside a window of
   ``2 * WINDOW`` object diameters around the click: seeds are the click and the pixels whose probability is
   close to the click's, background seeds the pixels close to the window's background level, the window's
-  border and the other objects. Where the probability does not tell the object from its surroundings (a
+  border and the other objects. Where the object fills the window (far larger than the objects the network
+  found: it found only fragments of such objects), the window grows 2x, then 4x. Where the probability does not
+  tell the object from its surroundings (a
   nucleus the network missed entirely) the image's intensity takes its place; where neither does, a disc of
   half an object diameter. A piece smaller than ``JOIN_AREA`` of a typical object that touches an object of
   the same class joins it (the missing part of a partly found nucleus).
@@ -41,6 +43,7 @@ __all__ = ["InteractionError", "ObjectClick", "ObjectEditor", "overlay_paint", "
 
 ACTIONS = ("auto", "split", "merge")
 WINDOW = 1.5  # half-side of the window an added object is looked for in, in object diameters
+WINDOW_GROWTH = (1.0, 2.0, 4.0)  # where the object fills the window, it is looked for in one this much larger
 JOIN_AREA = 0.5  # a missed piece smaller than this share of a typical object that touches one joins it
 MERGE_REACH = 0.25  # a merge click reaches objects this many object diameters from it (at least 3 px)
 MIN_SPLIT_AREA = 0.5  # an object smaller than this share of a typical object is not split
@@ -293,7 +296,44 @@ class ObjectEditor:
         return self._add(c, log)
 
     def _add(self, c: ObjectClick, log) -> None:
-        d = self.diameter
+        # the object may be far larger than the typical one (the network found only fragments of such objects):
+        # where it fills the window, the window grows (2x, then 4x) before the disc of the typical size is taken
+        for grow in WINDOW_GROWTH:
+            box, region = self._extent(c, self.diameter * grow)
+            if region is not None:
+                break
+        else:
+            d = self.diameter
+            box = _box(c.y, c.x, int(np.ceil(WINDOW * d)), self.shape)
+            shape = (box[0].stop - box[0].start, box[1].stop - box[1].start)
+            cy, cx = c.y - box[0].start, c.x - box[1].start
+            region = _disk(shape, cy, cx, d / 2) & (self._instances[box] == 0)
+            comp, _ = ndimage.label(region)
+            region = comp == comp[cy, cx]
+        inst = self._instances[box]
+        shape = inst.shape
+        cy, cx = c.y - box[0].start, c.x - box[1].start
+        for e in self._applied:  # an earlier click of another class keeps its pixel, however close it lies
+            y, x = e.y - box[0].start, e.x - box[1].start
+            if e.label != c.label and 0 <= y < shape[0] and 0 <= x < shape[1] and (y, x) != (cy, cx):
+                region[y, x] = False
+        ident = 0
+        if region.sum() < JOIN_AREA * self.typical_area:
+            rim = ndimage.binary_dilation(region) & ~region
+            touch = inst[rim & (self._labels[box] == c.label)]
+            touch = touch[touch > 0]
+            if touch.size:  # the object of its class it shares the longest border with
+                ids, counts = np.unique(touch, return_counts=True)
+                ident = int(ids[counts.argmax()])
+        if not ident:
+            ident = self._new_id(log)
+        self._write(log, box, region, c.label, ident)
+        return None
+
+    def _extent(self, c: ObjectClick, d: float):
+        """The object at a foreground click on background, in a window of ``WINDOW * d`` px around it: a seeded
+        watershed on the edges of the foreground probability (and of the image); ``(box, region)``, region None
+        where nothing stands out from the window (too little contrast, or the object fills it)."""
         r = int(np.ceil(WINDOW * d))
         box = _box(c.y, c.x, r, self.shape)
         cy, cx = c.y - box[0].start, c.x - box[1].start
@@ -314,44 +354,26 @@ class ObjectEditor:
                 g = (f - bottom) / contrast  # 0 at the window's background level, 1 at the click
                 rescaled.append(g)
                 edges += _edges(np.clip(g, -0.5, 1.5))
-        if rescaled:
-            g = rescaled[0]
-            markers = np.zeros(shape, np.int32)
-            border = np.zeros(shape, bool)
-            border[[0, -1], :] = border[:, [0, -1]] = True
-            # background seeds: what looks like the window's background, the other objects and the window's border
-            markers[(g <= 0.3) | ~free | border | self._earlier(box, shape, background=True)] = 2
-            seed, _ = ndimage.label(g >= 0.7)
-            markers[(seed == seed[cy, cx]) & (seed > 0) & free] = 1
-            markers[core] = 1
-            from skimage.segmentation import watershed
-
-            region = watershed(edges, markers) == 1
-            region = ndimage.binary_fill_holes(region) & free
-            comp, _ = ndimage.label(region)
-            region = comp == comp[cy, cx]
-            if region.sum() > 0.6 * region.size:  # it fills the window: no object stands out there
-                rescaled = []
         if not rescaled:
-            region = _disk(shape, cy, cx, d / 2) & free
-            comp, _ = ndimage.label(region)
-            region = comp == comp[cy, cx]
-        for e in self._applied:  # an earlier click of another class keeps its pixel, however close it lies
-            y, x = e.y - box[0].start, e.x - box[1].start
-            if e.label != c.label and 0 <= y < shape[0] and 0 <= x < shape[1] and (y, x) != (cy, cx):
-                region[y, x] = False
-        ident = 0
-        if region.sum() < JOIN_AREA * self.typical_area:
-            rim = ndimage.binary_dilation(region) & ~region
-            touch = inst[rim & (self._labels[box] == c.label)]
-            touch = touch[touch > 0]
-            if touch.size:  # the object of its class it shares the longest border with
-                ids, counts = np.unique(touch, return_counts=True)
-                ident = int(ids[counts.argmax()])
-        if not ident:
-            ident = self._new_id(log)
-        self._write(log, box, region, c.label, ident)
-        return None
+            return box, None
+        g = rescaled[0]
+        markers = np.zeros(shape, np.int32)
+        border = np.zeros(shape, bool)
+        border[[0, -1], :] = border[:, [0, -1]] = True
+        # background seeds: what looks like the window's background, the other objects and the window's border
+        markers[(g <= 0.3) | ~free | border | self._earlier(box, shape, background=True)] = 2
+        seed, _ = ndimage.label(g >= 0.7)
+        markers[(seed == seed[cy, cx]) & (seed > 0) & free] = 1
+        markers[core] = 1
+        from skimage.segmentation import watershed
+
+        region = watershed(edges, markers) == 1
+        region = ndimage.binary_fill_holes(region) & free
+        comp, _ = ndimage.label(region)
+        region = comp == comp[cy, cx]
+        if region.sum() > 0.6 * region.size:  # it fills the window: no object stands out there
+            return box, None
+        return box, region
 
     def _earlier(self, box, shape, *, background: bool, label: int | None = None) -> np.ndarray:
         """The earlier clicks inside ``box`` (background ones, or foreground ones of ``label``) as small discs:
