@@ -320,3 +320,25 @@ def test_ten_thousand_objects_in_one_image():
         editor.replay([_click(505, 505, 0), _click(304, 300, 1, "merge"), _click(704, 704, 1, "merge")],
                       strict={2})
     assert len(editor.applied) == 2
+
+
+def test_an_object_click_on_a_missed_object_far_larger_than_the_networks_finds_its_extent():
+    """The network found only specks (6 px across) and missed a nucleus 50 px across: the click's window, 1.5
+    typical diameters, lies inside the nucleus (no edge in it); it grows until the nucleus stands out."""
+    from napari_clis.objects import ObjectClick
+
+    h = w = 200
+    yy, xx = np.mgrid[:h, :w]
+    nucleus = (yy - 100) ** 2 + (xx - 100) ** 2 <= 25 ** 2
+    specks = np.zeros((h, w), np.uint32)
+    for k, (y, x) in enumerate([(20, 20), (20, 180), (180, 20), (180, 180), (20, 100)], start=1):
+        specks[(yy - y) ** 2 + (xx - x) ** 2 <= 9] = k
+    image = np.where(nucleus | (specks > 0), 0.4, -0.4).astype(np.float32)[None].repeat(3, 0)
+    fg = (specks > 0).astype(np.float32)
+    probabilities = np.stack([1 - fg, fg])
+    editor = ObjectEditor(probabilities, image, (specks > 0).astype(np.int32), specks)
+    assert editor.diameter < 8
+    editor.replay([ObjectClick(100, 100, 1)])
+    added = editor.instances == editor.instances[100, 100]
+    assert editor.instances[100, 100] > 0
+    assert (added & nucleus).sum() > 0.9 * nucleus.sum() and (added & ~nucleus).sum() < 0.1 * nucleus.sum()
