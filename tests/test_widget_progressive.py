@@ -110,12 +110,16 @@ def test_a_segment_of_another_image_while_objects_are_found_writes_nothing_into_
     # the image deleted while its objects are found: they are dropped, and the next image's layers are its own
     called.clear()
     go_on.clear()
+    rings = viewer.layers["suggestions"]
+    assert len(rings.data)  # the finished run's rings
     widget.run(first)
     _in_object_phase(widget, qtbot, called)
+    assert not len(rings.data)  # they went with their segmentation; the new ones follow the objects
     viewer.layers.remove(first)
     go_on.set()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert "was deleted while it was segmented" in widget.status
+    assert "was deleted while its objects were being found" in widget.status
+    assert "the segmentation written before stays" in widget.status
     assert first_objects.any() and not inst.data.any()  # the earlier objects cleared as the segmentation came,
     # and the dropped objects never written
     widget.run(other)

@@ -412,8 +412,11 @@ class SegmentWidget(Container):
         run = state.run
         if run is not None and run.layer is layer and state.is_current(run.generation):
             self.runner.abandon()  # said in the status only: closing the viewer deletes every layer too
-            self.controls.set_status(f"'{layer.name}' was deleted while it was segmented: its results are dropped, "
-                                     "and the layers are as they were.")
+            self.controls.set_status(
+                f"'{layer.name}' was deleted while its objects were being found: its objects are dropped; the "
+                "segmentation written before stays in the layers." if run.shown else
+                f"'{layer.name}' was deleted while it was segmented: its results are dropped, and the layers are as "
+                "they were.")
         if state.target is not None and state.target.layer is layer:
             state.target = None
             self.controls.set_click_status(f"'{layer.name}' was deleted: open an image and press Segment to go on.")

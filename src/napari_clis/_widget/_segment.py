@@ -364,6 +364,7 @@ class Segmenter:
         if with_objects:
             self.objects_shown(layer, n, i, idx, result, instances)
             return
+        d.layers.show_suggestions(None, None, 0)  # the earlier segmentation's rings go with it; its own follow
         if i == n - 1:  # the slice to correct: its clicks layer now, so that a click made while the objects are
             # found lands on this image's layer; it waits there (propagate) and is applied once they are found
             d.corrections.prepare_click_layers(layer)
