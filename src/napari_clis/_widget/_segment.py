@@ -443,6 +443,9 @@ class Segmenter:
             return
         notify_error(f"Segmentation failed: {error}")
         self.dock.controls.set_status(f"Failed: {error}")
+        run = self.dock.state.run
+        if run is not None and run.finding_objects:  # finding the objects failed: on_finished makes no clicks of
+            run.failed = True  # that slice (its propagation would fail again); a later slice's failure keeps them
 
     def on_finished(self) -> None:
         d = self.dock
@@ -460,7 +463,9 @@ class Segmenter:
             return
         cancelled = d.runner.cancel_requested  # cancelled, or failed on a later slice
         session, last = state.session, run.last  # a copy of the session's result: it shares the maps
-        if run.shown and session is not None and session.result is not None and last is not None and \
+        if run.failed:  # said by on_error; its objects would fail again in the clicks' propagation
+            state.target = None
+        elif run.shown and session is not None and session.result is not None and last is not None and \
                 session.result.probabilities is last.probabilities:
             # the slice shown last is the one to correct; objects it lacks (Cancel as they were about to be found)
             # are made by its propagation (Corrections.objects_pending)
