@@ -202,12 +202,10 @@ def test_every_slice_of_a_stack_gets_its_segmentation_then_its_objects(make_napa
     assert widget.status.startswith("Segmented 3/3 slice(s)")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (2026-12-07): when finding the objects raises, the dock stays busy "
-                   "and says nothing (found by review; not fixed yet)")
 def test_a_failure_while_finding_the_objects_is_said_once_and_the_segmentation_stays(make_napari_viewer, qtbot,
                                                                                     nuclei_fluo, monkeypatch,
                                                                                     messages):
-    def broken(*args, **kwargs):
+    def broken(*args, **kwargs):  # a RuntimeError, as torch raises: superqt would take it for a deleted worker
         raise RuntimeError("the watershed ran out of memory")
 
     monkeypatch.setattr(session_module, "segmentation_objects", broken)

@@ -13,6 +13,38 @@ import threading
 from .._napari_compat import worker_generator
 
 
+class WorkerError(Exception):
+    """A RuntimeError raised in a generator worker, carried out of it: superqt takes a RuntimeError out of a
+    generator for a deleted worker and says nothing (no error, no end: the dock would stay busy). torch raises
+    RuntimeError for most of its failures."""
+
+    def __init__(self, error: RuntimeError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def carried(function):
+    """``function`` with a generator's RuntimeError raised as :class:`WorkerError` (plain functions as they are)."""
+    import inspect
+
+    if not inspect.isgeneratorfunction(function):
+        return function
+
+    def generator():
+        try:
+            return (yield from function())
+        except RuntimeError as e:
+            raise WorkerError(e) from e
+    return generator
+
+
+def unwrapped(on_error):
+    """``on_error`` given the error the worker raised (a :class:`WorkerError`'s own)."""
+    if on_error is None:
+        return None
+    return lambda e: on_error(e.error if isinstance(e, WorkerError) else e)
+
+
 class Runner:
     """Runs the dock's heavy steps in napari's worker threads (``napari.qt.threading``)."""
 
@@ -55,7 +87,8 @@ class Runner:
                     callback(*args)
             return call
 
-        worker = thread_worker(self.locked(function) if kind == "segment" else function, ignore_errors=True)()
+        worker = thread_worker(carried(self.locked(function) if kind == "segment" else function),
+                               ignore_errors=True)()
         gen = worker_generator(worker)  # napari's GeneratorWorker: the generator it runs
         if kind == "segment" and gen is not None:
             # a quit worker leaves its generator suspended at a yield, the session lock held (propagations then
@@ -67,7 +100,7 @@ class Runner:
             worker.yielded.connect(current(on_item))
         if on_return is not None:
             worker.returned.connect(current(on_return))
-        worker.errored.connect(current(on_error))
+        worker.errored.connect(current(unwrapped(on_error)))
         worker.finished.connect(lambda: self._finished(worker, on_done))
         self.worker, self.kind, self.cancel_requested, self.step = worker, kind, False, (0, 0)
         state.busy = kind
@@ -147,9 +180,9 @@ class Runner:
                 self.side_pending = False
                 again()
 
-        worker = thread_worker(self.locked(function), ignore_errors=True)()
+        worker = thread_worker(carried(self.locked(function)), ignore_errors=True)()
         worker.returned.connect(returned)
-        worker.errored.connect(on_error)
+        worker.errored.connect(unwrapped(on_error))
         worker.finished.connect(finished)
         self.side = worker
         worker.start()
