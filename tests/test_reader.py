@@ -45,6 +45,12 @@ def test_a_saved_segmentation_and_uncertainty_map_reopen_where_they_were(make_na
     np.testing.assert_allclose(seg.translate, [10.0, -3.0])
     assert seg.metadata["class_names"] == CLASSES
     np.testing.assert_array_equal(np.asarray(seg.data), LABELS)
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_clis._reader import CLASS_COLOURS
+
+    for k in range(1, len(CLASSES)):  # its classes in the colours the widget draws them in
+        np.testing.assert_allclose(seg.get_color(k), transform_color(CLASS_COLOURS[k - 1])[0], atol=1e-6)
     (unc,) = viewer.open(unc_path, plugin="napari-clis")
     assert unc.name == "uncertainty" and unc.data.dtype == np.float32
     np.testing.assert_allclose(unc.scale, [0.5, 0.25])

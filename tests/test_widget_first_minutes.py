@@ -45,6 +45,13 @@ def test_after_segment_the_segmentation_is_what_you_see_and_uncertainty_is_one_c
     widget.wait()
     seg, unc, inst = viewer.layers["segmentation"], viewer.layers["uncertainty"], viewer.layers["instances"]
     assert seg.visible and inst.visible and inst.contour >= 2 and seg.opacity < 0.5  # outlines over a light fill
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_clis._reader import CLASS_COLOURS
+
+    fill = seg.get_color(1)  # a light, saturated green (napari's own first colour is a dark brown, lost on H&E)
+    np.testing.assert_allclose(fill, transform_color(CLASS_COLOURS[0])[0], atol=1e-6)
+    assert fill[:3].max() - fill[:3].min() > 0.5 and fill[:3].sum() > 1.2
     assert not unc.visible and not widget.show_uncertainty  # hidden until asked for
     assert unc.colormap.name == UNCERTAINTY_STYLE["colormap"]["name"] and unc.blending == UNCERTAINTY_STYLE["blending"]
     assert unc.colormap.colors[0][3] == 0  # where the model is sure, the map is clear: the image shows through

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["get_reader", "read_tiff", "layer_data", "UNCERTAINTY_STYLE", "uncertainty_style"]
+__all__ = ["get_reader", "read_tiff", "layer_data", "UNCERTAINTY_STYLE", "uncertainty_style", "CLASS_COLOURS",
+           "class_colormap"]
 
 # How the uncertainty map is drawn, in the widget and when its file is reopened (the one place it is written):
 # transparent where the model is sure, through red and orange to pale yellow where it is unsure, blended over the
@@ -24,6 +25,21 @@ UNCERTAINTY_STYLE = {
     "blending": "translucent",
     "opacity": 0.9,
 }
+
+
+# The classes' colours, in the widget and when a segmentation file is reopened: light and saturated, unlike the
+# yellow suggestion rings and the cyan background clicks, and visible over dark fluorescence, purple stains and skin
+# alike (napari's own first label colour is a dark brown that vanishes on H&E)
+CLASS_COLOURS = ("#3cff3c", "#ff9933", "#ff4df0", "#4da6ff", "#b366ff", "#66ffe0", "#ff6666", "#e6e6e6")
+
+
+def class_colormap(n_classes: int) -> dict:
+    """A Labels layer's ``colormap`` for class ids: 0 transparent, class k the k-th of :data:`CLASS_COLOURS`
+    (cycled), any other id the first."""
+    out: dict = {None: CLASS_COLOURS[0], 0: "transparent"}
+    for k in range(1, max(2, int(n_classes))):
+        out[k] = CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+    return out
 
 
 def uncertainty_style() -> dict:
@@ -70,6 +86,8 @@ def layer_data(data: np.ndarray, record: dict, default_name: str) -> tuple:
     if names:
         kwargs["metadata"] = {"class_names": list(names)}
     if layer_type == "labels":
+        if names and record.get("kind", "labels") == "labels" and kwargs["name"] not in ("instances", "superpixels"):
+            kwargs["colormap"] = class_colormap(len(names))  # a segmentation: its classes as the widget draws them
         return data, kwargs, layer_type
     if rgb:
         kwargs["rgb"] = True

@@ -7,7 +7,7 @@ import weakref
 import numpy as np
 
 from .._napari_compat import clear_undo_history
-from .._reader import uncertainty_style
+from .._reader import class_colormap, uncertainty_style
 from ._common import (
     BACKGROUND_CLICK_COLOUR,
     CLICK_STYLE,
@@ -157,13 +157,12 @@ class Layers:
 
     # -- the output layers ----------------------------------------------------------------------------------------
     def specs(self, n_classes: int) -> dict:
-        """``{role: (dtype, viewer method, keyword arguments)}`` of the output layers."""
-        return {  # what the user sees first: the image, a light fill and the objects' outlines
-            SEGMENTATION: (class_dtype(n_classes), "add_labels", dict(opacity=SEGMENTATION_OPACITY)),
-            UNCERTAINTY: (np.float32, "add_image", dict(uncertainty_style(), visible=self.uncertainty_wanted())),
-            SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
-            INSTANCES: (np.uint16, "add_labels", {}),
-        }
+        """``{role: (dtype, viewer method, keyword arguments)}`` of the output layers (first seen: a light fill)."""
+        fill = dict(opacity=SEGMENTATION_OPACITY, colormap=class_colormap(n_classes))  # in the class's colour
+        return {SEGMENTATION: (class_dtype(n_classes), "add_labels", fill),
+                UNCERTAINTY: (np.float32, "add_image", dict(uncertainty_style(), visible=self.uncertainty_wanted())),
+                SUPERPIXELS: (np.int32, "add_labels", dict(visible=False, opacity=0.5)),
+                INSTANCES: (np.uint16, "add_labels", {})}
 
     def add(self, role: str, shape, spec, image_layer):
         """A new, empty output layer (tagged as it is added: the Image list never offers the dock's own layers)."""
