@@ -396,6 +396,9 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     free, reserve = session.free_kernels  # what later tasks can still learn with is in view, not only in a notice
     assert free < reserve and widget.tasks_text.endswith(f"Room for new tasks: {round(100 * free / reserve)}%")
     assert f"Free kernels for new tasks: {free} of {reserve}." in widget.controls.tasks_label.tooltip
+    # the task's line gives the figures its Learn message gave (not a Dice that reads the other way)
+    assert f"follows {record.corrected_after:.0%} of your corrections" in widget.tasks_text
+    assert f"follows {record.corrected_after:.0%} of your corrections" in widget.status
     image = widget.controls.task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
     blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
             if image.pixelColor(x, y).name() == "#42a5f5"]

@@ -33,6 +33,16 @@ def judged(record) -> str:
             f"{record.corrected_before:.0%}) and {rest}.")
 
 
+def task_summary(record) -> str:
+    """One line per learned task, in the words of :func:`judged` (the same figures as the Learn message)."""
+    if record.corrected_after is not None and record.agreement_after is not None:
+        return (f"follows {record.corrected_after:.0%} of your corrections (before: {record.corrected_before:.0%}), "
+                f"keeps {record.agreement_after:.0%} of the rest")
+    if record.agreement_after is not None:
+        return f"keeps {record.agreement_after:.0%} of what you accepted"
+    return f"agrees with your corrected segmentation {record.dice_before:.2f} → {record.dice_after:.2f}"
+
+
 class LearnPanel:
     """Learning and saving for one dock; its controls are the dock's (``learn_button``, ``tasks_label``, the
     plots, ``save_path``, ``save_button``)."""
@@ -207,8 +217,7 @@ class LearnPanel:
                  "automatic); choose one in 'Learned task' to use it on any image."]
         if n > 4:
             lines.append(f"The last 4 of {n}:")
-        lines += [f"task {r.task} ({r.created[:16].replace('T', ' ')}): fits your corrections {r.dice_before:.2f}"
-                  f" → {r.dice_after:.2f}" for r in session.tasks[-4:]]
+        lines += [f"task {r.task} ({r.created[:16].replace('T', ' ')}): {task_summary(r)}" for r in session.tasks[-4:]]
         free, reserve = session.free_kernels
         lines.append(f"Room for new tasks: {round(100 * free / reserve) if reserve else 0}%"
                      + ("" if free else " (none left)"))
