@@ -65,6 +65,14 @@ def device_choices() -> list[str]:
     return choices + (["mps"] if usable else [])
 
 
+def fit_height(label) -> None:
+    """A wrapped label at least as tall as its text needs at its width: the dock's rows do not ask a label its
+    height for its width, so a long status was cut off (while the busy bar showed)."""
+    native = label.native
+    if native.width() > 0:
+        native.setMinimumHeight(native.heightForWidth(native.width()))
+
+
 class Controls:
     """The controls of the dock, in the order they are shown, each a public magicgui widget; ``dock`` is the
     :class:`SegmentWidget` (a magicgui ``Container``) they are put in."""
@@ -132,9 +140,11 @@ class Controls:
 
     def set_status(self, text: str) -> None:
         self.status.value = breakable(text)
+        fit_height(self.status)
 
     def set_click_status(self, text: str) -> None:
         self.click_status.value = breakable(text)
+        fit_height(self.click_status)
 
     def chosen_key(self) -> tuple:
         """(Model list value, model file or None): what identifies the model the user chose."""
