@@ -104,6 +104,9 @@ def test_a_tiny_run_in_a_real_viewer_reports_every_field(tmp_path):
     # two figures per press: the segmentation shown, then everything (objects, suggestions) shown
     assert 0 < seg["shown_median_s"] <= seg["widget_median_s"]
     assert all(0 < a <= b for a, b in zip(seg["shown_s"], seg["widget_s"]))
+    # the segmentation was seen before the end (a watch that never fired would give the end itself)
+    shown, whole = seg["shown_s"] + [r["first"]["shown_s"]], seg["widget_s"] + [r["first"]["widget_s"]]
+    assert any(a < b for a, b in zip(shown, whole))
     assert 0 < r["first"]["shown_s"] <= r["first"]["widget_s"]
     assert r["clicks"]["n"] == 3 and r["clicks"]["add_ms_median"] >= 0
     assert r["learn"]["steps"] == 1 and r["learn"]["widget_s"] > 0
