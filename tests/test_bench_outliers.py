@@ -70,3 +70,19 @@ def test_bench_outliers_prints_a_table_per_set_beside_otsu(tmp_path, capsys):
             assert 0 <= m[k] <= 1
         assert np.isclose(m["otsu_drop_mean"], m["otsu_unmodified"] - m["otsu_x10"])
         assert m["otsu_drop_mean"] > 0.05  # a global threshold loses the other nuclei to three bright ones
+
+
+def test_bench_instances_prints_every_method_per_set(tmp_path, capsys):
+    """`napari-clis bench instances` (the instance table of docs/benchmarks.md) on the same tiny folder."""
+    root = _folder(tmp_path)
+    out_json = tmp_path / "i.json"
+    assert main(["bench", "instances", "--data", str(root), "--samples", "2", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "| images | method | AP@0.5 | mAP 0.5:0.9 | mAP 0.5:0.95 | PQ |" in out
+    res = json.loads(out_json.read_text())
+    assert res["dsb2018"]["images"] == 2 and res["bbbc039"]["images"] == 1  # every held-out image, H&E too
+    for dataset in ("dsb2018", "bbbc039"):
+        r = res[dataset]
+        for m in ("cc", "watershed", "otsu", "ceiling"):
+            assert 0 <= r[m]["map50_95"] <= r[m]["map50_90"] <= r[m]["ap50"] <= 1
+        assert min(r["ceiling"]["ap50"], r["watershed"]["ap50"]) > 0.5  # a fair split of a good segmentation

@@ -11,7 +11,7 @@ __all__ = ["main"]
 
 # `bench` in the list of commands; the benchmarks' own parser (napari_clis.evaluation) describes itself with it too
 BENCH_HELP = ("benchmarks: speed and memory, held-out quality, interactive clicks against peers, click latency, "
-              "learning, the continual and domain-shift protocols, bright outliers")
+              "learning, the continual and domain-shift protocols, nuclei as objects, bright outliers")
 
 
 def _threads(value: str) -> int:

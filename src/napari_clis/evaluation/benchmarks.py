@@ -341,10 +341,10 @@ def brighten_nuclei(image_id: str, image: np.ndarray, instances: np.ndarray):
     return out, chosen, ndi.binary_dilation(inside, iterations=OUTLIER_DILATE)
 
 
-def _heldout_present(data, dataset: str):
+def _heldout_present(data, dataset: str, grey_only: bool = True):
     """The held-out images of ``dataset`` (dsb2018: the pool; bbbc039: its held-out half) that the data folder
-    holds, read one at a time as ``(id, grey image, instance labels)``; dsb2018: grey fluorescence images only.
-    Also the number of held-out images the folder lacks."""
+    holds, read one at a time as ``(id, grey image, instance labels)``; dsb2018: grey fluorescence images only
+    (``grey_only=False``: every one, as stored). Also the number of held-out images the folder lacks."""
     from skimage.io import imread
 
     from ..data import (
@@ -367,7 +367,7 @@ def _heldout_present(data, dataset: str):
                 continue
             s = _load_instance_dataset(root, dataset, {"one": [i]}, "one", None,
                                        _read_rgb if dataset == "dsb2018" else imread)[0]
-            if dataset == "bbbc039":
+            if dataset == "bbbc039" or not grey_only:
                 yield s.id, s.image, s.instances
             elif image_kind(s.image, dataset) == "fluorescence (grey, dark)":
                 yield s.id, s.image[..., 0], s.instances
@@ -432,6 +432,77 @@ def outliers(args) -> int:
 
 
 # -- interactive ------------------------------------------------------------------------------------
+
+INSTANCE_METHODS = {"cc": "connected components of the segmentation",
+                    "watershed": "the product's objects (watershed on the network's output)",
+                    "otsu": "Otsu + the same watershed (classical peer)",
+                    "ceiling": "ceiling: the segmentation split by the true objects"}
+
+
+def _ceiling_split(foreground: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """What splitting alone could reach: the foreground split by the true objects (each foreground pixel joins the
+    true object it is connected to and nearest, through the foreground); a piece touching none is one object."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    seeds = np.where(foreground & (truth > 0), truth, 0).astype(np.int64)
+    out = watershed(np.zeros(foreground.shape, np.uint8), seeds, mask=foreground) if seeds.any() else seeds
+    rest, _ = ndi.label(foreground & (out == 0))
+    return np.where(rest > 0, rest + out.max(), out)
+
+
+def instances_bench(args) -> int:
+    """Instance quality of the nuclei model on held-out images: AP@0.5, the DSB 2018 mAP over IoU 0.5:0.9 and
+    0.5:0.95, and panoptic quality, beside connected components, a watershed on Otsu's mask and the ceiling."""
+    from scipy import ndimage as ndi
+
+    from ..instances import watershed_instances
+    from ..metrics import average_precision, panoptic_quality
+    from ..session import ClisSession
+
+    session = ClisSession.from_pretrained("nuclei", device="cpu", n_samples=args.samples)
+    thresholds = np.round(np.arange(0.5, 0.951, 0.05), 2)
+    summary = {}
+    for dataset in ("dsb2018", "bbbc039"):
+        images, missing = _heldout_present(args.data, dataset, grey_only=False)
+        scores = {m: [] for m in INSTANCE_METHODS}
+        nuclei, t0 = 0, time.time()
+        for _, image, truth in images:
+            if args.limit is not None and len(scores["cc"]) >= args.limit:
+                break
+            r = session.segment(image)
+            fg = r.labels > 0
+            grey = image if image.ndim == 2 else image[..., :3]
+            made = {"cc": ndi.label(fg)[0], "watershed": r.instances,
+                    "otsu": watershed_instances(otsu_foreground(grey, "dsb2018")),
+                    "ceiling": _ceiling_split(fg, truth)}
+            for m, pred in made.items():
+                ap = average_precision(pred, truth, thresholds)
+                scores[m].append((float(ap[0]), float(ap[:9].mean()), float(ap.mean()),
+                                  panoptic_quality(pred, truth)))
+            nuclei += int(len(np.unique(truth)) - 1)
+            if len(scores["cc"]) % 50 == 0:
+                print(f"  {dataset}: {len(scores['cc'])} images ({time.time() - t0:.0f}s)", file=sys.stderr)
+        n = len(scores["cc"])
+        summary[dataset] = {"images": n, "nuclei": nuclei, "missing": missing, **{
+            m: dict(zip(("ap50", "map50_90", "map50_95", "pq"),
+                        (float(v) for v in np.mean(scores[m], 0)) if n else [float("nan")] * 4))
+            for m in INSTANCE_METHODS}}
+    print(f"\nInstance quality of the nuclei model on held-out images (T={args.samples} MC samples), {_machine()}\n")
+    print("| images | method | AP@0.5 | mAP 0.5:0.9 | mAP 0.5:0.95 | PQ |")
+    print("|---|---|---|---|---|---|")
+    for dataset, res in summary.items():
+        first = f"`{dataset}` held-out ({res['images']} images, {res['nuclei']} nuclei)"
+        for k, (m, label) in enumerate(INSTANCE_METHODS.items()):
+            v = res[m]
+            print(f"| {first if k == 0 else ''} | {label} | {v['ap50']:.3f} | {v['map50_90']:.3f} | "
+                  f"{v['map50_95']:.3f} | {v['pq']:.3f} |")
+        if res["missing"]:
+            print(f"\n({res['missing']} held-out {dataset} images are not in the data folder.)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
 
 def _pick(samples, n: int | None, seed: int = 0):
     if n is None or n >= len(samples):
@@ -1314,6 +1385,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", metavar="PATH", help="measure this model file instead of the shipped one "
                    "(with --model naming its data, e.g. a model from `napari-clis pretrain`)")
     q.set_defaults(bench_func=quality)
+    ins = _subcommand(bsub, "instances", "nuclei as objects on held-out dsb2018 and bbbc039: AP@0.5, mAP 0.5:0.9 and "
+                      "0.5:0.95, PQ, beside connected components, Otsu + watershed and the ceiling")
+    ins.add_argument("--samples", type=int, default=8, help="MC samples T")
+    ins.add_argument("--data", help="data folder holding dsb2018/ and bbbc039/ (default ../shared/data)")
+    ins.add_argument("--limit", type=int, help="only the first N held-out images of each set (quick check)")
+    ins.add_argument("--json", help="also write the numbers to this JSON file")
+    ins.set_defaults(bench_func=instances_bench)
     ou = _subcommand(bsub, "outliers", f"Dice when {OUTLIER_NUCLEI} nuclei per image are made "
                      f"{OUTLIER_FACTOR:g} times brighter, beside Otsu (held-out dsb2018 grey fluorescence, bbbc039)")
     ou.add_argument("--model", default="nuclei", choices=["nuclei"], help="the shipped model measured")
