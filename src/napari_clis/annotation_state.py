@@ -218,7 +218,7 @@ class Target(NamedTuple):
 @dataclass
 class RunRecord:
     """A segmentation run: its image layer, how many slices, how many shown (their segmentation written), how
-    many done (their objects too), the last result shown, its generation, whether it failed."""
+    many done (their objects too), the last result shown, its generation."""
 
     layer: Any
     n: int
@@ -226,7 +226,6 @@ class RunRecord:
     done: int = 0
     last: Any = None
     shown: int = 0
-    failed: bool = False  # finding a shown slice's objects raised: nothing more is made of that slice
 
     @property
     def finding_objects(self) -> bool:

@@ -302,17 +302,14 @@ class ObjectEditor:
             box, region = self._extent(c, self.diameter * grow)
             if region is not None:
                 break
-        else:
-            d = self.diameter
-            box = _box(c.y, c.x, int(np.ceil(WINDOW * d)), self.shape)
-            shape = (box[0].stop - box[0].start, box[1].stop - box[1].start)
-            cy, cx = c.y - box[0].start, c.x - box[1].start
-            region = _disk(shape, cy, cx, d / 2) & (self._instances[box] == 0)
-            comp, _ = ndimage.label(region)
-            region = comp == comp[cy, cx]
+        else:  # nothing stands out even in the widest window: a disc of the typical size
+            box = _box(c.y, c.x, int(np.ceil(WINDOW * self.diameter)), self.shape)
         inst = self._instances[box]
         shape = inst.shape
         cy, cx = c.y - box[0].start, c.x - box[1].start
+        if region is None:
+            comp, _ = ndimage.label(_disk(shape, cy, cx, self.diameter / 2) & (inst == 0))
+            region = comp == comp[cy, cx]
         for e in self._applied:  # an earlier click of another class keeps its pixel, however close it lies
             y, x = e.y - box[0].start, e.x - box[1].start
             if e.label != c.label and 0 <= y < shape[0] and 0 <= x < shape[1] and (y, x) != (cy, cx):

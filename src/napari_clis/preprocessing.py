@@ -374,7 +374,7 @@ def _bright_outliers(arr: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray 
     # block wider: not a whole clump that merely touches it
     cores, _ = ndimage.label(means > lo + _OUTLIER_CORE * (level - lo))
     ids = np.unique(cores[bright])
-    outliers = ndimage.binary_dilation(np.isin(cores, ids[ids > 0]) | bright)
+    outliers = ndimage.binary_dilation(np.isin(cores, ids[ids > 0]))  # (the bright blocks are in their cores)
     if outliers.mean() > _MAX_OUTLIER_AREA:  # the "objects" run into the background: only the bright blocks
         outliers = ndimage.binary_dilation(bright)
     return outliers, b

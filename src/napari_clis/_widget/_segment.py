@@ -372,11 +372,16 @@ class Segmenter:
             from qtpy.QtCore import QTimer
 
             QTimer.singleShot(0, lambda: d.layers.raise_above(layer))
-        where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
-        late = "Segmenting had finished when Cancel was pressed. " if n == 1 and d.runner.cancel_requested else ""
-        c.set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'; {FINDING_OBJECTS}" if n > 1 else
-                      f"{late}Segmented {where}'{layer.name}'; {FINDING_OBJECTS}")
+        c.set_status(f"{self.segmented_words(layer, n, i, idx)}; {FINDING_OBJECTS}"
                      + (task_choice_text(session) if n == 1 else "") + familiarity_text(result.familiarity))
+
+    def segmented_words(self, layer, n, i, idx) -> str:
+        """How a slice's status begins: "Segmented …" (which slice, and a Cancel that came too late)."""
+        if n > 1:
+            return f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'"
+        where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
+        late = "Segmenting had finished when Cancel was pressed. " if self.dock.runner.cancel_requested else ""
+        return f"{late}Segmented {where}'{layer.name}'"
 
     def on_objects(self, layer, n, i, idx, instances) -> None:
         """The objects of the slice whose segmentation was written last."""
@@ -409,11 +414,8 @@ class Segmenter:
             note = " Check the yellow rings first: the model is least sure there."
         else:
             note = " 'Show uncertainty' shows where the model is unsure."
-        where = f"slice {idx[0] if len(idx) == 1 else tuple(int(i) for i in idx)} of " if idx else ""
-        late = "Segmenting had finished when Cancel was pressed. " if n == 1 and d.runner.cancel_requested else ""
-        found = f": {object_count_text(session, instances)}."
-        c.set_status((f"Segmented {i + 1}/{n} slice(s) of '{layer.name}'." if n > 1 else
-                      f"{late}Segmented {where}'{layer.name}'{found}{note}")
+        found = "." if n > 1 else f": {object_count_text(session, instances)}.{note}"
+        c.set_status(f"{self.segmented_words(layer, n, i, idx)}{found}"
                      + (task_choice_text(session) if n == 1 else "")  # a stack: tasks per slice
                      + familiarity_text(result.familiarity))
         fam, detail = result.familiarity, task_choice_detail(session) if n == 1 else ""
@@ -443,9 +445,6 @@ class Segmenter:
             return
         notify_error(f"Segmentation failed: {error}")
         self.dock.controls.set_status(f"Failed: {error}")
-        run = self.dock.state.run
-        if run is not None and run.finding_objects:  # finding the objects failed: on_finished makes no clicks of
-            run.failed = True  # that slice (its propagation would fail again); a later slice's failure keeps them
 
     def on_finished(self) -> None:
         d = self.dock
@@ -463,8 +462,8 @@ class Segmenter:
             return
         cancelled = d.runner.cancel_requested  # cancelled, or failed on a later slice
         session, last = state.session, run.last  # a copy of the session's result: it shares the maps
-        if run.failed:  # said by on_error; its objects would fail again in the clicks' propagation
-            state.target = None
+        if run.finding_objects and not cancelled:  # finding a shown slice's objects failed (on_error said so):
+            state.target = None  # no clicks of it, whose propagation would fail again
         elif run.shown and session is not None and session.result is not None and last is not None and \
                 session.result.probabilities is last.probabilities:
             # the slice shown last is the one to correct; objects it lacks (Cancel as they were about to be found)
