@@ -74,6 +74,30 @@ def test_the_segmentation_is_written_before_its_objects_and_a_click_meanwhile_wa
     assert not messages["error"]
 
 
+def test_a_click_refused_once_the_objects_are_found_is_taken_off_not_marked(
+        make_napari_viewer, qtbot, missed_nucleus, held_objects, messages):  # noqa: F811 - the fixture
+    from scipy import ndimage
+
+    called, go_on = held_objects
+    image, (cy, cx), _ = missed_nucleus
+    viewer, widget = annotate(image, viewer=make_napari_viewer())
+    widget.run()
+    _in_object_phase(widget, qtbot, called)
+    seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
+    background = ndimage.distance_transform_edt(np.pad(seg.data == 0, 1))[1:-1, 1:-1]
+    by, bx = np.unravel_index(int(np.argmax(background)), background.shape)  # the middle of the widest background
+    widget.set_click_class(1)
+    clicks.add([cy, cx])  # the missed nucleus: applies once the objects are there
+    widget.set_click_action("split")
+    clicks.add([by, bx])  # a split on background: refused once the objects are there
+    go_on.set()
+    widget.wait()
+    assert widget.session.clicks == [(cy, cx, 1)]
+    assert len(clicks.data) == 1 and clicks.features["action"].tolist() == ["auto"]  # the refused point is gone
+    assert "refused" in widget.click_status and "red border" not in widget.click_status
+    assert not messages["error"]
+
+
 def test_wait_returns_once_the_objects_and_the_suggestions_are_shown(make_napari_viewer, qtbot, nuclei_fluo,
                                                                     held_objects):
     from qtpy.QtCore import QTimer

@@ -104,7 +104,9 @@ class Corrections(SuggestionsMixin):
         interaction = self.state.session.interaction
         set_available(d.click_action_control, interaction is not None and interaction.mode == "object")
         clicks = d.layers.prepare_clicks(image_layer, int(d.controls.click_class.value), d.click_action)
-        self.known, self.last_count, self.marked = Counter(), None, set()
+        # the points already there (an adopted layer's) are old; any added from now on, also while the objects
+        # are still being found, are new: a refused new one is removed, not marked
+        self.known, self.last_count, self.marked = Counter(), len(clicks.data), set()
         if clicks not in self.hooked_clicks:  # a layer made by a dock closed since is adopted
             d.connect(clicks.events.data, self.on_clicks_event)
             d.connect(clicks.events.features, self.on_click_features)
@@ -419,13 +421,15 @@ class Corrections(SuggestionsMixin):
         keys = click_keys(Inputs(pts, labs, acts, rows, None, []))
         clicks = self.find(CLICKS)
         n = len(clicks.data) if clicks is not None else 0
-        added = self.last_count is not None and n == self.last_count + 1  # one point added since: n - 1
-        removed = [i for i in refused if added and rows[i] == n - 1 and self.known[keys[i]] == 0]
-        for i in removed:  # the point just added: it goes, and the status says why
+        first_new = n if self.last_count is None or n < self.last_count else self.last_count  # points since
+        removed = [i for i in refused if rows[i] >= first_new and self.known[keys[i]] == 0]
+        for i in removed:  # a point just added: it goes, and the status says why
             y, x = pts[i]
             said.insert(0, f"{WORDS[acts[i]].capitalize()} at ({y:.0f}, {x:.0f}) refused: {refused.pop(i)}. Its "
                            "point is removed; your other clicks and edits are as they were")
-            self.dock.layers.keep_clicks(clicks, range(n - 1))
+        if removed:
+            gone = {int(rows[i]) for i in removed}
+            self.dock.layers.keep_clicks(clicks, [r for r in range(n) if r not in gone])
             self.applied_clicks = self.click_signature()
         for i, reason in refused.items():
             y, x = pts[i]
