@@ -86,3 +86,27 @@ def test_bench_instances_prints_every_method_per_set(tmp_path, capsys):
         for m in ("cc", "watershed", "otsu", "ceiling"):
             assert 0 <= r[m]["map50_95"] <= r[m]["map50_90"] <= r[m]["ap50"] <= 1
         assert min(r["ceiling"]["ap50"], r["watershed"]["ap50"]) > 0.5  # a fair split of a good segmentation
+
+
+def test_bench_quality_measures_every_nuclei_set_the_folder_holds_beside_a_compared_model(tmp_path, capsys):
+    """`napari-clis bench quality --model nuclei`: the dsb2018 pool, bbbc039's held-out half and he_nuclei (here one
+    tile, the H&E test image) in one run, and a second model file's Dice on the same images (``--compare``)."""
+    from napari_clis.checkpoint import shipped_model_path
+
+    root = _folder(tmp_path)
+    for sub in ("images", "masks"):
+        (root / "he_nuclei" / sub).mkdir(parents=True)
+        shutil.copy(DATA / "dsb2018" / sub / f"{NUCLEI_HE}.png", root / "he_nuclei" / sub / "tile.png")
+    out_json = tmp_path / "q.json"
+    shipped = str(shipped_model_path("nuclei"))
+    assert main(["bench", "quality", "--model", "nuclei", "--data", str(root), "--samples", "2",
+                 "--compare", shipped, "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    res = json.loads(out_json.read_text())
+    assert [res[k]["dataset"] for k in ("nuclei", "nuclei/bbbc039", "nuclei/he_nuclei")] == \
+        ["dsb2018", "bbbc039", "he_nuclei"]
+    assert [res[k]["n"] for k in ("nuclei", "nuclei/bbbc039", "nuclei/he_nuclei")] == [2, 1, 1]
+    for m in res.values():
+        assert 0 <= m["otsu_dice"] <= 1 and m["dice"] > 0.5
+        assert m["compared"] == {"nuclei (nuclei.pt)": m["dice"]}  # the same model: the same Dice, image by image
+    assert out.count("| nuclei (nuclei.pt), same images |") == 3

@@ -241,58 +241,89 @@ def otsu_foreground(image: np.ndarray, dataset: str) -> np.ndarray:
     return ~fg if fg.mean() > 0.5 else fg
 
 
+def _quality_sets(model: str, args) -> list[tuple[str, str, list]]:
+    """The images ``bench quality`` measures a model on: ``[(dataset, split, samples)]``. Nuclei: the held-out
+    ``dsb2018`` pool (the images of it the data folder holds), then, where the data folder holds them, the held-out
+    half of ``bbbc039`` and every ``he_nuclei`` tile (a kind of image no shipped model is pretrained on)."""
+    from ..data import Sample, default_data_root, load_annotated_folder, load_dataset
+
+    if model == "skin-lesion":
+        return [("isic2017", "isic2017/test", load_dataset(model, "heldout", args.data, limit=args.limit))]
+    root = Path(args.data) if args.data else default_data_root()
+    sets = []
+    for dataset, split in (("dsb2018", "pool of dsb2018.json"), ("bbbc039", "held-out half of bbbc039.json")):
+        if dataset == "bbbc039" and not (root / dataset / "images").is_dir():
+            continue
+        read, missing = _heldout_present(args.data, dataset, grey_only=False)
+        samples = [Sample(i, image, (inst > 0).astype(np.int32), inst) for i, image, inst in read]
+        samples = samples[: args.limit] if args.limit else samples
+        sets.append((dataset, split + (f", {missing} not in the data folder" if missing else ""), samples))
+    if (root / "he_nuclei" / "images").is_dir():
+        he = load_annotated_folder(root / "he_nuclei" / "images", root / "he_nuclei" / "masks")
+        sets.append(("he_nuclei", "every tile, never trained on", he[: args.limit] if args.limit else he))
+    return sets
+
+
 def quality(args) -> int:
-    from ..data import image_kind, load_dataset
+    from ..data import image_kind
     from ..metrics import dice, iou, roc_auc
     from ..session import ClisSession
 
     models = ["nuclei", "skin-lesion"] if args.model == "all" else [args.model]
-    if args.checkpoint and len(models) > 1:
-        raise SystemExit("--checkpoint needs --model nuclei or --model skin-lesion: the data to measure it on")
-    rng = np.random.default_rng(0)
+    if (args.checkpoint or args.compare) and len(models) > 1:
+        raise SystemExit("--checkpoint and --compare need --model nuclei or --model skin-lesion: the data to measure "
+                         "them on")
     summary = {}
     for model in models:
-        samples = load_dataset(model, "heldout", args.data, limit=args.limit)
         if args.checkpoint:  # a candidate model (say, a new pretraining run) on the same images, by the same measures
             session = ClisSession.from_checkpoint(args.checkpoint, device="cpu", n_samples=args.samples)
         else:
             session = ClisSession.from_pretrained(model, device="cpu", n_samples=args.samples)
-        dataset = "dsb2018" if model == "nuclei" else "isic2017"
-        rec = {k: [] for k in ("dice", "iou", "otsu_dice", "otsu_iou", "auc_unc", "auc_ent")}
-        pooled_unc, pooled_ent, pooled_wrong = [], [], []
-        kinds = {}
-        t0 = time.time()
-        for i, s in enumerate(samples):
-            r = session.segment(s.image)
-            truth = s.mask > 0
-            pred = r.labels > 0
-            rec["dice"].append(dice(pred, truth))
-            kinds.setdefault(image_kind(s.image, dataset), []).append(rec["dice"][-1])
-            rec["iou"].append(iou(pred, truth))
-            base = otsu_foreground(s.image, dataset)
-            rec["otsu_dice"].append(dice(base, truth))
-            rec["otsu_iou"].append(iou(base, truth))
-            wrong = pred != truth
-            rec["auc_unc"].append(roc_auc(r.uncertainty, wrong))
-            rec["auc_ent"].append(roc_auc(r.entropy, wrong))
-            pick = rng.choice(wrong.size, size=min(wrong.size, 20000), replace=False)
-            pooled_unc.append(r.uncertainty.ravel()[pick])
-            pooled_ent.append(r.entropy.ravel()[pick])
-            pooled_wrong.append(wrong.ravel()[pick])
-            if (i + 1) % 50 == 0:
-                print(f"  {model}: {i + 1}/{len(samples)} images ({time.time() - t0:.0f}s)", file=sys.stderr)
-        wrong_all = np.concatenate(pooled_wrong)
-        summary[model] = {
-            "dataset": dataset, "split": "pool of dsb2018.json" if model == "nuclei" else "isic2017/test",
-            "n": len(samples),
-            **{k: float(np.nanmean(v)) for k, v in rec.items()},
-            "dice_sd": float(np.std(rec["dice"])),
-            "auc_unc_pooled": roc_auc(np.concatenate(pooled_unc), wrong_all),
-            "auc_ent_pooled": roc_auc(np.concatenate(pooled_ent), wrong_all),
-            "seconds": time.time() - t0,
-            "dice_by_kind": {k: [float(np.mean(v)), len(v)] for k, v in sorted(kinds.items())},
-            "label": f"{model} ({Path(args.checkpoint).name})" if args.checkpoint else model,
-        }
+        label = f"{model} ({Path(args.checkpoint).name})" if args.checkpoint else model
+        others = [(f"{model} ({Path(c).name})", ClisSession.from_checkpoint(c, device="cpu", n_samples=args.samples))
+                  for c in (args.compare or [])]
+        for n_set, (dataset, split, samples) in enumerate(_quality_sets(model, args)):
+            rng = np.random.default_rng(0)
+            rec = {k: [] for k in ("dice", "iou", "otsu_dice", "otsu_iou", "auc_unc", "auc_ent")}
+            compared = {name: [] for name, _ in others}
+            pooled_unc, pooled_ent, pooled_wrong = [], [], []
+            kinds = {}
+            t0 = time.time()
+            for i, s in enumerate(samples):
+                r = session.segment(s.image)
+                truth = s.mask > 0
+                pred = r.labels > 0
+                rec["dice"].append(dice(pred, truth))
+                kinds.setdefault(image_kind(s.image, dataset), []).append(rec["dice"][-1])
+                rec["iou"].append(iou(pred, truth))
+                base = otsu_foreground(s.image, dataset)
+                rec["otsu_dice"].append(dice(base, truth))
+                rec["otsu_iou"].append(iou(base, truth))
+                wrong = pred != truth
+                rec["auc_unc"].append(roc_auc(r.uncertainty, wrong))
+                rec["auc_ent"].append(roc_auc(r.entropy, wrong))
+                pick = rng.choice(wrong.size, size=min(wrong.size, 20000), replace=False)
+                pooled_unc.append(r.uncertainty.ravel()[pick])
+                pooled_ent.append(r.entropy.ravel()[pick])
+                pooled_wrong.append(wrong.ravel()[pick])
+                for name, other in others:
+                    compared[name].append(dice(other.segment(s.image).labels > 0, truth))
+                if (i + 1) % 50 == 0:
+                    print(f"  {model}, {dataset}: {i + 1}/{len(samples)} images ({time.time() - t0:.0f}s)",
+                          file=sys.stderr)
+            wrong_all = np.concatenate(pooled_wrong)
+            # the first set keeps the model's key (as before); the others are "<model>/<dataset>"
+            summary[model if n_set == 0 else f"{model}/{dataset}"] = {
+                "dataset": dataset, "split": split, "n": len(samples),
+                **{k: float(np.nanmean(v)) for k, v in rec.items()},
+                "dice_sd": float(np.std(rec["dice"])),
+                "auc_unc_pooled": roc_auc(np.concatenate(pooled_unc), wrong_all),
+                "auc_ent_pooled": roc_auc(np.concatenate(pooled_ent), wrong_all),
+                "seconds": time.time() - t0,
+                "dice_by_kind": {k: [float(np.mean(v)), len(v)] for k, v in sorted(kinds.items())},
+                "label": label,
+                "compared": {name: float(np.mean(v)) for name, v in compared.items()},
+            }
     print(f"\nHeld-out quality (T={args.samples} MC samples), {_machine()}\n")
     print("| model | held-out images | Dice (sd) | IoU | Otsu Dice | Otsu IoU | AUROC uncertainty->errors "
           "(pooled / per image) | AUROC softmax entropy (pooled / per image) |")
@@ -301,10 +332,12 @@ def quality(args) -> int:
         print(f"| {m['label']} | {m['n']} ({m['dataset']} {m['split']}) | {m['dice']:.3f} ({m['dice_sd']:.3f}) | "
               f"{m['iou']:.3f} | {m['otsu_dice']:.3f} | {m['otsu_iou']:.3f} | {m['auc_unc_pooled']:.3f} / "
               f"{m['auc_unc']:.3f} | {m['auc_ent_pooled']:.3f} / {m['auc_ent']:.3f} |")
-    print("\n| model | kind of image | images | Dice |\n|---|---|---|---|")
+        for name, d in m["compared"].items():
+            print(f"| {name}, same images | {m['n']} ({m['dataset']}) | {d:.3f} | | | | | |")
+    print("\n| model | images | kind of image | images | Dice |\n|---|---|---|---|---|")
     for m in summary.values():
         for kind, (d, n) in m["dice_by_kind"].items():
-            print(f"| {m['label']} | {kind} | {n} | {d:.3f} |")
+            print(f"| {m['label']} | {m['dataset']} | {kind} | {n} | {d:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return 0
@@ -1384,6 +1417,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", help="also write the numbers to this JSON file")
     q.add_argument("--checkpoint", metavar="PATH", help="measure this model file instead of the shipped one "
                    "(with --model naming its data, e.g. a model from `napari-clis pretrain`)")
+    q.add_argument("--compare", metavar="PATH", action="append", help="also the Dice of this model file on the "
+                   "same images in the same run (say, the model shipped before); repeatable")
     q.set_defaults(bench_func=quality)
     ins = _subcommand(bsub, "instances", "nuclei as objects on held-out dsb2018 and bbbc039: AP@0.5, mAP 0.5:0.9 and "
                       "0.5:0.95, PQ, beside connected components, Otsu + watershed and the ceiling")
