@@ -298,23 +298,29 @@ class ObjectEditor:
         y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
         lab_at, ins_at = self._labels.reshape(-1)[step.pixels], self._instances.reshape(-1)[step.pixels]
         touched = np.unique(ins_at[(step.classes != lab_at) & (ins_at > 0)])
-        if touched.size:  # objects the paint cuts or takes pixels from: their whole extent
-            found = ndimage.find_objects(self._instances, max_label=int(touched.max()))
-            for ident in touched:
-                b = found[ident - 1]
-                y0, y1 = min(y0, b[0].start), max(y1, b[0].stop - 1)
-                x0, x1 = min(x0, b[1].start), max(x1, b[1].stop - 1)
+        found = ndimage.find_objects(self._instances, max_label=self._n) if touched.size else []
+        for ident in touched:  # objects the paint cuts or takes pixels from: their whole extent
+            b = found[ident - 1]
+            y0, y1 = min(y0, b[0].start), max(y1, b[0].stop - 1)
+            x0, x1 = min(x0, b[1].start), max(x1, b[1].stop - 1)
         box = (slice(max(0, y0 - 1), min(h, y1 + 2)), slice(max(0, x0 - 1), min(w, x1 + 2)))
         painted = np.full((box[0].stop - box[0].start, box[1].stop - box[1].start), -1, np.int16)
         painted[ys - box[0].start, xs - box[1].start] = step.classes
         lab, ins = self._labels[box], self._instances[box]
         out_l, out_i, n, missing = _paint_objects(lab, ins, painted, self._n)
+        moves = _hole_moves(missing, n)  # (only an object the paint took pixels from can be emptied)
+        inside = set(np.unique(out_i).tolist()) if moves else set()
         self._write(log, box, (out_l != lab) | (out_i != ins), out_l, out_i)
         log.append((None, None, None, self._n))
         self._n = n
-        for top, hole in _hole_moves(missing, n):  # ids 1..N again, as overlay_paint's compaction gives them
-            ob, om = self._object_box(int(top), margin=0)
-            self._write(log, ob, om, self._labels[ob], int(hole))
+        for top, hole in moves:  # ids 1..N again, as overlay_paint's compaction gives them; the object that takes
+            # an id lies where it was (and in the box, where the paint joined a piece to it), or in the box (new)
+            b = found[top - 1] if top <= len(found) and top not in touched else None
+            if b is not None and top in inside:
+                b = (slice(min(b[0].start, box[0].start), max(b[0].stop, box[0].stop)),
+                     slice(min(b[1].start, box[1].start), max(b[1].stop, box[1].stop)))
+            b = box if b is None else b
+            self._write(log, b, self._instances[b] == top, self._labels[b], int(hole))
         self._n = n - len(missing)
 
     # -- writing, with what it overwrote kept -----------------------------------------------------------
