@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from napari_clis.annotation_state import AnnotationState, Ledger, Stroke, compact_labels
+from napari_clis.annotation_state import AnnotationState, Ledger, Stroke, compact_labels, removed_clicks
 
 KEY, OTHER = ("img:8x8", ()), ("img:8x8", (1,))
 
@@ -75,6 +75,46 @@ def test_undo_and_redo_take_a_stroke_back_and_bring_it_back():
     assert ledger.step("redo", lambda key: plane) == set()  # nothing more to redo
     ledger.new_segmentation()  # a new segmentation: undo brings nothing back from before it
     assert ledger.step("undo", lambda key: plane) == set()
+
+
+def test_each_painted_pixel_keeps_how_many_clicks_came_before_it_through_deletions_undo_and_redo():
+    """Issue 20 item 4: strokes and object clicks are replayed in the order they were made; the ledger records
+    each painted pixel's epoch (the slice's clicks made before it) and keeps it after the same clicks when an
+    older click is deleted."""
+    ledger = Ledger()
+    ledger.wrote(KEY, _plane(), n_classes=2)
+    assert ledger.clicks_now(KEY, ["a", "b"]) is None  # two clicks made
+    plane = _plane()
+    plane[0, :4] = 1
+    first, _ = ledger.absorb(KEY, plane, 2, clicks=2)  # a stroke after them
+    ledger.push(first)
+    assert ledger.clicks_now(KEY, ["a", "b", "c"]) is None  # a third click
+    plane[1, :4] = 1
+    second, _ = ledger.absorb(KEY, plane, 2, clicks=3)
+    ledger.push(second)
+    epochs = ledger.epochs[KEY]
+    assert (epochs[0, :4] == 2).all() and (epochs[1, :4] == 3).all()
+    np.testing.assert_array_equal(first.epochs, 0)  # what they were before (nothing painted)
+    assert ledger.clicks_now(KEY, ["b", "c"]) == [0]  # the first click's point deleted: both strokes move down
+    assert (ledger.epochs[KEY][0, :4] == 1).all() and (ledger.epochs[KEY][1, :4] == 2).all()
+    assert ledger.clicks_now(KEY, ["b", "c", "d"]) is None  # a click added changes no epoch
+    assert ledger.clicks_now(KEY, ["b", "x", "d"]) is None  # nor a click moved
+    assert (ledger.epochs[KEY][1, :4] == 2).all()
+    assert ledger.step("undo", lambda key: _plane()) == {KEY}  # the second stroke taken back, then brought back
+    assert (ledger.painted[KEY][1, :4] == -1).all()
+    assert ledger.clicks_now(KEY, ["b", "d"]) == [1]  # a click deleted while the stroke is undone
+    assert ledger.step("redo", lambda key: plane) == {KEY}
+    assert (ledger.epochs[KEY][1, :4] == 1).all() and (ledger.epochs[KEY][0, :4] == 1).all()
+    assert (ledger.painted[KEY][:2, :4] == 1).all()
+
+
+def test_removed_clicks_tells_deleted_points_from_added_or_moved_ones():
+    assert removed_clicks([1, 2, 3], [1, 3]) == [1]
+    assert removed_clicks([1, 2, 3, 2], [2]) == [0, 2, 3]
+    assert removed_clicks([1, 2, 3], []) == [0, 1, 2]
+    assert removed_clicks([1, 2], [1, 2, 3]) is None
+    assert removed_clicks([1, 2, 3], [1, 4, 3]) is None
+    assert removed_clicks([1, 2, 3], [4, 1]) is None
 
 
 def test_announced_strokes_are_one_undo_entry_each_and_pixels_written_late_join_the_last():

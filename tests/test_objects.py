@@ -342,3 +342,41 @@ def test_an_object_click_on_a_missed_object_far_larger_than_the_networks_finds_i
     added = editor.instances == editor.instances[100, 100]
     assert editor.instances[100, 100] > 0
     assert (added & nucleus).sum() > 0.9 * nucleus.sum() and (added & ~nucleus).sum() < 0.1 * nucleus.sum()
+
+
+def test_a_paint_step_in_the_replay_is_overlay_paint_in_a_box_and_undo_restores_it():
+    """Issue 20 item 4: a PaintStep writes what overlay_paint would (labels and object ids alike, computed in the
+    box of the paint and the objects it touches), and replaying without it restores the state exactly."""
+    from napari_clis.objects import ObjectClick, PaintStep
+
+    h = w = 300
+    yy, xx = np.mgrid[:h, :w]
+    spots = ((yy % 10 - 4.5) ** 2 + (xx % 10 - 4.5) ** 2) <= 9
+    ids = ((yy // 10) * 30 + xx // 10 + 1) * spots
+    p1 = np.where(spots, 0.9, 0.05).astype(np.float32)
+    probs = np.stack([1 - p1, 0.5 * p1, 0.5 * p1])
+    image = np.repeat(np.where(spots, 0.4, -0.4)[None].astype(np.float32), 3, 0)
+    editor = ObjectEditor(probs, image, spots.astype(np.int32), ids.astype(np.uint32))
+    clicks = [ObjectClick(155, 155, 0)]
+    editor.replay(clicks)
+    labels, inst = editor.labels.copy(), editor.instances.copy()
+    cases = [((yy - 40) ** 2 + (xx - 40) ** 2 <= 400, 0),  # erase 12 objects: the last ones take their ids
+             ((yy - 295) ** 2 + (xx - 150) ** 2 <= 900, 0),  # at the border, the highest ids among them
+             (((yy - 200) ** 2 + (xx - 100) ** 2 <= 49), 1),  # foreground joining the objects it touches
+             ((np.abs(yy - 100) <= 1) & (xx > 20) & (xx < 280), 0),  # cutting objects in pieces
+             ((yy - 250) ** 2 + (xx - 250) ** 2 <= 81, 2)]  # another class over objects: a new object
+    for mask, cls in cases:
+        painted = np.where(mask, cls, -1).astype(np.int16)
+        step = PaintStep(np.flatnonzero(mask), np.full(int(mask.sum()), cls))
+        editor.replay(clicks, paint={1: step})
+        want_l, want_i = overlay_paint(labels, inst, painted)
+        np.testing.assert_array_equal(editor.labels, want_l)
+        np.testing.assert_array_equal(editor.instances, want_i)
+        np.testing.assert_array_equal(np.unique(editor.instances), np.arange(int(editor.instances.max()) + 1))
+        editor.replay(clicks)
+        np.testing.assert_array_equal(editor.labels, labels)
+        np.testing.assert_array_equal(editor.instances, inst)
+    # before the click, the paint step is what the click acts on: a background click on a painted spot removes it
+    blob = (yy - 155) ** 2 + (xx - 155) ** 2 <= 16
+    editor.replay(clicks, paint={0: PaintStep(np.flatnonzero(blob), np.ones(int(blob.sum())))})
+    assert not editor.labels[blob].any() and len(editor.applied) == 1 and not editor.notes

@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 from napari_clis import ClisSession
 from napari_clis.checkpoint import CheckpointError, load_model, shipped_model_path
-from napari_clis.interactive import InteractionError
+from napari_clis.interactive import InteractionError, renumber_epochs
 from napari_clis.preprocessing import ImageError, normalize_image
 from napari_clis.propagation import minimize_potts, potts_energy
 from napari_clis.uncertainty import decide
@@ -220,8 +220,10 @@ def _pixel(c: float) -> int:
 @given(data=st.data(), ops=st.lists(_op, min_size=1, max_size=8))
 def test_random_click_sequences_honour_every_click_and_every_painted_pixel(session, crops_from, data, ops):
     """After any sequence of click / remove_click / clear_clicks / set_clicks / annotate on a real crop: the
-    segmentation has the image's shape and valid classes, painted pixels keep their class, and every clicked
-    pixel that is not painted has the class of the latest click on it (interactive.py's contract)."""
+    segmentation has the image's shape and valid classes, and the last edit of a pixel wins (interactive.py's
+    contract): pixels painted after every click keep their class (in region mode every painted pixel does), and
+    every clicked pixel not painted after its latest click has that click's class. A stroke stays after the clicks
+    it was made after: removing one of them renumbers it, set_clicks keeps its number."""
     base = crops_from[data.draw(st.integers(0, len(crops_from) - 1))]
     h, w = data.draw(st.integers(2, 64)), data.draw(st.integers(2, 64))
     y0, x0 = data.draw(st.integers(0, base.shape[0] - h)), data.draw(st.integers(0, base.shape[1] - w))
@@ -229,6 +231,8 @@ def test_random_click_sequences_honour_every_click_and_every_painted_pixel(sessi
     k = session.n_classes
     clicks: list[tuple[int, int, int]] = []
     painted = np.full((h, w), -1)
+    epochs = np.zeros((h, w), int)  # how many clicks were made before each painted pixel
+    objects = session.click_mode == "object"
     for op in ops:
         if op[0] == "click":
             y, x = _position(op[1], h), _position(op[2], w)
@@ -237,13 +241,14 @@ def test_random_click_sequences_honour_every_click_and_every_painted_pixel(sessi
         elif op[0] == "remove":
             if -len(clicks) <= op[1] < len(clicks):
                 session.remove_click(op[1])
+                epochs = renumber_epochs(epochs, [op[1] % len(clicks)])
                 del clicks[op[1]]
             else:
                 with pytest.raises(InteractionError, match=f"no click {op[1]}; there are {len(clicks)}"):
                     session.remove_click(op[1])
         elif op[0] == "clear":
             session.clear_clicks()
-            clicks = []
+            clicks, epochs = [], np.zeros_like(epochs)
         elif op[0] == "set":
             pts = [(_position(u, h), _position(v, w)) for u, v, _ in op[1]]
             session.set_clicks(pts, [lab for *_, lab in op[1]])
@@ -251,15 +256,19 @@ def test_random_click_sequences_honour_every_click_and_every_painted_pixel(sessi
         else:
             mask = np.random.default_rng(op[1]).random((h, w)) < op[2]
             session.annotate(mask, op[3])
-            painted[mask] = op[3]
+            painted[mask], epochs[mask] = op[3], len(clicks)
         assert session.clicks == clicks
+        on = painted >= 0
+        if on.any():
+            np.testing.assert_array_equal(session.interaction.paint_epochs[on], epochs[on])
         labels = session.labels
         assert labels.shape == (h, w) and labels.dtype == np.int32
         assert labels.min() >= 0 and labels.max() < k
-        np.testing.assert_array_equal(labels[painted >= 0], painted[painted >= 0])
-        latest = {(y, x): lab for y, x, lab in clicks}
-        for (y, x), lab in latest.items():
-            if painted[y, x] < 0:
+        last = on & (epochs >= len(clicks)) if objects else on  # painted after every click
+        np.testing.assert_array_equal(labels[last], painted[last])
+        latest = {(y, x): (i, lab) for i, (y, x, lab) in enumerate(clicks)}
+        for (y, x), (i, lab) in latest.items():
+            if not on[y, x] or (objects and epochs[y, x] <= i):  # not painted after this click
                 assert labels[y, x] == lab, f"click {(y, x, lab)} not honoured among {clicks}"
     pts = session.suggest(4)
     assert pts.shape[1] == 2 and len(pts) <= 4 and pts.dtype.kind == "i"

@@ -368,3 +368,48 @@ def test_a_large_plane_applies_clicks_in_a_worker(make_napari_viewer, qtbot, mis
     assert _count(widget) == n + 1 and not messages["error"]
     _in_step(widget)
     assert len(viewer.layers["suggestions"].data) > 0
+
+
+def test_a_background_click_after_a_stroke_removes_the_painted_blob_and_undo_brings_it_back(make_napari_viewer, qtbot,
+                                                                                             nuclei_fluo, messages):
+    """Issue 20 item 4: clicks and strokes compose in the order they are made. A nucleus painted by mistake on the
+    background, then a background click on it: the click removes it (before, the paint was always laid over the
+    clicks, so nothing happened); taking the click back brings it back, napari's undo of the stroke takes it away."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_clis import annotate
+
+    image, _ = nuclei_fluo
+    viewer, widget = annotate(image, viewer=make_napari_viewer())
+    widget.run()
+    widget.wait()
+    seg, inst, clicks = viewer.layers["segmentation"], viewer.layers["instances"], viewer.layers["clicks"]
+    y, x = 191, 64  # far from every nucleus
+    assert not seg.data[y - 20:y + 20, x - 20:x + 20].any()
+    n, before, objects_before = _count(widget), seg.data.copy(), inst.data.copy()
+    seg.brush_size, seg.selected_label = int(widget.session.interaction.objects.diameter), 1
+    with seg.block_history():  # one stroke: a nucleus-sized blob
+        for p in [(y, x - 1), (y, x), (y, x + 1)]:
+            seg.paint(p, 1)
+    QApplication.processEvents()
+    widget.wait()
+    blob = seg.data != before
+    assert blob.sum() > 100 and (seg.data[blob] == 1).all() and blob[y, x]
+    assert _count(widget) == n + 1 and len(np.unique(inst.data[blob])) == 1
+    _in_step(widget)
+    _add_click(widget, y, x, label=0)  # a background click on the painted nucleus: the last edit wins
+    np.testing.assert_array_equal(seg.data, before)
+    np.testing.assert_array_equal(inst.data, objects_before)
+    assert _count(widget) == n and "changed nothing" not in widget.click_status
+    _in_step(widget)
+    (epochs,) = widget.ledger.epochs.values()
+    assert (epochs[blob] == 0).all()  # painted before any click
+    _remove_point(widget, clicks, 0)  # the click taken back (napari has no undo for points: its point deleted)
+    assert (seg.data[blob] == 1).all() and not (seg.data != before)[~blob].any() and _count(widget) == n + 1
+    _in_step(widget)
+    seg.undo()  # napari's undo of the stroke
+    widget.wait()
+    np.testing.assert_array_equal(seg.data, before)
+    assert _count(widget) == n
+    _in_step(widget)
+    assert not messages["error"]

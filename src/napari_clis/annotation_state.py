@@ -7,9 +7,10 @@ current one, and the :class:`Ledger` of the user's painted edits. The dock widge
 view over it: a dock closed and opened again on the same viewer goes on with the same state.
 
 :class:`Ledger` keeps, per image and slice (a key ``(source id, slice index)``), the *painted* map (the class
-the user painted at each pixel, -1 where nothing is painted: the annotations) and the *written* map (what the
-widget last wrote into the segmentation layer there, so that a new edit is told from the widget's own writing),
-and the stack of strokes for undo and redo.
+the user painted at each pixel, -1 where nothing is painted: the annotations), the *epochs* map (how many of the
+slice's clicks had been made when each pixel was painted: object clicks and strokes are replayed in that order),
+the *written* map (what the widget last wrote into the segmentation layer there, so that a new edit is told from
+the widget's own writing), and the stack of strokes for undo and redo.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Ledger", "Stroke", "AnnotationState", "RunRecord", "Target", "painted_dtype", "compact_labels"]
+from .interactive import renumber_epochs
+
+__all__ = ["Ledger", "Stroke", "AnnotationState", "RunRecord", "Target", "painted_dtype", "compact_labels",
+           "removed_clicks"]
 
 NOTHING = -1  # a painted map's value where nothing is painted
 
@@ -38,16 +42,33 @@ def compact_labels(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.array(labels, dtype=np.uint8 if small else labels.dtype)
 
 
+def removed_clicks(old, new) -> list[int] | None:
+    """The indices of the clicks of ``old`` that ``new`` lacks, where ``new`` is ``old`` with some clicks deleted
+    (points deleted from the layer); None where it is not (clicks added, moved or changed: nothing was deleted)."""
+    old, new = list(old), list(new)
+    if len(new) >= len(old):
+        return None
+    removed, j = [], 0
+    for i, click in enumerate(old):
+        if j < len(new) and new[j] == click:
+            j += 1
+        else:
+            removed.append(i)
+    return removed if j == len(new) else None
+
+
 class Stroke(NamedTuple):
-    """One undoable edit of one slice: the flat pixel indices it set and their painted values before (-1: none)."""
+    """One undoable edit of one slice: the flat pixel indices it set, their painted values before (-1: none) and
+    their epochs before (None: all 0)."""
 
     key: tuple
     pixels: np.ndarray
     before: np.ndarray
+    epochs: np.ndarray | None = None
 
 
 def _empty(key) -> Stroke:
-    return Stroke(key, np.zeros(0, np.int64), np.zeros(0, np.int32))
+    return Stroke(key, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
 
 
 class Ledger:
@@ -59,6 +80,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.painted: dict[tuple, np.ndarray] = {}
+        self.epochs: dict[tuple, np.ndarray] = {}  # per painted pixel: the slice's clicks made before it (int32)
+        self.clicks: dict[tuple, list] = {}  # the slice's clicks as last read (to tell a deleted one)
         self.written: dict[tuple, np.ndarray] = {}
         self.segmented: set[tuple] = set()  # slices segmented since the segmentation layer showed this image
         self.strokes: list = []
@@ -72,6 +95,32 @@ class Ledger:
         if painted is None or painted.shape != tuple(shape):
             painted = self.painted[key] = np.full(tuple(shape), NOTHING, painted_dtype(n_classes))
         return painted
+
+    def epochs_map(self, key, shape) -> np.ndarray:
+        """The epochs map of one slice (how many of its clicks had been made when each pixel was painted; read
+        where the painted map is >= 0), made when first needed."""
+        epochs = self.epochs.get(key)
+        if epochs is None or epochs.shape != tuple(shape):
+            epochs = self.epochs[key] = np.zeros(tuple(shape), np.int32)
+        return epochs
+
+    def clicks_now(self, key, clicks) -> list[int] | None:
+        """The slice's clicks as the layer holds them now (any comparable items, in order). Where clicks were
+        deleted since they were last read, strokes made after a deleted click stay after the same clicks (their
+        epochs renumbered, :func:`~napari_clis.interactive.renumber_epochs`); returns the deleted indices."""
+        clicks = list(clicks)
+        removed = removed_clicks(self.clicks.get(key, []), clicks)
+        self.clicks[key] = clicks
+        if removed and key in self.epochs:
+            self.epochs[key] = renumber_epochs(self.epochs[key], removed)
+
+            def renumbered(stroke):
+                stroke = _full(stroke)
+                return stroke._replace(epochs=renumber_epochs(stroke.epochs, removed)) if stroke.key == key else stroke
+
+            for stack in (self.strokes, self.undone):  # what undo and redo bring back, too
+                stack[:] = [("group", [renumbered(p) for p in e[1]]) if _is_group(e) else renumbered(e) for e in stack]
+        return removed
 
     def painted_for_run(self, key, n_classes: int) -> np.ndarray | None:
         """A copy of a slice's painted map for a worker, if it holds any edit of a known class (else None)."""
@@ -105,12 +154,13 @@ class Ledger:
         self.strokes, self.undone, self.pending = [], [], 0
 
     # -- edits ---------------------------------------------------------------------------------------------------
-    def absorb(self, key, plane: np.ndarray, n_classes: int) -> tuple[Stroke, int]:
+    def absorb(self, key, plane: np.ndarray, n_classes: int, clicks: int = 0) -> tuple[Stroke, int]:
         """New painted edits on one slice become annotations: what differs from what was last written there
-        (earlier edits stay annotations even where the propagation has come to agree with them).
+        (earlier edits stay annotations even where the propagation has come to agree with them), painted after
+        ``clicks`` of the slice's clicks (their epoch).
 
-        Returns the :class:`Stroke` (the new edits and their painted values before) and how many changed pixels
-        hold a label that is not a class (ignored)."""
+        Returns the :class:`Stroke` (the new edits and their painted values and epochs before) and how many changed
+        pixels hold a label that is not a class (ignored)."""
         plane = np.asarray(plane)
         written = self.written.get(key)
         if written is None or written.shape != plane.shape:  # a slice never segmented: it showed nothing
@@ -119,11 +169,12 @@ class Ledger:
         diff = plane != written
         bad = diff & ((plane < 0) | (plane >= n_classes))
         pixels = np.flatnonzero(diff & ~bad)
-        flat = painted.reshape(-1)
-        before = flat[pixels].copy()
+        flat, when = painted.reshape(-1), self.epochs_map(key, plane.shape).reshape(-1)
+        before, epochs = flat[pixels].copy(), when[pixels].copy()
         flat[pixels] = plane.reshape(-1)[pixels]
+        when[pixels] = clicks
         written.reshape(-1)[pixels] = flat[pixels]  # taken in: not new the next time
-        return Stroke(key, pixels, before), int(bad.sum())
+        return Stroke(key, pixels, before, epochs), int(bad.sum())
 
     def is_unchanged(self, key, plane: np.ndarray) -> bool:
         """Whether a slice shows what was last written there (zeros for a slice never segmented)."""
@@ -152,9 +203,10 @@ class Ledger:
     def extend_last(self, taken: Stroke) -> None:
         """Pixels written after their stroke was announced: part of the last stroke, if it is of that slice."""
         if self.strokes and not _is_group(self.strokes[-1]) and self.strokes[-1].key == taken.key:
-            key, pixels, before = self.strokes[-1]
+            key, pixels, before, epochs = _full(self.strokes[-1])
             self.strokes[-1] = Stroke(key, np.concatenate([pixels, taken.pixels]),
-                                      np.concatenate([before, taken.before]))
+                                      np.concatenate([before, taken.before]),
+                                      np.concatenate([epochs, _full(taken).epochs]))
 
     def group_with_last(self, parts: list[Stroke], target_key) -> None:
         """Edits of other slices by the last stroke (a 3D view): one undo entry with its part on the target."""
@@ -172,13 +224,13 @@ class Ledger:
         entry = source.pop()
         group = _is_group(entry)
         done, touched = [], set()
-        for key, pixels, values in (entry[1] if group else [entry]):
+        for key, pixels, values, epochs in map(_full, entry[1] if group else [entry]):
             painted, written = self.painted.get(key), self.written.get(key)
             if painted is None or written is None:
                 continue
-            flat = painted.reshape(-1)
-            done.append(Stroke(key, pixels, flat[pixels].copy()))
-            flat[pixels] = values
+            flat, when = painted.reshape(-1), self.epochs_map(key, painted.shape).reshape(-1)
+            done.append(Stroke(key, pixels, flat[pixels].copy(), when[pixels].copy()))
+            flat[pixels], when[pixels] = values, epochs
             plane = plane_of(key)
             if plane is not None and plane.shape == written.shape:  # the restored pixels are not new edits
                 written.reshape(-1)[pixels] = np.asarray(plane).reshape(-1)[pixels]
@@ -201,6 +253,13 @@ class Ledger:
             out, written = labels, labels.copy()
         self.written[key] = np.ascontiguousarray(written)
         return out
+
+
+def _full(stroke: Stroke) -> Stroke:
+    """The stroke with its epochs (zeros where it was made without them)."""
+    if stroke.epochs is not None:
+        return stroke
+    return stroke._replace(epochs=np.zeros(len(stroke.pixels), np.int32))
 
 
 def _is_group(entry) -> bool:

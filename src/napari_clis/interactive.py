@@ -16,9 +16,13 @@ With an :class:`~napari_clis.objects.ObjectEditor` (models with many objects per
 objects instead (``mode == "object"``, :mod:`napari_clis.objects`): each click edits the object it touches and
 nothing farther than about one object diameter from it.
 
-Painted strokes (:meth:`Interaction.annotate`) change the painted pixels and nothing else, in both modes: they
-are laid over the clicks' result, never fed to the propagation (``set_painted(..., propagate=True)`` is the
-paper's whole-region annotation, which the MRF propagates, for its simulated user).
+Painted strokes (:meth:`Interaction.annotate`) change the painted pixels and nothing else, in both modes, and are
+never fed to the propagation (``set_painted(..., propagate=True)`` is the paper's whole-region annotation, which
+the MRF propagates, for its simulated user). The interaction keeps, per painted pixel, how many clicks had been
+made when it was painted (:attr:`Interaction.paint_epochs`). In object mode the edits compose in that order, the
+last edit of a pixel winning: the strokes of each epoch are replayed between the clicks (a click acts on painted
+objects and may change pixels painted before it, never those painted after it). In region mode the strokes are
+laid over the MRF's result.
 
 Pure numpy/scipy; no Qt, no napari, no torch.
 """
@@ -30,10 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize, spatial
 
-from .objects import ACTIONS, InteractionError, ObjectClick, ObjectEditor, overlay_paint, rank_objects
+from .objects import ACTIONS, InteractionError, ObjectClick, ObjectEditor, PaintStep, rank_objects
 from .propagation import minimize_potts
 
-__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph", "keep_one_object", "ObjectEditor"]
+__all__ = ["RegionGraph", "Interaction", "InteractionError", "build_region_graph", "keep_one_object", "ObjectEditor",
+           "renumber_epochs"]
 
 DEFAULT_SMOOTHNESS = 2.0
 DEFAULT_CALIBRATION = 1.0  # chosen on pretraining / validation images (docs/method.md)
@@ -44,6 +49,19 @@ _LOG_FLOOR = np.log(1e-4)
 
 
 _EIGHT = np.ones((3, 3), bool)
+
+
+def renumber_epochs(epochs, removed):
+    """Paint epochs (how many clicks had been made when each pixel was painted) once the clicks at the indices
+    ``removed`` are gone: an epoch drops by the number of removed clicks before it, so a stroke stays after the
+    same clicks it was after. ``epochs``: an int or an int array; returns the same kind (a new array)."""
+    removed = np.unique(np.asarray(removed, np.int64).reshape(-1))
+    if np.ndim(epochs) == 0:
+        return int(epochs) - int(np.searchsorted(removed, int(epochs)))
+    epochs = np.asarray(epochs)
+    if removed.size == 0:
+        return epochs.copy()
+    return (epochs - np.searchsorted(removed, epochs)).astype(epochs.dtype, copy=False)
 
 
 def keep_one_object(labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
@@ -240,9 +258,11 @@ class Interaction:
         Object-level clicks (``mode`` ``"object"``): given for models with many objects per class.
 
     Clicks are ``(y, x, label)`` in :attr:`clicks` with their actions in :attr:`actions` (``"auto"``, ``"split"``,
-    ``"merge"``; the last two only in object mode). The segmentation is a deterministic replay of the ordered
-    clicks, with painted strokes laid over it: undo is removing a click (or a stroke) and the state is exactly
-    what it was before it was made.
+    ``"merge"``; the last two only in object mode). Painted strokes are :attr:`painted`, with
+    :attr:`paint_epochs`: per painted pixel, the number of clicks made before it was painted. The segmentation is
+    a deterministic replay of the edits in the order they were made (object mode), or of the clicks with the
+    strokes laid over it (region mode): undo is removing a click (or a stroke) and the state is exactly what it
+    was before it was made.
     """
 
     def __init__(self, graph: RegionGraph, *, smoothness: float = DEFAULT_SMOOTHNESS,
@@ -262,6 +282,9 @@ class Interaction:
         self.refine = True  # pixel-level refinement of a region whose clicks contradict the network
         self.clicks: list[tuple[int, int, int]] = []
         self.painted: np.ndarray | None = None  # (H, W) int16, -1 where nothing is painted
+        self.paint_epochs: np.ndarray | None = None  # (H, W) int32: clicks made before each painted pixel
+        self._paint_version = 0  # counts changes of the two maps (the paint steps are cached by it)
+        self._paint_steps: tuple | None = None
         self._labels: np.ndarray | None = None
         self._propagated: np.ndarray | None = None
         self._region_labels: np.ndarray | None = None
@@ -366,13 +389,39 @@ class Interaction:
         actions = self.actions if actions is None else actions
         return [ObjectClick(y, x, lab, a) for (y, x, lab), a in zip(clicks, actions)]
 
-    def _commit(self, clicks, actions, new: set[int]) -> None:
-        """Make ``clicks`` / ``actions`` the clicks; in object mode replay them first, raising (and keeping the
-        clicks as they were) where one of the ``new`` clicks cannot apply."""
+    def _commit(self, clicks, actions, new: set[int], epochs=None) -> None:
+        """Make ``clicks`` / ``actions`` the clicks (and ``epochs``, if given, the paint epochs); in object mode
+        replay them first, raising (and keeping the clicks as they were) where one of the ``new`` clicks cannot
+        apply."""
         if self._mode == "object":
-            self.objects.replay(self._object_clicks(clicks, actions), strict=new)
+            self.objects.replay(self._object_clicks(clicks, actions), strict=new,
+                                paint=self._paint_ops(len(clicks), epochs))
         self.clicks, self.actions = clicks, actions
+        if epochs is not None:
+            self.paint_epochs = epochs
+            self._paint_version += 1
         self._invalidate()
+
+    def _paint_ops(self, n_clicks: int, epochs=None) -> dict[int, PaintStep]:
+        """The painted strokes as replay steps: epoch -> :class:`~napari_clis.objects.PaintStep` (epochs past the
+        last click: after it)."""
+        if self.painted is None:
+            return {}
+        if epochs is None and self._paint_steps is not None and self._paint_steps[:2] == (self._paint_version,
+                                                                                           n_clicks):
+            return self._paint_steps[2]
+        flat = self.painted.reshape(-1)
+        pixels = np.flatnonzero(flat >= 0)
+        if not pixels.size:
+            return {}
+        when = np.minimum((self.paint_epochs if epochs is None else epochs).reshape(-1)[pixels], n_clicks)
+        order = np.argsort(when, kind="stable")
+        pixels, when = pixels[order], when[order]
+        cuts = np.flatnonzero(np.diff(when)) + 1
+        steps = {int(w[0]): PaintStep(p, flat[p]) for p, w in zip(np.split(pixels, cuts), np.split(when, cuts))}
+        if epochs is None:
+            self._paint_steps = (self._paint_version, n_clicks, steps)
+        return steps
 
     def set_clicks(self, points, labels, actions=None) -> None:
         """Replace all clicks at once (one propagation): ``points`` (N, 2) as (y, x), ``labels`` (N,), ``actions``
@@ -440,7 +489,7 @@ class Interaction:
         return dict(self.objects.notes)
 
     def _replayed(self) -> ObjectEditor:
-        self.objects.replay(self._object_clicks())
+        self.objects.replay(self._object_clicks(), paint=self._paint_ops(len(self.clicks)))
         return self.objects
 
     def remove_click(self, index: int) -> None:
@@ -449,15 +498,19 @@ class Interaction:
         if not -len(self.clicks) <= int(index) < len(self.clicks):
             raise InteractionError(f"there is no click {index}; there are {len(self.clicks)}")
         clicks, actions = list(self.clicks), list(self.actions)
-        del clicks[int(index)], actions[int(index)]
-        self._commit(clicks, actions, set())
+        index = int(index) % len(clicks)
+        del clicks[index], actions[index]
+        # strokes made after the removed click stay after the same clicks they were after
+        epochs = None if self.paint_epochs is None else renumber_epochs(self.paint_epochs, [index])
+        self._commit(clicks, actions, set(), epochs)
 
     def clear_clicks(self) -> None:
-        self._commit([], [], set())
+        self._commit([], [], set(), None if self.paint_epochs is None else np.zeros_like(self.paint_epochs))
 
     def annotate(self, mask, label) -> None:
-        """Paint class ``label`` on the pixels of ``mask`` (H, W); painted pixels keep their class whatever the
-        clicks before or after it, and no other pixel changes (a stroke is laid over the clicks' result)."""
+        """Paint class ``label`` on the pixels of ``mask`` (H, W), after the clicks made so far: the painted pixels
+        take that class and no other pixel changes. Later clicks act on what it painted (object mode; in region
+        mode the strokes stay over the clicks' result)."""
         label = self._check_label(label)
         mask = np.asarray(mask)
         if mask.shape != self.shape:
@@ -470,14 +523,23 @@ class Interaction:
         mask = mask.astype(bool)
         if self.painted is None:
             self.painted = np.full(self.shape, -1, np.int16)
+            self.paint_epochs = np.zeros(self.shape, np.int32)
         self.painted[mask] = label
+        self.paint_epochs[mask] = len(self.clicks)
+        self._paint_version += 1
         self._invalidate()
 
-    def set_painted(self, painted, *, propagate: bool = False) -> None:
+    def set_painted(self, painted, *, propagate: bool = False, after_clicks=None) -> None:
         """Replace all painted annotations: ``painted`` (H, W) int, a class per pixel or -1 where unpainted.
 
-        They change the painted pixels and nothing else. ``propagate``: the paper's whole-region annotation
-        instead: a region more than half painted is fixed in the MRF and calibrates the clicks (region mode)."""
+        They change the painted pixels and nothing else. ``after_clicks``: how many clicks had been made when each
+        pixel was painted, an (H, W) int array (read where painted) or one int for all; None: after all the
+        current clicks. In object mode the strokes are replayed between the clicks in that order (a stroke
+        painted after ``e`` clicks comes after click ``e - 1``; more than there are clicks: after the last). Clicks
+        removed later through :meth:`set_clicks` leave the epochs as they are (:func:`renumber_epochs` gives them
+        after a removal); :meth:`remove_click` and :meth:`clear_clicks` renumber them. ``propagate``: the paper's
+        whole-region annotation instead: a region more than half painted is fixed in the MRF and calibrates the
+        clicks (region mode)."""
         painted = np.asarray(painted)
         if painted.shape != self.shape:
             raise InteractionError(f"the painted map has shape {painted.shape}, the image {self.shape}")
@@ -488,13 +550,33 @@ class Interaction:
         if on.any() and int(painted[on].max()) >= self.graph.n_classes:
             raise InteractionError(f"painted class {int(painted[on].max())} is not one of this model's classes "
                                    f"0..{self.graph.n_classes - 1}")
+        if after_clicks is None:
+            after_clicks = len(self.clicks)
+        if np.ndim(after_clicks) == 0:
+            if isinstance(after_clicks, (bool, np.bool_)) or not isinstance(after_clicks, (int, np.integer)) \
+                    or after_clicks < 0:
+                raise InteractionError(f"after_clicks must be a number of clicks (a whole number >= 0) or an (H, W) "
+                                       f"map of them, got {after_clicks!r:.80}")
+            epochs = np.full(self.shape, int(after_clicks), np.int32)
+        else:
+            epochs = np.asarray(after_clicks)
+            if epochs.shape != self.shape or not np.issubdtype(epochs.dtype, np.integer):
+                raise InteractionError(f"after_clicks must be an (H, W) map of whole numbers like the painted map "
+                                       f"{self.shape}, got shape {epochs.shape}, dtype {epochs.dtype}")
+            if on.any() and int(epochs[on].min()) < 0:
+                raise InteractionError("after_clicks must be >= 0 where painted (a number of clicks)")
+            epochs = np.where(on, epochs, 0).astype(np.int32)
         self.painted = painted.astype(np.int16) if on.any() else None
+        self.paint_epochs = epochs if on.any() else None
         self.paint_propagates = bool(propagate)
+        self._paint_version += 1
         self._invalidate()
 
     def clear_annotations(self) -> None:
         self.painted = None
+        self.paint_epochs = None
         self.paint_propagates = False
+        self._paint_version += 1
         self._invalidate()
 
     def _invalidate(self):
@@ -661,7 +743,8 @@ class Interaction:
     def propagated(self) -> np.ndarray:
         """(H, W) int32: the MRF's labelling of the regions (regions split between clicks pixel by pixel),
         one object per class for ``single_object`` models (:func:`keep_one_object`, annotated pixels kept),
-        before painted pixels are laid over it."""
+        before painted pixels are laid over it. Object mode: the replay of the clicks and strokes (:attr:`labels`:
+        the strokes are part of it)."""
         if self._propagated is None and self._mode == "object":
             self._propagated = self._replayed().labels
         if self._propagated is None:
@@ -678,15 +761,14 @@ class Interaction:
 
     @property
     def labels(self) -> np.ndarray:
-        """(H, W) int32: the propagated segmentation, with painted pixels keeping their class."""
+        """(H, W) int32: the propagated segmentation with the painted strokes: in object mode the clicks and
+        strokes replayed in the order they were made, in region mode the strokes laid over the MRF's result."""
         if self._labels is None and self._mode == "object" and not self.clicks and self.painted is None:
             # nothing to replay: the network's labels, without making its objects (learn() needs only the labels)
             self._labels = self.objects.base_labels.astype(np.int32, copy=True)
         if self._labels is None and self._mode == "object":
-            editor = self._replayed()
-            self._labels, self._instances = overlay_paint(editor.labels, editor.instances, self.painted)
-            if self._labels is editor.labels:  # nothing painted: a copy the caller may keep
-                self._labels, self._instances = editor.labels.copy(), editor.instances.copy()
+            editor = self._replayed()  # copies the caller may keep
+            self._labels, self._instances = editor.labels.copy(), editor.instances.copy()
         if self._labels is None:
             out = self.propagated.copy()
             if self.painted is not None:
@@ -696,7 +778,7 @@ class Interaction:
 
     @property
     def instances(self) -> np.ndarray | None:
-        """Object mode: (H, W) uint32, the objects after the clicks with the painted strokes laid over them (0 =
+        """Object mode: (H, W) uint32, the objects after the clicks and strokes replayed in order (0 =
         background, 1..N); None in region mode (:attr:`ClisSession.instances` makes them from the labels)."""
         if self._mode != "object":
             return None

@@ -19,15 +19,20 @@ For models with many objects per class (nuclei), a click acts on objects rather 
   object's largest inscribed radius of its centre, or where the object is at least half as thick as at its
   centre); a click farther out **trims** the part of the object on the click's side of the image edge that
   separates it from the core (an overspill), by a seeded watershed between the click and the core.
-* ``"split"`` on an object splits it in two: a watershed of its (smoothed) distance transform from the
-  distance peak nearest the click and the highest other peak.
+* ``"split"`` on an object splits it in two: a watershed of its (smoothed) distance transform, weighted by the
+  foreground probability where the network sees the object, from the distance peak nearest the click and the
+  highest other peak.
 * ``"merge"`` near two objects joins the object under (or nearest) the click with the other object nearest the
   click, within ``MERGE_REACH`` object diameters, and closes the gap between them.
 
-The state is a deterministic replay of the ordered clicks over the network's objects (:meth:`ObjectEditor.replay`):
-undo is removing a click and replaying. Each click records what it overwrote, so adding or removing the last
-click costs one click's work. Painted strokes are laid over the result (:func:`overlay_paint`): they change
-the pixels painted and nothing else.
+The state is a deterministic replay, over the network's objects, of the user's edits in the order they were made
+(:meth:`ObjectEditor.replay`): the strokes painted before the first click (one :class:`PaintStep`), the first
+click, the strokes painted after it, the second click, and so on; the last edit of a pixel wins. A paint step
+writes exactly its pixels (painted foreground joins the object of its class it touches, or becomes a new object;
+:func:`overlay_paint`'s rules), so later clicks act on painted objects as on the network's (a background click
+removes a painted blob, a split splits it), and a click may change pixels painted before it, never those painted
+after it. Undo is removing a click or a stroke and replaying; each step records what it overwrote, so adding or
+removing the last one costs one step's work.
 
 Numpy / scipy / scikit-image only; no Qt, no napari, no torch.
 """
@@ -39,7 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["InteractionError", "ObjectClick", "ObjectEditor", "overlay_paint", "rank_objects", "ACTIONS"]
+__all__ = ["InteractionError", "ObjectClick", "ObjectEditor", "PaintStep", "overlay_paint", "rank_objects",
+           "ACTIONS"]
 
 ACTIONS = ("auto", "split", "merge")
 WINDOW = 1.5  # half-side of the window an added object is looked for in, in object diameters
@@ -64,6 +70,30 @@ class ObjectClick:
     x: int
     label: int
     action: str = "auto"
+
+
+class PaintStep:
+    """The strokes painted between two clicks (or before the first, or after the last): the flat indices of the
+    painted pixels (ascending) and each one's class. Two steps are equal when they paint the same pixels alike."""
+
+    __slots__ = ("pixels", "classes", "_key")
+
+    def __init__(self, pixels, classes):
+        self.pixels = np.asarray(pixels, np.int64)
+        self.classes = np.asarray(classes, np.int16)
+        self._key = (self.pixels.tobytes(), self.classes.tobytes())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PaintStep) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __repr__(self) -> str:
+        return f"PaintStep({len(self.pixels)} px)"
 
 
 def _disk(shape, cy, cx, r) -> np.ndarray:
@@ -112,7 +142,8 @@ class ObjectEditor:
         self._labels: np.ndarray | None = None
         self._instances: np.ndarray | None = None
         self._n = 0
-        self._applied: list[ObjectClick] = []
+        self._ops: list = []  # the steps replayed last: ObjectClick and PaintStep, in order
+        self._n_clicks = 0  # the clicks among them
         self._undo: list[list] = []
         self.notes: dict[int, str] = {}  # click index -> why it changed nothing
 
@@ -167,7 +198,7 @@ class ObjectEditor:
             self._labels = self.base_labels.astype(np.int32, copy=True)
             self._instances = np.array(self.base_instances(), dtype=np.uint32, copy=True)
             self._n = int(self._instances.max()) if self._instances.size else 0
-            self._applied, self._undo, self.notes = [], [], {}
+            self._ops, self._undo, self.notes, self._n_clicks = [], [], {}, 0
 
     @property
     def labels(self) -> np.ndarray:
@@ -183,61 +214,114 @@ class ObjectEditor:
 
     @property
     def applied(self) -> list[ObjectClick]:
-        return list(self._applied)
+        """The clicks replayed last, in order (without the paint steps between them)."""
+        return list(self._clicks())
+
+    def _clicks(self):
+        return (op for op in self._ops if isinstance(op, ObjectClick))
 
     # -- the replay --------------------------------------------------------------------------------------
-    def replay(self, clicks, strict=()) -> None:
+    def replay(self, clicks, strict=(), paint=None) -> None:
         """Make the state that of ``clicks`` (a sequence of :class:`ObjectClick`) applied in order to the network's
-        objects.
+        objects, with the strokes of ``paint`` between them: ``paint`` maps an epoch ``e`` (the number of clicks
+        made before those strokes) to a :class:`PaintStep`, applied after click ``e - 1`` and before click ``e``
+        (epochs from ``len(clicks)`` on: after every click, in their order).
 
-        Only the clicks after the longest prefix shared with the clicks replayed last are undone and applied.
+        Only the steps after the longest prefix shared with the steps replayed last are undone and applied.
         A click that cannot apply (a split on background, a merge that reaches one object) changes nothing and
-        its reason is kept in :attr:`notes`, unless its index is in ``strict``: then :class:`InteractionError`
-        is raised and the state stays that of the previous clicks."""
+        its reason is kept in :attr:`notes` (by the click's index), unless its index is in ``strict``: then
+        :class:`InteractionError` is raised and the state stays that of the previous steps."""
         self._start()
-        clicks = list(clicks)
-        old = list(self._applied)
+        clicks, paint = list(clicks), dict(paint or {})
+        ops: list = []
+        for e, click in enumerate(clicks):
+            if e in paint:
+                ops.append(paint[e])
+            ops.append(click)
+        ops += [paint[e] for e in sorted(paint) if e >= len(clicks)]
+        ops = [op for op in ops if not isinstance(op, PaintStep) or len(op)]
+        old = list(self._ops)
         k = 0
-        while k < min(len(old), len(clicks)) and old[k] == clicks[k]:
+        while k < min(len(old), len(ops)) and old[k] == ops[k]:
             k += 1
         self._undo_to(k)
         try:
-            for i in range(k, len(clicks)):
-                self._apply(i, clicks[i], strict=i in strict)
+            for i in range(k, len(ops)):
+                self._apply(ops[i], strict=strict)
         except InteractionError:
             self._undo_to(k)
             for i in range(k, len(old)):
-                self._apply(i, old[i], strict=False)
+                self._apply(old[i], strict=())
             raise
 
-    def _undo_to(self, k: int) -> None:
-        while len(self._applied) > k:
-            for box, old_l, old_i, n in reversed(self._undo.pop()):
-                if box is not None:
-                    self._labels[box] = old_l
-                    self._instances[box] = old_i
-                self._n = n
-            self.notes.pop(len(self._applied) - 1, None)
-            self._applied.pop()
+    def _restore(self, log) -> None:
+        for box, old_l, old_i, n in reversed(log):
+            if box is not None:
+                self._labels[box] = old_l
+                self._instances[box] = old_i
+            self._n = n
 
-    def _apply(self, index: int, click: ObjectClick, *, strict: bool) -> None:
+    def _undo_to(self, k: int) -> None:
+        while len(self._ops) > k:
+            self._restore(self._undo.pop())
+            if isinstance(self._ops.pop(), ObjectClick):
+                self._n_clicks -= 1
+                self.notes.pop(self._n_clicks, None)
+
+    def _apply(self, op, *, strict) -> None:
         log: list = []
+        if isinstance(op, PaintStep):
+            self._paint(op, log)
+            self._ops.append(op)
+            self._undo.append(log)
+            return
+        index = self._n_clicks
         try:
-            note = self._edit(click, log)
+            note = self._edit(op, log)
         except InteractionError as e:
-            for box, old_l, old_i, n in reversed(log):  # a failure half way leaves nothing behind
-                if box is not None:
-                    self._labels[box] = old_l
-                    self._instances[box] = old_i
-                self._n = n
+            self._restore(log)  # a failure half way leaves nothing behind
             log = []
-            if strict:
-                raise InteractionError(f"click {index} at ({click.y}, {click.x}): {e}") from None
+            if index in strict:
+                raise InteractionError(f"click {index} at ({op.y}, {op.x}): {e}") from None
             note = str(e)
-        self._applied.append(click)
+        self._ops.append(op)
         self._undo.append(log)
+        self._n_clicks += 1
         if note:
             self.notes[index] = note
+
+    def _paint(self, step: PaintStep, log) -> None:
+        """One paint step: its pixels take their painted class, objects follow as :func:`overlay_paint` says
+        (computed in the box of the paint and of the objects it takes pixels from); ids stay 1..N."""
+        h, w = self.shape
+        ys, xs = np.divmod(step.pixels, w)
+        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+        lab_at, ins_at = self._labels.reshape(-1)[step.pixels], self._instances.reshape(-1)[step.pixels]
+        touched = np.unique(ins_at[(step.classes != lab_at) & (ins_at > 0)])
+        found = ndimage.find_objects(self._instances, max_label=self._n) if touched.size else []
+        for ident in touched:  # objects the paint cuts or takes pixels from: their whole extent
+            b = found[ident - 1]
+            y0, y1 = min(y0, b[0].start), max(y1, b[0].stop - 1)
+            x0, x1 = min(x0, b[1].start), max(x1, b[1].stop - 1)
+        box = (slice(max(0, y0 - 1), min(h, y1 + 2)), slice(max(0, x0 - 1), min(w, x1 + 2)))
+        painted = np.full((box[0].stop - box[0].start, box[1].stop - box[1].start), -1, np.int16)
+        painted[ys - box[0].start, xs - box[1].start] = step.classes
+        lab, ins = self._labels[box], self._instances[box]
+        out_l, out_i, n, missing = _paint_objects(lab, ins, painted, self._n)
+        moves = _hole_moves(missing, n)  # (only an object the paint took pixels from can be emptied)
+        inside = set(np.unique(out_i).tolist()) if moves else set()
+        self._write(log, box, (out_l != lab) | (out_i != ins), out_l, out_i)
+        log.append((None, None, None, self._n))
+        self._n = n
+        for top, hole in moves:  # ids 1..N again, as overlay_paint's compaction gives them; the object that takes
+            # an id lies where it was (and in the box, where the paint joined a piece to it), or in the box (new)
+            b = found[top - 1] if top <= len(found) and top not in touched else None
+            if b is not None and top in inside:
+                b = (slice(min(b[0].start, box[0].start), max(b[0].stop, box[0].stop)),
+                     slice(min(b[1].start, box[1].start), max(b[1].stop, box[1].stop)))
+            b = box if b is None else b
+            self._write(log, b, self._instances[b] == top, self._labels[b], int(hole))
+        self._n = n - len(missing)
 
     # -- writing, with what it overwrote kept -----------------------------------------------------------
     def _write(self, log, box, mask, label, ident) -> None:
@@ -310,7 +394,7 @@ class ObjectEditor:
         if region is None:
             comp, _ = ndimage.label(_disk(shape, cy, cx, self.diameter / 2) & (inst == 0))
             region = comp == comp[cy, cx]
-        for e in self._applied:  # an earlier click of another class keeps its pixel, however close it lies
+        for e in self._clicks():  # an earlier click of another class keeps its pixel, however close it lies
             y, x = e.y - box[0].start, e.x - box[1].start
             if e.label != c.label and 0 <= y < shape[0] and 0 <= x < shape[1] and (y, x) != (cy, cx):
                 region[y, x] = False
@@ -376,7 +460,7 @@ class ObjectEditor:
         """The earlier clicks inside ``box`` (background ones, or foreground ones of ``label``) as small discs:
         seeds that a later click's edit respects, so that clicks compose instead of undoing each other."""
         out = np.zeros(shape, bool)
-        for e in self._applied:
+        for e in self._clicks():
             if e.action != "auto" or (e.label == 0) != background or (label is not None and e.label != label):
                 continue
             y, x = e.y - box[0].start, e.x - box[1].start
@@ -398,7 +482,7 @@ class ObjectEditor:
             if sure.sum() >= 0.25 * self.typical_area:
                 kept = sure
         protect = np.zeros(mask.shape, bool)  # an earlier click of the object's class keeps its pixel, however close
-        for e in self._applied:
+        for e in self._clicks():
             y, x = e.y - box[0].start, e.x - box[1].start
             if e.label != 0 and 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and (y, x) != (cy, cx):
                 protect[y, x] = mask[y, x]
@@ -443,7 +527,10 @@ class ObjectEditor:
         cy, cx = c.y - box[0].start, c.x - box[1].start
         # the distance transform weighted by the foreground probability, smoothed, as the network's objects are
         # split (instances.watershed_instances): its valleys follow the necks and the probability's dips
-        dt = ndimage.distance_transform_edt(mask) * self.fg[box]
+        fg = self.fg[box]
+        if float(np.median(fg[mask])) < 0.5:  # an object the network does not see (painted): its shape alone
+            fg = np.ones_like(fg)
+        dt = ndimage.distance_transform_edt(mask) * fg
         dt = ndimage.gaussian_filter(dt, max(1.0, 0.075 * self.diameter)) * mask
         peaks = peak_local_max(dt, min_distance=max(2, int(0.15 * self.diameter)), labels=mask.astype(np.int32),
                                exclude_border=False)
@@ -501,18 +588,27 @@ class ObjectEditor:
 
 
 def overlay_paint(labels: np.ndarray, instances: np.ndarray, painted: np.ndarray | None):
-    """Lay painted strokes over clicked objects: ``(labels, instances)`` with the painted pixels (``painted`` >= 0,
-    a class per pixel, -1 elsewhere) taking their class, and nothing else changing class.
+    """Lay painted strokes over objects: ``(labels, instances)`` with the painted pixels (``painted`` >= 0, a class
+    per pixel, -1 elsewhere) taking their class, and nothing else changing class.
 
     Painted background leaves no object there; an object cut in pieces by it keeps its id on its largest piece,
     the others get new ids. Painted foreground on no object of its class joins the object of that class it
-    touches most, else becomes a new object. Ids stay 1..N (an emptied id is taken by the last object).
+    touches most, else becomes a new object. Ids stay 1..N (an emptied id is taken by the last object). An
+    :class:`ObjectEditor` applies each :class:`PaintStep` of its replay by these rules.
     """
     if painted is None:
         return labels, instances
-    on = painted >= 0
-    if not on.any():
+    if not (painted >= 0).any():
         return labels, instances
+    out_l, inst, _, _ = _paint_objects(labels, instances, painted)
+    return out_l, _compact(inst)
+
+
+def _paint_objects(labels, instances, painted, n: int | None = None):
+    """:func:`overlay_paint`'s rules on arrays that hold the painted pixels and every object they take pixels from
+    whole (the image, or a box of it): ``(labels, instances, highest id, ids left empty below it)``, the ids not
+    compacted. ``n``: the highest id of the whole image (default: of ``instances``)."""
+    on = painted >= 0
     out_l = labels.copy()
     np.copyto(out_l, painted, where=on, casting="unsafe")
     inst = instances.copy()
@@ -520,7 +616,13 @@ def overlay_paint(labels: np.ndarray, instances: np.ndarray, painted: np.ndarray
     touched = touched[touched > 0]
     inst[on & (painted == 0)] = 0
     inst[on & (painted > 0) & (painted != labels)] = 0  # painted another class: no longer that object's
-    n = int(inst.max()) if inst.size else 0
+    gone = set(touched[~np.isin(touched, inst[np.isin(inst, touched)])].tolist()) if touched.size else set()
+    if n is None:
+        n = int(inst.max()) if inst.size else 0
+    else:  # the highest id left: the image's, unless the paint emptied it
+        while n in gone:
+            n -= 1
+    missing = sorted(v for v in gone if v < n)
     ys, xs = np.nonzero(on)
     box = (slice(max(0, ys.min() - 1), ys.max() + 2), slice(max(0, xs.min() - 1), xs.max() + 2))
     # objects the paint cut in pieces: the largest piece keeps the id
@@ -552,7 +654,15 @@ def overlay_paint(labels: np.ndarray, instances: np.ndarray, painted: np.ndarray
         else:
             n += 1
             sub_i[piece] = n
-    return out_l, _compact(inst)
+    return out_l, inst, n, missing
+
+
+def _hole_moves(missing, n: int) -> list[tuple[int, int]]:
+    """``(top, hole)`` pairs that make ids 1..N of ids 1..``n`` with ``missing`` (ascending) absent: each missing
+    id is taken by the highest id (only those objects change id)."""
+    absent = set(int(v) for v in missing)
+    tops = (i for i in range(n, 0, -1) if i not in absent)
+    return [(top, int(hole)) for hole, top in zip(missing, tops) if top > hole]
 
 
 def _compact(inst: np.ndarray) -> np.ndarray:
@@ -562,12 +672,9 @@ def _compact(inst: np.ndarray) -> np.ndarray:
     missing = np.flatnonzero(~present)
     if missing.size == 0:
         return inst
-    ids = np.flatnonzero(present)[1:]
     lut = np.arange(present.size, dtype=np.uint32)
-    tops = ids[::-1][: missing.size]
-    for hole, top in zip(missing, tops):
-        if top > hole:
-            lut[top] = hole
+    for top, hole in _hole_moves(missing, present.size - 1):
+        lut[top] = hole
     return lut[inst]
 
 

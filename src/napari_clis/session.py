@@ -617,10 +617,10 @@ class ClisSession:
         """Replace all clicks at once: ``points`` (N, 2) as (y, x), ``labels`` (N,), ``actions`` (N,) of
         ``"auto"``, ``"split"``, ``"merge"`` (default all ``"auto"``).
 
-        The segmentation is a deterministic replay of the ordered clicks (with painted strokes laid over it): a
-        widget passes its whole Points layer each time, and undo is the same list without the undone click. A
-        click that is new in the list and cannot apply raises :class:`InteractionError` naming it, and the
-        clicks stay as they were; adding or removing the last click costs one click's work."""
+        The segmentation is a deterministic replay of the ordered clicks (and of the strokes painted between them,
+        :meth:`set_painted`): a widget passes its whole Points layer each time, and undo is the same list without
+        the undone click. A click that is new in the list and cannot apply raises :class:`InteractionError` naming
+        it, and the clicks stay as they were; adding or removing the last click costs one click's work."""
         self._require_interaction().set_clicks(points, labels, actions)
 
     @property
@@ -656,8 +656,17 @@ class ClisSession:
         self._require_interaction().clear_clicks()
 
     def annotate(self, mask, label: int) -> None:
-        """A painted region (a boolean (H, W) mask) as an annotation; painted pixels keep class ``label``."""
+        """A brush stroke (a boolean (H, W) mask) as an annotation, after the clicks made so far: its pixels take
+        class ``label`` and nothing else changes. With object clicks, later clicks act on what it painted (a
+        background click removes a painted object; the last edit of a pixel wins)."""
         self._require_interaction().annotate(mask, label)
+
+    def set_painted(self, painted, *, after_clicks=None) -> None:
+        """Replace every painted annotation of the current image: ``painted`` (H, W) int, a class per pixel, -1
+        where unpainted; ``after_clicks`` how many clicks had been made when each pixel was painted ((H, W) int,
+        or one int; default: after all the current clicks). With object clicks the clicks and strokes are replayed
+        in that order (:meth:`Interaction.set_painted <napari_clis.interactive.Interaction.set_painted>`)."""
+        self._require_interaction().set_painted(painted, after_clicks=after_clicks)
 
     def clear_annotations(self) -> None:
         """Drop every painted annotation of the current image (the clicks stay); the segmentation follows."""
@@ -683,8 +692,8 @@ class ClisSession:
         """(H, W) uint32: the objects of the current :attr:`labels` (clicks and paint included), 0 = background,
         numbered 1..N, as :attr:`SegmentationResult.instances` makes them.
 
-        With object clicks, the objects as the clicks edited them (each click changes only the object it
-        touches; painted strokes laid over them). Otherwise computed when asked for, not at each click, and kept
+        With object clicks, the objects as the clicks and strokes edited them, in the order they were made (each
+        click changes only the object it touches). Otherwise computed when asked for, not at each click, and kept
         until the labels change."""
         inter = self._require_interaction()
         if inter.mode == "object":

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _tooltips as tips
+from ..interactive import renumber_epochs
 from ..objects import InteractionError
 
 AUTO, SPLIT, MERGE = "auto", "split", "merge"
@@ -86,6 +87,17 @@ class Inputs(NamedTuple):
     rows: np.ndarray  # (N,) the points' indices in the layer
     painted: np.ndarray | None
     notes: list
+    epochs: np.ndarray | None = None  # per painted pixel: how many of these clicks were made before it
+
+
+def plane_clicks(data, classes, idx, hw, n_classes):
+    """Masks over the points of a 'clicks' layer (``data`` (N, D), ``classes`` (N,)): on the slice ``idx``, inside
+    the image's ``hw`` (height, width), of one of the model's classes."""
+    lead = np.round(data[:, : len(idx)]).astype(int)
+    on_plane = (lead == np.asarray(idx, int)).all(1)
+    (h, w), y, x = hw, data[:, -2], data[:, -1]
+    inside = (y > -0.5) & (y < h - 0.5) & (x > -0.5) & (x < w - 0.5)
+    return on_plane, inside, (classes >= 0) & (classes < n_classes)
 
 
 def click_keys(inputs: Inputs) -> list[tuple]:
@@ -94,30 +106,47 @@ def click_keys(inputs: Inputs) -> list[tuple]:
     return [(int(y), int(x), int(c), str(a)) for (y, x), c, a in zip(yx, inputs.classes, inputs.actions)]
 
 
-def apply_clicks(inter, points, classes, actions) -> tuple[list[int], dict[int, str]]:
-    """Give the session's interaction the clicks (``actions`` None: region clicks). Returns the clicks applied
-    (positions in the lists) and why each other one was refused. All at once when they apply; else one by one (each
-    costs one click's work: the session replays from the longest prefix it shares), so that one click that cannot
-    apply leaves the others applied."""
+def apply_clicks(inter, points, classes, actions, painted=None, epochs=None) -> tuple[list[int], dict[int, str]]:
+    """Give the session's interaction the clicks (``actions`` None: region clicks) and the painted map (``None``:
+    the one it has), each painted pixel after ``epochs`` of these clicks (``None``: after all of them). Returns the
+    clicks applied (positions in the lists) and why each other one was refused. All at once when they apply; else
+    one by one (each costs one click's work: the session replays from the longest prefix it shares), so that one
+    click that cannot apply leaves the others applied; the strokes stay after the same clicks of those applied."""
+    n = len(classes)
+
+    def paint(kept):  # before the clicks: a new click may act on a new stroke (split a painted blob)
+        if painted is not None:
+            after = len(kept) if epochs is None else renumber_epochs(epochs, sorted(set(range(n)) - set(kept)))
+            if not same_painted(inter, painted, after):
+                inter.set_painted(painted, after_clicks=after)
+
     try:
+        paint(range(n))
         inter.set_clicks(points, list(classes), None if actions is None else list(actions))
-        return list(range(len(classes))), {}
+        return list(range(n)), {}
     except InteractionError:
         pass
     accepted, refused = [], {}
-    for i in range(len(classes)):
+    for i in range(n):
         trial = accepted + [i]
         try:
+            paint(trial)
             inter.set_clicks(points[trial], [classes[j] for j in trial],
                              None if actions is None else [actions[j] for j in trial])
             accepted = trial
         except InteractionError as e:
             refused[i] = re.sub(r"^click \d+ at \([^)]*\): ", "", str(e))
+    paint(accepted)
     return accepted, refused
 
 
-def same_painted(current, painted) -> bool:
-    """Whether the interaction holds ``painted`` already (it keeps None for a map with nothing painted)."""
+def same_painted(inter, painted, epochs=None) -> bool:
+    """Whether the interaction holds ``painted`` already (it keeps None for a map with nothing painted), with the
+    epochs ``epochs`` where painted (``None``: any)."""
+    current = inter.painted
     if current is None:
         return not (painted >= 0).any()
-    return current.shape == painted.shape and np.array_equal(current, painted)
+    if current.shape != painted.shape or not np.array_equal(current, painted):
+        return False
+    on = painted >= 0
+    return epochs is None or np.array_equal(inter.paint_epochs[on], np.broadcast_to(epochs, on.shape)[on])

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from .._napari_compat import hook_undo_redo, is_hooked, native_undo_redo
-from ._click_actions import WORDS, Inputs, actions_of, click_keys, same_painted, set_available
+from ._click_actions import WORDS, Inputs, actions_of, click_keys, plane_clicks, set_available
 from ._common import (
     CLICKS,
     FINDING_OBJECTS,
@@ -149,14 +149,10 @@ class Corrections(SuggestionsMixin):
         clicks = self.find(CLICKS)
         if clicks is None or self.state.target is None:
             return
-        keep = [i for i, p in enumerate(clicks.data) if not self.on_target_plane(p)]
-        self.dock.layers.keep_clicks(clicks, keep)
+        data = np.asarray(clicks.data, float)
+        on = plane_clicks(data, np.zeros(len(data), int), self.state.target[1], (np.inf, np.inf), 1)[0]
+        self.dock.layers.keep_clicks(clicks, np.flatnonzero(~on).tolist())
         self.propagate()
-
-    def on_target_plane(self, point) -> bool:
-        _, idx = self.state.target
-        lead = np.round(np.asarray(point[: len(idx)], float)).astype(int)
-        return tuple(lead) == tuple(idx)
 
     # -- reading the layers --------------------------------------------------------------------------------------
     def gather_inputs(self):
@@ -168,17 +164,17 @@ class Corrections(SuggestionsMixin):
     def sync_session(self, inputs: Inputs | None = None) -> str:
         """Give the session the clicks (with their actions) and painted edits the layers hold now (``inputs``,
         else read), as each click does, without writing the layers (before learning); returns the click status
-        (:meth:`apply`). Raises ValueError when the layers cannot be used."""
+        (:meth:`settle`). Raises ValueError when the layers cannot be used."""
         inputs = self.read_inputs() if inputs is None else inputs
         inter = self.state.session.interaction
-        msg = self.apply(inter, inputs)
-        if inputs.painted is not None and not same_painted(inter.painted, inputs.painted):
-            inter.set_painted(inputs.painted)
-        return msg
+        plan = plan_clicks(inter, inputs)
+        accepted, refused = run_plan(inter, plan, inputs.painted, inputs.epochs)
+        return self.settle(plan, accepted, refused, inter.notes)
 
     def read_inputs(self) -> Inputs:
-        """Clicks on the target plane and the painted map, read from the layers; user messages for what is
-        ignored. Raises ValueError when the layers cannot be used."""
+        """Clicks on the target plane and the painted map (with its epochs: how many of these clicks were made
+        before each pixel was painted), read from the layers; user messages for what is ignored. Raises ValueError
+        when the layers cannot be used."""
         state = self.state
         layer, idx = state.target
         clicks, seg = self.find(CLICKS), self.find(SEGMENTATION)
@@ -191,33 +187,43 @@ class Corrections(SuggestionsMixin):
                 raise ValueError(f"the 'clicks' layer is {data.shape[1]}D but '{layer.name}' is {ndim}D; delete it "
                                  "and segment again.")
             classes = clicks.features["class"].to_numpy().astype(int)
-            on_plane = np.array([self.on_target_plane(p) for p in data], bool)
-            if (~on_plane).any():
-                notes.append(f"{int((~on_plane).sum())} click(s) on other slices apply once that slice is the "
-                             "one segmented (go to it and press Segment, or tick All slices)")
-            h, w = state.written_base.shape
-            yx = data[:, -2:]
-            inside = (yx[:, 0] > -0.5) & (yx[:, 0] < h - 0.5) & (yx[:, 1] > -0.5) & (yx[:, 1] < w - 0.5)
-            if (~inside & on_plane).any():
-                notes.append(f"{int((~inside & on_plane).sum())} click(s) outside the image are ignored")
-            known = (classes >= 0) & (classes < state.session.n_classes)
-            if (~known & inside & on_plane).any():
-                notes.append(f"{int((~known & inside & on_plane).sum())} click(s) with an unknown class are ignored")
+            on_plane, inside, known = plane_clicks(data, classes, idx, state.written_base.shape,
+                                                   state.session.n_classes)
+            for n, what in ((~on_plane, "on other slices apply once that slice is the one segmented (go to it and "
+                                        "press Segment, or tick All slices)"),
+                            (~inside & on_plane, "outside the image are ignored"),
+                            (~known & inside & on_plane, "with an unknown class are ignored")):
+                if n.any():
+                    notes.append(f"{int(n.sum())} click(s) {what}")
             rows = np.flatnonzero(on_plane & inside & known)
-            pts, labs, acts = yx[rows], classes[rows], actions_of(clicks)[rows]
-        painted = None
+            pts, labs, acts = data[rows, -2:], classes[rows], actions_of(clicks)[rows]
+        # a deleted point: strokes made after it stay after the same clicks (before new strokes are taken in)
+        state.ledger.clicks_now(self.target_key(), click_keys(Inputs(pts, labs, acts, rows, None, [])))
+        painted = epochs = None
         if seg is not None and self.record_strokes(notes) is not None:
             painted = self.painted
-        return Inputs(pts, labs, acts, rows, painted, notes)
+            epochs = state.ledger.epochs_map(self.target_key(), painted.shape)
+        return Inputs(pts, labs, acts, rows, painted, notes, epochs)
+
+    def click_count(self, idx, hw) -> int:
+        """How many clicks the 'clicks' layer holds on the slice ``idx`` (inside ``hw``, of a known class)."""
+        clicks = self.find(CLICKS)
+        if clicks is None or not len(clicks.data) or "class" not in clicks.features or \
+                np.shape(clicks.data)[1] != len(idx) + 2:
+            return 0
+        masks = plane_clicks(np.asarray(clicks.data, float), clicks.features["class"].to_numpy().astype(int), idx,
+                             hw, self.state.session.n_classes)
+        return int(np.logical_and.reduce(masks).sum())
 
     def absorb(self, key, idx, notes: list | None = None):
-        """New painted edits on one slice become annotations (``Ledger.absorb``); the stroke, or ``None`` when the
-        layer cannot be read as that slice."""
+        """New painted edits on one slice become annotations (``Ledger.absorb``), after the slice's clicks made so
+        far; the stroke, or ``None`` when the layer cannot be read as that slice."""
         seg = self.find(SEGMENTATION)
         session = self.state.session
         if seg is None or session is None:
             return None
-        stroke, bad = self.state.ledger.absorb(key, slice_of(seg, idx), session.n_classes)
+        plane = slice_of(seg, idx)
+        stroke, bad = self.state.ledger.absorb(key, plane, session.n_classes, self.click_count(idx, plane.shape[-2:]))
         if bad and notes is not None:
             notes.append(f"{bad} painted pixel(s) with a label that is not a class are ignored")
         return stroke
@@ -388,7 +394,7 @@ class Corrections(SuggestionsMixin):
             runner.note_thread("propagate")
             if unchanged:
                 return [], {}, {}, self.outputs(session, suggest, labels=False)
-            accepted, refused = run_plan(inter, plan, painted)
+            accepted, refused = run_plan(inter, plan, painted, inputs.epochs)
             return accepted, refused, inter.notes, self.outputs(session, suggest)
 
         def done(result):
@@ -404,14 +410,6 @@ class Corrections(SuggestionsMixin):
     def not_applied(self, error) -> None:
         notify_error(f"Cannot apply the corrections: {error}")
         self.say(f"Not applied: {error}")
-
-    def apply(self, inter, inputs: Inputs) -> str:
-        """Give the session the clicks (here, on the calling thread); a refused new click's point leaves the
-        layer, an older click that does not apply is marked. Returns the click status (``{count}`` where the
-        object count goes)."""
-        plan = plan_clicks(inter, inputs)
-        accepted, refused = run_plan(inter, plan, None)
-        return self.settle(plan, accepted, refused, inter.notes)
 
     def settle(self, plan, accepted, refused, inter_notes) -> str:
         """On the GUI thread, once the session has the clicks: a refused new click's point leaves the layer, an

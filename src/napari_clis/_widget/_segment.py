@@ -203,10 +203,10 @@ class Segmenter:
         return check_intensity_range((low, high))
 
     def raw_corrections(self, layer, planes) -> dict:
-        """``{slice index: (clicks, painted)}`` for each of ``planes`` that has any, copied for a worker: the
-        clicks of ``layer`` (in 'clicks', or kept for it in 'clicks [name]') inside the image, as ``(points (N, 2),
-        classes, actions)``, and the slice's painted map; ``None`` for what a slice lacks. Classes and actions are
-        checked in the worker, once the model is known."""
+        """``{slice index: (clicks, (painted, epochs))}`` for each of ``planes`` that has any, copied for a worker:
+        the clicks of ``layer`` (in 'clicks', or kept for it in 'clicks [name]') inside the image, as ``(points (N,
+        2), classes, actions)``, and the slice's painted map with its epochs; ``None`` for what a slice lacks.
+        Classes and actions are checked in the worker, once the model is known."""
         d = self.dock
         ndim = len(spatial_shape(layer))
         clicks = d.layers.find(CLICKS)
@@ -224,12 +224,13 @@ class Segmenter:
             for idx in planes:
                 on = inside & (lead == np.asarray(idx, int)).all(1)
                 if on.any():
-                    out[tuple(idx)] = ((data[on, -2:], classes[on], actions[on]), None)
-        source = source_id(layer)
+                    out[tuple(idx)] = ((data[on, -2:], classes[on], actions[on]), (None, None))
+        source, ledger = source_id(layer), d.state.ledger
         for idx in planes:
-            painted = d.state.ledger.painted.get((source, tuple(idx)))
+            painted = ledger.painted.get((source, tuple(idx)))
             if painted is not None and (painted >= 0).any():
-                out[tuple(idx)] = (out.get(tuple(idx), (None, None))[0], painted.copy())
+                epochs = ledger.epochs_map((source, tuple(idx)), painted.shape).copy()
+                out[tuple(idx)] = (out.get(tuple(idx), (None, None))[0], (painted.copy(), epochs))
         return out
 
     def start(self, layer, planes, plan: Plan, task: int | None = None, colours_only: bool = False,
@@ -270,21 +271,22 @@ class Segmenter:
                 runner.step = (0, 0)
                 result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles,
                                          intensity_range=intensity_range, object_diameter=object_diameter)
-                clicks, painted = raw.get(tuple(idx), (None, None))
-                inter, corrected = session.interaction, False
-                if clicks is not None:  # as the slice's own clicks apply: one that cannot apply leaves the others
-                    objects = inter.mode == "object"  # region clicks: add / remove only
-                    keep = (clicks[1] >= 0) & (clicks[1] < session.n_classes) & (objects | (clicks[2] == AUTO))
-                    if keep.any():
-                        corrected = True
-                        apply_clicks(inter, clicks[0][keep], clicks[1][keep].tolist(),
-                                     clicks[2][keep].tolist() if objects else None)
-                if painted is not None and painted.shape == result.labels.shape and \
-                        int(painted.max()) < session.n_classes:
-                    corrected = True
-                    inter.set_painted(painted)
-                if corrected:  # a slice of a stack with its own clicks and edits (object clicks edit the objects,
-                    # so they are made first): the propagated segmentation and its objects at once
+                clicks, (painted, epochs) = raw.get(tuple(idx), (None, (None, None)))
+                inter = session.interaction
+                objects = inter.mode == "object"  # region clicks: add / remove only
+                pts, labs, acts = (np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, object)) if clicks is None \
+                    else clicks
+                keep = (labs >= 0) & (labs < session.n_classes) & (objects | (acts == AUTO))
+                if painted is not None and (painted.shape != result.labels.shape or
+                                            int(painted.max()) >= session.n_classes):
+                    painted = None
+                corrected = bool(keep.any()) or painted is not None
+                if corrected:  # as the slice's own clicks apply (one that cannot apply leaves the others), with its
+                    # strokes between them in the order they were made; a slice of a stack with its own clicks and
+                    # edits (object clicks edit the objects, so they are made first): the propagated segmentation
+                    # and its objects at once
+                    apply_clicks(inter, pts[keep], labs[keep].tolist(), acts[keep].tolist() if objects else None,
+                                 painted, epochs)
                     yield ("plane", i, idx, dataclasses.replace(result, labels=session.labels.copy(),
                                                                 instances=session.instances.copy()), True)
                     continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._click_actions import AUTO, apply_clicks, same_painted
+from ._click_actions import AUTO, apply_clicks
 from ._common import notify_error
 
 
@@ -77,11 +77,8 @@ def plan_clicks(inter, inputs):
     return pts, labs, acts, rows, said
 
 
-def run_plan(inter, plan, painted):
-    """The session's part of a propagation (in the worker): the clicks, then the painted map; returns the clicks
-    applied and those refused (:func:`~._click_actions.apply_clicks`)."""
+def run_plan(inter, plan, painted, epochs=None):
+    """The session's part of a propagation (in the worker): the painted map (each pixel after ``epochs`` of the
+    clicks) and the clicks; returns the clicks applied and those refused (:func:`~._click_actions.apply_clicks`)."""
     pts, labs, acts, _, _ = plan
-    out = apply_clicks(inter, pts, labs, acts if inter.mode == "object" else None)
-    if painted is not None and not same_painted(inter.painted, painted):
-        inter.set_painted(painted)
-    return out
+    return apply_clicks(inter, pts, labs, acts if inter.mode == "object" else None, painted, epochs)
