@@ -183,8 +183,62 @@ def _prepare(samples: list[Sample], working_long_side: int | None, settings: Pre
 
 
 # probability of each robust augmentation (:func:`robust_augment`, :func:`robust_view`), applied independently
-AUGMENT_PROBABILITIES = {"outliers": 0.25, "stain": 0.5, "gamma": 0.3, "blur": 0.25, "dim": 0.15, "noise": 0.3,
-                         "scale": 0.5}
+AUGMENT_PROBABILITIES = {"outliers": 0.2, "stain": 0.5, "pale": 0.3, "he": 0.35, "gamma": 0.2, "blur": 0.2,
+                         "dim": 0.1, "noise": 0.2, "scale": 0.4}
+
+
+def _smooth_noise(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise smoothed at ``sigma`` px, standardised (mean 0, sd 1)."""
+    from scipy import ndimage
+
+    n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    n -= n.mean()
+    return n / (float(n.std()) or 1.0)
+
+
+def he_from_fluorescence(grey: np.ndarray, instances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An H&E-like colour image (float32 RGB, 0-255) drawn from a fluorescence image and its objects: each
+    nucleus takes haematoxylin in proportion to its fluorescence (pale, vesicular nuclei to dark ones, with
+    chromatin texture), the rest eosin-stained stroma with fibres, white spaces and red blood cells, through
+    randomly perturbed stain vectors. Domain randomisation: it teaches the network that a nucleus in tissue is
+    the haematoxylin-blue object, however pale, from the many annotated fluorescence images."""
+    from scipy import ndimage
+    from skimage.color import rgb_from_hed
+
+    a = np.asarray(grey, np.float32)
+    shape = a.shape
+    lo, hi = np.percentile(a, [1, 99.8])
+    f = np.clip((a - lo) / max(float(hi - lo), 1e-6), 0, 1)
+    nuc = instances > 0
+    amount = np.zeros(int(instances.max()) + 1, np.float32)
+    amount[1:] = rng.uniform(0.5, 1.6) * rng.uniform(0.35, 1.15, len(amount) - 1)
+    chromatin = 1.0 + rng.uniform(0.1, 0.4) * _smooth_noise(shape, rng.uniform(0.7, 1.5), rng)
+    floor = rng.uniform(0.4, 0.8)  # membrane and nucleoplasm, below the fluorescence's texture
+    h = amount[instances] * np.where(nuc, floor + (1 - floor) * f, 0.0) * chromatin
+    h = ndimage.gaussian_filter(h, rng.uniform(0.4, 1.0))
+    h += rng.uniform(0.0, 0.25) * np.clip(0.5 + 0.5 * _smooth_noise(shape, rng.uniform(3, 12), rng), 0, 1.5)
+    texture = _smooth_noise(shape, rng.uniform(2, 10), rng) + 0.5 * _smooth_noise(shape, rng.uniform(0.7, 2), rng)
+    e = rng.uniform(0.15, 0.9) * np.clip(1 + 0.35 * texture, 0.1, 2.0)
+    near = ndimage.binary_dilation(nuc, iterations=2)
+    white = _smooth_noise(shape, rng.uniform(8, 25), rng) < rng.uniform(-2.5, -0.3)
+    e = np.where(white & ~near, e * 0.1, e)
+    e = np.where(nuc, e * rng.uniform(0.2, 0.7), e)
+    ridge = (np.abs(_smooth_noise(shape, rng.uniform(3, 8), rng)) < rng.uniform(0.02, 0.12)) & ~near
+    e = e + ridge * rng.uniform(0.0, 0.6)
+    h = h + ridge * rng.uniform(0.0, 0.3)
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    for _ in range(int(rng.integers(0, 6))):  # red blood cells: eosin-dark discs without haematoxylin
+        r = rng.uniform(2, 5)
+        disc = (yy - rng.integers(0, shape[0])) ** 2 + (xx - rng.integers(0, shape[1])) ** 2 < r * r
+        e = np.where(disc & ~nuc, rng.uniform(1.0, 2.0), e)
+        h = np.where(disc & ~nuc, 0.05, h)
+    stains = rgb_from_hed[:2].astype(np.float32).copy()
+    stains[0] += rng.normal(0, 0.06, 3).astype(np.float32)
+    stains[1] += np.array([0.0, 0.0, rng.uniform(0.0, 0.6)], np.float32) + rng.normal(0, 0.05, 3).astype(np.float32)
+    stains = np.abs(stains)
+    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
+    od = np.stack([h, e], -1).astype(np.float32) @ stains
+    return np.clip(255.0 * np.exp(-od), 0, 255).astype(np.float32)
 
 
 def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.random.Generator,
@@ -194,7 +248,10 @@ def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.rand
     ``probabilities`` (default :data:`AUGMENT_PROBABILITIES`):
 
     * ``stain`` (colour images): per-channel scale 0.85-1.15 and shift +-0.05 of the optical density in HED space
-      (haematoxylin, eosin, DAB; skimage's stain matrix), exactly invertible;
+      (haematoxylin, eosin, DAB; skimage's stain matrix), exactly invertible; ``pale`` (with it, given
+      ``instances``): the haematoxylin of up to half the objects x 0.35-1 (pale, vesicular nuclei);
+    * ``he`` (fluorescence images with ``instances``): the image becomes H&E-like (:func:`he_from_fluorescence`),
+      and the output is ``(H, W, 3)``;
     * ``outliers`` (images with a dark background, i.e. fluorescence): 1 to 3 objects of ``instances`` made
       2-20x brighter (mitoses, debris), which moves the normalisation's upper percentile;
     * ``gamma`` 0.5-2 on the intensity range; ``blur``: Gaussian, sigma 0-1.5 px;
@@ -211,11 +268,23 @@ def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.rand
     colour = a.ndim == 3
     if colour and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
         a, colour = np.ascontiguousarray(a[..., 0]), False  # grey stored as RGB: work on one channel
-    if colour and rng.random() < p.get("stain", 0):
+    dark_background = (not colour and instances is not None and a.size
+                       and np.median(a) < float(a.min()) + 0.5 * (float(a.max()) - float(a.min())))
+    if dark_background and np.any(instances) and rng.random() < p.get("he", 0):
+        a, colour, shape = he_from_fluorescence(a, instances, rng), True, a.shape + (3,)
+    elif colour and rng.random() < p.get("stain", 0):
         top = max(float(a.max()), 1.0)
         od = -np.log(np.maximum(a, top / 256.0) / (top * 256.0 / 255.0))
         hed = od @ hed_from_rgb
         hed = hed * rng.uniform(0.85, 1.15, 3).astype(np.float32) + rng.uniform(-0.05, 0.05, 3).astype(np.float32)
+        if instances is not None and rng.random() < p.get("pale", 0):
+            ids = np.unique(instances)
+            ids = ids[ids > 0]
+            if len(ids):
+                factor = np.ones(int(instances.max()) + 1, np.float32)
+                some = rng.choice(ids, size=int(rng.integers(1, len(ids) // 2 + 2)), replace=False)
+                factor[some] = rng.uniform(0.35, 1.0, len(some))
+                hed[..., 0] *= factor[instances]
         a = (np.exp(-(hed @ rgb_from_hed)) * (top * 256.0 / 255.0)).astype(np.float32)
     grey = a if not colour else a.mean(-1)
     if instances is not None and rng.random() < p.get("outliers", 0):
