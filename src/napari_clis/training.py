@@ -42,7 +42,7 @@ from .uncertainty import decide, predict, resize_long_side
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
            "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged", "distance_target", "distance_loss",
            "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA", "train", "train_arrays",
-           "TrainingCancelled", "TRAIN_STEPS"]
+           "TrainingCancelled", "TRAIN_STEPS", "he_from_fluorescence", "record_familiarity"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -529,9 +529,11 @@ def pretrain(
     _check_settings(settings)
     train = load_dataset(settings.model, "pretrain", data_root)
     kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
+    extra_counts = []
     for name, extra in _extra_data(settings, data_root):
         log(f"adding {len(extra)} pretraining images of {name}")
         train = train + extra
+        extra_counts.append((name, len(extra)))
         if kinds is not None:
             kinds += [image_kind(s.image, name) for s in extra]
     monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
@@ -547,8 +549,31 @@ def pretrain(
                            bottleneck_dilation=settings.bottleneck_dilation, instance_head=settings.instance_head)
     describe = {"name": settings.model, "class_names": CLASS_NAMES[settings.model],
                 "tasks": [{"name": "pretraining", "source": settings.model, "n_images": len(train)}]}
-    return _fit(settings, output, config, data, weights, monitor, describe, resume=resume, log=log,
+    path = _fit(settings, output, config, data, weights, monitor, describe, resume=resume, log=log,
                 progress=progress)
+    source = f"{settings.model} pretraining images ({len(train)}" + "".join(
+        f", {n} of them {name}" for name, n in extra_counts) + ")"
+    from .familiarity import DEFAULT_K
+
+    if len(train) > DEFAULT_K:  # the nearest-neighbour distance needs more images than neighbours
+        record_familiarity(path, train, source)
+        log(f"recorded the first-layer statistics of the {len(train)} training images (familiarity)")
+    else:
+        log(f"too few training images ({len(train)}) to record which images the model knows: segment() will not "
+            "say whether an image is unlike them")
+    return path
+
+
+def record_familiarity(path: Path | str, samples: list[Sample], source: str) -> None:
+    """Write into the model file ``path`` the summary of the images it was trained on
+    (:meth:`~napari_clis.session.ClisSession.record_familiarity`), so that ``segment()`` can say which images are
+    unlike them. Atomic: a failure leaves the file as it was."""
+    from .session import ClisSession
+
+    summary = ClisSession.from_checkpoint(path, device="cpu").record_familiarity((s.image for s in samples),
+                                                                                 source=source)
+    net, metadata, _ = load_model(path)
+    save_model(path, net, {**metadata, "familiarity": summary})
 
 
 def _check_settings(settings: PretrainSettings) -> None:
