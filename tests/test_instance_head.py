@@ -12,6 +12,7 @@ from napari_clis.data import Sample, bbbc039_split, default_data_root, load_bbbc
 from napari_clis.network import ClisNet, NetworkConfig
 from napari_clis.preprocessing import normalize_image
 from napari_clis.training import (
+    AUGMENT_PROBABILITIES,
     PretrainSettings,
     _batch,
     _prepare,
@@ -240,3 +241,23 @@ def test_pale_nuclei_lose_haematoxylin_inside_some_objects_only():
         assert len(ids) <= n // 2 + 1  # at most about half the nuclei
         paler.append(len(ids))
     assert sum(paler) >= 3  # and some, over the draws
+
+
+def test_augmentation_probabilities_are_settings_checked_before_any_data_is_read(tmp_path):
+    from napari_clis.cli import main
+    from napari_clis.training import _check_settings
+
+    with pytest.raises(ValueError, match="unknown augmentation 'glare'"):
+        _check_settings(PretrainSettings("nuclei", augment="robust", augment_probabilities={"glare": 0.5}))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        _check_settings(PretrainSettings("nuclei", augment="robust", augment_probabilities={"he": 1.5}))
+    with pytest.raises(SystemExit):
+        main(["pretrain", "nuclei", "--augment", "robust", "--augment-probability", "he=lots", "--data", str(tmp_path)])
+    s = _sample(NUCLEI_FLUO)
+    off = {k: 0.0 for k in AUGMENT_PROBABILITIES}
+    for he, coloured in ((1.0, True), (0.0, False)):
+        settings = PretrainSettings("nuclei", crop=64, batch=1, augment="robust",
+                                    augment_probabilities={**off, "he": he})
+        x, _, _ = _batch(_prepare([s], None, settings), settings, np.random.default_rng(0))
+        r = np.corrcoef(x[0, 0].ravel().numpy(), x[0, 1].ravel().numpy())[0, 1]
+        assert (r < 0.99) == coloured  # H&E-like colour, or grey (channels alike up to the per-channel gain)

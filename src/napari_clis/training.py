@@ -85,6 +85,8 @@ class PretrainSettings:
     monitor_images: int = 24
     #: "none" or "robust" (:func:`robust_view`: intensity outliers, gamma, stain, blur, noise, dim, scale)
     augment: str = "none"
+    #: with robust augmentation: probabilities that replace those of :data:`AUGMENT_PROBABILITIES` (name -> p)
+    augment_probabilities: dict | None = None
     #: train the distance head (:attr:`NetworkConfig.instance_head`) from instance masks
     instance_head: bool = False
     instance_weight: float = 1.0
@@ -397,7 +399,8 @@ def _batch(data, settings: PretrainSettings, rng: np.random.Generator, weights: 
     for _ in range(settings.batch):
         item = data[rng.choice(len(data), p=weights) if weights is not None else rng.integers(len(data))]
         if settings.augment == "robust":
-            x, y, d = robust_view(item[3], item[2], settings, rng)
+            x, y, d = robust_view(item[3], item[2], settings, rng,
+                                  {**AUGMENT_PROBABILITIES, **(settings.augment_probabilities or {})})
         else:
             x, y, d = item[0], item[1], item[2]
         if settings.instance_head:  # cropped and flipped with the image, as one more channel
@@ -580,6 +583,11 @@ def _check_settings(settings: PretrainSettings) -> None:
     """Settings that cannot train, refused before any data is read."""
     if settings.augment not in ("none", "robust"):
         raise ValueError(f"augment must be 'none' or 'robust', got {settings.augment!r}")
+    for name, p in (settings.augment_probabilities or {}).items():
+        if name not in AUGMENT_PROBABILITIES:
+            raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_PROBABILITIES)}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the probability of augmentation {name!r} must be between 0 and 1, got {p}")
     if (settings.augment == "robust" or settings.instance_head) and (
             settings.crop is None or settings.working_long_side is not None):
         raise ValueError("robust augmentation and the distance head are trained on crops at the image's own "
