@@ -15,14 +15,16 @@ from napari_clis.cli import main
 from .conftest import DATA
 
 
-def _isic_folder(tmp_path, splits=("train", "val", "test")):
-    """A tiny data folder: the two isic2017 test images of tests/data in each of ``splits``."""
+def _isic_folder(tmp_path, splits=("train", "val", "test"), copies: int = 1):
+    """A tiny data folder: the two isic2017 test images of tests/data in each of ``splits`` (``copies`` times each,
+    under other names)."""
     root = tmp_path / "data"
     for split in splits:
         for kind, ext in (("images", "jpg"), ("masks", "png")):
             (root / "isic2017" / split / kind).mkdir(parents=True)
-            for k in (1, 2):
-                shutil.copy(DATA / "isic2017" / kind / f"{k}.{ext}", root / "isic2017" / split / kind / f"{k}.{ext}")
+            for n in range(2 * copies):
+                shutil.copy(DATA / "isic2017" / kind / f"{n % 2 + 1}.{ext}",
+                            root / "isic2017" / split / kind / f"{n + 1}.{ext}")
     return root
 
 
@@ -34,6 +36,7 @@ def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_pa
                  "--log", str(log), "--threads", "1", "--bn-batches", "2"]) == 0
     s = ClisSession.from_checkpoint(out, device="cpu")
     assert s.metadata["training"]["step"] == 2 and s.working_long_side == 128
+    assert "familiarity" not in s.metadata and "too few training images (2)" in log.read_text()
     r = s.segment(np.zeros((50, 70, 3), np.uint8))
     assert r.labels.shape == (50, 70)
     # a longer run picks up the checkpoint instead of starting again
@@ -41,6 +44,18 @@ def test_pretrain_writes_a_loadable_model_and_resumes_from_its_checkpoint(tmp_pa
                  "--log", str(log), "--threads", "1", "--bn-batches", "2"]) == 0
     assert "resumed" in log.read_text()
     assert ClisSession.from_checkpoint(out).metadata["training"]["step"] == 3
+
+
+def test_pretrain_records_which_images_the_model_knows(tmp_path):
+    root = _isic_folder(tmp_path, copies=4)
+    out = tmp_path / "lesion.pt"
+    assert main(["pretrain", "skin-lesion", "--data", str(root), "--steps", "1", "--output", str(out), "--width", "4",
+                 "--threads", "1", "--bn-batches", "1"]) == 0
+    s = ClisSession.from_checkpoint(out, device="cpu")
+    recorded = s.metadata["familiarity"]  # the training images' first-layer statistics, for segment()'s signal
+    assert len(recorded["reference"]) == 8 == s.metadata["training"]["n_train_images"]
+    assert recorded["source"] == "skin-lesion pretraining images (8)"
+    assert s.segment(np.full((50, 70, 3), 255, np.uint8)).familiarity.unfamiliar is not None
 
 
 def test_a_pretrained_candidate_is_measured_by_the_quality_benchmark_as_the_shipped_models_are(tmp_path):

@@ -12,11 +12,13 @@ from napari_clis.data import Sample, bbbc039_split, default_data_root, load_bbbc
 from napari_clis.network import ClisNet, NetworkConfig
 from napari_clis.preprocessing import normalize_image
 from napari_clis.training import (
+    AUGMENT_PROBABILITIES,
     PretrainSettings,
     _batch,
     _prepare,
     distance_loss,
     distance_target,
+    he_from_fluorescence,
     robust_augment,
     robust_view,
 )
@@ -111,7 +113,7 @@ def test_augmentation_keeps_shape_and_gives_float32(stem):
     s = _sample(stem)
     rng = np.random.default_rng(0)
     for image in (s.image, s.image[..., 0], (s.image[..., 0].astype(np.uint16) * 257)):
-        out = robust_augment(image, s.instances, rng, EVERY)
+        out = robust_augment(image, s.instances, rng, {**EVERY, "pale": 1})
         assert out.shape == image.shape and out.dtype == np.float32 and np.isfinite(out).all()
         assert not np.array_equal(out, image.astype(np.float32))
         same = robust_augment(image, s.instances, rng, {})  # every probability 0: the image itself
@@ -193,3 +195,69 @@ def test_the_bbbc039_split_is_fixed_halves_and_loads_16_bit_images():
     assert s.instances.max() > 0 and ((s.instances > 0) == (s.mask > 0)).all()
     with pytest.raises(ValueError, match="subset"):
         load_bbbc039(subset="pool")
+
+
+def _haematoxylin(rgb):
+    from skimage.color import rgb2hed
+
+    return rgb2hed(np.clip(rgb, 0, 255).astype(np.uint8))[..., 0]
+
+
+def test_a_fluorescence_image_made_h_and_e_has_its_nuclei_in_haematoxylin():
+    s = _sample(NUCLEI_FLUO)
+    grey = s.image[..., 0]
+    for seed in range(4):
+        out = robust_augment(grey, s.instances, np.random.default_rng(seed), {"he": 1})
+        assert out.shape == grey.shape + (3,) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
+        h = _haematoxylin(out)
+        nuclei, rim = s.mask > 0, ndimage_ring(s.mask > 0)
+        assert np.median(h[nuclei]) > np.median(h[rim]) + 0.005  # blue-purple nuclei on pink, whatever the draw
+        assert (out[..., 1] < out[..., 0]).mean() > 0.5  # eosin: less green than red (pink), not grey
+    a, b = (he_from_fluorescence(grey, s.instances, np.random.default_rng(1)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)  # one draw per generator state
+    out = robust_augment(s.image, s.instances, np.random.default_rng(0), {"he": 1})  # grey stored as RGB too
+    assert out.shape == s.image.shape and not np.array_equal(out[..., 0], out[..., 1])
+    he = _sample(NUCLEI_HE)  # a colour image is not made H&E again
+    np.testing.assert_array_equal(robust_augment(he.image, he.instances, np.random.default_rng(0), {"he": 1}),
+                                  he.image.astype(np.float32))
+
+
+def ndimage_ring(mask, width=4):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=width) & ~ndimage.binary_dilation(mask, iterations=1)
+
+
+def test_pale_nuclei_lose_haematoxylin_inside_some_objects_only():
+    he = _sample(NUCLEI_HE)
+    outside, n = he.instances == 0, len(np.unique(he.instances)) - 1
+    paler = []
+    for seed in range(6):  # the same stain jitter with and without pale nuclei (the same draws come first)
+        hp = _haematoxylin(robust_augment(he.image, he.instances, np.random.default_rng(seed), {"stain": 1}))
+        hq = _haematoxylin(robust_augment(he.image, he.instances, np.random.default_rng(seed),
+                                          {"stain": 1, "pale": 1}))
+        np.testing.assert_allclose(hq[outside], hp[outside], atol=1e-4)  # the background as the jitter left it
+        ids = [i for i in range(1, n + 1) if hq[he.instances == i].mean() < hp[he.instances == i].mean() - 0.002]
+        assert len(ids) <= n // 2 + 1  # at most about half the nuclei
+        paler.append(len(ids))
+    assert sum(paler) >= 3  # and some, over the draws
+
+
+def test_augmentation_probabilities_are_settings_checked_before_any_data_is_read(tmp_path):
+    from napari_clis.cli import main
+    from napari_clis.training import _check_settings
+
+    with pytest.raises(ValueError, match="unknown augmentation 'glare'"):
+        _check_settings(PretrainSettings("nuclei", augment="robust", augment_probabilities={"glare": 0.5}))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        _check_settings(PretrainSettings("nuclei", augment="robust", augment_probabilities={"he": 1.5}))
+    with pytest.raises(SystemExit):
+        main(["pretrain", "nuclei", "--augment", "robust", "--augment-probability", "he=lots", "--data", str(tmp_path)])
+    s = _sample(NUCLEI_FLUO)
+    off = {k: 0.0 for k in AUGMENT_PROBABILITIES}
+    for he, coloured in ((1.0, True), (0.0, False)):
+        settings = PretrainSettings("nuclei", crop=64, batch=1, augment="robust",
+                                    augment_probabilities={**off, "he": he})
+        x, _, _ = _batch(_prepare([s], None, settings), settings, np.random.default_rng(0))
+        r = np.corrcoef(x[0, 0].ravel().numpy(), x[0, 1].ravel().numpy())[0, 1]
+        assert (r < 0.99) == coloured  # H&E-like colour, or grey (channels alike up to the per-channel gain)

@@ -55,6 +55,18 @@ def _object_diameter(value: str) -> float:
     return px
 
 
+def _name_and_probability(value: str) -> tuple[str, float]:
+    """argparse type of ``--augment-probability``: ``NAME=P`` with P a number from 0 to 1 (names checked later)."""
+    name, _, p = value.partition("=")
+    try:
+        prob = float(p)
+    except ValueError:
+        prob = float("nan")
+    if not name or not 0.0 <= prob <= 1.0:
+        raise argparse.ArgumentTypeError(f"takes NAME=P with P from 0 to 1 (say he=0.3), got {value!r}")
+    return name.strip(), prob
+
+
 def _pretrain(args) -> int:
     import torch
     from tqdm import tqdm
@@ -79,6 +91,8 @@ def _pretrain(args) -> int:
     if args.extra_data:
         preset["extra_data"] = tuple(args.extra_data)
     preset["augment"] = args.augment
+    if args.augment_probability:
+        preset["augment_probabilities"] = dict(args.augment_probability)
     preset["log_every"] = args.log_every
     if args.working_long_side is not None:  # 0: the image's own resolution
         preset["working_long_side"] = args.working_long_side or None
@@ -355,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--augment", choices=["none", "robust"], default="none",
                     help="robust: train on harder images (a few very bright objects, gamma, stain, blur, noise, dim "
                          "fields, scale 0.5-2), made before the intensity normalisation (default none)")
+    pt.add_argument("--augment-probability", action="append", type=_name_and_probability, metavar="NAME=P",
+                    help="with --augment robust: the probability of one augmentation (outliers, stain, pale, he, "
+                         "gamma, blur, dim, noise, scale); repeatable")
     pt.add_argument("--instance-head", action="store_true",
                     help="also train the distance head that splits touching nuclei (from the instance masks)")
     pt.add_argument("--extra-data", action="append", choices=["bbbc039"],

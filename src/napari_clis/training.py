@@ -42,7 +42,7 @@ from .uncertainty import decide, predict, resize_long_side
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
            "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged", "distance_target", "distance_loss",
            "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA", "train", "train_arrays",
-           "TrainingCancelled", "TRAIN_STEPS"]
+           "TrainingCancelled", "TRAIN_STEPS", "he_from_fluorescence", "record_familiarity"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,6 +85,8 @@ class PretrainSettings:
     monitor_images: int = 24
     #: "none" or "robust" (:func:`robust_view`: intensity outliers, gamma, stain, blur, noise, dim, scale)
     augment: str = "none"
+    #: with robust augmentation: probabilities that replace those of :data:`AUGMENT_PROBABILITIES` (name -> p)
+    augment_probabilities: dict | None = None
     #: train the distance head (:attr:`NetworkConfig.instance_head`) from instance masks
     instance_head: bool = False
     instance_weight: float = 1.0
@@ -183,8 +185,62 @@ def _prepare(samples: list[Sample], working_long_side: int | None, settings: Pre
 
 
 # probability of each robust augmentation (:func:`robust_augment`, :func:`robust_view`), applied independently
-AUGMENT_PROBABILITIES = {"outliers": 0.25, "stain": 0.5, "gamma": 0.3, "blur": 0.25, "dim": 0.15, "noise": 0.3,
-                         "scale": 0.5}
+AUGMENT_PROBABILITIES = {"outliers": 0.2, "stain": 0.5, "pale": 0.3, "he": 0.35, "gamma": 0.2, "blur": 0.2,
+                         "dim": 0.1, "noise": 0.2, "scale": 0.4}
+
+
+def _smooth_noise(shape, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise smoothed at ``sigma`` px, standardised (mean 0, sd 1)."""
+    from scipy import ndimage
+
+    n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    n -= n.mean()
+    return n / (float(n.std()) or 1.0)
+
+
+def he_from_fluorescence(grey: np.ndarray, instances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An H&E-like colour image (float32 RGB, 0-255) drawn from a fluorescence image and its objects: each
+    nucleus takes haematoxylin in proportion to its fluorescence (pale, vesicular nuclei to dark ones, with
+    chromatin texture), the rest eosin-stained stroma with fibres, white spaces and red blood cells, through
+    randomly perturbed stain vectors. Domain randomisation: it teaches the network that a nucleus in tissue is
+    the haematoxylin-blue object, however pale, from the many annotated fluorescence images."""
+    from scipy import ndimage
+    from skimage.color import rgb_from_hed
+
+    a = np.asarray(grey, np.float32)
+    shape = a.shape
+    lo, hi = np.percentile(a, [1, 99.8])
+    f = np.clip((a - lo) / max(float(hi - lo), 1e-6), 0, 1)
+    nuc = instances > 0
+    amount = np.zeros(int(instances.max()) + 1, np.float32)
+    amount[1:] = rng.uniform(0.5, 1.6) * rng.uniform(0.35, 1.15, len(amount) - 1)
+    chromatin = 1.0 + rng.uniform(0.1, 0.4) * _smooth_noise(shape, rng.uniform(0.7, 1.5), rng)
+    floor = rng.uniform(0.4, 0.8)  # membrane and nucleoplasm, below the fluorescence's texture
+    h = amount[instances] * np.where(nuc, floor + (1 - floor) * f, 0.0) * chromatin
+    h = ndimage.gaussian_filter(h, rng.uniform(0.4, 1.0))
+    h += rng.uniform(0.0, 0.25) * np.clip(0.5 + 0.5 * _smooth_noise(shape, rng.uniform(3, 12), rng), 0, 1.5)
+    texture = _smooth_noise(shape, rng.uniform(2, 10), rng) + 0.5 * _smooth_noise(shape, rng.uniform(0.7, 2), rng)
+    e = rng.uniform(0.15, 0.9) * np.clip(1 + 0.35 * texture, 0.1, 2.0)
+    near = ndimage.binary_dilation(nuc, iterations=2)
+    white = _smooth_noise(shape, rng.uniform(8, 25), rng) < rng.uniform(-2.5, -0.3)
+    e = np.where(white & ~near, e * 0.1, e)
+    e = np.where(nuc, e * rng.uniform(0.2, 0.7), e)
+    ridge = (np.abs(_smooth_noise(shape, rng.uniform(3, 8), rng)) < rng.uniform(0.02, 0.12)) & ~near
+    e = e + ridge * rng.uniform(0.0, 0.6)
+    h = h + ridge * rng.uniform(0.0, 0.3)
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    for _ in range(int(rng.integers(0, 6))):  # red blood cells: eosin-dark discs without haematoxylin
+        r = rng.uniform(2, 5)
+        disc = (yy - rng.integers(0, shape[0])) ** 2 + (xx - rng.integers(0, shape[1])) ** 2 < r * r
+        e = np.where(disc & ~nuc, rng.uniform(1.0, 2.0), e)
+        h = np.where(disc & ~nuc, 0.05, h)
+    stains = rgb_from_hed[:2].astype(np.float32).copy()
+    stains[0] += rng.normal(0, 0.06, 3).astype(np.float32)
+    stains[1] += np.array([0.0, 0.0, rng.uniform(0.0, 0.6)], np.float32) + rng.normal(0, 0.05, 3).astype(np.float32)
+    stains = np.abs(stains)
+    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
+    od = np.stack([h, e], -1).astype(np.float32) @ stains
+    return np.clip(255.0 * np.exp(-od), 0, 255).astype(np.float32)
 
 
 def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.random.Generator,
@@ -194,7 +250,10 @@ def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.rand
     ``probabilities`` (default :data:`AUGMENT_PROBABILITIES`):
 
     * ``stain`` (colour images): per-channel scale 0.85-1.15 and shift +-0.05 of the optical density in HED space
-      (haematoxylin, eosin, DAB; skimage's stain matrix), exactly invertible;
+      (haematoxylin, eosin, DAB; skimage's stain matrix), exactly invertible; ``pale`` (with it, given
+      ``instances``): the haematoxylin of up to half the objects x 0.35-1 (pale, vesicular nuclei);
+    * ``he`` (fluorescence images with ``instances``): the image becomes H&E-like (:func:`he_from_fluorescence`),
+      and the output is ``(H, W, 3)``;
     * ``outliers`` (images with a dark background, i.e. fluorescence): 1 to 3 objects of ``instances`` made
       2-20x brighter (mitoses, debris), which moves the normalisation's upper percentile;
     * ``gamma`` 0.5-2 on the intensity range; ``blur``: Gaussian, sigma 0-1.5 px;
@@ -211,11 +270,23 @@ def robust_augment(image: np.ndarray, instances: np.ndarray | None, rng: np.rand
     colour = a.ndim == 3
     if colour and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
         a, colour = np.ascontiguousarray(a[..., 0]), False  # grey stored as RGB: work on one channel
-    if colour and rng.random() < p.get("stain", 0):
+    dark_background = (not colour and instances is not None and a.size
+                       and np.median(a) < float(a.min()) + 0.5 * (float(a.max()) - float(a.min())))
+    if dark_background and np.any(instances) and rng.random() < p.get("he", 0):
+        a, colour, shape = he_from_fluorescence(a, instances, rng), True, a.shape + (3,)
+    elif colour and rng.random() < p.get("stain", 0):
         top = max(float(a.max()), 1.0)
         od = -np.log(np.maximum(a, top / 256.0) / (top * 256.0 / 255.0))
         hed = od @ hed_from_rgb
         hed = hed * rng.uniform(0.85, 1.15, 3).astype(np.float32) + rng.uniform(-0.05, 0.05, 3).astype(np.float32)
+        if instances is not None and rng.random() < p.get("pale", 0):
+            ids = np.unique(instances)
+            ids = ids[ids > 0]
+            if len(ids):
+                factor = np.ones(int(instances.max()) + 1, np.float32)
+                some = rng.choice(ids, size=int(rng.integers(1, len(ids) // 2 + 2)), replace=False)
+                factor[some] = rng.uniform(0.35, 1.0, len(some))
+                hed[..., 0] *= factor[instances]
         a = (np.exp(-(hed @ rgb_from_hed)) * (top * 256.0 / 255.0)).astype(np.float32)
     grey = a if not colour else a.mean(-1)
     if instances is not None and rng.random() < p.get("outliers", 0):
@@ -328,7 +399,8 @@ def _batch(data, settings: PretrainSettings, rng: np.random.Generator, weights: 
     for _ in range(settings.batch):
         item = data[rng.choice(len(data), p=weights) if weights is not None else rng.integers(len(data))]
         if settings.augment == "robust":
-            x, y, d = robust_view(item[3], item[2], settings, rng)
+            x, y, d = robust_view(item[3], item[2], settings, rng,
+                                  {**AUGMENT_PROBABILITIES, **(settings.augment_probabilities or {})})
         else:
             x, y, d = item[0], item[1], item[2]
         if settings.instance_head:  # cropped and flipped with the image, as one more channel
@@ -460,9 +532,11 @@ def pretrain(
     _check_settings(settings)
     train = load_dataset(settings.model, "pretrain", data_root)
     kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
+    extra_counts = []
     for name, extra in _extra_data(settings, data_root):
         log(f"adding {len(extra)} pretraining images of {name}")
         train = train + extra
+        extra_counts.append((name, len(extra)))
         if kinds is not None:
             kinds += [image_kind(s.image, name) for s in extra]
     monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
@@ -478,14 +552,42 @@ def pretrain(
                            bottleneck_dilation=settings.bottleneck_dilation, instance_head=settings.instance_head)
     describe = {"name": settings.model, "class_names": CLASS_NAMES[settings.model],
                 "tasks": [{"name": "pretraining", "source": settings.model, "n_images": len(train)}]}
-    return _fit(settings, output, config, data, weights, monitor, describe, resume=resume, log=log,
+    path = _fit(settings, output, config, data, weights, monitor, describe, resume=resume, log=log,
                 progress=progress)
+    source = f"{settings.model} pretraining images ({len(train)}" + "".join(
+        f", {n} of them {name}" for name, n in extra_counts) + ")"
+    from .familiarity import DEFAULT_K
+
+    if len(train) > DEFAULT_K:  # the nearest-neighbour distance needs more images than neighbours
+        record_familiarity(path, train, source)
+        log(f"recorded the first-layer statistics of the {len(train)} training images (familiarity)")
+    else:
+        log(f"too few training images ({len(train)}) to record which images the model knows: segment() will not "
+            "say whether an image is unlike them")
+    return path
+
+
+def record_familiarity(path: Path | str, samples: list[Sample], source: str) -> None:
+    """Write into the model file ``path`` the summary of the images it was trained on
+    (:meth:`~napari_clis.session.ClisSession.record_familiarity`), so that ``segment()`` can say which images are
+    unlike them. Atomic: a failure leaves the file as it was."""
+    from .session import ClisSession
+
+    summary = ClisSession.from_checkpoint(path, device="cpu").record_familiarity((s.image for s in samples),
+                                                                                 source=source)
+    net, metadata, _ = load_model(path)
+    save_model(path, net, {**metadata, "familiarity": summary})
 
 
 def _check_settings(settings: PretrainSettings) -> None:
     """Settings that cannot train, refused before any data is read."""
     if settings.augment not in ("none", "robust"):
         raise ValueError(f"augment must be 'none' or 'robust', got {settings.augment!r}")
+    for name, p in (settings.augment_probabilities or {}).items():
+        if name not in AUGMENT_PROBABILITIES:
+            raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_PROBABILITIES)}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the probability of augmentation {name!r} must be between 0 and 1, got {p}")
     if (settings.augment == "robust" or settings.instance_head) and (
             settings.crop is None or settings.working_long_side is not None):
         raise ValueError("robust augmentation and the distance head are trained on crops at the image's own "
