@@ -453,7 +453,7 @@ def test_the_nuclei_model_knows_the_size_of_its_training_nuclei(nuclei_session, 
     assert ClisSession(nuclei_session.net, metadata, device="cpu").object_diameter == 12.5
 
 
-@pytest.mark.parametrize("k, slack", [(2, 0.06), (4, 0.03)])
+@pytest.mark.parametrize("k, slack", [(2, 0.06), (4, 0.04)])
 def test_the_object_diameter_brings_small_nuclei_back_to_the_full_size_result(nuclei_session, nuclei_he, k, slack):
     image, truth = nuclei_he
     full = dice(nuclei_session.segment(image).labels > 0, truth)
@@ -464,11 +464,11 @@ def test_the_object_diameter_brings_small_nuclei_back_to_the_full_size_result(nu
     assert r.instances.shape == small.shape[:2] and nuclei_session.labels.shape == small.shape[:2]
     scaled_dice = dice(_at_full_size(r.labels, truth.shape), truth)
     plain_dice = dice(_at_full_size(plain, truth.shape), truth)
-    assert scaled_dice >= full - slack  # measured 0.851 (k=2), 0.834 (k=4) against 0.859 at full size
-    if k == 4:  # objects of 5 px: the model, as it is, loses them; rescaled it finds them (measured 0.689 -> 0.834)
-        assert scaled_dice >= plain_dice + 0.1
+    assert scaled_dice >= full - slack  # measured 0.828 (k=2), 0.811 (k=4) against 0.838 at full size
+    if k == 4:  # objects of 5 px: the model, as it is, loses many; rescaled it finds them (measured 0.743 -> 0.811;
+        assert scaled_dice >= plain_dice + 0.05  # 0.689 -> 0.834 with the model before, not trained on scale 0.5-2)
     wrong = nuclei_session.segment(small, object_diameter=nuclei_session.object_diameter * k)  # shrunk, not enlarged
-    assert dice(_at_full_size(wrong.labels, truth.shape), truth) < scaled_dice - 0.1
+    assert dice(_at_full_size(wrong.labels, truth.shape), truth) < scaled_dice - 0.05  # measured 0.742, 0.232
 
 
 def test_clicks_and_learning_work_in_image_pixels_at_the_segmented_scale(nuclei_fluo):

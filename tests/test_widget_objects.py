@@ -102,9 +102,8 @@ def test_a_background_click_removes_a_false_object_whole(make_napari_viewer, qtb
     image, truth = nuclei_fluo
     viewer, widget = _open(make_napari_viewer, qtbot, image)
     seg, inst = viewer.layers["segmentation"], viewer.layers["instances"]
-    false = [i for i in range(1, _count(widget) + 1) if not truth[inst.data == i].any()]
-    assert false, "the test image's segmentation has a false object"
-    obj = inst.data == false[0]
+    obj = inst.data == _least_true(inst.data, truth)  # the object least like a nucleus of the truth (the model
+    # of 2026-12-07 makes no false one on this image: the user takes this one for one)
     n, before = _count(widget), seg.data.copy()
     _add_click(widget, *_innermost(obj), label=0)
     assert _count(widget) == n - 1
@@ -115,6 +114,12 @@ def test_a_background_click_removes_a_false_object_whole(make_napari_viewer, qtb
     _add_click(widget, 2, 2, label=0)
     assert "changed nothing: background already" in widget.click_status
     assert len(viewer.layers["clicks"].data) == 2
+
+
+def _least_true(instances, truth) -> int:
+    """The object with the smallest share of its pixels in the truth's nuclei (a false object, where there is one)."""
+    ids = [int(i) for i in np.unique(instances) if i]
+    return min(ids, key=lambda i: (truth[instances == i].mean(), i))
 
 
 def _touching_pair(instances, truth):
@@ -283,8 +288,7 @@ def test_measurements_follow_an_object_click(make_napari_viewer, qtbot, nuclei_f
     n = _count(widget)
     qtbot.waitUntil(lambda: table.model.rowCount() == n and not table.busy, timeout=30_000)
     inst = viewer.layers["instances"]
-    false = [i for i in range(1, n + 1) if not truth[inst.data == i].any()]
-    _add_click(widget, *_innermost(inst.data == false[0]), label=0)
+    _add_click(widget, *_innermost(inst.data == _least_true(inst.data, truth)), label=0)
     qtbot.waitUntil(lambda: table.model.rowCount() == n - 1 and not table.busy, timeout=30_000)
     assert table.count.text().startswith(f"{n - 1} objects in 'nuclei'")
     assert "mean_uncertainty" in table.measurements  # the image and its map found by their source id
