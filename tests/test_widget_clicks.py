@@ -43,7 +43,8 @@ def test_segmenting_creates_the_clicks_and_suggestions_layers(segmented, qtbot):
     qtbot.waitUntil(lambda: viewer.layers.index(clicks) > viewer.layers.index(sugg))  # clicks over the rings
     assert type(clicks).__name__ == "Points" and clicks.mode == "add"
     assert viewer.layers.selection.active is clicks
-    assert len(sugg.data) == 16
+    n_objects = int(viewer.layers["instances"].data.max())  # a quarter of the objects are ringed, 3 to 16
+    assert len(sugg.data) == min(16, max(3, -(-n_objects // 4)))
     np.testing.assert_allclose(clicks.scale, (0.5, 0.5))
     assert widget.click_class == 1
 
@@ -51,7 +52,6 @@ def test_segmenting_creates_the_clicks_and_suggestions_layers(segmented, qtbot):
 def test_a_click_on_the_points_layer_updates_the_segmentation_layer(segmented, messages):
     viewer, widget, truth = segmented
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
-    before_sugg = viewer.layers["suggestions"].data.copy()
     y, x = _wrong_pixel(seg.data, truth, 1)
     by, bx = _wrong_pixel(seg.data, truth, 0)
     regions = widget.session.interaction.graph.regions
@@ -65,7 +65,9 @@ def test_a_click_on_the_points_layer_updates_the_segmentation_layer(segmented, m
     widget.wait()
     assert seg.data[by, bx] == 0 and seg.data[y, x] == 1
     assert clicks.features["class"].tolist() == [1, 0]
-    assert not np.array_equal(viewer.layers["suggestions"].data, before_sugg) or len(before_sugg) == 16
+    inst = viewer.layers["instances"].data  # the objects clicked are not suggested any more
+    clicked = {int(inst[y, x]), int(inst[by, bx])} - {0}
+    assert not clicked & {int(inst[round(p), round(q)]) for p, q in viewer.layers["suggestions"].data}
     # deleting the first click gives its region back to the network
     clicks.selected_data = {0}
     clicks.remove_selected()
@@ -144,8 +146,8 @@ def test_clicks_on_another_slice_outside_or_of_an_unknown_class_are_reported_and
     widget.run(layer)
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
-    rings = viewer.layers["suggestions"].data  # on the slice segmented (fewer than 16: much of it is sure)
-    assert clicks.ndim == 3 and len(rings) >= 8 and (rings[:, 0] == 0).all()
+    rings = viewer.layers["suggestions"].data  # on the slice segmented
+    assert clicks.ndim == 3 and len(rings) >= 3 and (rings[:, 0] == 0).all()
     before = seg.data.copy()
     clicks.add([1, 10, 10])  # the other slice
     widget.wait()  # the warning comes from the worker's propagation
@@ -832,7 +834,7 @@ def test_zero_mc_samples_hides_the_empty_map_and_suggests_nothing(segmented, qtb
     widget.samples = 8
     widget.run(viewer.layers["he"])
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
-    assert len(viewer.layers["suggestions"].data) == 16
+    assert len(viewer.layers["suggestions"].data) >= 3
     assert not viewer.layers["uncertainty"].visible  # hidden by default: 'Show uncertainty' shows it
     widget.show_uncertainty = True
     assert viewer.layers["uncertainty"].visible

@@ -818,15 +818,18 @@ class Interaction:
                     break
         return np.array(chosen, np.int64).reshape(-1, 2)
 
-    def suggest_objects(self, n: int = 16) -> list[tuple[int, int, float, int]]:
+    def suggest_objects(self, n: int | None = 16) -> list[tuple[int, int, float, int]]:
         """Object mode: the whole objects to review, most uncertain first, as ``(y, x, doubt, id)``: ``(y, x)`` the
         object's innermost pixel, ``doubt`` its uncertainty summed over its pixels, ``id`` its id in
         :attr:`instances` (0: a place the network half sees an object but found none, a possible missed one).
         Objects already clicked and those the model is sure of are left out
-        (:func:`~napari_clis.objects.rank_objects`)."""
+        (:func:`~napari_clis.objects.rank_objects`). At most ``n``; None: a quarter of the objects, at least 3 and
+        at most 16 (a few places to look first on a sparse field, not a ring around every nucleus)."""
         if self._mode != "object":
             raise InteractionError("objects are suggested in object mode; region mode suggests regions (suggest())")
         labels, inst = self.labels, self.instances
+        if n is None:
+            n = min(16, max(3, -(-int(inst.max(initial=0)) // 4)))
         clicked = {int(inst[y, x]) for y, x, _ in self.clicks}
         sure = SURE * (1.0 - 1.0 / self.graph.n_classes)
         return rank_objects(inst, labels, self.objects.uncertainty, self.objects.fg, sure=sure, exclude=clicked, n=n)

@@ -53,7 +53,7 @@ def suggestions(session):
         return inter.suggest(16).astype(float), max(6.0, 1.2 * session.superpixel_size)
     from scipy import ndimage
 
-    found = inter.suggest_objects(16)
+    found = inter.suggest_objects(None)  # a quarter of the objects, 3 to 16
     yx = np.array([(y, x) for y, x, _, _ in found], float).reshape(-1, 2)
     boxes, diameter = ndimage.find_objects(inter.instances), inter.objects.diameter
     sizes = []
