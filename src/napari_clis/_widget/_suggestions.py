@@ -61,6 +61,7 @@ def suggestions(session):
         box = boxes[ident - 1] if 0 < ident <= len(boxes) else None
         reach = diameter / 2 if box is None else max(y - box[0].start, box[0].stop - y, x - box[1].start,
                                                     box[1].stop - x)
+        reach = min(reach, diameter)  # a long or large object: a ring of two typical objects, not a target over it
         sizes.append(4.0 * (reach + 2.0))  # napari's ring is clear inside half its radius: the object shows through
     return yx, np.array(sizes, float)
 
