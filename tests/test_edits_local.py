@@ -264,8 +264,9 @@ def test_strokes_painted_after_every_click_give_todays_overlay(nuclei_session, n
     for _ in range(6):
         try:
             s.click(*_click(rng, s))
-        except InteractionError:
-            pass
+        except InteractionError:  # a random split or merge that cannot apply: refused, the others stand
+            continue
+    assert s.clicks  # some clicks applied: the strokes go over their result
     clicked, clicked_inst = s.labels.copy(), s.instances.copy()
     painted = np.full(clicked.shape, -1, np.int16)
     for _ in range(8):

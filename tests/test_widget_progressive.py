@@ -13,7 +13,7 @@ import napari_clis.session as session_module
 from napari_clis import annotate
 
 from . import test_widget_bad_input
-from .test_widget_objects import missed_nucleus  # noqa: F401 - a fixture
+from .test_widget_objects import _innermost, missed_nucleus  # noqa: F401 - a fixture
 
 messages = test_widget_bad_input.messages  # the fixture: the errors, warnings and notices shown to the user
 
@@ -40,13 +40,19 @@ def _in_object_phase(widget, qtbot, called):
     qtbot.waitUntil(lambda: widget.finding_objects, timeout=60_000)
 
 
+def _segmented_until_objects(make_napari_viewer, qtbot, image, called):
+    """The image opened and segmented through the public surface, held where its objects are being found."""
+    viewer, widget = annotate(image, viewer=make_napari_viewer())
+    widget.run()
+    _in_object_phase(widget, qtbot, called)
+    return viewer, widget
+
+
 def test_the_segmentation_is_written_before_its_objects_and_a_click_meanwhile_waits_for_them(
         make_napari_viewer, qtbot, missed_nucleus, held_objects, messages):  # noqa: F811 - the fixture
     called, go_on = held_objects
     image, (cy, cx), _ = missed_nucleus
-    viewer, widget = annotate(image, viewer=make_napari_viewer())
-    widget.run()
-    _in_object_phase(widget, qtbot, called)
+    viewer, widget = _segmented_until_objects(make_napari_viewer, qtbot, image, called)
     seg, inst = viewer.layers["segmentation"], viewer.layers["instances"]
     np.testing.assert_array_equal(seg.data, widget.session.result.labels)  # the segmentation, written now
     assert seg.data.any() and not inst.data.any()  # and no objects yet
@@ -76,16 +82,11 @@ def test_the_segmentation_is_written_before_its_objects_and_a_click_meanwhile_wa
 
 def test_a_click_refused_once_the_objects_are_found_is_taken_off_not_marked(
         make_napari_viewer, qtbot, missed_nucleus, held_objects, messages):  # noqa: F811 - the fixture
-    from scipy import ndimage
-
     called, go_on = held_objects
     image, (cy, cx), _ = missed_nucleus
-    viewer, widget = annotate(image, viewer=make_napari_viewer())
-    widget.run()
-    _in_object_phase(widget, qtbot, called)
+    viewer, widget = _segmented_until_objects(make_napari_viewer, qtbot, image, called)
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
-    background = ndimage.distance_transform_edt(np.pad(seg.data == 0, 1))[1:-1, 1:-1]
-    by, bx = np.unravel_index(int(np.argmax(background)), background.shape)  # the middle of the widest background
+    by, bx = _innermost(seg.data == 0)  # the middle of the widest background
     widget.set_click_class(1)
     clicks.add([cy, cx])  # the missed nucleus: applies once the objects are there
     widget.set_click_action("split")
