@@ -261,3 +261,32 @@ def test_augmentation_probabilities_are_settings_checked_before_any_data_is_read
         x, _, _ = _batch(_prepare([s], None, settings), settings, np.random.default_rng(0))
         r = np.corrcoef(x[0, 0].ravel().numpy(), x[0, 1].ravel().numpy())[0, 1]
         assert (r < 0.99) == coloured  # H&E-like colour, or grey (channels alike up to the per-channel gain)
+
+
+def test_training_the_head_alone_keeps_every_other_weight_and_statistic(tmp_path):
+    from napari_clis.training import _fit
+
+    init = shipped_model_path("nuclei")
+    shipped, _, _ = load_model(init)
+    settings = PretrainSettings("nuclei", steps=3, batch=2, crop=64, lr=1e-2, instance_head=True, head_only=True,
+                                init=str(init), eval_every=1000, precise_bn_batches=2)
+    config = NetworkConfig(**{**shipped.config.to_dict(), "instance_head": True})
+    data = _prepare([_sample(NUCLEI_FLUO)], None, settings)
+    describe = {"name": "nuclei", "class_names": ["background", "nucleus"], "tasks": [{"name": "pretraining"}]}
+    net, _, _ = load_model(_fit(settings, tmp_path / "m.pt", config, data, None, [], describe, log=lambda m: None))
+    trained = net.state_dict()
+    for name, value in shipped.state_dict().items():  # weights, gates and BatchNorm statistics, bit for bit
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0, msg=name)
+    assert float(net.distance_head.out.bias) != -2.0  # the head alone moved
+    x = torch.from_numpy(normalize_image(_sample(NUCLEI_FLUO).image))[:, :64, :64].numpy()
+    np.testing.assert_array_equal(predict(net, x, n_samples=0).probabilities,
+                                  predict(shipped, x, n_samples=0).probabilities)
+
+
+def test_training_the_head_alone_needs_a_model_to_start_from(tmp_path):
+    from napari_clis.training import _check_settings
+
+    with pytest.raises(ValueError, match="head_only.*init"):
+        _check_settings(PretrainSettings("nuclei", instance_head=True, head_only=True))
+    with pytest.raises(ValueError, match="head_only"):
+        _check_settings(PretrainSettings("nuclei", head_only=True, init="nuclei.pt"))

@@ -86,8 +86,10 @@ def _pretrain(args) -> int:
         preset["area_weighted"] = True
     if args.dice_per_image:
         preset["dice_per_image"] = True
-    if args.instance_head:
+    if args.instance_head or args.head_only:
         preset["instance_head"] = True
+    if args.head_only:
+        preset["head_only"] = True
     if args.extra_data:
         preset["extra_data"] = tuple(args.extra_data)
     preset["augment"] = args.augment
@@ -374,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "gamma, blur, dim, noise, scale); repeatable")
     pt.add_argument("--instance-head", action="store_true",
                     help="also train the distance head that splits touching nuclei (from the instance masks)")
+    pt.add_argument("--head-only", action="store_true",
+                    help="with --init: train only the distance head (implies --instance-head); the rest of the "
+                         "model stays exactly as it was, so it segments as before")
     pt.add_argument("--extra-data", action="append", choices=["bbbc039"],
                     help="add the pretraining half of this dataset (nuclei; its other half stays held out)")
     pt.add_argument("--log-every", type=int, default=0, metavar="N",

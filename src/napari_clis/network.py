@@ -2,9 +2,10 @@
 
 Shapes: the network takes ``(N, 3, H, W)`` float32 with ``H`` and ``W`` multiples of 8 and returns the
 class logits ``(N, K, H, W)`` and the aleatoric log-variance of those logits ``(N, K, H, W)``. A network built with
-``NetworkConfig(instance_head=True)`` also has a distance head: one more 1x1 output on the same last features,
-whose sigmoid is the normalised distance to the object's border (1 at each object's centre, 0 on its border and
-on the background), for splitting touching objects (``forward(..., with_distance=True)``).
+``NetworkConfig(instance_head=True)`` also has a distance head (:class:`DistanceHead`: three small dilated
+convolutions on the same last features), whose sigmoid is the normalised distance to the object's border (1 at each
+object's centre, 0 on its border and on the background), for splitting touching objects
+(``forward(..., with_distance=True)``).
 
 Every convolution is a :class:`MaskedConv` whose output channels are multiplied by the current task's
 binary kernel gates (:mod:`napari_clis.masks`). Normalisation is BatchNorm; its statistics are frozen
@@ -30,7 +31,7 @@ from torch import nn
 
 from .masks import KernelGates
 
-__all__ = ["NetworkConfig", "ClisNet", "MaskedConv"]
+__all__ = ["NetworkConfig", "ClisNet", "MaskedConv", "DistanceHead"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,26 @@ class MaskedConv(nn.Module):
         return self.features(x, task) * g.view(1, -1, 1, 1)
 
 
+class DistanceHead(nn.Module):
+    """The distance head: 3x3 convolutions dilated 1, 2 and 4 (``hidden`` channels, ReLU), then a 1x1 to one logit.
+
+    Its field of view (15 px on the last features, which already see far) lets it find the neck between two
+    touching nuclei that a per-pixel 1x1 output cannot; it can be trained on its own over a fixed network
+    (``PretrainSettings.head_only``), so the segmentation stays exactly what it was."""
+
+    def __init__(self, c_in: int, hidden: int = 24):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(hidden, 1, 1)
+        nn.init.constant_(self.out.bias, -2.0)  # most pixels are background (target 0)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(f))
+
+
 class _Block(nn.Module):
     """Two masked convolutions (dilated by ``dilation`` and twice that, when ``dilation`` > 1)."""
 
@@ -139,9 +160,7 @@ class ClisNet(nn.Module):
         self.logvar_head = nn.Conv2d(w, config.n_classes, 1)
         nn.init.constant_(self.logvar_head.bias, -4.0)
         nn.init.normal_(self.logvar_head.weight, std=1e-3)
-        self.distance_head = nn.Conv2d(w, 1, 1) if config.instance_head else None
-        if self.distance_head is not None:
-            nn.init.constant_(self.distance_head.bias, -2.0)  # most pixels are background (target 0)
+        self.distance_head = DistanceHead(w) if config.instance_head else None
 
     # -- structure -------------------------------------------------------------------------------
     @property

@@ -90,6 +90,9 @@ class PretrainSettings:
     #: train the distance head (:attr:`NetworkConfig.instance_head`) from instance masks
     instance_head: bool = False
     instance_weight: float = 1.0
+    #: with ``instance_head`` and ``init``: train the distance head alone; every other weight, gate and BatchNorm
+    #: statistic stays as ``init`` has it, so the model segments exactly as before
+    head_only: bool = False
     #: more pretraining data for the nuclei model: ("bbbc039",) adds the pretraining half of bbbc039
     extra_data: tuple = ()
     #: a log line with the step's losses every this many steps (0: none)
@@ -588,6 +591,9 @@ def _check_settings(settings: PretrainSettings) -> None:
             raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_PROBABILITIES)}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"the probability of augmentation {name!r} must be between 0 and 1, got {p}")
+    if settings.head_only and not (settings.instance_head and settings.init):
+        raise ValueError("training the distance head alone (head_only) needs instance_head and a model to start "
+                         "from (init): the rest of the network is that model's")
     if (settings.augment == "robust" or settings.instance_head) and (
             settings.crop is None or settings.working_long_side is not None):
         raise ValueError("robust augmentation and the distance head are trained on crops at the image's own "
@@ -649,8 +655,12 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
         earlier_phases = _start_from(net, settings.init, settings, log)
     priors = {name: ibp_stick_breaking_prior(conv.gates.n_kernels, settings.ibp_alpha_per_kernel * conv.gates.n_kernels)
               for name, conv in net.masked_convs().items()}
-    gate_params = [p for n, p in net.named_parameters() if ".gates." in n]
-    weight_params = [p for n, p in net.named_parameters() if ".gates." not in n]
+    gate_params = [p for n, p in net.named_parameters() if ".gates." in n and not settings.head_only]
+    weight_params = [p for n, p in net.named_parameters()
+                     if ".gates." not in n and (n.startswith("distance_head.") or not settings.head_only)]
+    if settings.head_only:
+        net.requires_grad_(False)
+        net.distance_head.requires_grad_(True)
     opt = torch.optim.AdamW([
         {"params": weight_params, "lr": settings.lr, "weight_decay": 1e-4},
         {"params": gate_params, "lr": settings.gate_lr, "weight_decay": 0.0},
@@ -702,7 +712,13 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
                 f"was written to {output}. Train again with a lower learning rate (--lr, now {settings.lr:g}).")
         save_model(ckpt_path, net, metadata(False), extra={"optimizer": opt.state_dict()})
 
-    net.train()
+    def training_mode():
+        net.train()
+        if settings.head_only:  # the network as it was: its BatchNorm statistics, inference gates, no dropout
+            net.eval()
+            net.distance_head.train()
+
+    training_mode()
     while step < settings.steps:
         if cancel is not None and cancel():
             keep_checkpoint()
@@ -713,15 +729,21 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
         for group, base in zip(opt.param_groups, (settings.lr, settings.gate_lr)):
             group["lr"] = base * _lr_factor(step, settings.steps)
         x, y, d = _batch(data, settings, rng, weights)
-        if settings.instance_head:
+        if settings.head_only:
+            with torch.no_grad():
+                feats = net.trunk(x) * net.B3.conv2.gates.hard(0)[None, :, None, None]
+            loss_dist = distance_loss(net.distance_head(feats)[:, 0], d)
+            loss_nll = loss_dice = kl = torch.zeros(())
+        elif settings.instance_head:
             logits, logvar, dlogit = net(x, relaxed=True, with_distance=True)
             loss_dist = distance_loss(dlogit[:, 0], d)
         else:
             logits, logvar = net(x, relaxed=True)
             loss_dist = torch.zeros(())
-        loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
-        loss_dice = soft_dice_loss(logits, y, settings.dice_per_image)
-        kl = gate_kl(net, 0, priors)
+        if not settings.head_only:
+            loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
+            loss_dice = soft_dice_loss(logits, y, settings.dice_per_image)
+            kl = gate_kl(net, 0, priors)
         loss = loss_nll + loss_dice + settings.kl_weight * kl + settings.instance_weight * loss_dist
         if not torch.isfinite(loss):  # the next step would make every weight NaN: stop before it, write nothing
             if drop_checkpoint_on_divergence:
@@ -749,7 +771,7 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
                       "distance_loss": loss_dist.item(), "kl": kl.item()}
             if monitor:
                 scores = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)
-                net.train()
+                training_mode()
                 record.update(monitor_dice=scores["dice"], monitor_iou=scores["iou"])
                 said = f" {describe.get('monitor', 'monitor')} dice {scores['dice']:.4f} iou {scores['iou']:.4f}"
             else:
@@ -759,9 +781,10 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
                 f"({train_seconds / 60:.1f} min)")
             keep_checkpoint()
     running = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
-    recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches, weights=weights)
-    log(f"recomputed BatchNorm statistics over {settings.precise_bn_batches} training batches")
-    if keep_better_statistics and monitor:  # few images: recomputed statistics may fit the validation images worse
+    if not settings.head_only:  # the distance head has no BatchNorm; the rest was not trained
+        recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches, weights=weights)
+        log(f"recomputed BatchNorm statistics over {settings.precise_bn_batches} training batches")
+    if keep_better_statistics and monitor and not settings.head_only:  # few images: recomputed statistics may fit the validation images worse
         recomputed = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)["dice"]
         statistics = {k: v.clone() for k, v in net.state_dict().items() if k in running}
         net.load_state_dict(running, strict=False)

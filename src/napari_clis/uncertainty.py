@@ -186,10 +186,8 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
         g = torch.cat([g_det, gates[mine]]) if mine else g_det
         zv, sv = _head_rows(net, feats, g, flip)
         p_det += torch.softmax(zv[0], 0)
-        if head is not None:  # deterministic gates folded into the 1x1 head, as for the other heads
-            c = feats.shape[1]
-            d = torch.addmm(head.bias[:, None], g_det * head.weight.view(1, c), feats.reshape(c, h * w))
-            d = torch.sigmoid(d.view(1, h, w))
+        if head is not None:  # on the deterministic pass's features (the inference gates, no dropout)
+            d = torch.sigmoid(head(feats * g_det[0][None, :, None, None]))[0]
             distance += (d.flip(flip) if flip else d)[0]
         for j, t in enumerate(mine):
             z[t], logvar[t] = zv[1 + j], sv[1 + j]

@@ -467,7 +467,8 @@ def outliers(args) -> int:
 # -- interactive ------------------------------------------------------------------------------------
 
 INSTANCE_METHODS = {"cc": "connected components of the segmentation",
-                    "watershed": "the product's objects (watershed on the network's output)",
+                    "watershed": "watershed on the network's output",
+                    "head": "the instance head (watershed on its distance map)",
                     "otsu": "Otsu + the same watershed (classical peer)",
                     "ceiling": "ceiling: the segmentation split by the true objects"}
 
@@ -489,16 +490,18 @@ def instances_bench(args) -> int:
     0.5:0.95, and panoptic quality, beside connected components, a watershed on Otsu's mask and the ceiling."""
     from scipy import ndimage as ndi
 
-    from ..instances import watershed_instances
+    from ..instances import foreground_probability, instances_from_probabilities, watershed_instances
     from ..metrics import average_precision, panoptic_quality
     from ..session import ClisSession
 
-    session = ClisSession.from_pretrained("nuclei", device="cpu", n_samples=args.samples)
+    session = (ClisSession.from_checkpoint(args.checkpoint, device="cpu", n_samples=args.samples) if args.checkpoint
+               else ClisSession.from_pretrained("nuclei", device="cpu", n_samples=args.samples))
+    methods = {m: label for m, label in INSTANCE_METHODS.items() if m != "head" or session.net.distance_head is not None}
     thresholds = np.round(np.arange(0.5, 0.951, 0.05), 2)
     summary = {}
     for dataset in ("dsb2018", "bbbc039"):
         images, missing = _heldout_present(args.data, dataset, grey_only=False)
-        scores = {m: [] for m in INSTANCE_METHODS}
+        scores = {m: [] for m in methods}
         nuclei, t0 = 0, time.time()
         for _, image, truth in images:
             if args.limit is not None and len(scores["cc"]) >= args.limit:
@@ -506,9 +509,12 @@ def instances_bench(args) -> int:
             r = session.segment(image)
             fg = r.labels > 0
             grey = image if image.ndim == 2 else image[..., :3]
-            made = {"cc": ndi.label(fg)[0], "watershed": r.instances,
+            prob = foreground_probability(r.probabilities)
+            made = {"cc": ndi.label(fg)[0], "watershed": instances_from_probabilities(prob, r.labels),
                     "otsu": watershed_instances(otsu_foreground(grey, "dsb2018")),
                     "ceiling": _ceiling_split(fg, truth)}
+            if "head" in methods:
+                made["head"] = instances_from_probabilities(prob, r.labels, distance=r.distance)
             for m, pred in made.items():
                 ap = average_precision(pred, truth, thresholds)
                 scores[m].append((float(ap[0]), float(ap[:9].mean()), float(ap.mean()),
@@ -520,13 +526,14 @@ def instances_bench(args) -> int:
         summary[dataset] = {"images": n, "nuclei": nuclei, "missing": missing, **{
             m: dict(zip(("ap50", "map50_90", "map50_95", "pq"),
                         (float(v) for v in np.mean(scores[m], 0)) if n else [float("nan")] * 4))
-            for m in INSTANCE_METHODS}}
-    print(f"\nInstance quality of the nuclei model on held-out images (T={args.samples} MC samples), {_machine()}\n")
+            for m in methods}}
+    which = args.checkpoint or "the shipped nuclei model"
+    print(f"\nInstance quality of {which} on held-out images (T={args.samples} MC samples), {_machine()}\n")
     print("| images | method | AP@0.5 | mAP 0.5:0.9 | mAP 0.5:0.95 | PQ |")
     print("|---|---|---|---|---|---|")
     for dataset, res in summary.items():
         first = f"`{dataset}` held-out ({res['images']} images, {res['nuclei']} nuclei)"
-        for k, (m, label) in enumerate(INSTANCE_METHODS.items()):
+        for k, (m, label) in enumerate(methods.items()):
             v = res[m]
             print(f"| {first if k == 0 else ''} | {label} | {v['ap50']:.3f} | {v['map50_90']:.3f} | "
                   f"{v['map50_95']:.3f} | {v['pq']:.3f} |")
@@ -1425,6 +1432,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--samples", type=int, default=8, help="MC samples T")
     ins.add_argument("--data", help="data folder holding dsb2018/ and bbbc039/ (default ../shared/data)")
     ins.add_argument("--limit", type=int, help="only the first N held-out images of each set (quick check)")
+    ins.add_argument("--checkpoint", metavar="PATH", help="measure this nuclei model file instead of the shipped one "
+                     "(a model with an instance head adds its row)")
     ins.add_argument("--json", help="also write the numbers to this JSON file")
     ins.set_defaults(bench_func=instances_bench)
     ou = _subcommand(bsub, "outliers", f"Dice when {OUTLIER_NUCLEI} nuclei per image are made "
