@@ -399,8 +399,8 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     assert free < reserve and widget.tasks_text.endswith(f"Room for new tasks: {round(100 * free / reserve)}%")
     assert f"Free kernels for new tasks: {free} of {reserve}." in widget.controls.tasks_label.tooltip
     # the task's line gives the figures its Learn message gave (not a Dice that reads the other way)
-    assert f"follows {record.corrected_after:.0%} of your corrections" in widget.tasks_text
-    assert f"follows {record.corrected_after:.0%} of your corrections" in widget.status
+    assert f"gets {record.corrected_after:.0%} of the pixels you corrected right" in widget.tasks_text
+    assert f"gets {record.corrected_after:.0%} of the pixels you corrected right" in widget.status
     image = widget.controls.task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
     blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
             if image.pixelColor(x, y).name() == "#42a5f5"]
@@ -512,7 +512,7 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
     assert saved == [Path(session.autosave)]
     assert any(f"Saved as {saved[0].name} in the models folder" in m for m in infos)
-    assert any("Learned task 1 from this image" in m and ("of your corrections (the model before: " in m or
+    assert any("Learned task 1 from this image" in m and ("of the pixels you corrected right (the model before: " in m or
                                                            "(nothing was corrected)" in m) for m in infos), infos
     # a long message (here a long unbroken path as well) wraps inside the dock instead of widening it over the canvas
     long = "Saved in /" + "a-very-long-folder-name/" * 20 + "model.pt. " + "More words follow. " * 20

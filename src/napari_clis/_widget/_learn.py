@@ -29,15 +29,15 @@ def judged(record) -> str:
     rest = f"keeps {record.agreement_after:.0%} of what you left as it was"
     if record.corrected_after is None:
         return f"it {rest} (nothing was corrected)."
-    return (f"it follows {record.corrected_after:.0%} of your corrections (the model before: "
-            f"{record.corrected_before:.0%}) and {rest}.")
+    return (f"on its own (without your clicks) it gets {record.corrected_after:.0%} of the pixels you corrected right "
+            f"(the model before: {record.corrected_before:.0%}) and {rest}.")
 
 
 def task_summary(record) -> str:
     """One line per learned task, in the words of :func:`judged` (the same figures as the Learn message)."""
     if record.corrected_after is not None and record.agreement_after is not None:
-        return (f"follows {record.corrected_after:.0%} of your corrections (before: {record.corrected_before:.0%}), "
-                f"keeps {record.agreement_after:.0%} of the rest")
+        return (f"gets {record.corrected_after:.0%} of the pixels you corrected right on its own (before: "
+                f"{record.corrected_before:.0%}), keeps {record.agreement_after:.0%} of the rest")
     if record.agreement_after is not None:
         return f"keeps {record.agreement_after:.0%} of what you accepted"
     return f"agrees with your corrected segmentation {record.dice_before:.2f} → {record.dice_after:.2f}"
