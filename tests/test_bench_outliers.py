@@ -110,3 +110,29 @@ def test_bench_quality_measures_every_nuclei_set_the_folder_holds_beside_a_compa
         assert 0 <= m["otsu_dice"] <= 1 and m["dice"] > 0.5
         assert m["compared"] == {"nuclei (nuclei.pt)": m["dice"]}  # the same model: the same Dice, image by image
     assert out.count("| nuclei (nuclei.pt), same images |") == 3
+
+
+def test_bench_instances_of_a_model_file_with_an_instance_head_adds_its_row(tmp_path, capsys):
+    """``--checkpoint`` measures a model file; one with a distance head gets a row for the head beside the same
+    watershed on its probabilities."""
+    import torch
+
+    from napari_clis.checkpoint import load_model, save_model, shipped_model_path
+    from napari_clis.network import ClisNet, NetworkConfig
+
+    root = _folder(tmp_path)
+    shipped, meta, _ = load_model(shipped_model_path("nuclei"))
+    net = ClisNet(NetworkConfig(**{**shipped.config.to_dict(), "instance_head": True})).eval()
+    net.load_state_dict(shipped.state_dict(), strict=False)
+    net.distance_head.copy_decoder(net)
+    with torch.no_grad():
+        net.distance_head.out.weight.fill_(0.05)
+    save_model(tmp_path / "head.pt", net, meta)
+    out_json = tmp_path / "i.json"
+    assert main(["bench", "instances", "--data", str(root), "--samples", "0", "--checkpoint",
+                 str(tmp_path / "head.pt"), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "head.pt" in out and "| the instance head (watershed on its distance map) |" in out
+    res = json.loads(out_json.read_text())
+    for dataset in ("dsb2018", "bbbc039"):
+        assert 0 <= res[dataset]["head"]["ap50"] <= 1 and "watershed" in res[dataset]

@@ -290,3 +290,43 @@ def test_training_the_head_alone_needs_a_model_to_start_from(tmp_path):
         _check_settings(PretrainSettings("nuclei", instance_head=True, head_only=True))
     with pytest.raises(ValueError, match="head_only"):
         _check_settings(PretrainSettings("nuclei", head_only=True, init="nuclei.pt"))
+
+
+def test_a_new_distance_head_starts_as_the_decoder_of_task_0():
+    shipped, _, _ = load_model(shipped_model_path("nuclei"))
+    net = ClisNet(NetworkConfig(**{**shipped.config.to_dict(), "instance_head": True})).eval()
+    net.load_state_dict(shipped.state_dict(), strict=False)
+    net.distance_head.copy_decoder(net)
+    x = torch.from_numpy(normalize_image(_sample(NUCLEI_FLUO).image))[None, :, :64, :64]
+    with torch.no_grad():
+        encoded = net.encode(x)
+        head = net.distance_head
+        b1 = head.B1(torch.cat([torch.nn.functional.interpolate(encoded[3], scale_factor=2, mode="bilinear"),
+                                encoded[2]], 1))
+        b2 = head.B2(torch.cat([torch.nn.functional.interpolate(b1, scale_factor=2, mode="bilinear"), encoded[1]], 1))
+        mine = head.B3(torch.cat([torch.nn.functional.interpolate(b2, scale_factor=2, mode="bilinear"), encoded[0]], 1))
+        decoder = net.decode(encoded) * net.B3.conv2.gates.hard(0)[None, :, None, None]
+    torch.testing.assert_close(mine, decoder, rtol=1e-4, atol=1e-5)
+
+
+def test_only_instance_masks_train_the_distance_head(tmp_path):
+    from skimage.io import imsave
+
+    from napari_clis.data import load_annotated_folder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image = np.zeros((32, 32), np.uint8)
+    image[4:12, 4:20] = 200
+    binary = (image > 0).astype(np.uint8)  # two touching nuclei, one blob: where they meet is not said
+    objects = binary.copy()
+    objects[:, 12:] *= 2
+    for name, mask in (("binary", binary), ("objects", objects)):
+        imsave(tmp_path / "images" / f"{name}.png", image, check_contrast=False)
+        imsave(tmp_path / "masks" / f"{name}.png", mask, check_contrast=False)
+    first, second = load_annotated_folder(tmp_path / "images", tmp_path / "masks")
+    assert first.id == "binary" and first.instances is None and first.mask.sum() == binary.sum()
+    assert second.id == "objects" and sorted(np.unique(second.instances)) == [0, 1, 2]
+    settings = PretrainSettings("nuclei", batch=2, crop=32, instance_head=True)
+    data = _prepare([first, second], None, settings)
+    assert data[0][2] is None and float(data[1][2].max()) == 1.0  # no distance target from the binary mask

@@ -250,13 +250,13 @@ def _read_mask(path: Path) -> np.ndarray:
 def load_annotated_folder(images: Path | str, masks: Path | str, classes: int = 2) -> list[Sample]:
     """A user's annotated images: each image file of ``images`` (tif, png, jpg) with the mask of the same stem in
     ``masks``, as :class:`Sample`s in name order. With ``classes`` 2 every mask value above 0 is foreground (binary
-    and instance masks alike; an instance mask also gives the samples' ``instances``); with more, the mask holds
-    class ids 0 to ``classes - 1``.
+    and instance masks alike; an instance mask, one with more than one id, also gives the samples' ``instances``,
+    which train a distance head; a binary mask gives none: it does not say where touching objects meet); with more,
+    the mask holds class ids 0 to ``classes - 1``.
 
     Raises ``ValueError`` naming the files for a mask missing or without an image, a mask of another size than its
     image or a class id too high, and :class:`~napari_clis.preprocessing.ImageError` for an image that cannot be
     read or is not 2D."""
-    from scipy import ndimage
 
     from .batch import read_image
     from .preprocessing import ImageError, as_2d_image
@@ -285,10 +285,9 @@ def load_annotated_folder(images: Path | str, masks: Path | str, classes: int = 
                          f"{image.shape[1]}x{image.shape[0]}")
             continue
         top = int(raw.max()) if raw.size else 0
-        if classes == 2:  # object ids of an instance mask, else the connected objects of a binary one
+        if classes == 2:  # object ids of an instance mask; a binary one says nothing of where objects touch
             mask = (raw > 0).astype(np.int32)
-            several = len(np.unique(raw[raw > 0])) > 1
-            instances = raw.astype(np.int32) if several else ndimage.label(mask)[0].astype(np.int32)
+            instances = raw.astype(np.int32) if len(np.unique(raw[raw > 0])) > 1 else None
         elif top >= classes:
             raise ValueError(f"The mask {mask_files[stem]} holds class id {top}, above the model's {classes} classes "
                              f"(ids 0 to {classes - 1}, 0 the background). Train with more classes (--classes "

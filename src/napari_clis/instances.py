@@ -154,10 +154,11 @@ def watershed_instances(mask, weight=None, *, radius: float | None = None, smoot
 
 
 # With the instance head's distance map: seeds where the predicted centre stands this much above the saddle to a
-# higher one, and a light smoothing (a fraction of the radius). A first choice, not tuned yet: no shipped model has
-# the head (docs/models.md, the candidate trained with one)
-DISTANCE_H = 0.1
-DISTANCE_SMOOTHING = 0.05
+# higher one, after a smoothing of this fraction of the radius. Chosen on 60 dsb2018 and 12 bbbc039 pretraining
+# images with the head trained alone over the shipped nuclei model (the best of h 0.05-0.4 x smoothing 0-0.2); no
+# shipped model has the head (docs/history/models-2026-11-to-12.md)
+DISTANCE_H = 0.05
+DISTANCE_SMOOTHING = 0.2
 
 
 def instances_from_probabilities(foreground_prob, labels, *, radius: float | None = None,

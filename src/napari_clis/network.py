@@ -2,8 +2,8 @@
 
 Shapes: the network takes ``(N, 3, H, W)`` float32 with ``H`` and ``W`` multiples of 8 and returns the
 class logits ``(N, K, H, W)`` and the aleatoric log-variance of those logits ``(N, K, H, W)``. A network built with
-``NetworkConfig(instance_head=True)`` also has a distance head (:class:`DistanceHead`: three small dilated
-convolutions on the same last features), whose sigmoid is the normalised distance to the object's border (1 at each
+``NetworkConfig(instance_head=True)`` also has a distance head (:class:`DistanceHead`: a decoder of its own over
+the encoder's outputs), whose sigmoid is the normalised distance to the object's border (1 at each
 object's centre, 0 on its border and on the background), for splitting touching objects
 (``forward(..., with_distance=True)``).
 
@@ -105,23 +105,46 @@ class MaskedConv(nn.Module):
 
 
 class DistanceHead(nn.Module):
-    """The distance head: 3x3 convolutions dilated 1, 2 and 4 (``hidden`` channels, ReLU), then a 1x1 to one logit.
+    """The distance head: a decoder of its own (B1-B3's shapes, plain convolutions) over the encoder's outputs, then a
+    1x1 convolution to one logit.
 
-    Its field of view (15 px on the last features, which already see far) lets it find the neck between two
-    touching nuclei that a per-pixel 1x1 output cannot; it can be trained on its own over a fixed network
+    It reads what the encoder saw, not the segmentation's last features (which only need to tell nucleus from
+    background, so they say little about the neck between two touching nuclei). :meth:`copy_decoder` starts it as
+    a copy of the segmentation's decoder, and it can be trained on its own over a fixed network
     (``PretrainSettings.head_only``), so the segmentation stays exactly what it was."""
 
-    def __init__(self, c_in: int, hidden: int = 24):
+    def __init__(self, w: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4), nn.ReLU(inplace=True))
-        self.out = nn.Conv2d(hidden, 1, 1)
+        self.B1 = _plain_block(8 * w + 4 * w, 4 * w)
+        self.B2 = _plain_block(4 * w + 2 * w, 2 * w)
+        self.B3 = _plain_block(2 * w + w, w)
+        self.out = nn.Conv2d(w, 1, 1)
         nn.init.constant_(self.out.bias, -2.0)  # most pixels are background (target 0)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(f))
+    def forward(self, encoded) -> torch.Tensor:
+        a1, a2, a3, a4 = encoded
+        b1 = self.B1(torch.cat([_up(a4), a3], 1))
+        b2 = self.B2(torch.cat([_up(b1), a2], 1))
+        return self.out(self.B3(torch.cat([_up(b2), a1], 1)))
+
+    @torch.no_grad()
+    def copy_decoder(self, net: ClisNet, task: int = 0) -> None:
+        """Start as ``net``'s decoder for ``task``: its convolutions and BatchNorms, the kernels its gates switch
+        off switched off here too (their BatchNorm's scale and shift 0)."""
+        for name in ("B1", "B2", "B3"):
+            for k, conv_name in enumerate(("conv1", "conv2")):
+                source = getattr(getattr(net, name), conv_name)
+                conv, norm = getattr(self, name)[3 * k], getattr(self, name)[3 * k + 1]
+                conv.weight.copy_(source.conv.weight)
+                norm.load_state_dict(source.norm_of(task).state_dict())
+                off = source.gates.hard(task) == 0
+                norm.weight[off] = 0.0
+                norm.bias[off] = 0.0
+
+
+def _plain_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 class _Block(nn.Module):
@@ -219,35 +242,43 @@ class ClisNet(nn.Module):
 
     def trunk(self, x: torch.Tensor, task: int = 0, relaxed: bool = False) -> torch.Tensor:
         """Deterministic part: everything up to the last convolution's ungated output ``(N, w, H, W)``."""
-        a1, a2, a3, a4 = self.encode(x, task, relaxed)
+        return self.decode(self.encode(x, task, relaxed), task, relaxed)
+
+    def decode(self, encoded, task: int = 0, relaxed: bool = False) -> torch.Tensor:
+        """The decoder B1-B3 over :meth:`encode`'s outputs: the last convolution's ungated output."""
+        a1, a2, a3, a4 = encoded
         b1 = self.B1(torch.cat([_up(a4), a3], 1), task, relaxed)
         b2 = self.B2(torch.cat([_up(b1), a2], 1), task, relaxed)
         b3 = self.B3.conv1(torch.cat([_up(b2), a1], 1), task, relaxed)
         return self.B3.conv2.features(b3, task)
 
-    def heads(self, features: torch.Tensor, gates: torch.Tensor, dropout_mask: torch.Tensor | None = None,
-              with_distance: bool = False):
+    def heads(self, features: torch.Tensor, gates: torch.Tensor, dropout_mask: torch.Tensor | None = None):
         """Stochastic part: gate the last features, drop channels, apply the 1x1 heads.
 
         ``gates`` is ``(w,)`` or ``(N, w)``; ``dropout_mask`` the same shape, already scaled by ``1/(1-p)``.
-        Returns ``(logits, log_variance)``, each ``(N, K, H, W)``; with ``with_distance`` also the distance head's
-        logit ``(N, 1, H, W)`` (a ``ValueError`` for a network without that head).
+        Returns ``(logits, log_variance)``, each ``(N, K, H, W)``.
         """
-        if with_distance and self.distance_head is None:
-            raise ValueError("this network has no distance head (NetworkConfig.instance_head is False)")
         g = gates if gates.dim() == 2 else gates.unsqueeze(0)
         if dropout_mask is not None:
             dm = dropout_mask if dropout_mask.dim() == 2 else dropout_mask.unsqueeze(0)
             g = g * dm
         f = features * g[:, :, None, None]
-        if with_distance:
-            return self.logit_head(f), self.logvar_head(f), self.distance_head(f)
         return self.logit_head(f), self.logvar_head(f)
+
+    def distance(self, encoded) -> torch.Tensor:
+        """The distance head's logit ``(N, 1, H, W)`` from :meth:`encode`'s outputs (a ``ValueError`` for a network
+        without that head)."""
+        if self.distance_head is None:
+            raise ValueError("this network has no distance head (NetworkConfig.instance_head is False)")
+        return self.distance_head(encoded)
 
     def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False, with_distance: bool = False):
         """One pass: ``(logits, log_variance)`` (and the distance logit with ``with_distance``). Training uses
         relaxed gates and dropout."""
-        feats = self.trunk(x, task, relaxed)
+        if with_distance and self.distance_head is None:
+            raise ValueError("this network has no distance head (NetworkConfig.instance_head is False)")
+        encoded = self.encode(x, task, relaxed)
+        feats = self.decode(encoded, task, relaxed)
         last = self.B3.conv2
         gates = last.gate_vector(task, relaxed)
         drop = None
@@ -255,7 +286,8 @@ class ClisNet(nn.Module):
             keep = 1.0 - self.config.dropout
             drop = (torch.rand(x.shape[0], feats.shape[1], device=x.device) < keep).to(feats.dtype) / keep
             gates = gates.unsqueeze(0).expand(x.shape[0], -1)
-        return self.heads(feats, gates, drop, with_distance)
+        out = self.heads(feats, gates, drop)
+        return (*out, self.distance(encoded)) if with_distance else out
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:

@@ -472,24 +472,31 @@ def _random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator):
 
 @torch.no_grad()
 def recalibrate_batchnorm(net: ClisNet, data, settings: PretrainSettings, n_batches: int = 100, seed: int = 1,
-                          weights: np.ndarray | None = None) -> None:
+                          weights: np.ndarray | None = None, head_only: bool = False) -> None:
     """Recompute BatchNorm statistics as exact averages over ``n_batches`` training batches ("precise BN").
 
     During training the running statistics trail the weights (and kernel gates that switch off change the
     features abruptly); recomputing them with the final weights and the inference gates removes that lag.
+    With ``head_only`` only the distance head's (the rest of the network keeps its own).
     """
     rng = np.random.default_rng(seed)
     if weights is None:
         weights = _image_weights(data, settings)
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    owner = net.distance_head if head_only else net
+    norms = [m for m in owner.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    net.train()
+    net.eval()
+    owner.train()
     for _ in range(n_batches):
         x, _, _ = _batch(data, settings, rng, weights)
-        net.trunk(x, 0, relaxed=False)
+        encoded = net.encode(x, 0)
+        if not head_only:
+            net.decode(encoded, 0)
+        if net.distance_head is not None:
+            net.distance(encoded)
     for m, mom in zip(norms, saved):
         m.momentum = mom
     net.eval()
@@ -612,8 +619,11 @@ def _start_from(net: ClisNet, init, settings: PretrainSettings, log) -> list:
     if any(not k.startswith(("logit_head.", "logvar_head.")) for k in reshaped):
         raise ValueError(f"{init} does not match the network asked for (its {reshaped[0]!r} has another shape)")
     missing, _ = net.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
-    if any(not k.startswith("distance_head.") and k not in reshaped for k in missing):  # a new head starts fresh
+    if any(not k.startswith("distance_head.") and k not in reshaped for k in missing):
         raise ValueError(f"{init} does not match the network asked for (no {missing[0]!r})")
+    if net.distance_head is not None and init_net.distance_head is None:  # a new head starts as the decoder
+        net.distance_head.copy_decoder(net)
+        log("a new distance head, started as a copy of the decoder")
     if reshaped:
         log(f"new output layers for {net.config.n_classes} classes (the model had {init_net.config.n_classes})")
     earlier = init_meta.get("training", {})
@@ -731,8 +741,8 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
         x, y, d = _batch(data, settings, rng, weights)
         if settings.head_only:
             with torch.no_grad():
-                feats = net.trunk(x) * net.B3.conv2.gates.hard(0)[None, :, None, None]
-            loss_dist = distance_loss(net.distance_head(feats)[:, 0], d)
+                encoded = net.encode(x)
+            loss_dist = distance_loss(net.distance(encoded)[:, 0], d)
             loss_nll = loss_dice = kl = torch.zeros(())
         elif settings.instance_head:
             logits, logvar, dlogit = net(x, relaxed=True, with_distance=True)
@@ -781,10 +791,12 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
                 f"({train_seconds / 60:.1f} min)")
             keep_checkpoint()
     running = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
-    if not settings.head_only:  # the distance head has no BatchNorm; the rest was not trained
-        recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches, weights=weights)
-        log(f"recomputed BatchNorm statistics over {settings.precise_bn_batches} training batches")
-    if keep_better_statistics and monitor and not settings.head_only:  # few images: recomputed statistics may fit the validation images worse
+    recalibrate_batchnorm(net, data, settings, n_batches=settings.precise_bn_batches, weights=weights,
+                          head_only=settings.head_only)
+    whose = "the distance head's" if settings.head_only else "the"
+    log(f"recomputed {whose} BatchNorm statistics over {settings.precise_bn_batches} training batches")
+    # few images: recomputed statistics may fit the validation images worse
+    if keep_better_statistics and monitor and not settings.head_only:
         recomputed = evaluate(net, monitor, settings.working_long_side, flips=settings.test_time_flips)["dice"]
         statistics = {k: v.clone() for k, v in net.state_dict().items() if k in running}
         net.load_state_dict(running, strict=False)
@@ -979,7 +991,6 @@ def _annotated_samples(images: list, masks: list, names: list[str], classes: int
     """Image and mask arrays as :class:`~napari_clis.data.Sample` objects, by :func:`~napari_clis.data.
     load_annotated_folder`'s rules (its checks of a mask file, made on an array); each problem named with the
     pair's name."""
-    from scipy import ndimage
 
     from .data import _listed
     from .preprocessing import ImageError, as_2d_image
@@ -1011,10 +1022,9 @@ def _annotated_samples(images: list, masks: list, names: list[str], classes: int
         if classes > 2:
             out.append(Sample(name, image, raw.astype(np.int32), None))
             continue
-        mask = (raw > 0).astype(np.int32)  # object ids of an instance mask, else the connected objects
+        mask = (raw > 0).astype(np.int32)  # object ids of an instance mask (a binary one has none)
         several = len(np.unique(raw[raw > 0])) > 1
-        out.append(Sample(name, image, mask, raw.astype(np.int32) if several else
-                          ndimage.label(mask)[0].astype(np.int32)))
+        out.append(Sample(name, image, mask, raw.astype(np.int32) if several else None))
     if wrong:
         raise ValueError(f"Masks must be the size of their image: {_listed(wrong)}.")
     return out

@@ -496,7 +496,8 @@ def instances_bench(args) -> int:
 
     session = (ClisSession.from_checkpoint(args.checkpoint, device="cpu", n_samples=args.samples) if args.checkpoint
                else ClisSession.from_pretrained("nuclei", device="cpu", n_samples=args.samples))
-    methods = {m: label for m, label in INSTANCE_METHODS.items() if m != "head" or session.net.distance_head is not None}
+    has_head = session.net.distance_head is not None
+    methods = {m: label for m, label in INSTANCE_METHODS.items() if m != "head" or has_head}
     thresholds = np.round(np.arange(0.5, 0.951, 0.05), 2)
     summary = {}
     for dataset in ("dsb2018", "bbbc039"):
