@@ -383,3 +383,50 @@ def test_a_paint_step_in_the_replay_is_overlay_paint_in_a_box_and_undo_restores_
     blob = (yy - 155) ** 2 + (xx - 155) ** 2 <= 16
     editor.replay(clicks, paint={0: PaintStep(np.flatnonzero(blob), np.ones(int(blob.sum())))})
     assert not editor.labels[blob].any() and len(editor.applied) == 1 and not editor.notes
+
+
+def _editor_over(fg: np.ndarray, instances: np.ndarray):
+    image = np.where(fg > 0.5, 0.4, -0.4).astype(np.float32)[None].repeat(3, 0)
+    return ObjectEditor(np.stack([1 - fg, fg]), image, (instances > 0).astype(np.int32), instances)
+
+
+def _discs(h: int, w: int, centres, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    out = np.zeros((h, w), np.uint32)
+    for k, (y, x) in enumerate(centres, start=1):
+        out[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = k
+    return out
+
+
+def test_a_background_click_where_the_network_is_sure_removes_the_whole_false_object():
+    """A false object the network is sure of everywhere (a fold, debris): a background click at its centre removes
+    it whole, not only the part near the click."""
+    from napari_clis.objects import ObjectClick
+
+    inst = _discs(160, 160, [(20, 20), (20, 140), (140, 20), (140, 140)], 6)
+    yy, xx = np.mgrid[:160, :160]
+    blob = (np.abs(yy - 80) <= 20) & (np.abs(xx - 80) <= 20)  # about 9 typical objects in size
+    inst[blob] = 5
+    fg = np.where(inst > 0, 0.99, 0.01).astype(np.float32)
+    editor = _editor_over(fg, inst)
+    editor.replay([ObjectClick(80, 80, 0)])
+    assert not (editor.labels[blob] > 0).any() and not (editor.instances == 5).any()
+    assert ((editor.instances > 0) == ((inst > 0) & ~blob)).all()  # the other objects as they were
+
+
+def test_a_background_click_on_an_unsure_bridge_keeps_the_nuclei_it_joins():
+    """Two nuclei found as one object through a bridge the network is unsure of: a background click on the bridge
+    takes the bridge, and the nuclei (where the network is sure) stay."""
+    from napari_clis.objects import ObjectClick
+
+    inst = _discs(120, 200, [(60, 60), (60, 140), (15, 15), (15, 185), (105, 15), (105, 185)], 14)
+    yy, xx = np.mgrid[:120, :200]
+    bridge = (np.abs(yy - 60) <= 6) & (xx > 70) & (xx < 130) & (inst == 0)
+    inst[bridge | (inst == 2)] = 1
+    fg = np.where(inst > 0, 0.99, 0.01).astype(np.float32)
+    fg[bridge] = 0.6
+    editor = _editor_over(fg, inst)
+    editor.replay([ObjectClick(60, 100, 0)])
+    nuclei = _discs(120, 200, [(60, 60), (60, 140)], 14) > 0
+    assert (editor.labels[nuclei] > 0).all()  # both nuclei kept, whole
+    assert editor.labels[60, 100] == 0 and (editor.labels[bridge] == 0).mean() > 0.5

@@ -18,7 +18,10 @@ For models with many objects per class (nuclei), a click acts on objects rather 
 * ``"auto"`` with background (0) on an object **removes** it, whole, when the click is in its core (within the
   object's largest inscribed radius of its centre, or where the object is at least half as thick as at its
   centre); a click farther out **trims** the part of the object on the click's side of the image edge that
-  separates it from the core (an overspill), by a seeded watershed between the click and the core.
+  separates it from the core (an overspill), by a seeded watershed between the click and the core, taking only
+  pixels the network is no surer of than of the click's (``TRIM_MARGIN``). A click where the network is unsure
+  (below ``SURE_FOREGROUND``: the gap in a clump of true nuclei) keeps what it is sure of away from the click (the
+  nuclei) and takes the rest near the click; a click where it is sure says that the object itself is false.
 * ``"split"`` on an object splits it in two: a watershed of its (smoothed) distance transform, weighted by the
   foreground probability where the network sees the object, from the distance peak nearest the click and the
   highest other peak.
@@ -55,6 +58,7 @@ MERGE_REACH = 0.25  # a merge click reaches objects this many object diameters f
 MIN_SPLIT_AREA = 0.5  # an object smaller than this share of a typical object is not split
 MIN_CONTRAST = 0.08  # foreground probability (or normalised intensity) the click must stand above its window's
 SURE_FOREGROUND = 0.95  # a background click keeps the parts of its object the network is this sure of, away from it
+TRIM_MARGIN = 0.02  # a trim takes only pixels whose foreground probability is at most the click's plus this
 DEFAULT_DIAMETER = 20.0  # px: the typical object diameter when neither the objects nor the model tell one
 
 
@@ -476,7 +480,9 @@ class ObjectEditor:
         dmax = float(dt[iy, ix])
         kept = self._earlier(box, mask.shape, background=False) & mask  # earlier clicks that put it there
         kept &= ~_disk(mask.shape, cy, cx, 2.0)
-        if not kept.any():  # what the network is sure of, away from the click, stays (true nuclei in a clump)
+        # a click where the network is unsure (the gap in a clump of true nuclei): what it is sure of, away from
+        # the click, stays; a click where it is sure says that the object itself is false: it goes
+        if not kept.any() and self.fg[c.y, c.x] < SURE_FOREGROUND:
             sure = mask & (self.fg[box] >= SURE_FOREGROUND) & ~_disk(mask.shape, cy, cx, max(3.0, self.diameter / 2))
             sure = ndimage.binary_opening(sure, iterations=2)
             if sure.sum() >= 0.25 * self.typical_area:
@@ -507,8 +513,10 @@ class ObjectEditor:
             self.fg[box], 1.0))
         part = watershed(edges, markers, mask=mask)
         cut = (part == 1) | (mask & (part == 0))
-        rest, _ = ndimage.label(mask & ~cut)
-        cut |= mask & (rest != rest[iy, ix]) & (rest > 0)  # pieces cut off from what stays go with the overspill
+        cut &= self.fg[box] <= self.fg[c.y, c.x] + TRIM_MARGIN  # what the network is surer of than the click stays
+        rest, _ = ndimage.label(mask & ~cut)  # pieces cut off from what stays go with the overspill
+        stays = np.unique(rest[kept & (rest > 0)]) if kept.any() else [rest[iy, ix]]
+        cut |= mask & (rest > 0) & ~np.isin(rest, stays)
         self._write(log, box, cut & ~protect, 0, 0)
         return None
 
@@ -519,7 +527,7 @@ class ObjectEditor:
         area = int(mask.sum())
         least = MIN_SPLIT_AREA * self.typical_area
         if area < least:
-            raise InteractionError(f"object {ident} ({area} px) is too small to split: a split needs at least "
+            raise InteractionError(f"this object ({area} px) is too small to split: a split needs at least "
                                    f"{least:.0f} px (half a typical object of {self.diameter:.0f} px across)")
         from skimage.feature import peak_local_max
         from skimage.segmentation import watershed
@@ -542,7 +550,7 @@ class ObjectEditor:
         radii = np.maximum(dt[peaks[:, 0], peaks[:, 1]], dt[a[0], a[1]])
         apart = np.hypot(peaks[:, 0] - a[0], peaks[:, 1] - a[1]) >= np.maximum(3.0, 0.9 * radii)
         if not apart.any():
-            raise InteractionError(f"object {ident} shows one centre only: no second centre to split it at "
+            raise InteractionError("this object shows one centre only: no second centre to split it at "
                                    "(paint the dividing line, or click the missing object instead)")
         others = peaks[apart]
         b = others[int(np.argmax(dt[others[:, 0], others[:, 1]]))]
@@ -551,7 +559,7 @@ class ObjectEditor:
         part = watershed(-dt, markers, mask=mask)
         second = part == 2
         if not second.any() or second.sum() == area:
-            raise InteractionError(f"object {ident} could not be split in two at this click")
+            raise InteractionError("this object could not be split in two at this click")
         new = self._new_id(log)
         self._write(log, box, second, self._labels[box], new)
         return None
@@ -572,7 +580,7 @@ class ObjectEditor:
         first = int(inst[cy, cx]) or int(ids[dist.argmin()])
         other = ids != first
         if not other.any():
-            raise InteractionError(f"a merge needs two objects, but this click reaches only object {first} (a merge "
+            raise InteractionError("a merge needs two objects, but this click reaches only one object (a merge "
                                    "of an object with itself): click on the border between the two pieces")
         second = int(ids[other][dist[other].argmin()])
         ob, om = self._object_box(second, margin=0)

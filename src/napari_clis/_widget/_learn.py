@@ -29,15 +29,22 @@ def judged(record) -> str:
     rest = f"keeps {record.agreement_after:.0%} of what you left as it was"
     if record.corrected_after is None:
         return f"it {rest} (nothing was corrected)."
-    return (f"on its own (without your clicks) it gets {record.corrected_after:.0%} of the pixels you corrected right "
-            f"(the model before: {record.corrected_before:.0%}) and {rest}.")
+    return (f"on its own (without your clicks) it gets {record.corrected_after:.0%} of the pixels you corrected right"
+            f"{_before(record, 'the model before')} and {rest}.")
+
+
+def _before(record, words: str) -> str:
+    """The model before's share of the corrected pixels, in brackets; nothing where it got none of them right (the
+    usual case: they are the pixels it had wrong), which says nothing."""
+    was = record.corrected_before
+    return f" ({words}: {was:.0%})" if was is not None and round(100 * was) > 0 else ""
 
 
 def task_summary(record) -> str:
     """One line per learned task, in the words of :func:`judged` (the same figures as the Learn message)."""
     if record.corrected_after is not None and record.agreement_after is not None:
-        return (f"gets {record.corrected_after:.0%} of the pixels you corrected right on its own (before: "
-                f"{record.corrected_before:.0%}), keeps {record.agreement_after:.0%} of the rest")
+        return (f"gets {record.corrected_after:.0%} of the pixels you corrected right on its own"
+                f"{_before(record, 'before')}, keeps {record.agreement_after:.0%} of the rest")
     if record.agreement_after is not None:
         return f"keeps {record.agreement_after:.0%} of what you accepted"
     return f"agrees with your corrected segmentation {record.dice_before:.2f} → {record.dice_after:.2f}"
