@@ -183,14 +183,14 @@ def _predict_tile(net: ClisNet, x: torch.Tensor, task: int, n_samples: int, gene
     for v, flip in enumerate(variants):
         encoded = net.encode(x.flip(flip) if flip else x, task)
         feats = net.decode(encoded, task)
+        if head is not None:  # from what the encoder saw (deterministic: the inference gates, no dropout)
+            d = torch.sigmoid(net.distance(encoded))[0]
+            distance += (d.flip(flip) if flip else d)[0]
+        del encoded  # the encoder's maps go before the samples are drawn, as they did inside trunk()
         mine = list(range(v, n_samples, len(variants)))
         g = torch.cat([g_det, gates[mine]]) if mine else g_det
         zv, sv = _head_rows(net, feats, g, flip)
         p_det += torch.softmax(zv[0], 0)
-        if head is not None:  # from what the encoder saw (deterministic: the inference gates, no dropout)
-            d = torch.sigmoid(head(encoded))[0]
-            distance += (d.flip(flip) if flip else d)[0]
-        del encoded
         for j, t in enumerate(mine):
             z[t], logvar[t] = zv[1 + j], sv[1 + j]
         del feats
