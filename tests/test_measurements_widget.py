@@ -189,3 +189,16 @@ def test_a_dock_deleted_while_it_measures_drops_the_result_quietly(make_napari_v
     qtbot.wait(100)  # its result arrives after the widget is gone: dropped, no error
     viewer.layers["instances"].paint((0, 0), 999)  # and the layer's events no longer reach it
     qtbot.wait(400)
+
+
+def test_opened_beside_the_segment_dock_it_takes_a_tab_of_its_place(make_napari_viewer, qtbot):
+    """Stacked under Segment (CLIS), the table left the Segment panel three rows high in a 1280x720 window."""
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Measurements (CLIS)")
+    docks = {d.windowTitle(): d for d in widget.window().findChildren(QDockWidget)}
+    segment = next(d for title, d in docks.items() if title.startswith("Segment (CLIS)"))
+    mine = next(d for title, d in docks.items() if title.startswith("Measurements (CLIS)"))
+    qtbot.waitUntil(lambda: mine in widget.window().tabifiedDockWidgets(segment), timeout=5_000)

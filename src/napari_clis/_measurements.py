@@ -14,9 +14,11 @@ from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QDockWidget,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QMainWindow,
     QPushButton,
     QTableView,
     QVBoxLayout,
@@ -24,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._napari_compat import camera
-from ._widget._common import INSTANCES, LAYER_TAG, UNCERTAINTY, pixels, source_id, spatial_shape
+from ._widget._common import INSTANCES, LAYER_TAG, SEGMENT_DOCK_NAME, UNCERTAINTY, pixels, source_id, spatial_shape
 
 __all__ = ["MeasurementsWidget"]
 
@@ -123,7 +125,30 @@ class MeasurementsWidget(QWidget):
         self._connect(napari_viewer.dims.events.current_step, self._schedule)
         self._alive = [True]  # emptied when Qt deletes the widget (a late result is then dropped)
         self.destroyed.connect(lambda *_, a=self._alive, w=self._watched, m=self._layer_watched: _disconnect(w + m, a))
+        self._tabbed = False
         self.refresh()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._tabbed:
+            self._tabbed = True
+            QTimer.singleShot(0, self._tab_beside_segment)
+
+    def _tab_beside_segment(self) -> None:
+        """Share the Segment (CLIS) dock's place as a tab of its own (stacked under it, the table left the Segment
+        panel three rows high in a 1280x720 window), and come to the front; the tab can be dragged out."""
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):  # napari may wrap it in a scroll area
+            dock = dock.parentWidget()
+        main = dock.parentWidget() if dock is not None else None
+        if not isinstance(main, QMainWindow):
+            return
+        segment = next((d for d in main.findChildren(QDockWidget) if d is not dock and d.isVisible()
+                        and d.findChild(QWidget, SEGMENT_DOCK_NAME) is not None
+                        and main.dockWidgetArea(d) == main.dockWidgetArea(dock)), None)
+        if segment is not None:
+            main.tabifyDockWidget(segment, dock)
+            dock.raise_()
 
     # -- which layers --------------------------------------------------------------------------------------------
     def instances_layer(self):

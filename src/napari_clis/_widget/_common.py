@@ -15,6 +15,7 @@ logger = logging.getLogger("napari_clis._widget")
 
 CUSTOM_MODEL = "Model file…"
 LAYER_TAG = "napari_clis"  # key in layer.metadata marking the layers this widget owns
+SEGMENT_DOCK_NAME = "napari_clis_segment"  # the Segment (CLIS) dock's Qt object name
 SEGMENTATION, UNCERTAINTY, SUPERPIXELS = "segmentation", "uncertainty", "superpixels"
 INSTANCES = "instances"  # one id per object (touching nuclei split), drawn as outlines
 CLICKS, SUGGESTIONS = "clicks", "suggestions"

@@ -17,7 +17,7 @@ from magicgui.widgets import Container
 from .._napari_compat import unhook_undo_redo, unwrap
 from ..annotation_state import AnnotationState
 from ._click_actions import add_control as add_click_action_control
-from ._common import CUSTOM_MODEL, REPLACED, notify_error, plain
+from ._common import CUSTOM_MODEL, REPLACED, SEGMENT_DOCK_NAME, notify_error, plain
 from ._controls import Controls, model_choices, model_class_names
 from ._corrections import Corrections
 from ._keys import register as register_shortcuts
@@ -62,6 +62,7 @@ class SegmentWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(scrollable=True)  # on a laptop screen the dock is taller than the window: it scrolls
+        self.native.setObjectName(SEGMENT_DOCK_NAME)  # how the Measurements dock finds it to share its place
         self.viewer = unwrap(viewer)
         self.retired = False  # closed, or replaced by a newer dock on the same viewer: it then does nothing
         self.destroyed = False  # the viewer closed: its Qt widgets are deleted
