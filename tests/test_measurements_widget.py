@@ -202,3 +202,18 @@ def test_opened_beside_the_segment_dock_it_takes_a_tab_of_its_place(make_napari_
     segment = next(d for title, d in docks.items() if title.startswith("Segment (CLIS)"))
     mine = next(d for title, d in docks.items() if title.startswith("Measurements (CLIS)"))
     qtbot.waitUntil(lambda: mine in widget.window().tabifiedDockWidgets(segment), timeout=5_000)
+
+
+def test_column_headers_say_what_each_column_is_luminance_for_colour(qtbot):
+    from napari_clis._measurements import _Columns
+
+    inst = np.zeros((20, 20), np.int32)
+    inst[2:8, 2:8] = 1
+    model = _Columns()
+    tip = lambda name: model.headerData(_headers(model).index(name.replace("_", " ")),  # noqa: E731
+                                        Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+    model.set(measure_objects(inst, np.full((20, 20, 3), 100, np.uint8)))
+    assert "luminance" in tip("mean_intensity") and tip("mean_red")
+    model.set(measure_objects(inst, np.full((20, 20), 100, np.uint16)))
+    assert "luminance" not in tip("mean_intensity") and "own units" in tip("mean_intensity")
+    assert all(tip(name) for name in model.columns)

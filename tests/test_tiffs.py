@@ -53,6 +53,11 @@ def test_the_napari_writer_and_batch_write_one_schema(tmp_path, nuclei_session):
         assert record["class_names"] == nuclei_session.class_names
         assert read_batch_metadata(r.outputs[kind]) == record
     assert read_batch_metadata(saved) == {}  # a layer saved from napari is not a batch run's output
+    # the widget's instances layer: objects, not classes (it wrote "class_names": null as a segmentation)
+    (objects,) = write_labels(str(tmp_path / "objects.tif"), labels, {"name": "instances",
+                                                                       "metadata": {"napari_clis": "instances"}})
+    record = read_metadata(objects)
+    assert record["kind"] == "instances" and record["layer_type"] == "labels" and "class_names" not in record
     np.testing.assert_array_equal(tifffile.imread(saved), labels)
     with tifffile.TiffFile(r.outputs["labels"]) as tif:  # one description, tifffile's shaped one: axes kept
         assert tif.series[0].axes == "YX"

@@ -38,6 +38,23 @@ def _shown(value, integer: bool):
     return int(value) if integer else round(value, 2) if abs(value) >= 1 else float(f"{float(value):.3g}")
 
 
+_COLUMN_TIPS = {  # what each column is (the CSV has the same columns)
+    "label": "The object's id in the instances layer.",
+    "area": "Pixels in the object.",
+    "perimeter": "Length of the object's border, in pixels (scikit-image's estimate).",
+    "mean_intensity": "Mean pixel value of the image inside the object, in the image's own units.",
+    "mean_intensity colour": "Mean luminance inside the object: 0.2125 red + 0.7154 green + 0.0721 blue, in the "
+                             "image's own units (one column comparable with grey images); each channel's mean is "
+                             "beside it.",
+    "mean_red": "Mean of the red channel inside the object.",
+    "mean_green": "Mean of the green channel inside the object.",
+    "mean_blue": "Mean of the blue channel inside the object.",
+    "mean_uncertainty": "Mean of the uncertainty map inside the object (0 = sure; higher = worth a look).",
+    "centroid_y": "Row of the object's centre, in pixels.",
+    "centroid_x": "Column of the object's centre, in pixels.",
+}
+
+
 class _Columns(QAbstractTableModel):
     """The measurements (a dict of equal-length columns) as a table; sorting reorders an index, not the data."""
 
@@ -59,8 +76,15 @@ class _Columns(QAbstractTableModel):
         return 0 if parent.isValid() else len(self.columns)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        shown = role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal
-        return list(self.columns)[section].replace("_", " ") if shown else None
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(self.columns):
+            return None
+        name = list(self.columns)[section]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return name.replace("_", " ")
+        if role == Qt.ItemDataRole.ToolTipRole:
+            colour = "mean_red" in self.columns
+            return _COLUMN_TIPS.get(name if name != "mean_intensity" or not colour else "mean_intensity colour")
+        return None
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if role != Qt.ItemDataRole.DisplayRole or not index.isValid():

@@ -20,9 +20,13 @@ __all__ = ["write_labels", "write_image", "read_metadata", "read_labels_metadata
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
-    """A Labels layer (the ``segmentation``): the labels as they are, with the class names."""
-    return _write_tiff(path, data, meta, "labels",
-                       {"class_names": (meta.get("metadata") or {}).get("class_names")}, rgb=False)
+    """A Labels layer (the ``segmentation``): the labels as they are, with the class names. The ``instances`` and
+    ``superpixels`` layers Segment (CLIS) made (tagged in their metadata) are written as those kinds, without class
+    names (their ids are objects and regions, not classes)."""
+    tags = meta.get("metadata") or {}
+    kind = tags.get("napari_clis") if tags.get("napari_clis") in ("instances", "superpixels") else "labels"
+    names = tags.get("class_names") if kind == "labels" else None
+    return _write_tiff(path, data, meta, kind, {} if names is None else {"class_names": names}, rgb=False)
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
