@@ -511,7 +511,8 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     assert len(session.tasks) == 1, (infos, messages)
     saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
     assert saved == [Path(session.autosave)]
-    assert any(f"Saved as {saved[0].name} in the models folder" in m for m in infos)
+    assert any(f"Saved as {saved[0].name} in the models folder, now chosen in Model (the model you started from "
+               "is unchanged)" in m for m in infos), infos
     judged = ("of the pixels you corrected right", "(nothing was corrected)")
     assert any("Learned task 1 from this image" in m and any(j in m for j in judged) for m in infos), infos
     # a long message (here a long unbroken path as well) wraps inside the dock instead of widening it over the canvas

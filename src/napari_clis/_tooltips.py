@@ -71,7 +71,9 @@ SUGGEST = (
 CLEAR = "Remove all clicks on the slice being corrected (painted edits stay)."
 LEARN = (
     "Learn from this image (Shift-L): the model adds a task from the corrected segmentation, so similar images "
-    "start better. Earlier tasks are never changed; a step that would make this image worse is rolled back."
+    "start better. Earlier tasks are never changed; a step that would make this image worse is rolled back. The "
+    "learned model saves itself in your models folder (a shipped model becomes a new file there, chosen in Model; "
+    "the shipped one stays as it was)."
 )
 SAVE_MODEL = "Save the model with everything it learned (tasks, their clicks and annotations) to a .pt file."
 TASKS = (

@@ -148,14 +148,16 @@ class LearnPanel:
         d, state = self.dock, self.state
         session = state.session
         moved = moved_note(session)
+        new_file = "" if session.autosave is None or state.model_key[0] == str(Path(session.autosave)) else \
+            ", now chosen in Model (the model you started from is unchanged)"  # a new file: learned from a shipped one
         if unsaved is not None:
             # so that switching models asks for Save model first, as for any unsaved task; the next learn retries it
             state.retry_autosave, session.autosave = session.autosave, None
         elif session.autosave is not None:  # learn() saved it (always in the models folder): list it, choose it
             self.on_saved(session.autosave)
         saved = f" {unsaved}" if unsaved is not None else \
-            f" Saved as {Path(session.autosave).name} in the models folder." if session.autosave is not None else \
-            " It is not saved in any file yet: press Save model."
+            f" Saved as {Path(session.autosave).name} in the models folder{new_file}." \
+            if session.autosave is not None else " It is not saved in any file yet: press Save model."
         if not d.alive:
             if not d.destroyed:
                 (show_warning if unsaved is not None or moved or session.autosave is None else show_info)(
