@@ -25,8 +25,8 @@ BACKGROUND_CLICK_COLOUR = "#00e5ff"  # cyan: unlike the object colours, the yell
 CLICK_STYLE = {"border_color": "#101010", "border_width": 0.2}
 # a thin dark-edged ring: napari's ring is clear only inside half its radius, so around an object its band is as
 # wide as the object; a translucent band with thin dark edges marks the object without hiding its neighbours
-SUGGESTION_STYLE = {"symbol": "ring", "face_color": [1.0, 0.84, 0.0, 0.45], "border_color": "#101010",
-                    "border_width": 0.025, "opacity": 1.0}
+SUGGESTION_STYLE = {"symbol": "disc", "face_color": "transparent", "border_color": [1.0, 0.84, 0.0, 1.0],
+                    "border_width": 0.06, "opacity": 1.0}
 SEGMENTATION_OPACITY = 0.35  # a light fill: the image shows through, the instances' outlines draw the objects
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
 AUTO_RANGE, DISPLAYED_RANGE = "automatic", "as displayed"  # the Intensity range list: the robust range, contrast limits

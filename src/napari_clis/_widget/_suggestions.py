@@ -62,7 +62,7 @@ def suggestions(session):
         reach = diameter / 2 if box is None else max(y - box[0].start, box[0].stop - y, x - box[1].start,
                                                     box[1].stop - x)
         reach = min(reach, diameter)  # a long or large object: a ring of two typical objects, not a target over it
-        sizes.append(4.0 * (reach + 2.0))  # napari's ring is clear inside half its radius: the object shows through
+        sizes.append(2.0 * (reach + 3.0))  # a circle just outside the object: the object and its neighbours show
     return yx, np.array(sizes, float)
 
 
