@@ -149,6 +149,7 @@ def test_the_widget_says_when_a_learned_task_has_its_own_normalisation(make_napa
     assert widget.session.net.adapted_tasks() == [1], widget.status
     assert "Learned task 1" in widget.status and "the task has its own normalisation and adapters" in widget.status
     record = widget.session.tasks[0]  # the status says what the rollback rule judged
-    before = f" (the model before: {record.corrected_before:.0%})" if round(100 * record.corrected_before) else ""
+    before = f" (the model before: {record.corrected_before:.0%})" if round(100 * record.corrected_before) else \
+        " (the model before: none of them)"
     assert f"it gets {record.corrected_after:.0%} of the pixels you corrected right{before} and keeps " \
         f"{record.agreement_after:.0%} of what you left" in widget.status

@@ -126,6 +126,8 @@ class MeasurementsWidget(QWidget):
                                 selectionBehavior=QAbstractItemView.SelectionBehavior.SelectRows,
                                 selectionMode=QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setModel(self.model)
+        # by id, smallest first, until a header is clicked (Qt's indicator starts descending: 37, 36, 35...)
+        self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.verticalHeader().setVisible(False)
         self.table.selectionModel().selectionChanged.connect(self._row_selected)

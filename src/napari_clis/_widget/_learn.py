@@ -34,10 +34,13 @@ def judged(record) -> str:
 
 
 def _before(record, words: str) -> str:
-    """The model before's share of the corrected pixels, in brackets; nothing where it got none of them right (the
-    usual case: they are the pixels it had wrong), which says nothing."""
+    """The model before's share of the corrected pixels, in brackets ("none" where it got none of them right, the
+    usual case: they are the pixels it had wrong; without it the share read like a failure, with nothing to
+    compare it with)."""
     was = record.corrected_before
-    return f" ({words}: {was:.0%})" if was is not None and round(100 * was) > 0 else ""
+    if was is None:
+        return ""
+    return f" ({words}: {was:.0%})" if round(100 * was) > 0 else f" ({words}: none of them)"
 
 
 def task_summary(record) -> str:
