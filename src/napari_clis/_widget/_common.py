@@ -23,8 +23,8 @@ MAPS = (SEGMENTATION, UNCERTAINTY, SUPERPIXELS, INSTANCES)
 # How clicks and suggestions look: saturated colours with a dark border, seen on dark fluorescence and light skin
 BACKGROUND_CLICK_COLOUR = "#00e5ff"  # cyan: unlike the object colours, the yellow rings and skin tones
 CLICK_STYLE = {"border_color": "#101010", "border_width": 0.2}
-# a thin dark-edged ring: napari's ring is clear only inside half its radius, so around an object its band is as
-# wide as the object; a translucent band with thin dark edges marks the object without hiding its neighbours
+# a thin gold circle just outside the object, clear inside: napari's "ring" symbol is clear only inside half its
+# radius, so around an object its band was as wide as the object and, zoomed in, tinted it and hid its neighbours
 SUGGESTION_STYLE = {"symbol": "disc", "face_color": "transparent", "border_color": [1.0, 0.84, 0.0, 1.0],
                     "border_width": 0.06, "opacity": 1.0}
 SEGMENTATION_OPACITY = 0.35  # a light fill: the image shows through, the instances' outlines draw the objects
