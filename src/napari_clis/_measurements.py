@@ -43,9 +43,6 @@ _COLUMN_TIPS = {  # what each column is (the CSV has the same columns)
     "area": "Pixels in the object.",
     "perimeter": "Length of the object's border, in pixels (scikit-image's estimate).",
     "mean_intensity": "Mean pixel value of the image inside the object, in the image's own units.",
-    "mean_intensity colour": "Mean luminance inside the object: 0.2125 red + 0.7154 green + 0.0721 blue, in the "
-                             "image's own units (one column comparable with grey images); each channel's mean is "
-                             "beside it.",
     "mean_red": "Mean of the red channel inside the object.",
     "mean_green": "Mean of the green channel inside the object.",
     "mean_blue": "Mean of the blue channel inside the object.",
@@ -53,6 +50,9 @@ _COLUMN_TIPS = {  # what each column is (the CSV has the same columns)
     "centroid_y": "Row of the object's centre, in pixels.",
     "centroid_x": "Column of the object's centre, in pixels.",
 }
+_LUMINANCE_TIP = ("Mean luminance inside the object (scikit-image's rgb2gray weights: 0.2125 red + 0.7154 green + "
+                  "0.0721 blue), in the image's own units: one column comparable with grey images; each channel's "
+                  "mean is beside it.")
 
 
 class _Columns(QAbstractTableModel):
@@ -81,9 +81,8 @@ class _Columns(QAbstractTableModel):
         name = list(self.columns)[section]
         if role == Qt.ItemDataRole.DisplayRole:
             return name.replace("_", " ")
-        if role == Qt.ItemDataRole.ToolTipRole:
-            colour = "mean_red" in self.columns
-            return _COLUMN_TIPS.get(name if name != "mean_intensity" or not colour else "mean_intensity colour")
+        if role == Qt.ItemDataRole.ToolTipRole:  # a colour image's mean intensity is its luminance
+            return _LUMINANCE_TIP if name == "mean_intensity" and "mean_red" in self.columns else _COLUMN_TIPS.get(name)
         return None
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):

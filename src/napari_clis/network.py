@@ -268,15 +268,18 @@ class ClisNet(nn.Module):
     def distance(self, encoded) -> torch.Tensor:
         """The distance head's logit ``(N, 1, H, W)`` from :meth:`encode`'s outputs (a ``ValueError`` for a network
         without that head)."""
+        self._require_distance_head()
+        return self.distance_head(encoded)
+
+    def _require_distance_head(self) -> None:
         if self.distance_head is None:
             raise ValueError("this network has no distance head (NetworkConfig.instance_head is False)")
-        return self.distance_head(encoded)
 
     def forward(self, x: torch.Tensor, task: int = 0, relaxed: bool = False, with_distance: bool = False):
         """One pass: ``(logits, log_variance)`` (and the distance logit with ``with_distance``). Training uses
         relaxed gates and dropout."""
-        if with_distance and self.distance_head is None:
-            raise ValueError("this network has no distance head (NetworkConfig.instance_head is False)")
+        if with_distance:  # before the pass, not after it
+            self._require_distance_head()
         encoded = self.encode(x, task, relaxed)
         feats = self.decode(encoded, task, relaxed)
         last = self.B3.conv2
