@@ -147,9 +147,12 @@ def test_the_widget_says_when_a_learned_task_has_its_own_normalisation(make_napa
     widget.learn()
     widget.wait()
     assert widget.session.net.adapted_tasks() == [1], widget.status
-    assert "Learned task 1" in widget.status and "the task has its own normalisation and adapters" in widget.status
-    record = widget.session.tasks[0]  # the status says what the rollback rule judged
+    assert "Learned task 1" in widget.status and "its own normalisation" in widget.status
+    assert len(widget.status) < 200  # short: the whole message pushed the panels below a 720 px window
+    said = widget.controls.status.tooltip  # (and the notification) say the adaptation and what the rule judged
+    assert "the task has its own normalisation and adapters" in said
+    record = widget.session.tasks[0]
     before = f" (the model before: {record.corrected_before:.0%})" if round(100 * record.corrected_before) else \
         " (the model before: none of them)"
     assert f"it gets {record.corrected_after:.0%} of the pixels you corrected right{before} and keeps " \
-        f"{record.agreement_after:.0%} of what you left" in widget.status
+        f"{record.agreement_after:.0%} of what you left" in said

@@ -400,7 +400,7 @@ def test_the_learn_section_plots_tasks_and_mask_usage_and_lists_saved_models(seg
     assert f"Free kernels for new tasks: {free} of {reserve}." in widget.controls.tasks_label.tooltip
     # the task's line gives the figures its Learn message gave (not a Dice that reads the other way)
     assert f"gets {record.corrected_after:.0%} of the pixels you corrected right" in widget.tasks_text
-    assert f"gets {record.corrected_after:.0%} of the pixels you corrected right" in widget.status
+    assert f"gets {record.corrected_after:.0%} of the pixels you corrected right" in widget.controls.status.tooltip
     image = widget.controls.task_plot.grab().toImage()  # the plot draws its point: some pixels are the "after" blue
     blue = [(x, y) for x in range(0, image.width(), 2) for y in range(0, image.height(), 2)
             if image.pixelColor(x, y).name() == "#42a5f5"]

@@ -173,7 +173,14 @@ class LearnPanel:
         msg = (f"{late}Learned task {record.task} from this image in {record.seconds:.0f} s: {judged(record)} "
                f"Similar images are segmented with it from now on.{adapted}{saved}{moved}")
         (show_warning if unsaved is not None or moved else show_info)(msg)
-        d.controls.set_status(msg)
+        # the status short (the whole message, nine lines, pushed Correct and Learn below a 720 px window): what
+        # the task does is in the notification and in the learned tasks' list under Learn
+        kept = f" {unsaved}" if unsaved is not None else f" Saved as {Path(session.autosave).name}." \
+            if session.autosave is not None else " Not saved yet: press Save model."
+        own = " (its own normalisation, for images of its kind)" if adapted else ""
+        d.controls.set_status(f"{late}Learned task {record.task} from this image in {record.seconds:.0f} s{own}."
+                              f"{kept}{moved}")
+        d.controls.status.tooltip = msg
         self.show_tasks()
         if d.controls.chosen_key() != state.model_key:  # another model was chosen meanwhile: its hint stays
             d.on_model_changed(d.controls.model.value)
