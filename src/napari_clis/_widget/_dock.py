@@ -20,6 +20,7 @@ from ._click_actions import add_control as add_click_action_control
 from ._common import CUSTOM_MODEL, REPLACED, SEGMENT_DOCK_NAME, notify_error, plain
 from ._controls import Controls, model_choices, model_class_names
 from ._corrections import Corrections
+from ._heap import release
 from ._keys import register as register_shortcuts
 from ._layers import Layers, is_input
 from ._learn import LearnPanel
@@ -406,6 +407,7 @@ class SegmentWidget(Container):
     def _on_layer_removed(self, event=None) -> None:
         """The image being segmented deleted: what the run still hands back is dropped (no write into another
         image's layers); the image being corrected deleted: nothing to correct until the next Segment."""
+        release()  # the layer may have been alive when the heap was frozen (:mod:`._heap`)
         self.reset_choices()
         layer, state = getattr(event, "value", None), self.state
         if layer is None:
@@ -471,6 +473,7 @@ class SegmentWidget(Container):
         """Stop listening to the viewer and its layers (the dock was closed, or a new dock took over, or the
         viewer closed: ``destroyed``, the Qt widgets are gone). A run still going finishes in its thread (a
         task being learned is still learned and autosaved) and its results go nowhere but the state."""
+        release()  # the viewer and the dock may go now (:mod:`._heap`)
         if destroyed:
             self.destroyed = True
             self.runner.stop_timer()

@@ -38,6 +38,7 @@ from ._common import (
     task_choice_detail,
     task_choice_text,
 )
+from ._heap import release
 
 
 def objects_made_in_the_worker(*_args):
@@ -80,10 +81,13 @@ def warm_up() -> None:
     """After the model loads (in the worker): import what the layers and learning import later (pandas for the
     clicks' features, torch's optimizers), so the GUI thread does not; make vispy's line dash patterns, which the
     first Labels layer's line overlays would make on the GUI thread (13 patterns in pure Python, kept for the
-    process: about 70 ms of the first layer's 210 ms under software OpenGL); then collect and freeze what is alive
-    (the model, torch), so that Python's full garbage collections, on the GUI thread too, no longer walk it."""
-    import gc
+    process: about 70 ms of the first layer's 210 ms under software OpenGL); then freeze what is alive (the model,
+    torch; :mod:`._heap`), so that Python's full garbage collections, on the GUI thread too, no longer walk it.
+    No collection first: one walks the whole heap with the GIL held (194 ms here, a stall of the window) and found
+    10 objects to free."""
     import importlib
+
+    from ._heap import freeze
 
     for name in ("pandas", "torch.optim", "torch.optim.lbfgs"):
         try:
@@ -96,8 +100,7 @@ def warm_up() -> None:
         DashAtlas()  # its patterns are cached (functools.lru_cache) for every later line visual
     except Exception:  # pragma: no cover - a vispy without it: the first layer makes them, as before
         pass
-    gc.collect()
-    gc.freeze()
+    freeze()
 
 
 def check_layer(layer):
@@ -331,6 +334,8 @@ class Segmenter:
     def took_session(self, session, plan: Plan) -> None:
         from napari.utils.notifications import show_info
 
+        if self.dock.state.session is not None:  # the model replaced may now be freed
+            release()
         self.dock.state.use_session(session, plan.key)
         self.make_layers_ahead(session)
         if plan.old_tasks and plan.held is not None:
