@@ -544,3 +544,25 @@ def test_a_range_beyond_the_images_type_is_mapped_exactly():
     for low, high in ((-40000.0, 300.0), (-1e6, 1e6), (-3e9, 5.0)):
         expected = np.clip((image - low) / (high - low), 0, 1) - 0.5
         np.testing.assert_allclose(normalize_image(image, value_range=(low, high))[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["nuclei", "lesion"])
+def test_segment_steps_hands_on_the_labels_first_and_changes_the_session_only_at_the_end(which, request):
+    """The labels as the session will show them come first (object clicks: the network's; region clicks: the
+    MRF's), then the whole result, equal to segment()'s; a caller that stops after the labels leaves the session
+    with the image it had."""
+    from napari_clis import ClisSession
+
+    session = ClisSession.from_pretrained("nuclei" if which == "nuclei" else "skin-lesion", device="cpu")
+    image = request.getfixturevalue("nuclei_fluo" if which == "nuclei" else "lesion")[0]
+    steps = session.segment_steps(image)
+    kind, labels = next(steps)
+    assert kind == "labels" and labels.shape == image.shape[:2]
+    assert session.result is None  # nothing taken yet
+    steps.close()  # the viewer went on to another image
+    assert session.result is None and session.interaction is None
+    kinds = [kind for kind, _ in session.segment_steps(image)]
+    assert kinds == ["labels", "result"]
+    whole = session.segment(image)
+    np.testing.assert_array_equal(labels, session.labels)  # what the session shows before any click
+    np.testing.assert_array_equal(whole.labels, session.result.labels)

@@ -480,6 +480,27 @@ class ClisSession:
         -------
         SegmentationResult
         """
+        [(_, result)] = self._segment(image, False, n_samples=n_samples, tile=tile, margin=margin, progress=progress,
+                                      task=task, intensity_range=intensity_range, object_diameter=object_diameter)
+        return result
+
+    def segment_steps(self, image, *, n_samples: int | None = None, tile: int = DEFAULT_TILE,
+                      margin: int = DEFAULT_MARGIN, progress=None, task: int | None = None, intensity_range=None,
+                      object_diameter: float | None = None):
+        """:meth:`segment` step by step, for a viewer that shows the segmentation as soon as it exists.
+
+        A generator of ``(kind, value)``: first ``("labels", labels)``, the (H, W) labels as :attr:`labels` will
+        show them before any click (object clicks: the network's, before the superpixels; region clicks: the MRF's,
+        once the superpixels are there), then ``("result", SegmentationResult)``. The session's state (result,
+        task, clicks) changes only at that last step: a generator left before it leaves the session as it was.
+        Same parameters as :meth:`segment`."""
+        return self._segment(image, True, n_samples=n_samples, tile=tile, margin=margin, progress=progress, task=task,
+                             intensity_range=intensity_range, object_diameter=object_diameter)
+
+    def _segment(self, image, early: bool, *, n_samples, tile, margin, progress, task, intensity_range,
+                 object_diameter):
+        """The work of :meth:`segment` and :meth:`segment_steps`; ``early``: the labels yielded once they exist
+        (in region mode that makes the MRF's labelling now, which segment() leaves until it is asked for)."""
         _refuse_labels_layer(image)
         if isinstance(image, (str, Path)):
             raise ImageError(f"segment() takes the image as an array, not a file name ({str(image)!r}): read it first "
@@ -500,6 +521,8 @@ class ClisSession:
         fp, chosen, choice = self._choose_task(normalized, task, scale=scale)
         out, labels = segment_normalized(self.net, normalized, self.segment_settings(n_samples, scale=scale),
                                          task=chosen, tile=tile, margin=margin, progress=progress)
+        if early and self.object_clicks:  # the network's labels are what is shown before a click
+            yield "labels", labels
         superpixels = compute_superpixels(normalized, size=self.superpixel_size)
         result = SegmentationResult(
             labels=labels,
@@ -509,12 +532,24 @@ class ClisSession:
             aleatoric=out.aleatoric,
             entropy=out.entropy,
             superpixels=superpixels,
-            familiarity=self.familiarity(normalized, scale=scale, task=chosen),
             distance=out.distance,
             make_instances=self._instance_maker(),
         )
         graph = build_region_graph(superpixels, weigh(out.probabilities, self.class_log_prior), out.uncertainty,
                                    normalized)
+        editor = None
+        if self.object_clicks:
+            diameter = self.object_diameter
+            editor = ObjectEditor(result.probabilities, normalized, labels, lambda: result.instances,
+                                  diameter=None if diameter is None else diameter / (scale or 1.0),
+                                  uncertainty=result.uncertainty)
+        interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration,
+                                  locality=self.locality, single_object=self.single_object, objects=editor)
+        if early and editor is None:  # region clicks: the MRF's labelling is what is shown (and kept)
+            yield "labels", interaction.labels
+        result.familiarity = self.familiarity(normalized, scale=scale, task=chosen)
+        if fp is None:  # (not needed to choose the task: made now, after the labels)
+            fp = self._image_fingerprint(normalized, scale)
         self.result = result
         self._normalized = normalized
         self._scale = scale
@@ -523,15 +558,8 @@ class ClisSession:
         self._fingerprint = fp
         self.task = chosen
         self.task_choice = choice
-        editor = None
-        if self.object_clicks:
-            diameter = self.object_diameter
-            editor = ObjectEditor(result.probabilities, normalized, labels, lambda: result.instances,
-                                  diameter=None if diameter is None else diameter / (scale or 1.0),
-                                  uncertainty=result.uncertainty)
-        self.interaction = Interaction(graph, smoothness=self.smoothness, calibration=self.calibration,
-                                       locality=self.locality, single_object=self.single_object, objects=editor)
-        return result
+        self.interaction = interaction
+        yield "result", result
 
     def familiarity(self, normalized: np.ndarray, *, scale: float | None = None,
                     task: int | None = None) -> Familiarity:
@@ -735,21 +763,28 @@ class ClisSession:
         x = x[0].to(self.device)
         return (x, None) if y is None else (x, y[0, 0].long().to(self.device))
 
+    def _image_fingerprint(self, normalized: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """The image's fingerprint (``continual.fingerprint``), the whole image at most ``FINGERPRINT_SIDE`` px on a
+        side, resized by the object ``scale`` as segment() saw it."""
+        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
+        return fingerprint(self.net, x[None])
+
     def _choose_task(self, normalized: np.ndarray, task: int | None = None, *,
                      scale: float | None = None) -> tuple[np.ndarray, int, dict]:
-        """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``.
+        """(fingerprint, task, info) for an image: the task-aware module (``continual.choose_task``), or ``task``;
+        the fingerprint is None where nothing was chosen (``task`` given, nothing learned: segment() makes it last).
 
         The fingerprint sees the whole image at most ``FINGERPRINT_SIDE`` px on a side; the agreement check
         sees the image as the network segments it: at a model's working resolution, else at its own resolution,
         cut to the central ``AGREEMENT_SIDE`` px square (two passes of that cost a quarter of one 512 px pass).
         With an object ``scale``, both see the image resized by it, as the network segments it."""
-        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
-        fp = fingerprint(self.net, x[None])
-        fp_input = x
         if task is not None:
-            return fp, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
+            return None, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
         if not self.tasks and not self.remembered:
-            return fp, 0, {"nearest": 0, "known": False, "agreement": None}
+            return None, 0, {"nearest": 0, "known": False, "agreement": None}
+        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
+        fp = fingerprint(self.net, x[None])  # (:meth:`_image_fingerprint`, its input kept for the familiarity)
+        fp_input = x
         h, w = normalized.shape[-2:]
         f = 1.0 if scale is None else scale
         if self.working_long_side is None and max(h, w) * f > AGREEMENT_SIDE:  # at the scale it segments
