@@ -188,14 +188,14 @@ def test_the_busy_bar_of_a_single_image_shows_only_once_segmenting_takes_a_while
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(nuclei_fluo[0], name="fluo")
     started, go_on = threading.Event(), threading.Event()
-    real = ClisSession.segment
+    real = ClisSession.segment_steps  # what the widget segments with
 
     def held(self, *args, **kwargs):
         started.set()
         assert go_on.wait(60)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(ClisSession, "segment", held)
+    monkeypatch.setattr(ClisSession, "segment_steps", held)
     c = widget.controls
 
     def bar_shown():  # shown by the dock (the viewer of the tests is not on screen: isVisible() is always False)
@@ -274,7 +274,7 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
 
     # the second slice waits until the layer is gone: a deletion mid-run, however fast the slices are
     deleted, calls = threading.Event(), []
-    real = ClisSession.segment
+    real = ClisSession.segment_steps  # what the widget segments with
 
     def segment_second_after_deletion(self, *args, **kwargs):
         calls.append(1)
@@ -282,7 +282,7 @@ def test_deleting_the_segmentation_during_a_run_over_slices_says_which_are_lost(
             assert deleted.wait(60)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(ClisSession, "segment", segment_second_after_deletion)
+    monkeypatch.setattr(ClisSession, "segment_steps", segment_second_after_deletion)
     viewer, widget = viewer_and_widget
     image = nuclei_fluo[0][:96, :96]
     layer = viewer.add_image(np.stack([image] * 12), name="movie")
@@ -303,15 +303,14 @@ def test_cancel_pressed_as_an_image_finishes_says_it_had_finished(viewer_and_wid
     layer = viewer.add_image(nuclei_fluo[0], name="img")
     _run(widget, qtbot, layer)
     session = widget.session
-    real, done, go_on = session.segment, threading.Event(), threading.Event()
+    real, done, go_on = session.segment_steps, threading.Event(), threading.Event()
 
     def segment_then_wait(*args, **kwargs):  # every tile done: Cancel comes too late to stop it
-        result = real(*args, **kwargs)
+        yield from real(*args, **kwargs)
         done.set()
         go_on.wait(30)
-        return result
 
-    session.segment = segment_then_wait
+    session.segment_steps = segment_then_wait
     widget.run(layer)
     qtbot.waitUntil(done.is_set, timeout=60_000)
     widget.cancel()

@@ -24,7 +24,7 @@ def messages(monkeypatch):
     return shown
 
 
-def _hold(monkeypatch, method="segment"):
+def _hold(monkeypatch, method="segment_steps"):
     """ClisSession.<method> waits, once it is called, until the returned event is set; the first event says it was
     called."""
     called, go_on = threading.Event(), threading.Event()
@@ -62,8 +62,8 @@ def test_the_model_is_loaded_and_every_heavy_step_runs_in_a_worker(make_napari_v
             return real(*args, **kwargs)
         return call
 
-    for name in ("segment", "learn"):
-        monkeypatch.setattr(ClisSession, name, record(name, getattr(ClisSession, name)))
+    monkeypatch.setattr(ClisSession, "segment_steps", record("segment", ClisSession.segment_steps))  # the widget's
+    monkeypatch.setattr(ClisSession, "learn", record("learn", ClisSession.learn))
     monkeypatch.setattr(ClisSession, "from_pretrained",
                         classmethod(record("load", ClisSession.from_pretrained.__func__)))
     monkeypatch.setattr(Settings, "async_pixels", 16)  # clicks propagate in a worker, as on a large image
@@ -210,8 +210,9 @@ def test_rapid_clicks_during_a_segment_run_it_once_and_the_clicks_land_when_it_i
     widget.run()
     widget.wait()
     calls = []
-    real = ClisSession.segment
-    monkeypatch.setattr(ClisSession, "segment", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    real = ClisSession.segment_steps  # what the widget segments with
+    monkeypatch.setattr(ClisSession, "segment_steps",
+                        lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
     button = widget.controls.run_button
     widget.run()
     for _ in range(5):  # Segment, Learn and Shift-S pressed again and again while it runs

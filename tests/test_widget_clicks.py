@@ -975,16 +975,15 @@ def test_a_click_made_while_slices_are_segmented_waits_for_the_run_and_lands_on_
     seg, clicks = viewer.layers["segmentation"], viewer.layers["clicks"]
     alone = seg.data.copy()
     session = widget.session
-    real, held, go_on = session.segment, threading.Event(), threading.Event()
+    real, held, go_on = session.segment_steps, threading.Event(), threading.Event()
 
     def segment_and_hold(*args, **kwargs):  # the worker holds after slice 1, the GUI showing slice 0's result
-        result = real(*args, **kwargs)
+        yield from real(*args, **kwargs)
         if np.array_equal(args[0], slices[1]):
             held.set()
             go_on.wait(30)
-        return result
 
-    session.segment = segment_and_hold
+    session.segment_steps = segment_and_hold
     widget.run(layer)
     qtbot.waitUntil(held.is_set, timeout=60_000)
     qtbot.wait(200)

@@ -242,3 +242,65 @@ def test_a_failure_while_finding_the_objects_is_said_once_and_the_segmentation_s
     assert widget.status.startswith("Failed: the watershed ran out of memory")
     assert viewer.layers["segmentation"].data.any()  # what was shown stays
     assert not widget.busy
+
+
+@pytest.mark.parametrize("model_image", ["nuclei_fluo", "lesion"])
+def test_the_segmentation_is_shown_before_its_maps_and_a_stroke_meanwhile_is_kept(make_napari_viewer, qtbot, request,
+                                                                                  monkeypatch, model_image):
+    """``ClisSession.segment_steps`` hands the labels on before the rest of segment() (the network's, or the MRF's
+    for region clicks): the widget writes them at once; a stroke painted before the maps come is an annotation."""
+    image, _ = request.getfixturevalue(model_image)
+    model = "nuclei" if model_image.startswith("nuclei") else "skin-lesion"
+    called, go_on = threading.Event(), threading.Event()
+    real = session_module.ClisSession.familiarity  # the last step of segment(), after the labels
+
+    def held(self, *args, **kwargs):
+        called.set()
+        assert go_on.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(session_module.ClisSession, "familiarity", held)
+    viewer, widget = annotate(image, model=model, viewer=make_napari_viewer())
+    try:
+        widget.run()
+        qtbot.waitUntil(called.is_set, timeout=120_000)
+        qtbot.waitUntil(lambda: widget.status.startswith("Segmented "), timeout=10_000)
+        seg, unc = viewer.layers["segmentation"], viewer.layers["uncertainty"]
+        early = np.array(seg.data, copy=True)
+        assert early.any() and not unc.data.any()  # the segmentation shown, its maps not yet
+        assert widget.busy and widget.session.result is None  # the session takes the image only at the end
+        ys, xs = np.nonzero(early == 0)
+        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+        seg.brush_size = 3
+        seg.paint((y, x), 1)  # a stroke on the background, made before the maps come
+    finally:
+        go_on.set()
+    widget.wait()
+    np.testing.assert_array_equal(early[early != seg.data], 0)  # only the stroke changed it
+    assert seg.data[y, x] == 1 and widget.session.labels[y, x] == 1  # kept, and taken as an annotation
+    assert unc.data.any()
+    changed = early != seg.data
+    assert 0 < changed.sum() <= 9
+
+
+def test_a_new_segmentation_hides_the_old_objects_until_its_own_come(make_napari_viewer, qtbot, held_objects,
+                                                                      nuclei_fluo):
+    """Segment again: the earlier objects go at once, the layer hidden meanwhile (napari would draw the outlines of
+    nothing), and shown again with the new ones; a layer the user hid stays hidden."""
+    called, go_on = held_objects
+    viewer, widget = annotate(nuclei_fluo[0], viewer=make_napari_viewer())
+    go_on.set()
+    widget.run()
+    widget.wait()
+    inst = viewer.layers["instances"]
+    assert inst.visible and inst.data.any()
+    for user_hid in (False, True):
+        inst.visible = not user_hid
+        called.clear()
+        go_on.clear()
+        widget.run()
+        _in_object_phase(widget, qtbot, called)
+        assert not inst.visible and not inst.data.any()
+        go_on.set()
+        widget.wait()
+        assert inst.visible is not user_hid and inst.data.any()

@@ -74,6 +74,7 @@ class Layers:
         self.geometry_hooked = weakref.WeakSet()
         self.visibility_hooked = weakref.WeakSet()
         self.ahead = weakref.WeakSet()  # layers made ahead of a run's first result (make_ahead)
+        self.objects_hidden = weakref.WeakSet()  # the objects layer, hidden while its objects are found
 
     @property
     def viewer(self):
@@ -306,29 +307,54 @@ class Layers:
                                                                         layers.index(clicks) < layers.index(sugg))):
                 layers.move(layers.index(points), len(layers))
 
-    def write_plane(self, image_layer, idx, result, painted=None, instances=None, late: bool = False) -> np.ndarray:
+    def write_plane(self, image_layer, idx, result, painted=None, instances=None, late: bool = False,
+                    shown: bool = False) -> np.ndarray:
         """Write one slice's results, the segmentation with its painted edits over it (returned); ``instances`` or no
-        objects until they come (:meth:`write_objects`). ``late``: slices of this run were written before."""
-        labels = result.labels
-        if painted is not None and (painted >= 0).any():
-            labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
-        for role, values in ((SEGMENTATION, labels), (UNCERTAINTY, result.uncertainty),
-                             (SUPERPIXELS, result.superpixels), (INSTANCES, instances)):
+        objects until they come (:meth:`write_objects`). ``late``: slices of this run were written before;
+        ``shown``: its segmentation was written already (:meth:`write_segmentation`)."""
+        written = self.write_segmentation(image_layer, idx, result.labels, painted, late, again=not shown)
+        for role, values in ((UNCERTAINTY, result.uncertainty), (SUPERPIXELS, result.superpixels),
+                             (INSTANCES, instances)):
             lyr = self.output_layer(role, image_layer, idx, late)
-            if values is None:  # the objects come later: none shown meanwhile (nothing written if none are)
-                if np.asarray(lyr.data[idx]).any():
+            if values is None:  # the objects come later: none shown meanwhile (nothing written if none are),
+                if np.asarray(lyr.data[idx]).any():  # the layer hidden until they come (outlines of nothing
+                    if lyr.visible:  # cost napari 50-100 ms at 1.4 megapixels)
+                        lyr.visible = False
+                        self.objects_hidden.add(lyr)
                     self.write_values(lyr, idx, np.zeros(np.shape(lyr.data[idx]), lyr.data.dtype))
                 continue
             self.write_values(lyr, idx, values)
-            if role == SEGMENTATION:  # undo must not bring back strokes made on an earlier segmentation
-                clear_undo_history(lyr)
             if role == UNCERTAINTY:  # shown when asked for ('Show uncertainty'); no samples: an all-zero map
                 self.set_uncertainty_visible(self.uncertainty_wanted())
+        return written
+
+    def write_segmentation(self, image_layer, idx, labels, painted=None, late: bool = False,
+                           again: bool = True) -> np.ndarray:
+        """One slice's segmentation with its painted edits over it (returned). ``again`` False: it was written as
+        soon as it existed (:meth:`Segmenter.on_labels`) and painted on since, so it is written only if the layer
+        shows something else."""
+        if painted is not None and (painted >= 0).any():
+            labels = np.where(painted >= 0, painted, labels).astype(labels.dtype)
+        lyr = self.output_layer(SEGMENTATION, image_layer, idx, late)
+        shown = lyr.data[idx] if idx else lyr.data
+        if again or not (isinstance(shown, np.ndarray) and shown.shape == labels.shape and
+                         np.array_equal(shown, labels)):
+            self.write_values(lyr, idx, labels)
+        clear_undo_history(lyr)  # undo must not bring back strokes made on an earlier segmentation
         return np.array(labels, copy=True)
 
     def write_objects(self, image_layer, idx, instances) -> None:
         """The objects of a slice whose segmentation :meth:`write_plane` wrote (found after it, in the worker)."""
-        self.write_values(self.output_layer(INSTANCES, image_layer, idx, late=True), idx, instances)
+        lyr = self.output_layer(INSTANCES, image_layer, idx, late=True)
+        self.write_values(lyr, idx, instances)
+        self.show_objects()
+
+    def show_objects(self) -> None:
+        """The objects layer shown again if :meth:`write_plane` hid it (its objects came, or never will)."""
+        hidden, self.objects_hidden = list(self.objects_hidden), weakref.WeakSet()
+        for lyr in hidden:
+            if lyr in self.viewer.layers and not lyr.visible:
+                lyr.visible = True
 
     def output_layer(self, role, image_layer, idx, late: bool):
         """The output layer ``role`` of ``image_layer``, made again when the user deleted it while we worked."""
@@ -497,3 +523,4 @@ class Layers:
         lyr = self.find(INSTANCES)
         if lyr is not None and same_source(lyr, image_layer):  # else deleted (Segment makes it again), or showing
             self.write_values(lyr, idx, instances)  # another image: nothing to keep up to date
+            self.show_objects()

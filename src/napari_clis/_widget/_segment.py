@@ -1,8 +1,9 @@
 """Segment: what the Segment button does, from the chosen image and model to the layers, the model loaded and the
 image segmented in a worker (the GUI thread never imports torch nor loads a model for it).
 
-Progressive: the worker hands the segmentation (labels, uncertainty, superpixels) on as soon as ``segment()``
-returns, and the GUI writes it at once ("Segmented …; finding the objects…"); the objects (a watershed, seconds on a
+Progressive: the worker hands the segmentation on as soon as it exists (``ClisSession.segment_steps``: the
+network's labels, or the MRF's for region clicks), then the maps (uncertainty, superpixels) once ``segment()`` is
+done, and the GUI writes each at once ("Segmented …; finding the objects…"); the objects (a watershed, seconds on a
 large image) follow from the same worker, under the same busy state and generation, and the suggestions from the
 propagation that applies the clicks once the objects are there. Clicks and strokes made meanwhile land in the
 image's own clicks and segmentation layers and wait there (the propagation is deferred while a run goes on): they
@@ -121,6 +122,7 @@ class Segmenter:
         self.hinted: set = set()  # layers told that their first axis may hold channels
         self.make_layers_ahead = lambda session: None  # the current run's layers, made before its results (start)
         self.clicks_for = None  # the run whose clicks layer was made as its segmentation came (before its objects)
+        self.labels_shown = None  # (run, slice number) whose labels on_labels wrote
 
     # -- on the GUI thread: checks, then the worker ------------------------------------------------------------
     def run(self, image_layer=None) -> None:
@@ -272,8 +274,11 @@ class Segmenter:
             for i, idx in enumerate(planes):
                 runner.note_thread("segment")
                 runner.step = (0, 0)
-                result = session.segment(np.asarray(data[idx] if idx else data), task=task, progress=tiles,
-                                         intensity_range=intensity_range, object_diameter=object_diameter)
+                for kind, result in session.segment_steps(np.asarray(data[idx] if idx else data), task=task,
+                                                          progress=tiles, intensity_range=intensity_range,
+                                                          object_diameter=object_diameter):
+                    if kind == "labels" and n == 1:  # shown at once; the maps and the objects follow
+                        yield ("labels", i, idx, result.copy())
                 clicks, (painted, epochs) = raw.get(tuple(idx), (None, (None, None)))
                 inter = session.interaction
                 objects = inter.mode == "object"  # region clicks: add / remove only
@@ -326,6 +331,8 @@ class Segmenter:
     def on_item(self, layer, n, plan: Plan, item) -> None:
         if item[0] == "session":
             self.took_session(item[1], plan)
+        elif item[0] == "labels":
+            self.on_labels(layer, n, *item[1:])
         elif item[0] == "plane":
             self.on_plane(layer, n, *item[1:])
         else:
@@ -342,25 +349,44 @@ class Segmenter:
             show_info(f"Switched to {session.model_name}. The {plan.old_tasks} task(s) learned before are saved "
                       f"in {plan.held}; choose it in Model to go on with them.")
 
-    def on_plane(self, layer, n, i, idx, result, with_objects: bool) -> None:
-        """One slice's segmentation, written as it comes; its objects with it (``with_objects``) or after it."""
+    def on_labels(self, layer, n, i, idx, labels) -> None:
+        """A single image's segmentation, written as soon as it exists (``ClisSession.segment_steps``): its maps and
+        objects follow in :meth:`on_plane`, which writes the rest (and not the segmentation again)."""
+        key, painted = self.take_edits(layer, n, i, idx, labels.shape)
         d = self.dock
-        state, c = d.state, d.controls
-        ledger, session, run = state.ledger, state.session, state.run
+        run = d.state.run
+        written = d.layers.write_segmentation(layer, idx, labels, painted, late=bool(run is not None and run.shown))
+        d.state.ledger.wrote(key, written, d.state.session.n_classes)
+        self.labels_shown = (run, i)
+        d.controls.set_status(f"{self.segmented_words(layer, n, i, idx)}; {FINDING_OBJECTS}")
+
+    def take_edits(self, layer, n, i, idx, shape, prepare: bool = True) -> tuple:
+        """Before a slice's segmentation is written: the edits on it not taken yet become annotations, the layers
+        are made (first slice, ``prepare``); returns its key and its painted edits (None: none)."""
+        d = self.dock
+        ledger = d.state.ledger
         key = (source_id(layer), tuple(idx))
         seg = d.layers.find(SEGMENTATION)
         if seg is not None and seg.metadata.get("source_id") == key[0] and key in ledger.written:
             d.corrections.absorb(key, idx)  # edits not taken yet (made while no dock watched: it was reopened)
-        if i == 0:  # only now: a run that fails before its first result leaves the layers as they were
+        if i == 0 and prepare:  # only now: a run that fails before its first result leaves the layers as they were
             d.layers.prepare(layer)
             if n > 1:  # the segmentation chosen while the other slices come (the last one chooses the clicks)
                 d.layers.select(d.layers.find(SEGMENTATION))
         # the slice's painted edits are annotations: a new segmentation of it keeps them, as it keeps the clicks
         painted = ledger.painted.get(key)
-        painted = painted if painted is not None and painted.shape == result.labels.shape else None
+        return key, (painted if painted is not None and painted.shape == shape else None)
+
+    def on_plane(self, layer, n, i, idx, result, with_objects: bool) -> None:
+        """One slice's segmentation, written as it comes; its objects with it (``with_objects``) or after it."""
+        d = self.dock
+        state, c = d.state, d.controls
+        ledger, session, run = state.ledger, state.session, state.run
+        shown = self.labels_shown == (run, i)  # its labels written already, the layers made for them
+        key, painted = self.take_edits(layer, n, i, idx, result.labels.shape, prepare=not shown)
         instances = result.instances if with_objects else None  # else: none shown until they come
         written = d.layers.write_plane(layer, idx, result, painted, instances,
-                                       late=bool(run is not None and run.shown))
+                                       late=bool(run is not None and run.shown), shown=shown)
         ledger.wrote(key, written, session.n_classes)
         state.target = Target(layer, tuple(idx))
         state.written_base = result.labels.copy()
@@ -461,6 +487,7 @@ class Segmenter:
             return
         if run is not None and not run.shown:  # nothing written: no empty layers left behind
             d.layers.drop_ahead()
+        d.layers.show_objects()  # hidden while its objects were found: back as the user had it
         c.progress.visible = False
         if not d.alive:
             return
