@@ -217,3 +217,31 @@ def test_column_headers_say_what_each_column_is_luminance_for_colour(qtbot):
     model.set(measure_objects(inst, np.full((20, 20), 100, np.uint16)))
     assert "luminance" not in tip("mean_intensity") and "own units" in tip("mean_intensity")
     assert all(tip(name) for name in model.columns)
+
+
+def test_a_chosen_row_rings_its_object_without_taking_the_active_layer(dock, qtbot):
+    """A row chosen: a cyan ring around its object ('chosen object', a Points layer of its own, where the object is
+    on screen), the layer the user works in still the active one; another row moves it; closing the dock takes it."""
+    viewer, widget = dock
+    image = viewer.layers["fluo"]
+    viewer.layers.selection.active = image
+    m = widget.measurements
+    for row in (0, 3):
+        widget.table.selectRow(row)
+        i = int(widget.model.order[row])
+        ring = viewer.layers["chosen object"]
+        np.testing.assert_allclose(ring.data, [[m["centroid_y"][i], m["centroid_x"][i]]])
+        assert ring.data_to_world(ring.data[0]) == pytest.approx(
+            viewer.layers["instances"].data_to_world(ring.data[0]))  # the instances' geometry
+        assert ring.size[0] > 2 * np.sqrt(m["area"][i] / np.pi)  # around the object, not on it
+        assert viewer.layers.selection.active is image and not ring.editable
+    widget.table.clearSelection()
+    assert len(viewer.layers["chosen object"].data) == 0
+    widget.table.selectRow(1)
+    assert len(viewer.layers["chosen object"].data) == 1
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    viewer.window.remove_dock_widget("all")
+    widget.deleteLater()  # as Qt deletes a closed dock's widget
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+    qtbot.waitUntil(lambda: "chosen object" not in viewer.layers, timeout=5_000)

@@ -26,11 +26,23 @@ from qtpy.QtWidgets import (
 )
 
 from ._napari_compat import camera
-from ._widget._common import INSTANCES, LAYER_TAG, SEGMENT_DOCK_NAME, UNCERTAINTY, pixels, source_id, spatial_shape
+from ._widget._common import (
+    INSTANCES,
+    LAYER_TAG,
+    SEGMENT_DOCK_NAME,
+    UNCERTAINTY,
+    copy_geometry,
+    pixels,
+    source_id,
+    spatial_shape,
+)
 
 __all__ = ["MeasurementsWidget"]
 
 NONE_YET = "No objects yet: segment an image with Segment (CLIS), then its objects are listed here."
+CHOSEN = "chosen object"  # the Points layer of the ring around the object of the row selected
+CHOSEN_STYLE = {"symbol": "disc", "face_color": "transparent", "border_color": [0.0, 1.0, 1.0, 1.0],
+                "border_width": 0.08, "opacity": 1.0}  # cyan: not the suggestions' gold
 
 
 def _shown(value, integer: bool):
@@ -149,7 +161,9 @@ class MeasurementsWidget(QWidget):
             self._connect(emitter, self._schedule)
         self._connect(napari_viewer.dims.events.current_step, self._schedule)
         self._alive = [True]  # emptied when Qt deletes the widget (a late result is then dropped)
-        self.destroyed.connect(lambda *_, a=self._alive, w=self._watched, m=self._layer_watched: _disconnect(w + m, a))
+        self._rings: list = []  # the "chosen object" layer, once a row was chosen
+        self.destroyed.connect(lambda *_, a=self._alive, w=self._watched, m=self._layer_watched, v=napari_viewer,
+                               r=self._rings: (_disconnect(w + m, a), _remove_rings(v, r)))
         self._tabbed = False
         self.refresh()
 
@@ -282,6 +296,8 @@ class MeasurementsWidget(QWidget):
         if generation != self._generation or not self._alive:  # a newer refresh is under way, or the dock is gone
             return
         chosen = self._chosen_label()
+        if table is None:
+            self._clear_ring()
         self.measurements = table
         self._said = "" if table is not None else self._said
         self.model.set(table)
@@ -290,6 +306,8 @@ class MeasurementsWidget(QWidget):
             self.model.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
         if chosen is not None and table is not None:  # the object chosen stays chosen across a refresh
             rows = np.flatnonzero(np.asarray(table["label"])[np.asarray(self.model.order, int)] == chosen)
+            if not rows.size:  # it is gone (merged, erased): so is its ring
+                self._clear_ring()
             if rows.size:
                 selection = self.table.selectionModel()
                 selection.blockSignals(True)
@@ -310,6 +328,7 @@ class MeasurementsWidget(QWidget):
     def _row_selected(self, *_) -> None:
         rows = self.table.selectionModel().selectedRows()
         if not rows or self.measurements is None or self._layer is None:
+            self._clear_ring()
             return
         i = int(self.model.order[rows[0].row()])
         inst, m = self._layer, self.measurements
@@ -318,10 +337,38 @@ class MeasurementsWidget(QWidget):
             inst.selected_label = int(m["label"][i])
         if inst.show_selected_label != self.show_selected.isChecked():
             inst.show_selected_label = self.show_selected.isChecked()
-        world = inst.data_to_world(np.array(self._plane(inst) + (m["centroid_y"][i], m["centroid_x"][i])))
+        centre = np.array(self._plane(inst) + (m["centroid_y"][i], m["centroid_x"][i]), float)
+        self._ring_around(centre, 2.0 * np.sqrt(float(m["area"][i]) / np.pi) + 6.0)
+        world = inst.data_to_world(centre)
         point = list(self._viewer.dims.point)
         point[len(point) - len(world):] = [float(v) for v in world]
         camera(self._viewer).center = tuple(point[d] for d in self._viewer.dims.displayed)
+
+    def _ring_around(self, centre, size: float) -> None:
+        """A cyan ring around the chosen object, in a Points layer of its own ("chosen object", made the first time,
+        not editable); the active layer stays the one the user works in."""
+        inst, viewer = self._layer, self._viewer
+        ring = self._rings[0] if self._rings and self._rings[0] in viewer.layers else None
+        if ring is not None and ring.ndim != inst.ndim:
+            viewer.layers.remove(ring)
+            ring = None
+        if ring is None:
+            active = viewer.layers.selection.active
+            ring = viewer.add_points(centre[None], name=CHOSEN, ndim=inst.ndim, size=size, **CHOSEN_STYLE)
+            ring.metadata[LAYER_TAG] = CHOSEN
+            self._rings[:] = [ring]
+            if active is not None and active in viewer.layers:
+                viewer.layers.selection.active = active
+        else:
+            ring.data = centre[None]
+            ring.size = size
+        copy_geometry(ring, inst)
+        ring.editable = False  # (napari makes a layer editable again as its geometry is set)
+
+    def _clear_ring(self) -> None:
+        ring = self._rings[0] if self._rings else None
+        if ring is not None and ring in self._viewer.layers and len(ring.data):
+            ring.data = np.zeros((0, ring.ndim))
 
     def _show_selected_toggled(self, on: bool) -> None:
         if self._layer is not None:
@@ -354,6 +401,15 @@ class MeasurementsWidget(QWidget):
         except Exception as e:  # CheckpointError, OSError: they name the file and the reason
             return show_error(f"Could not save the measurements: {e}")
         return show_info(f"Saved the measurements of {len(self.measurements['label'])} objects to {path}.")
+
+
+def _remove_rings(viewer, rings: list) -> None:
+    """The dock closed: its "chosen object" ring goes with it."""
+    for ring in rings:
+        with contextlib.suppress(Exception):  # the viewer closed first
+            if ring in viewer.layers:
+                viewer.layers.remove(ring)
+    rings.clear()
 
 
 def _disconnect(watched: list, alive: list | None = None) -> None:
