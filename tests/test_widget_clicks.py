@@ -812,6 +812,7 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     QApplication.processEvents()
     assert first.retired
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    assert second.status.startswith("Going on with the nuclei model") and "Press Segment" in second.status
     second.run(viewer.add_image(image[::-1].copy(), name="b"))
     qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
     seg = viewer.layers["segmentation"]

@@ -376,6 +376,14 @@ class SegmentWidget(Container):
         self.controls.device.value = "auto" if session.device == resolve_device("auto") else session.device.type
         self.controls.samples.value = int(session.n_samples)
         self.learn_panel.show_tasks()
+        n = len(session.tasks)
+        tasks = f" and the {n} task(s) it learned" if n else ""
+        if self.state.busy == "learn":  # a Learn pressed before the dock closed: its result comes here
+            self.controls.set_status(f"Going on with the {session.model_name} model{tasks}. Learning from the "
+                                     "last image is still running; its result will be shown here.")
+        else:  # the image being corrected is not taken over (its propagation belonged to the closed dock)
+            self.controls.set_status(f"Going on with the {session.model_name} model{tasks}. Press Segment to "
+                                     "correct an image again: the clicks and painted edits made so far are kept.")
 
     # -- lifetime: one dock per viewer owns the layers -------------------------------------------------------------
     def connect(self, emitter, callback) -> None:
