@@ -233,7 +233,9 @@ def test_a_chosen_row_rings_its_object_without_taking_the_active_layer(dock, qtb
         np.testing.assert_allclose(ring.data, [[m["centroid_y"][i], m["centroid_x"][i]]])
         assert ring.data_to_world(ring.data[0]) == pytest.approx(
             viewer.layers["instances"].data_to_world(ring.data[0]))  # the instances' geometry
-        assert ring.size[0] > 2 * np.sqrt(m["area"][i] / np.pi)  # around the object, not on it
+        ys, xs = np.nonzero(viewer.layers["instances"].data == m["label"][i])
+        reach = np.sqrt((ys - m["centroid_y"][i]) ** 2 + (xs - m["centroid_x"][i]) ** 2).max()
+        assert ring.size[0] > 2 * reach  # around the whole object, not on it
         assert viewer.layers.selection.active is image and not ring.editable
     widget.table.clearSelection()
     assert len(viewer.layers["chosen object"].data) == 0

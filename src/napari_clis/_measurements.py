@@ -41,8 +41,9 @@ __all__ = ["MeasurementsWidget"]
 
 NONE_YET = "No objects yet: segment an image with Segment (CLIS), then its objects are listed here."
 CHOSEN = "chosen object"  # the Points layer of the ring around the object of the row selected
+# a cyan ring 2 px wide (not the suggestions' gold)
 CHOSEN_STYLE = {"symbol": "disc", "face_color": "transparent", "border_color": [0.0, 1.0, 1.0, 1.0],
-                "border_width": 0.08, "opacity": 1.0}  # cyan: not the suggestions' gold
+                "border_width": 2.0, "border_width_is_relative": False, "opacity": 1.0}
 
 
 def _shown(value, integer: bool):
@@ -338,11 +339,19 @@ class MeasurementsWidget(QWidget):
         if inst.show_selected_label != self.show_selected.isChecked():
             inst.show_selected_label = self.show_selected.isChecked()
         centre = np.array(self._plane(inst) + (m["centroid_y"][i], m["centroid_x"][i]), float)
-        self._ring_around(centre, 2.0 * np.sqrt(float(m["area"][i]) / np.pi) + 6.0)
+        self._ring_around(centre, 2.0 * self._reach(int(m["label"][i]), centre[-2:]) + 8.0)
         world = inst.data_to_world(centre)
         point = list(self._viewer.dims.point)
         point[len(point) - len(world):] = [float(v) for v in world]
         camera(self._viewer).center = tuple(point[d] for d in self._viewer.dims.displayed)
+
+    def _reach(self, label: int, centre) -> float:
+        """How far the object ``label`` of the plane on screen reaches from its ``centre`` (px): a ring of twice
+        that, and a little more, goes around an elongated nucleus too."""
+        ys, xs = np.nonzero(np.asarray(self._layer.data[self._plane(self._layer)]) == label)
+        if not ys.size:
+            return 0.0
+        return float(np.sqrt(((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2).max()))
 
     def _ring_around(self, centre, size: float) -> None:
         """A cyan ring around the chosen object, in a Points layer of its own ("chosen object", made the first time,
