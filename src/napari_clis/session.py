@@ -549,7 +549,7 @@ class ClisSession:
             yield "labels", interaction.labels
         result.familiarity = self.familiarity(normalized, scale=scale, task=chosen)
         if fp is None:  # (not needed to choose the task: made now, after the labels)
-            fp = self._image_fingerprint(normalized, scale)
+            fp, _ = self._image_fingerprint(normalized, scale)
         self.result = result
         self._normalized = normalized
         self._scale = scale
@@ -763,11 +763,11 @@ class ClisSession:
         x = x[0].to(self.device)
         return (x, None) if y is None else (x, y[0, 0].long().to(self.device))
 
-    def _image_fingerprint(self, normalized: np.ndarray, scale: float | None = None) -> np.ndarray:
-        """The image's fingerprint (``continual.fingerprint``), the whole image at most ``FINGERPRINT_SIDE`` px on a
-        side, resized by the object ``scale`` as segment() saw it."""
+    def _image_fingerprint(self, normalized: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, object]:
+        """The image's fingerprint (``continual.fingerprint``) and what it saw: the whole image at most
+        ``FINGERPRINT_SIDE`` px on a side, resized by the object ``scale`` as segment() saw it."""
         x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
-        return fingerprint(self.net, x[None])
+        return fingerprint(self.net, x[None]), x
 
     def _choose_task(self, normalized: np.ndarray, task: int | None = None, *,
                      scale: float | None = None) -> tuple[np.ndarray, int, dict]:
@@ -782,9 +782,8 @@ class ClisSession:
             return None, int(task), {"nearest": None, "known": None, "agreement": None, "asked": True}
         if not self.tasks and not self.remembered:
             return None, 0, {"nearest": 0, "known": False, "agreement": None}
-        x, _ = self._working(normalized, max_side=FINGERPRINT_SIDE, scale=scale)
-        fp = fingerprint(self.net, x[None])  # (:meth:`_image_fingerprint`, its input kept for the familiarity)
-        fp_input = x
+        fp, fp_input = self._image_fingerprint(normalized, scale)
+        x = fp_input
         h, w = normalized.shape[-2:]
         f = 1.0 if scale is None else scale
         if self.working_long_side is None and max(h, w) * f > AGREEMENT_SIDE:  # at the scale it segments

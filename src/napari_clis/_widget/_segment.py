@@ -382,7 +382,8 @@ class Segmenter:
         d = self.dock
         state, c = d.state, d.controls
         ledger, session, run = state.ledger, state.session, state.run
-        shown = self.labels_shown == (run, i)  # its labels written already, the layers made for them
+        early = self.labels_shown  # its labels written already, the layers made for them
+        shown = early is not None and early[0] is run and early[1] == i
         key, painted = self.take_edits(layer, n, i, idx, result.labels.shape, prepare=not shown)
         instances = result.instances if with_objects else None  # else: none shown until they come
         written = d.layers.write_plane(layer, idx, result, painted, instances,
