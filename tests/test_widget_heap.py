@@ -2,9 +2,11 @@
 to the collector as soon as something alive then may go: a removed layer is freed, not kept for good."""
 
 import gc
+import sys
 import weakref
 
 import numpy as np
+import pytest
 
 
 def test_a_layer_removed_after_the_heap_was_frozen_is_freed(make_napari_viewer, qtbot, nuclei_fluo):
@@ -44,3 +46,32 @@ def test_closing_the_dock_gives_the_frozen_heap_back(make_napari_viewer, qtbot, 
         qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=10_000)
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("frozen_before", [True, False])
+def test_a_large_import_runs_without_collections_and_is_frozen_only_while_the_heap_is(tmp_path, monkeypatch,
+                                                                                       frozen_before):
+    """``import_quietly`` (torch._dynamo, on the first Learn): no collection in the middle of the import; what it
+    made is frozen with the rest, unless the heap was given back to the collector (a layer removed since)."""
+    from napari_clis._widget._heap import import_quietly
+
+    (tmp_path / "clis_big_module.py").write_text(
+        "import gc\nENABLED = gc.isenabled()\nOBJECTS = [[i] for i in range(20000)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gc.unfreeze()
+    try:
+        if frozen_before:
+            gc.freeze()
+        before = gc.get_freeze_count()
+        import_quietly("clis_big_module")
+        import clis_big_module
+
+        assert clis_big_module.ENABLED is False and gc.isenabled()
+        if frozen_before:
+            assert gc.get_freeze_count() >= before + 20000
+        else:
+            assert gc.get_freeze_count() == 0
+        import_quietly("clis_big_module")  # imported already: nothing
+    finally:
+        gc.unfreeze()
+        sys.modules.pop("clis_big_module", None)

@@ -94,6 +94,9 @@ class LearnPanel:
 
         def work():
             runner.note_thread("learn")
+            from ._heap import import_quietly
+
+            import_quietly("torch._dynamo")  # what torch's optimisers import: here, without the collections
             return session.learn(progress=progress)
 
         runner.start("learn", work, on_return=self.on_learned, on_error=self.on_error, on_done=self.on_done,
