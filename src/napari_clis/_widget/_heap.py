@@ -27,8 +27,8 @@ def import_quietly(name: str) -> None:
     """Import a large module with the collector paused, and leave what it made out of later collections while the
     heap is frozen. ``torch._dynamo``, which torch's optimisers import when the first Learn makes one: 800 modules,
     110,000 objects, 1 s; three full collections ran in the middle of it (up to 61 ms each, holding the GIL: the
-    window stalled) and every later one walked it. Not frozen after :func:`release` (what was given back to the
-    collector is left to it)."""
+    window stalled) and every later one walked it. The freeze takes whatever else is alive then too, until the next
+    :func:`release`; after a release nothing is frozen (what was given back to the collector is left to it)."""
     if name in sys.modules:
         return
     frozen, enabled = gc.get_freeze_count() > 0, gc.isenabled()
