@@ -864,6 +864,7 @@ def test_painted_edits_survive_closing_and_reopening_the_dock(make_napari_viewer
     viewer.window.remove_dock_widget(dock)
     QApplication.processEvents()
     dock, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
+    assert second.status.endswith("the clicks and painted edits made so far are kept.")  # it says so
     two = _disc(seg.data.shape, _wrong_pixel(np.where(one, 1, seg.data), truth, 0)) & (seg.data == 1) & ~one
     with seg.block_history():  # painted before the new widget has segmented anything
         seg.data_setitem(np.nonzero(two), 0)

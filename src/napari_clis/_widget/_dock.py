@@ -17,7 +17,7 @@ from magicgui.widgets import Container
 from .._napari_compat import unhook_undo_redo, unwrap
 from ..annotation_state import AnnotationState
 from ._click_actions import add_control as add_click_action_control
-from ._common import CUSTOM_MODEL, REPLACED, SEGMENT_DOCK_NAME, notify_error, plain
+from ._common import CLICKS, CUSTOM_MODEL, REPLACED, SEGMENT_DOCK_NAME, notify_error, plain
 from ._controls import Controls, model_choices, model_class_names
 from ._corrections import Corrections
 from ._heap import release
@@ -382,8 +382,12 @@ class SegmentWidget(Container):
             self.controls.set_status(f"Going on with the {session.model_name} model{tasks}. Learning from the "
                                      "last image is still running; its result will be shown here.")
         else:  # the image being corrected is not taken over (its propagation belonged to the closed dock)
+            clicks = self.layers.find(CLICKS)
+            edits = (clicks is not None and len(clicks.data)) or any(
+                (p >= 0).any() for p in self.state.ledger.painted.values())
+            kept = ": the clicks and painted edits made so far are kept." if edits else "."
             self.controls.set_status(f"Going on with the {session.model_name} model{tasks}. Press Segment to "
-                                     "correct an image again: the clicks and painted edits made so far are kept.")
+                                     f"correct an image again{kept}")
 
     # -- lifetime: one dock per viewer owns the layers -------------------------------------------------------------
     def connect(self, emitter, callback) -> None:
