@@ -247,3 +247,20 @@ def test_a_chosen_row_rings_its_object_without_taking_the_active_layer(dock, qtb
     widget.deleteLater()  # as Qt deletes a closed dock's widget
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
     qtbot.waitUntil(lambda: "chosen object" not in viewer.layers, timeout=5_000)
+
+
+def test_object_reach_is_the_farthest_pixel_from_the_point_with_or_without_its_box():
+    """One measure of an object's extent for every ring (the suggestions', the chosen object's)."""
+    from scipy import ndimage
+
+    from napari_clis._widget._common import object_reach, ring_size
+
+    objects = np.zeros((40, 40), np.uint16)
+    for i in range(20):  # a diagonal bar: its box's half-sides (10 px) underrate it
+        objects[10 + i, 10 + i] = 3
+    box = ndimage.find_objects(objects)[2]
+    far = np.hypot(10, 10)
+    assert object_reach(objects, 3, 19.5, 19.5) == pytest.approx(np.hypot(9.5, 9.5))
+    assert object_reach(objects, 3, 20, 20, box) == pytest.approx(far)
+    assert object_reach(objects, 7, 20, 20) == 0.0
+    assert ring_size(far) > 2 * far

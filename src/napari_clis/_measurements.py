@@ -32,7 +32,9 @@ from ._widget._common import (
     SEGMENT_DOCK_NAME,
     UNCERTAINTY,
     copy_geometry,
+    object_reach,
     pixels,
+    ring_size,
     source_id,
     spatial_shape,
 )
@@ -339,19 +341,12 @@ class MeasurementsWidget(QWidget):
         if inst.show_selected_label != self.show_selected.isChecked():
             inst.show_selected_label = self.show_selected.isChecked()
         centre = np.array(self._plane(inst) + (m["centroid_y"][i], m["centroid_x"][i]), float)
-        self._ring_around(centre, 2.0 * self._reach(int(m["label"][i]), centre[-2:]) + 8.0)
+        plane = np.asarray(inst.data[self._plane(inst)])
+        self._ring_around(centre, ring_size(object_reach(plane, int(m["label"][i]), *centre[-2:])))
         world = inst.data_to_world(centre)
         point = list(self._viewer.dims.point)
         point[len(point) - len(world):] = [float(v) for v in world]
         camera(self._viewer).center = tuple(point[d] for d in self._viewer.dims.displayed)
-
-    def _reach(self, label: int, centre) -> float:
-        """How far the object ``label`` of the plane on screen reaches from its ``centre`` (px): a ring of twice
-        that, and a little more, goes around an elongated nucleus too."""
-        ys, xs = np.nonzero(np.asarray(self._layer.data[self._plane(self._layer)]) == label)
-        if not ys.size:
-            return 0.0
-        return float(np.sqrt(((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2).max()))
 
     def _ring_around(self, centre, size: float) -> None:
         """A cyan ring around the chosen object, in a Points layer of its own ("chosen object", made the first time,

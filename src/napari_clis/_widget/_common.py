@@ -42,6 +42,24 @@ class Settings:
     busy_text_pixels = 2**21  # planes larger than this say "Propagating…" while their clicks propagate
 
 
+
+def object_reach(objects, ident: int, y: float, x: float, box=None) -> float:
+    """How far object ``ident`` of the (H, W) map ``objects`` reaches from ``(y, x)``, in px (0: it has no pixel);
+    ``box``: its bounding box (``ndimage.find_objects``), to look only there."""
+    sub = np.asarray(objects if box is None else objects[box])
+    ys, xs = np.nonzero(sub == ident)
+    if not ys.size:
+        return 0.0
+    if box is not None:
+        ys, xs = ys + box[0].start, xs + box[1].start
+    return float(np.sqrt(((ys - y) ** 2 + (xs - x) ** 2).max()))
+
+
+def ring_size(reach: float) -> float:
+    """The size of a ring drawn just outside an object that reaches ``reach`` px from the ring's centre (the
+    suggestions' gold rings, the chosen object's cyan one)."""
+    return 2.0 * (reach + 3.0)
+
 def notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 

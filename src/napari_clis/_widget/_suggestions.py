@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._click_actions import AUTO, apply_clicks
-from ._common import notify_error
+from ._common import notify_error, object_reach, ring_size
 
 
 class SuggestionsMixin:
@@ -59,10 +59,9 @@ def suggestions(session):
     sizes = []
     for y, x, _, ident in found:  # a ring around the whole object (a possible missed one: a typical object)
         box = boxes[ident - 1] if 0 < ident <= len(boxes) else None
-        reach = diameter / 2 if box is None else max(y - box[0].start, box[0].stop - y, x - box[1].start,
-                                                    box[1].stop - x)
+        reach = diameter / 2 if box is None else object_reach(inter.instances, ident, y, x, box)
         reach = min(reach, diameter)  # a long or large object: a ring of two typical objects, not a target over it
-        sizes.append(2.0 * (reach + 3.0))  # a circle just outside the object: the object and its neighbours show
+        sizes.append(ring_size(reach))  # a circle just outside the object: the object and its neighbours show
     return yx, np.array(sizes, float)
 
 
