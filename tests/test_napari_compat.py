@@ -87,3 +87,13 @@ def test_a_worker_gives_the_generator_it_runs(qtbot):
     generator = compat.worker_generator(worker)
     assert isinstance(generator, types.GeneratorType), "napari's GeneratorWorker no longer keeps its generator"
     generator.close()
+
+
+def test_no_module_of_the_qt_layer_is_above_500_lines():
+    """Issue 21's bound on the views: every module of the product that imports Qt, magicgui or napari (the
+    evaluation harness aside) stays small enough to read."""
+    gui = re.compile(r"^\s*(from|import) (qtpy|magicgui|napari)([. ]|$)", re.M)
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
+             if "evaluation" not in p.parts and gui.search(p.read_text())}
+    assert "_widget/_dock.py" in sizes and "_measurements.py" in sizes  # the rule finds the Qt layer
+    assert {name: n for name, n in sizes.items() if n > 500} == {}

@@ -2,8 +2,9 @@
 
 The dock is thin: the state of the viewer's annotation work is an :class:`~napari_clis.annotation_state.
 AnnotationState` (no Qt), kept per viewer, so a dock closed and opened again goes on with it. The views over it are
-the controls (``_controls``), the layers (``_layers``), the worker runner (``_runner``), Segment (``_segment``),
-the corrections (``_corrections``) and the Learn panel (``_learn``).
+the controls (``_controls``), the layers (``_layers``, its Points layers in ``_points``), the worker runner
+(``_runner``), Segment (``_segment``, the model it loads in ``_loading``), the corrections (``_corrections``) and the
+Learn panel (``_learn``); ``_docking`` fits the dock into napari's window.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ._click_actions import add_control as add_click_action_control
 from ._common import CLICKS, CUSTOM_MODEL, REPLACED, SEGMENT_DOCK_NAME, notify_error, plain
 from ._controls import Controls, model_choices, model_class_names
 from ._corrections import Corrections
+from ._docking import fit_width, watch
 from ._heap import release
 from ._keys import register as register_shortcuts
 from ._layers import Layers, is_input
@@ -443,35 +445,12 @@ class SegmentWidget(Container):
             self.controls.image.value = layer
 
     def fit_width(self) -> None:
-        """As wide as the controls need beside the vertical scroll bar (magicgui leaves 20 px for it, some styles
-        need more), so that no horizontal scroll bar cuts the Segment button."""
-        area = self.native
-        need = area.widget().minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() \
-            + 2 * area.frameWidth()
-        if area.minimumWidth() < need:
-            area.setMinimumWidth(need)
+        """As wide as the controls need beside the vertical scroll bar (:func:`._docking.fit_width`)."""
+        fit_width(self.native)
 
     def _watch_docking(self) -> None:
-        """Retire when napari closes the dock (it takes the widget out of the window, without deleting it)."""
-        from qtpy.QtCore import QEvent, QObject
-
-        widget = self
-
-        class _Watcher(QObject):
-            docked = False
-
-            def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
-                if event.type() == QEvent.Show:  # every control is in by now
-                    widget.fit_width()
-                if event.type() == QEvent.ParentChange:
-                    if obj.parent() is not None:
-                        self.docked = True
-                    elif self.docked:
-                        widget._retire()
-                return False
-
-        self._watcher = _Watcher()
-        self.native.installEventFilter(self._watcher)
+        """Retire when napari closes the dock; fit the width once shown (:func:`._docking.watch`)."""
+        self._watcher = watch(self, self._retire)
         # the viewer closed: its Qt widgets are deleted under a run still going; its callbacks then do nothing
         self.native.destroyed.connect(lambda *_: self._native_destroyed())
 
