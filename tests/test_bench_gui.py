@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from skimage.io import imread, imsave
 
-from napari_clis.evaluation.gui import PHASES, Stall, attribute, blockers
+from napari_clis.evaluation.gui import PHASES
+from napari_clis.evaluation.stall_meter import Stall, attribute, blockers
 
 DATA = Path(__file__).parent / "data"
 NUCLEI_FLUO = DATA / "dsb2018" / "images" / "0280fa8f60f6bcae0f97d93c28f60be194f9309ff610dc5845e60455b0f87c21.png"
