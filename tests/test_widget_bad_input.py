@@ -139,6 +139,9 @@ def test_closing_the_dock_mid_run_leaves_the_layers_and_says_nothing_wrong(make_
     dock, widget = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     widget.run(viewer.add_image(nuclei_he[0], name="he", rgb=True))
     qtbot.waitUntil(called.is_set, timeout=60_000)
+    # mid-segmentation: the loaded model has reached the dock (its item is queued just before segment_steps is
+    # called; closing before it is handled leaves the next dock to load the model again, a race, not this case)
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=60_000)
     viewer.window.remove_dock_widget(dock)
     QApplication.processEvents()
     go_on.set()
