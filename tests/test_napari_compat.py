@@ -97,3 +97,38 @@ def test_no_module_of_the_qt_layer_is_above_500_lines():
              if "evaluation" not in p.parts and gui.search(p.read_text())}
     assert "_widget/_dock.py" in sizes and "_measurements.py" in sizes  # the rule finds the Qt layer
     assert {name: n for name, n in sizes.items() if n > 500} == {}
+
+
+
+@pytest.mark.parametrize("kind", ["function", "generator"])
+def test_naparis_label_colour_warning_made_while_a_worker_runs_never_reaches_the_user(qtbot, kind):
+    """A napari worker runs under "always" and relays every warning of the process as a notification; napari's
+    warning about its random label colours (made on the GUI thread while Segment's worker ran) reached the user.
+    In a worker the package runs (``in_worker``) it stays quiet; other warnings still go through."""
+    import threading
+    import warnings
+
+    from napari.qt.threading import create_worker
+    from skimage.color import lab2rgb
+
+    started, go = threading.Event(), threading.Event()
+
+    def wait():
+        started.set()
+        go.wait(10)
+
+    def wait_yielding():
+        wait()
+        yield 1
+
+    worker = create_worker(compat.in_worker(wait if kind == "function" else wait_yielding), _start_thread=False)
+    relayed = []
+    worker.warned.connect(lambda args: relayed.append(str(args[0])))
+    with qtbot.waitSignal(worker.finished, timeout=20000):
+        worker.start()
+        assert started.wait(10)
+        lab2rgb(np.array([[[10.0, 0.0, 100.0]]]))  # outside sRGB (negative Z), as napari's colours may be
+        warnings.warn("a warning of ours", UserWarning)
+        go.set()
+    assert not [m for m in relayed if compat.LAB_COLOUR_WARNING in m], relayed
+    assert "a warning of ours" in relayed

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._napari_compat import camera
+from ._napari_compat import camera, in_worker
 from ._widget._common import (
     INSTANCES,
     LAYER_TAG,
@@ -257,7 +257,7 @@ class MeasurementsWidget(QWidget):
         # image and map read in the worker (a lazy array's pixels load there)
         args = [np.array(inst.data[plane])] + [None if lyr is None else pixels(lyr)[plane] for lyr in (image, unc)]
         where = f" (slice {', '.join(map(str, plane))})" if plane else ""
-        worker = create_worker(measure_objects, *args, _start_thread=False)
+        worker = create_worker(in_worker(measure_objects), *args, _start_thread=False)
         generation = self._generation
         worker.returned.connect(lambda table: self._show(table, generation, f"in '{image.name}'{where}"))
         worker.errored.connect(lambda e: self._fail(f"Could not measure the objects: {e}", generation))

@@ -7,9 +7,10 @@ else in the package may touch a private name of napari or magicgui (the test gre
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-__all__ = ["unwrap", "clear_undo_history", "hook_undo_redo", "unhook_undo_redo", "native_undo_redo",
+__all__ = ["unwrap", "LAB_COLOUR_WARNING", "quiet_lab_colour_warning", "in_worker", "clear_undo_history", "hook_undo_redo", "unhook_undo_redo", "native_undo_redo",
            "container_layout", "is_hooked", "camera", "worker_generator", "PRIVATE_NAMES"]
 
 # (owner, name) of every private attribute used below: the test checks each is still there
@@ -20,6 +21,44 @@ PRIVATE_NAMES = (
     ("napari.layers.Labels", "redo"),
     ("magicgui.widgets.Container._widget", "_mgui_get_native_widget"),
 )
+
+
+# napari draws a Labels layer's random colours in CIE-LAB and silences scikit-image's warning about those outside sRGB
+# inside a ``warnings.catch_warnings()`` on the GUI thread. Python's warning filters are one list for every thread,
+# and a napari (superqt) worker runs under a ``catch_warnings`` of its own that puts "always" first and relays every
+# warning as a notification: a layer made while a worker ran (Segment makes its layers while the model loads and
+# the network runs) brought "Conversion from CIE-LAB, via XYZ to sRGB color space resulted in 20 negative Z values
+# that have been clipped to zero" to the user. The filter goes in at import and again at the start of each worker
+# (:func:`in_worker`), ahead of the worker's "always".
+LAB_COLOUR_WARNING = "Conversion from CIE-LAB, via XYZ to sRGB color space resulted in"
+
+
+def quiet_lab_colour_warning() -> None:
+    """Put the filter that ignores napari's label-colour warning first (again)."""
+    warnings.filterwarnings("ignore", message=LAB_COLOUR_WARNING, category=UserWarning)
+
+
+quiet_lab_colour_warning()
+
+
+def in_worker(function):
+    """``function`` (plain or generator) as a napari worker should run it: napari's label-colour warning kept
+    quiet while it runs (:data:`LAB_COLOUR_WARNING`)."""
+    import functools
+    import inspect
+
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def generator(*args, **kwargs):
+            quiet_lab_colour_warning()
+            return (yield from function(*args, **kwargs))
+        return generator
+
+    @functools.wraps(function)
+    def plain(*args, **kwargs):
+        quiet_lab_colour_warning()
+        return function(*args, **kwargs)
+    return plain
 
 
 def unwrap(obj: Any) -> Any:

@@ -11,7 +11,7 @@ import re
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
 
-from ._napari_compat import unwrap
+from ._napari_compat import in_worker, unwrap
 from ._widget import _common, _controls
 
 # the Segment dock's names and helpers (its modules imported whole: the compat test guards magicgui's _widget)
@@ -129,7 +129,7 @@ class TrainWidget(Container):
         except ValueError as e:
             return notify_error(str(e))
         self._cancel, self._step = False, (0, job["steps"])
-        worker = create_worker(_run, job, self._progressed, lambda: self._cancel, _start_thread=False,
+        worker = create_worker(in_worker(_run), job, self._progressed, lambda: self._cancel, _start_thread=False,
                                _ignore_errors=True)
         worker.returned.connect(self._trained)
         worker.errored.connect(self._failed)

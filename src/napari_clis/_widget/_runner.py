@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from .._napari_compat import worker_generator
+from .._napari_compat import in_worker, worker_generator
 
 
 class WorkerError(Exception):
@@ -24,18 +24,19 @@ class WorkerError(Exception):
 
 
 def carried(function):
-    """``function`` with a generator's RuntimeError raised as :class:`WorkerError` (plain functions as they are)."""
+    """``function`` with a generator's RuntimeError raised as :class:`WorkerError` (plain functions as they are),
+    as a worker runs it (:func:`~napari_clis._napari_compat.in_worker`)."""
     import inspect
 
     if not inspect.isgeneratorfunction(function):
-        return function
+        return in_worker(function)
 
     def generator():
         try:
             return (yield from function())
         except RuntimeError as e:
             raise WorkerError(e) from e
-    return generator
+    return in_worker(generator)
 
 
 def unwrapped(on_error):
