@@ -128,7 +128,7 @@ def test_naparis_label_colour_warning_made_while_a_worker_runs_never_reaches_the
         worker.start()
         assert started.wait(10)
         lab2rgb(np.array([[[10.0, 0.0, 100.0]]]))  # outside sRGB (negative Z), as napari's colours may be
-        warnings.warn("a warning of ours", UserWarning)
+        warnings.warn("a warning of ours", UserWarning, stacklevel=1)
         go.set()
     assert not [m for m in relayed if compat.LAB_COLOUR_WARNING in m], relayed
     assert "a warning of ours" in relayed

@@ -10,8 +10,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-__all__ = ["unwrap", "LAB_COLOUR_WARNING", "quiet_lab_colour_warning", "in_worker", "clear_undo_history", "hook_undo_redo", "unhook_undo_redo", "native_undo_redo",
-           "container_layout", "is_hooked", "camera", "worker_generator", "PRIVATE_NAMES"]
+__all__ = ["unwrap", "LAB_COLOUR_WARNING", "quiet_lab_colour_warning", "in_worker", "clear_undo_history",
+           "hook_undo_redo", "unhook_undo_redo", "native_undo_redo", "container_layout", "is_hooked", "camera",
+           "worker_generator", "PRIVATE_NAMES"]
 
 # (owner, name) of every private attribute used below: the test checks each is still there
 PRIVATE_NAMES = (
