@@ -144,7 +144,7 @@ def test_without_the_image_it_says_so(dock, qtbot, monkeypatch):
     import napari.utils.notifications as notifications
 
     shown = []
-    monkeypatch.setattr(notifications, "show_error", lambda msg: shown.append(str(msg)))
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(str(msg)))  # set right in the viewer
     viewer, widget = dock
     viewer.layers.remove("fluo")
     qtbot.waitUntil(lambda: widget.measurements is None and not widget.busy, timeout=30_000)

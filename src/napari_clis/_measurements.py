@@ -251,7 +251,7 @@ class MeasurementsWidget(QWidget):
         image, unc = self._source_layers(inst)
         if image is None:
             return self._fail(f"The image '{inst.metadata.get('source', '?')}' that '{inst.name}' was made from is "
-                              "not open (or has another shape): its objects cannot be measured.")
+                              "not open (or has another shape): its objects cannot be measured.", level="warning")
         plane = self._plane(inst)
         # the objects copied here (a paint stroke during the measuring does not change what is measured); the
         # image and map read in the worker (a lazy array's pixels load there)
@@ -285,13 +285,15 @@ class MeasurementsWidget(QWidget):
         emitter.connect(callback)
         (self._watched if watched is None else watched).append((emitter, callback))
 
-    def _fail(self, message: str, generation: int | None = None) -> None:
-        from napari.utils.notifications import show_error
+    def _fail(self, message: str, generation: int | None = None, *, level: str = "error") -> None:
+        """Empty the table and say ``message`` in it, and once as a notification (``level`` "warning" for
+        something the user can set right in the viewer)."""
+        from napari.utils import notifications
 
         if self._alive and (generation is None or generation == self._generation):
             self._show(None, self._generation, message)
             if message != self._said:
-                show_error(message)
+                (notifications.show_warning if level == "warning" else notifications.show_error)(message)
             self._said = message
 
     def _show(self, table: dict | None, generation: int, where: str) -> None:

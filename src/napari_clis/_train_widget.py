@@ -16,8 +16,8 @@ from ._widget import _common, _controls
 
 # the Segment dock's names and helpers (its modules imported whole: the compat test guards magicgui's _widget)
 CUSTOM_MODEL, LAYER_TAG, SUPERPIXELS = _common.CUSTOM_MODEL, _common.LAYER_TAG, _common.SUPERPIXELS
-breakable, notify_error, pixels, spatial_shape = _common.breakable, _common.notify_error, _common.pixels, \
-    _common.spatial_shape
+breakable, notify_error, notify_warning = _common.breakable, _common.notify_error, _common.notify_warning
+pixels, spatial_shape = _common.pixels, _common.spatial_shape
 model_choices = _controls.model_choices
 
 __all__ = ["TrainWidget"]
@@ -123,7 +123,7 @@ class TrainWidget(Container):
         from qtpy.QtCore import QTimer
 
         if self.busy:
-            return notify_error("A training is running: wait for it, or press Cancel first.")
+            return notify_warning("A training is running: wait for it, or press Cancel first.")
         try:
             job = self._job()
         except ValueError as e:

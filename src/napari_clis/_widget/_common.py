@@ -61,10 +61,20 @@ def ring_size(reach: float) -> float:
     return 2.0 * (reach + 3.0)
 
 def notify_error(message: str) -> None:
+    """A failure: napari's error notification (it stays until dismissed)."""
     from napari.utils.notifications import show_error
 
     logger.warning(message)
     show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    """A step asked for out of order, or of something that is gone (Learn before Segment): a warning, which
+    napari dismisses after a while."""
+    from napari.utils.notifications import show_warning
+
+    logger.info(message)
+    show_warning(message)
 
 
 def pixels(layer):

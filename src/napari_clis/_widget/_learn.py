@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _tooltips as tips
-from ._common import AUTO_TASK, SEGMENTATION, breakable, notify_error, source_id
+from ._common import AUTO_TASK, SEGMENTATION, breakable, notify_error, notify_warning, source_id
 from ._controls import NO_TASKS
 
 
@@ -71,11 +71,11 @@ class LearnPanel:
         d, state = self.dock, self.state
         session = state.session
         if session is None or session.interaction is None or state.target is None:
-            notify_error("Nothing to learn yet: segment an image and correct it first.")
+            notify_warning("Nothing to learn yet: segment an image and correct it first.")
             return
         seg = d.layers.find(SEGMENTATION)
         if seg is None or seg.metadata.get("source_id") != source_id(state.target[0]):
-            notify_error(f"Cannot learn: '{state.target[0].name}' has changed since it was segmented (or the "
+            notify_warning(f"Cannot learn: '{state.target[0].name}' has changed since it was segmented (or the "
                          "segmentation layer is gone). Press Segment, correct it, then Learn.")
             return
         try:  # the layers are the truth: the latest clicks (with their split / merge actions) and paint
@@ -284,7 +284,7 @@ class LearnPanel:
         d, state = self.dock, self.state
         session = state.session
         if session is None:
-            notify_error("There is no model to save yet: segment an image first.")
+            notify_warning("There is no model to save yet: segment an image first.")
             return
         path = str(path or d.controls.save_path.line_edit.value or "").strip()
         stem = Path(session.model_name).stem or "model"
