@@ -449,7 +449,12 @@ def test_a_four_channel_non_rgba_image_is_reported(viewer_and_widget, qtbot, nuc
     four = np.concatenate([image, image[..., :1]], -1)
     layer = viewer.add_image(four, rgb=True, name="four channels")
     _run(widget, qtbot, layer)
-    assert errors and "4-channel" in errors[-1]
+    assert errors and "4 channels of data" in errors[-1] and "Split RGB" in errors[-1]  # the GUI's words, no code
+    assert "segmentation" not in [lyr.name for lyr in viewer.layers]
+    half = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+    half[:, : image.shape[1] // 2, 3] = 60  # half-transparent: no cut-out either
+    _run(widget, qtbot, viewer.add_image(half, rgb=True, name="half see-through"))
+    assert "half see-through" in errors[-1] and "save it as RGB" in errors[-1] and "image[" not in errors[-1]
     assert "segmentation" not in [lyr.name for lyr in viewer.layers]
 
 

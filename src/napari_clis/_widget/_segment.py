@@ -103,8 +103,16 @@ class Segmenter:
             show_warning(f"'{layer.name}' has {shape[0]} planes along its first axis; each is segmented as a slice. "
                          "If they are channels, right-click the layer and choose Split Stack, then segment the "
                          "channel that shows the objects.")
-        colours_only = layout(layer).channels == 4 and alpha_is_transparency(
-            np.asarray(pixels(layer)[planes[0]] if planes[0] else pixels(layer)))
+        four = layout(layer).channels == 4
+        plane = np.asarray(pixels(layer)[planes[0]] if planes[0] else pixels(layer)) if four else None
+        colours_only = four and alpha_is_transparency(plane)
+        if four and not colours_only and plane[..., 3].min() != plane[..., 3].max():  # said here in the GUI's words
+            self.not_segmented(f"'{layer.name}' has 4 channels and the 4th varies without marking see-through "
+                               "parts (pixels fully transparent or fully opaque), so it is taken for 4 channels of "
+                               "data, not a picture. If it holds channels, right-click the layer, choose Split RGB "
+                               "and segment the channel that shows the objects; if it is a picture with half-"
+                               "transparent parts, save it as RGB (without its alpha) and open that.")
+            return
         if colours_only:
             show_warning(f"'{layer.name}' is partly transparent: its colours are segmented and its alpha "
                          "channel is left out, so transparent pixels are segmented by the colour they hold.")
