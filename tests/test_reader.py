@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_clis._reader import UNCERTAINTY_STYLE, get_reader
+from napari_clis._reader import SEGMENTATION_OPACITY, UNCERTAINTY_STYLE, get_reader
 from napari_clis._writer import write_image, write_labels
 
 from .conftest import DATA, NUCLEI_FLUO
@@ -51,6 +51,7 @@ def test_a_saved_segmentation_and_uncertainty_map_reopen_where_they_were(make_na
 
     for k in range(1, len(CLASSES)):  # its classes in the colours the widget draws them in
         np.testing.assert_allclose(seg.get_color(k), transform_color(CLASS_COLOURS[k - 1])[0], atol=1e-6)
+    assert seg.opacity == pytest.approx(SEGMENTATION_OPACITY) and seg.contour == 0  # the widget's light fill
     (unc,) = viewer.open(unc_path, plugin="napari-clis")
     assert unc.name == "uncertainty" and unc.data.dtype == np.float32
     np.testing.assert_allclose(unc.scale, [0.5, 0.25])
@@ -71,6 +72,7 @@ def test_batch_outputs_reopen_as_labels_instances_and_an_uncertainty_map(make_na
     assert type(labels).__name__ == type(instances).__name__ == "Labels"
     assert labels.name == f"{NUCLEI_FLUO}_labels" and instances.data.dtype == np.uint32
     assert instances.data.max() > 1  # one id per nucleus
+    assert labels.opacity == pytest.approx(SEGMENTATION_OPACITY) and labels.contour == 0
     assert labels.metadata["class_names"] == nuclei_session.class_names
     np.testing.assert_array_equal(np.asarray(labels.data), tifffile.imread(r.outputs["labels"]))
     _check_uncertainty_look(unc, [0.0, 1.0 - 1.0 / nuclei_session.n_classes])  # the map's range, as the widget's

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["get_reader", "read_tiff", "layer_data", "UNCERTAINTY_STYLE", "uncertainty_style", "CLASS_COLOURS",
-           "class_colormap"]
+           "class_colormap", "SEGMENTATION_OPACITY"]
+
+SEGMENTATION_OPACITY = 0.35  # a light fill: the image shows through, the instances' outlines draw the objects
+
 
 # How the uncertainty map is drawn, in the widget and when its file is reopened (the one place it is written):
 # transparent where the model is sure, through red and orange to pale yellow where it is unsure, blended over the
@@ -86,8 +89,10 @@ def layer_data(data: np.ndarray, record: dict, default_name: str) -> tuple:
     if names:
         kwargs["metadata"] = {"class_names": list(names)}
     if layer_type == "labels":
+        # a segmentation: the light fill of its classes' colours the widget draws (objects and superpixels open
+        # filled, one colour each: a reader cannot ask napari for outlines, which Labels take only once made)
         if names and record.get("kind", "labels") == "labels" and kwargs["name"] not in ("instances", "superpixels"):
-            kwargs["colormap"] = class_colormap(len(names))  # a segmentation: its classes as the widget draws them
+            kwargs.update(colormap=class_colormap(len(names)), opacity=SEGMENTATION_OPACITY)
         return data, kwargs, layer_type
     if rgb:
         kwargs["rgb"] = True

@@ -27,7 +27,6 @@ CLICK_STYLE = {"border_color": "#101010", "border_width": 0.2}
 # radius, so around an object its band was as wide as the object and, zoomed in, tinted it and hid its neighbours
 SUGGESTION_STYLE = {"symbol": "disc", "face_color": "transparent", "border_color": [1.0, 0.84, 0.0, 1.0],
                     "border_width": 0.06, "opacity": 1.0}
-SEGMENTATION_OPACITY = 0.35  # a light fill: the image shows through, the instances' outlines draw the objects
 AUTO_TASK = -1  # the Task list's "auto": the task-aware module chooses
 AUTO_RANGE, DISPLAYED_RANGE = "automatic", "as displayed"  # the Intensity range list: the robust range, contrast limits
 FINDING_OBJECTS = "finding the objects…"  # the status between a segmentation shown and its objects

@@ -7,7 +7,7 @@ import weakref
 import numpy as np
 
 from .._napari_compat import clear_undo_history
-from .._reader import class_colormap, uncertainty_style
+from .._reader import SEGMENTATION_OPACITY, class_colormap, uncertainty_style
 from ._common import (
     CLICKS,
     GEOMETRY,
@@ -15,7 +15,6 @@ from ._common import (
     LAYER_TAG,
     MAPS,
     SEGMENTATION,
-    SEGMENTATION_OPACITY,
     SUGGESTIONS,
     SUPERPIXELS,
     UNCERTAINTY,
