@@ -113,3 +113,16 @@ def test_bad_input_is_a_notification_and_trains_nothing(make_napari_viewer, qtbo
     widget.train()
     assert not widget.busy and "cannot start with" in said[-1][1]
     assert _files() == ["mine.pt"] and (models_dir() / "mine.pt").read_bytes() == b"a model the user had"
+
+
+def test_beside_the_other_docks_no_control_is_cut_off(make_napari_viewer, qtbot):
+    """Opened below Segment and Measurements in a shown window, the dock is as wide as its controls (it was
+    narrower, and the hint and the Start from list ran past its edge)."""
+    viewer = make_napari_viewer(show=True)
+    for name in ("Segment (CLIS)", "Measurements (CLIS)"):
+        viewer.window.add_plugin_dock_widget("napari-clis", name)
+    widget = _dock(viewer)
+    area = widget.native  # what napari docks: the scroll area around the controls
+    assert area is widget.root_native_widget
+    qtbot.waitUntil(lambda: area.isVisible(), timeout=10_000)
+    qtbot.waitUntil(lambda: area.viewport().width() >= area.widget().minimumSizeHint().width(), timeout=10_000)

@@ -12,7 +12,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
 
 from ._napari_compat import in_worker, unwrap
-from ._widget import _common, _controls
+from ._widget import _common, _controls, _docking
 
 # the Segment dock's names and helpers (its modules imported whole: the compat test guards magicgui's _widget)
 CUSTOM_MODEL, LAYER_TAG, SUPERPIXELS = _common.CUSTOM_MODEL, _common.LAYER_TAG, _common.SUPERPIXELS
@@ -92,7 +92,17 @@ class TrainWidget(Container):
         for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             emitter.connect(self.reset_choices)
         self.native.destroyed.connect(lambda *_, a=self._alive: a.clear())
+        self._watcher = _docking.watch(self, lambda: None)  # as wide as its controls once shown
         self.reset_choices()
+
+    @property
+    def native(self):
+        """The scroll area around the controls: what napari docks (as the Segment dock's)."""
+        return self.root_native_widget
+
+    def fit_width(self) -> None:
+        """As wide as the controls need beside the vertical scroll bar: beside other docks, none is cut off."""
+        _docking.fit_width(self.native)
 
     @property
     def busy(self) -> bool:
