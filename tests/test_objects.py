@@ -430,3 +430,36 @@ def test_a_background_click_on_an_unsure_bridge_keeps_the_nuclei_it_joins():
     nuclei = _discs(120, 200, [(60, 60), (60, 140)], 14) > 0
     assert (editor.labels[nuclei] > 0).all()  # both nuclei kept, whole
     assert editor.labels[60, 100] == 0 and (editor.labels[bridge] == 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("apart", [8, 16])
+def test_a_split_click_cuts_a_pair_with_a_faint_neck_across_and_never_through_the_nucleus_clicked(apart):
+    """Two touching nuclei whose union shows one centre only (8 px apart: a faint neck) were refused ("one centre
+    only"); they are cut across now, the clicked nucleus in one piece and most of the other in the second. With
+    a clear neck (16 px) the cut follows it as before."""
+    from napari_clis.objects import ObjectClick
+
+    h, w = 80, 100
+    yy, xx = np.mgrid[:h, :w]
+    a = (yy - 40) ** 2 + (xx - 40) ** 2 <= 100
+    b = (yy - 40) ** 2 + (xx - 40 - apart) ** 2 <= 100
+    pair = a | b
+    others = np.zeros((h, w), np.uint32)
+    for k, x in enumerate((12, 50, 88), start=2):  # three lone nuclei of the same size: the typical diameter
+        others[(yy - 8) ** 2 + (xx - x) ** 2 <= 49] = k
+    inst = np.where(pair, 1, others).astype(np.uint32)
+    fg = (inst > 0).astype(np.float32)
+    image = np.where(fg > 0, 0.4, -0.4).astype(np.float32)[None].repeat(3, 0)
+    editor = ObjectEditor(np.stack([1 - fg, fg]), image, (inst > 0).astype(np.int32), inst)
+    editor.replay([ObjectClick(40, 40, 1, "split")])
+    assert not editor.notes, editor.notes  # applied, not refused
+    parts = editor.instances
+    mine, other = parts[40, 40], parts[40, 40 + apart]
+    assert mine > 0 and other > 0 and mine != other
+    assert set(np.unique(parts[pair])) == {mine, other}
+    own_a, own_b = a & ~b, b & ~a
+    assert (parts[own_a] == mine).mean() > 0.9 and (parts[own_b] == other).mean() > 0.9
+    cut = ndimage.binary_dilation(parts == other) & (parts == mine)
+    ys, xs = np.nonzero(cut)
+    assert np.hypot(ys - 40, xs - 40).min() >= 4  # the clicked centre stays inside its piece
+    np.testing.assert_array_equal(parts[~pair], inst[~pair])  # nothing else changes

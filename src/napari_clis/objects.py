@@ -529,12 +529,26 @@ class ObjectEditor:
         if area < least:
             raise InteractionError(f"this object ({area} px) is too small to split: a split needs at least "
                                    f"{least:.0f} px (half a typical object of {self.diameter:.0f} px across)")
-        from skimage.feature import peak_local_max
-        from skimage.segmentation import watershed
-
         cy, cx = c.y - box[0].start, c.x - box[1].start
-        # the distance transform weighted by the foreground probability, smoothed, as the network's objects are
-        # split (instances.watershed_instances): its valleys follow the necks and the probability's dips
+        part = self._split_at_centres(mask, box, cy, cx)
+        if part is None:  # one centre, or a cut through the nucleus clicked: cut across, the click in one half
+            part = self._split_across(mask, cy, cx)
+        second = None if part is None else part == 2
+        if second is None or not second.any() or second.sum() == area:
+            raise InteractionError("this object could not be split in two at this click")
+        new = self._new_id(log)
+        self._write(log, box, second, self._labels[box], new)
+        return None
+
+    def _split_at_centres(self, mask, box, cy: int, cx: int):
+        """The object cut between the centre the click is in and the strongest other centre, along its neck: a
+        watershed of its distance transform weighted by the foreground probability, smoothed, as the network's
+        objects are split (``instances.watershed_instances``). None where the object shows one centre only, or
+        where the cut would pass the click closer than a fifth of a typical object (the click marks a nucleus:
+        a cut through it splits the wrong way)."""
+        from skimage.feature import peak_local_max
+        from skimage.segmentation import find_boundaries, watershed
+
         fg = self.fg[box]
         if float(np.median(fg[mask])) < 0.5:  # an object the network does not see (painted): its shape alone
             fg = np.ones_like(fg)
@@ -542,27 +556,52 @@ class ObjectEditor:
         dt = ndimage.gaussian_filter(dt, max(1.0, 0.075 * self.diameter)) * mask
         peaks = peak_local_max(dt, min_distance=max(2, int(0.15 * self.diameter)), labels=mask.astype(np.int32),
                                exclude_border=False)
-        if len(peaks) == 0:
-            peaks = np.array([np.unravel_index(int(dt.argmax()), dt.shape)])
+        if len(peaks) < 2:
+            return None
         dist = np.hypot(peaks[:, 0] - cy, peaks[:, 1] - cx)
         a = peaks[int(dist.argmin())] if dist.min() <= max(2.0, dt.max()) else np.array([cy, cx])
         # another nucleus's centre lies at least about the larger of the two radii away (touching discs)
         radii = np.maximum(dt[peaks[:, 0], peaks[:, 1]], dt[a[0], a[1]])
         apart = np.hypot(peaks[:, 0] - a[0], peaks[:, 1] - a[1]) >= np.maximum(3.0, 0.9 * radii)
         if not apart.any():
-            raise InteractionError("this object shows one centre only: no second centre to split it at "
-                                   "(paint the dividing line, or click the missing object instead)")
+            return None
         others = peaks[apart]
         b = others[int(np.argmax(dt[others[:, 0], others[:, 1]]))]
         markers = np.zeros(mask.shape, np.int32)
         markers[a[0], a[1]], markers[b[0], b[1]] = 1, 2
         part = watershed(-dt, markers, mask=mask)
-        second = part == 2
-        if not second.any() or second.sum() == area:
-            raise InteractionError("this object could not be split in two at this click")
-        new = self._new_id(log)
-        self._write(log, box, second, self._labels[box], new)
-        return None
+        cut = find_boundaries(part, mode="inner") & mask
+        ys, xs = np.nonzero(cut)
+        if len(ys) and np.hypot(ys - cy, xs - cx).min() < max(2.0, 0.2 * self.diameter):
+            return None
+        return part
+
+    def _split_across(self, mask, cy: int, cx: int, iterations: int = 10):
+        """The object cut in two halves across its length, the click in one: two-means of its pixels' positions,
+        started at the click and at the pixel farthest from it, then each pixel to the nearer half's centre
+        through the object (a flood from both centres: the cut follows a neck where the object has one)."""
+        from skimage.segmentation import watershed
+
+        ys, xs = np.nonzero(mask)
+        pts = np.stack([ys, xs], 1).astype(np.float64)
+        far = pts[int(np.argmax((ys - cy) ** 2 + (xs - cx) ** 2))]
+        centres = np.array([[cy, cx], far], np.float64)
+        for _ in range(iterations):
+            near = np.argmin(((pts[:, None, :] - centres[None]) ** 2).sum(-1), 1)
+            if near.min() == near.max():
+                return None
+            new = np.stack([pts[near == k].mean(0) for k in (0, 1)])
+            if np.allclose(new, centres):
+                break
+            centres = new
+        markers = np.zeros(mask.shape, np.int32)
+        for k, centre in enumerate(centres, start=1):  # the object's pixel nearest each centre
+            j = int(np.argmin(((pts - centre) ** 2).sum(1)))
+            markers[ys[j], xs[j]] = k
+        if markers[cy, cx] == 0 and mask[cy, cx]:  # the click is in its half, whatever the flood does
+            markers[cy, cx] = 1
+        part = watershed(np.zeros(mask.shape, np.float32), markers, mask=mask)
+        return part if (part == 1).any() and (part == 2).any() else None
 
     def _merge(self, c: ObjectClick, log) -> None:
         reach = max(3.0, MERGE_REACH * self.diameter)
