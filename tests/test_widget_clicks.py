@@ -512,6 +512,7 @@ def test_learning_autosaves_and_neither_another_device_nor_another_model_loses_t
     assert len(session.tasks) == 1, (infos, messages)
     saved = list(Path(os.environ["NAPARI_CLIS_MODELS"]).glob("*.pt"))  # saved after learning, without asking
     assert saved == [Path(session.autosave)]
+    assert saved[0].name.startswith("nuclei-he-")  # the model and the image learned: series tell apart in Model
     assert any(f"Saved as {saved[0].name} in the models folder, now chosen in Model (the model you started from "
                "is unchanged)" in m for m in infos), infos
     judged = ("of the pixels you corrected right", "(nothing was corrected)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .. import _tooltips as tips
@@ -83,7 +84,7 @@ class LearnPanel:
         except Exception as e:
             notify_error(f"Cannot learn: {e}")
             return
-        self.choose_autosave(session)
+        self.choose_autosave(session, state.target[0].name)
         total = session.learn_settings.steps
         self.learn_step = 0
         runner = d.runner
@@ -119,10 +120,11 @@ class LearnPanel:
         if d.alive:
             d.controls.show_idle()
 
-    def choose_autosave(self, session) -> None:
+    def choose_autosave(self, session, image_name: str = "") -> None:
         """Where learning saves the session after each learned task: the file a failed autosave left, else the file
         it was loaded from when that is one of the user's models (in the models folder), else a new file there,
-        which the Model list then shows. (A file someone else wrote meanwhile is not overwritten: ``learn()`` then
+        named after the model and the first image learned (``nuclei-<image>-<date>-<time>.pt``: two series tell
+        apart in the Model list), which the Model list then shows. (A file someone else wrote meanwhile is not overwritten: ``learn()`` then
         saves to a new file beside it, which :func:`moved_note` reports.)"""
         from napari.utils.notifications import show_warning
 
@@ -140,7 +142,9 @@ class LearnPanel:
             return
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            session.autosave = unique_model_path(folder, Path(session.model_name).stem or "model")
+            image = re.sub(r"[^\w.-]+", "-", image_name).strip("-.")[:40]
+            stem = Path(session.model_name).stem or "model"
+            session.autosave = unique_model_path(folder, f"{stem}-{image}" if image else stem)
         except (OSError, CheckpointError) as e:
             show_warning(f"Learned tasks are not saved automatically: the models folder {folder} cannot be used "
                          f"({getattr(e, 'strerror', None) or e}). Save the model yourself (Save model).")
