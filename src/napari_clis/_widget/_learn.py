@@ -124,8 +124,8 @@ class LearnPanel:
         """Where learning saves the session after each learned task: the file a failed autosave left, else the file
         it was loaded from when that is one of the user's models (in the models folder), else a new file there,
         named after the model and the first image learned (``nuclei-<image>-<date>-<time>.pt``: two series tell
-        apart in the Model list), which the Model list then shows. (A file someone else wrote meanwhile is not overwritten: ``learn()`` then
-        saves to a new file beside it, which :func:`moved_note` reports.)"""
+        apart in the Model list), which the Model list then shows. (A file someone else wrote meanwhile is not
+        overwritten: ``learn()`` then saves to a new file beside it, which :func:`moved_note` reports.)"""
         from napari.utils.notifications import show_warning
 
         from ..model_files import CheckpointError, models_dir, unique_model_path
