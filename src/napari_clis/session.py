@@ -853,8 +853,8 @@ class ClisSession:
                 " No kernel of the network is free any more (the earlier tasks use them all), so a new task can "
                 "only choose among kernels in use; the tasks learned so far keep working.")
             raise LearnRejected(
-                f"Learning was rolled back: {why}. The network is unchanged; the image is remembered as one its "
-                f"current task segments best{kept}.{full}"
+                f"Learning was rolled back: {why}. The network is unchanged; this image and images like it keep "
+                f"the task that segmented it{kept}.{full}"
             )
         record = TaskRecord(task=task, parent=self.task, fingerprint=[float(v) for v in self._fingerprint],
                             image_shape=list(labels.shape), clicks=clicks,
