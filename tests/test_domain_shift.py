@@ -52,6 +52,8 @@ def test_the_domain_protocol_learns_two_images_and_measures_the_third_beside_no_
     assert [e["task"] for e in learns] == [1, 2] and all(e["seconds"] > 0 for e in learns)
     (chosen,) = [e for e in data["learns"] if e.get("unseen")]  # the task CLIS chose for the unseen crop
     assert chosen["image"] in data["splits"]["0"]["unseen"] and 0 <= chosen["chosen"] <= 2
+    clis_unseen = float(rows["CLIS (ours)"][2].split()[0])  # the one unseen crop's Dice, kept with its task choice
+    assert chosen["dice"] == pytest.approx(clis_unseen, abs=6e-4) and isinstance(chosen["unfamiliar"], bool)
     assert "CLIS on the unseen images: a learned task segmented" in out
     for e in learns:  # a rollback says why (the LearnRejected message); a kept task its two Dice
         assert isinstance(e["rolled_back"], bool)

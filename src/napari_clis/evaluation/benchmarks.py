@@ -1207,7 +1207,8 @@ def _continual_sequence(method: str, model: str, seq, unseen, args, packnet_cach
             vals["forward"].append(_scores(s.segment(smp.image).labels, smp.mask > 0, dice, iou))
             if method == "clis":  # which task the task-aware module chose for it, and why
                 learns.append({"task": None, "image": smp.id, "unseen": True, "chosen": int(s.task),
-                               "agreement": s.task_choice.get("agreement"), "nearest": s.task_choice.get("nearest")})
+                               "agreement": s.task_choice.get("agreement"), "nearest": s.task_choice.get("nearest"),
+                               "unfamiliar": s.task_choice.get("unfamiliar"), "dice": vals["forward"][-1][0]})
     return vals, learns, corrected, s
 
 
