@@ -105,12 +105,15 @@ def familiarity(stats, summary: dict | None, learned_kind: bool = False, advice:
     limit = float(summary["limit"])
     if distance <= limit:
         return Familiarity(distance, limit, False, (
-            f"This image looks like the images this model learned from (distance {distance:.1f}, limit {limit:.1f}). "
+            f"This image looks like the images this model learned from (how far from them: {distance:.1f}; they "
+            f"lie within {limit:.1f}). "
             "Still check the bright areas of the uncertainty map."))
     if learned_kind:
         return Familiarity(distance, limit, False, (
-            f"This image is unlike the model's training images (distance {distance:.1f} > {limit:.1f}), but like "
+            f"This image is unlike the model's training images (how far from them: {distance:.1f}; they lie "
+            f"within {limit:.1f}), but like "
             "images you taught it: it is segmented with what was learned from them."))
     return Familiarity(distance, limit, True, (
-        f"This image looks unlike the images this model learned from (distance {distance:.1f} > {limit:.1f}), so "
+        f"This image looks unlike the images this model learned from (how far from them: {distance:.1f}; they "
+        f"lie within {limit:.1f}), so "
         f"its segmentation may be poor. {advice}").rstrip())
