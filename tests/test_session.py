@@ -524,6 +524,21 @@ def test_an_intensity_range_segments_what_that_value_range_gives(nuclei_session,
     assert dice(dark.labels > 0, truth) < dice(auto.labels > 0, truth) - 0.3
 
 
+def test_a_range_that_leaves_the_image_black_or_white_says_so(nuclei_session, nuclei_fluo, recwarn):
+    """Contrast limits set past the nuclei (the low end above 99.5% of the pixels) show the network a black image:
+    a warning says so and what to do; so does a range that makes it white. A sensible range says nothing."""
+    image, _ = nuclei_fluo
+    grey = image if image.ndim == 2 else image[..., 0]
+    top = float(np.percentile(grey, 99.6))
+    with pytest.warns(UserWarning, match=r"lies below the low end .* almost black image .* automatic range"):
+        nuclei_session.segment(image, intensity_range=(top, float(grey.max()) + 1))
+    with pytest.warns(UserWarning, match=r"lies above the high end .* almost white image"):
+        nuclei_session.segment(image, intensity_range=(-2.0, -1.0))
+    recwarn.clear()
+    nuclei_session.segment(image, intensity_range=(5.0, 120.0))
+    assert not [w for w in recwarn if "intensity range" in str(w.message)]
+
+
 @pytest.mark.parametrize("value, words", [((10, 10), "zero width"), ((200, 10), "negative width"),
                                           ((float("nan"), 10), "finite"), ((0, float("inf")), "finite"),
                                           ("displayed", "'auto' or a"), ((1, 2, 3), "'auto' or a"),

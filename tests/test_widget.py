@@ -498,6 +498,22 @@ def test_as_displayed_segments_what_the_contrast_limits_show(viewer_and_widget, 
     assert not np.allclose(automatic.uncertainty, expected.uncertainty, atol=1e-6)
 
 
+def test_contrast_limits_set_past_the_nuclei_are_named_as_the_cause_of_an_empty_result(viewer_and_widget, qtbot,
+                                                                                     nuclei_fluo, errors, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    viewer, widget = viewer_and_widget
+    image, _ = nuclei_fluo
+    layer = viewer.add_image(image, name="nuclei")
+    layer.contrast_limits = (float(np.percentile(image, 99.6)), float(image.max()) + 1)  # nearly all of it black
+    widget.intensity_range = "as displayed"
+    said = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: said.append(str(msg)))
+    _run(widget, qtbot, layer)
+    qtbot.waitUntil(lambda: any("almost black image" in m for m in said), timeout=10_000)
+    assert not errors and "Segmented" in widget.status  # a warning: the result stands, the cause is named
+
+
 def test_contrast_limits_of_no_width_are_reported_and_the_segmentation_stays(viewer_and_widget, qtbot, nuclei_fluo,
                                                                               errors):
     viewer, widget = viewer_and_widget

@@ -9,6 +9,7 @@ step (tiles, learning steps), by a value the worker sets and the bar reads on a 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from .._napari_compat import in_worker, worker_generator
 
@@ -37,6 +38,22 @@ def carried(function):
         except RuntimeError as e:
             raise WorkerError(e) from e
     return in_worker(generator)
+
+
+PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def relay_warning(args: tuple) -> None:
+    """A warning the package raised in a worker (``worker.warned``'s ``showwarning`` arguments), shown as a napari
+    warning. napari's workers mean to relay every warning, but with PyQt their relay is never connected (the
+    mixin that connects it comes after ``QRunnable`` in their classes' order, whose ``__init__`` stops the chain),
+    and a worker sees every warning of the process while it runs: only the package's own ones are shown (a chosen
+    intensity range that leaves the image black, say), not those of the libraries beneath."""
+    message, category, filename = args[0], args[1], str(args[2])
+    if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(PACKAGE):
+        from ._common import notify_warning
+
+        notify_warning(str(message))
 
 
 def unwrapped(on_error):
@@ -102,6 +119,7 @@ class Runner:
         if on_return is not None:
             worker.returned.connect(current(on_return))
         worker.errored.connect(current(unwrapped(on_error)))
+        worker.warned.connect(current(relay_warning))
         worker.finished.connect(lambda: self._finished(worker, on_done))
         self.worker, self.kind, self.cancel_requested, self.step = worker, kind, False, (0, 0)
         state.busy = kind
