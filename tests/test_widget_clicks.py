@@ -442,6 +442,7 @@ def test_the_status_line_says_which_task_segmented_the_image_and_why():
     from types import SimpleNamespace
 
     from napari_clis._widget import task_choice_text
+    from napari_clis._widget._common import task_choice_detail
 
     def session(task, **choice):
         return SimpleNamespace(tasks=[object()], remembered=[], task=task, task_choice=choice)
@@ -452,6 +453,13 @@ def test_the_status_line_says_which_task_segmented_the_image_and_why():
         "\nUsed learned task 2: it was learned on a similar image.")
     assert task_choice_text(session(0, nearest=2, known=False, agreement=0.5)) == (
         "\nUsed the pretrained model: learned task 2 (from the most similar image) did not fit this image.")
+    # an image unlike the training images takes the nearest learned task whatever it changes: the status says so
+    # and how to go back (a task taught three clicks on an H&E tile broke the next tile's nuclei into pieces)
+    unlike = task_choice_text(session(3, nearest=3, known=False, agreement=0.849, unfamiliar=True))
+    assert unlike.startswith("\nUsed learned task 3: it was learned on a similar image, and it changes what")
+    assert "agree on 85%" in unlike and "choose 0 in Task" in unlike
+    assert "whatever the agreement" in task_choice_detail(session(3, nearest=3, known=False, agreement=0.849,
+                                                                   unfamiliar=True))
     assert task_choice_text(session(1, nearest=None, known=None, agreement=None, asked=True)) == (
         "\nUsed learned task 1, as chosen.")
     assert task_choice_text(session(0, nearest=None, known=None, agreement=None, asked=True)) == (
@@ -459,7 +467,6 @@ def test_the_status_line_says_which_task_segmented_the_image_and_why():
     assert task_choice_text(session(1, nearest=1, known=True, agreement=None)) == (
         "\nUsed learned task 1: it was learned on this image.")
     # the numbers behind an automatic choice are in the status's tooltip, not in its text
-    from napari_clis._widget._common import task_choice_detail
 
     detail = task_choice_detail(session(0, nearest=2, known=False, agreement=0.5))
     assert "task 2" in detail and "0.50" in detail

@@ -547,7 +547,7 @@ class ObjectEditor:
         where the cut would pass the click closer than a fifth of a typical object (the click marks a nucleus:
         a cut through it splits the wrong way)."""
         from skimage.feature import peak_local_max
-        from skimage.segmentation import find_boundaries, watershed
+        from skimage.segmentation import watershed
 
         fg = self.fg[box]
         if float(np.median(fg[mask])) < 0.5:  # an object the network does not see (painted): its shape alone
@@ -570,7 +570,8 @@ class ObjectEditor:
         markers = np.zeros(mask.shape, np.int32)
         markers[a[0], a[1]], markers[b[0], b[1]] = 1, 2
         part = watershed(-dt, markers, mask=mask)
-        cut = find_boundaries(part, mode="inner") & mask
+        one, two = part == 1, part == 2
+        cut = (one & ndimage.binary_dilation(two)) | (two & ndimage.binary_dilation(one))  # not the object's rim
         ys, xs = np.nonzero(cut)
         if len(ys) and np.hypot(ys - cy, xs - cx).min() < max(2.0, 0.2 * self.diameter):
             return None
@@ -599,7 +600,7 @@ class ObjectEditor:
             j = int(np.argmin(((pts - centre) ** 2).sum(1)))
             markers[ys[j], xs[j]] = k
         if markers[cy, cx] == 0 and mask[cy, cx]:  # the click is in its half, whatever the flood does
-            markers[cy, cx] = 1
+            markers[cy, cx] = 1 + int(np.argmin(((centres - [cy, cx]) ** 2).sum(1)))
         part = watershed(np.zeros(mask.shape, np.float32), markers, mask=mask)
         return part if (part == 1).any() and (part == 2).any() else None
 

@@ -203,6 +203,12 @@ def task_choice_text(session) -> str:
     if c.get("known"):
         return f"\nUsed learned task {t}: it was learned on this image."
     if t != 0 and c.get("agreement") is not None:
+        from ..continual import TRANSFER_AGREEMENT
+
+        if c["agreement"] < TRANSFER_AGREEMENT:  # an image unlike the training images takes it anyway: say so
+            return (f"\nUsed learned task {t}: it was learned on a similar image, and it changes what the pretrained "
+                    f"model finds here much (they agree on {c['agreement']:.0%}). If this looks worse, choose 0 in "
+                    "Task and Segment again.")
         return f"\nUsed learned task {t}: it was learned on a similar image."
     if c.get("nearest") and c.get("agreement") is not None:
         return (f"\nUsed the pretrained model: learned task {c['nearest']} (from the most similar image) did not "
@@ -221,7 +227,8 @@ def task_choice_detail(session) -> str:
         return ""
     return (f"Task-aware choice: the most similar image taught is task {c.get('nearest')}'s; its segmentation agrees "
             f"with the pretrained task's at {c['agreement']:.2f} (Dice), and a learned task is used from "
-            f"{TRANSFER_AGREEMENT} up.")
+            f"{TRANSFER_AGREEMENT} up" + (" (on an image unlike the training images, whatever the agreement)."
+                                          if c.get("unfamiliar") else "."))
 
 
 def familiarity_text(familiarity) -> str:
