@@ -463,3 +463,19 @@ def test_a_split_click_cuts_a_pair_with_a_faint_neck_across_and_never_through_th
     ys, xs = np.nonzero(cut)
     assert np.hypot(ys - 40, xs - 40).min() >= 4  # the clicked centre stays inside its piece
     np.testing.assert_array_equal(parts[~pair], inst[~pair])  # nothing else changes
+
+
+def test_a_split_click_on_one_round_nucleus_is_refused_and_changes_nothing():
+    from napari_clis.objects import ObjectClick
+
+    h, w = 60, 100
+    yy, xx = np.mgrid[:h, :w]
+    inst = np.zeros((h, w), np.uint32)
+    for k, x in enumerate((15, 50, 85), start=1):  # three round nuclei, one clicked
+        inst[(yy - 30) ** 2 + (xx - x) ** 2 <= 100] = k
+    fg = (inst > 0).astype(np.float32)
+    image = np.where(fg > 0, 0.4, -0.4).astype(np.float32)[None].repeat(3, 0)
+    editor = ObjectEditor(np.stack([1 - fg, fg]), image, (inst > 0).astype(np.int32), inst)
+    editor.replay([ObjectClick(30, 52, 1, "split")])
+    assert "one centre only and is round" in editor.notes[0]
+    np.testing.assert_array_equal(editor.instances, inst)

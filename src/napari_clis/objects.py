@@ -56,6 +56,7 @@ WINDOW_GROWTH = (1.0, 2.0, 4.0)  # where the object fills the window, it is look
 JOIN_AREA = 0.5  # a missed piece smaller than this share of a typical object that touches one joins it
 MERGE_REACH = 0.25  # a merge click reaches objects this many object diameters from it (at least 3 px)
 MIN_SPLIT_AREA = 0.5  # an object smaller than this share of a typical object is not split
+ROUND = 1.25  # an object with one centre, no longer than this times its width and small, is one nucleus: not split
 MIN_CONTRAST = 0.08  # foreground probability (or normalised intensity) the click must stand above its window's
 SURE_FOREGROUND = 0.95  # a background click keeps the parts of its object the network is this sure of, away from it
 TRIM_MARGIN = 0.02  # a trim takes only pixels whose foreground probability is at most the click's plus this
@@ -532,6 +533,10 @@ class ObjectEditor:
         cy, cx = c.y - box[0].start, c.x - box[1].start
         part = self._split_at_centres(mask, box, cy, cx)
         if part is None:  # one centre, or a cut through the nucleus clicked: cut across, the click in one half
+            if self._one_round_object(mask):
+                raise InteractionError("this object shows one centre only and is round, as one nucleus is: no "
+                                       "second nucleus to split it from (paint the dividing line, or click the "
+                                       "missing object instead)")
             part = self._split_across(mask, cy, cx)
         second = None if part is None else part == 2
         if second is None or not second.any() or second.sum() == area:
@@ -576,6 +581,16 @@ class ObjectEditor:
         if len(ys) and np.hypot(ys - cy, xs - cx).min() < max(2.0, 0.2 * self.diameter):
             return None
         return part
+
+    def _one_round_object(self, mask) -> bool:
+        """Whether ``mask`` looks like one nucleus: no longer than ROUND times its width (the square root of the
+        ratio of its positions' principal variances) and under 1.5 typical objects in area. Two touching nuclei with
+        no neck between them are longer (two discs a radius apart: 1.4); a clump of several is larger."""
+        ys, xs = np.nonzero(mask)
+        if len(ys) >= 1.5 * self.typical_area or len(ys) < 3:
+            return False
+        ev = np.linalg.eigvalsh(np.cov(np.stack([ys, xs]).astype(np.float64)))
+        return bool(ev[0] > 0 and np.sqrt(ev[1] / ev[0]) < ROUND)
 
     def _split_across(self, mask, cy: int, cx: int, iterations: int = 10):
         """The object cut in two halves across its length, the click in one: two-means of its pixels' positions,
