@@ -515,6 +515,9 @@ def test_batch_takes_the_intensity_range_and_object_size_as_segment_does(tmp_pat
     np.testing.assert_array_equal(r.uncertainty, whole.uncertainty)
     np.testing.assert_array_equal(r.instances, whole.instances)
     assert not np.array_equal(r.labels, nuclei_session.segment(small).labels)  # the options did something
+    past = (float(np.percentile(small, 99.6)), float(small.max()) + 1)  # limits past the nuclei: a black image
+    with pytest.warns(UserWarning, match=r"lies below the low end .* almost black image"):
+        nuclei_session.segment_many(path, intensity_range=past)
 
 
 def test_a_large_plane_is_tiled_at_the_scale_the_network_sees_it(tmp_path, nuclei_he, nuclei_session):

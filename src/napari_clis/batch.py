@@ -74,6 +74,7 @@ from .preprocessing import (
     intensity_range,
     normalize_image,
     plan_tiles,
+    range_hides_image,
 )
 from .tiffs import read_metadata, write_tiff
 
@@ -417,6 +418,9 @@ def _prepare(job: _Job, session, tile: int, model: TileModel) -> _Prepared | Fil
 def _plan_plane(session, plane: np.ndarray, tile: int, model: TileModel):
     plane = as_2d_image(plane)  # refuses what segment() refuses, before any work is sent out
     value_range = intensity_range(plane) if model.value_range is None else model.value_range
+    hidden = None if model.value_range is None else range_hides_image(plane, value_range)
+    if hidden:  # as segment() warns: the range given hides the objects of this plane
+        warnings.warn(hidden, UserWarning, stacklevel=2)
     scale = model.settings.scale
     margin = DEFAULT_MARGIN
     if session.working_long_side is not None or session.single_object:  # the network sees the whole image: no tiles

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["as_2d_image", "normalize_image", "intensity_range", "check_intensity_range", "check_tiling", "plan_tiles",
+__all__ = ["as_2d_image", "normalize_image", "intensity_range", "check_intensity_range", "range_hides_image",
+           "check_tiling", "plan_tiles",
            "Tile", "ImageError", "MIN_TILE", "DEFAULT_TILE", "DEFAULT_MARGIN", "ImageLayout", "image_layout",
            "alpha_is_transparency", "MIN_PLANE_SIDE"]
 
@@ -268,6 +269,25 @@ def intensity_range(image) -> tuple[float, float]:
     arr, exponent = _tame(_as_numeric_2d(image))
     lo, hi = _percentile_range(arr)
     return float(np.ldexp(lo, exponent)), float(np.ldexp(hi, exponent))  # in the image's own units
+
+
+RANGE_HIDES = 0.99  # the share of an image a chosen intensity range makes all black (or all white) that is warned of
+
+
+def range_hides_image(image, value_range) -> str | None:
+    """What to tell the user when a chosen intensity range ``(low, high)`` leaves nearly every pixel of ``image``
+    at its black (or white) end, hiding the objects from the network (napari's contrast limits set past the
+    nuclei); None when it does not."""
+    arr = as_2d_image(image)
+    low, high = value_range
+    for hidden, end, colour in ((arr <= low, f"below the low end ({low:g})", "black"),
+                                (arr >= high, f"above the high end ({high:g})", "white")):
+        share = float((hidden.all(-1) if hidden.ndim == 3 else hidden).mean())
+        if share >= RANGE_HIDES:
+            return (f"{share:.1%} of the image lies {end} of the intensity range chosen: the model sees an almost "
+                    f"{colour} image and finds little. Widen the range (in napari: the image layer's contrast "
+                    "limits), or use the automatic range.")
+    return None
 
 
 def check_intensity_range(value) -> tuple[float, float] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from .interactive import (
 )
 from .network import ClisNet
 from .objects import ObjectEditor
-from .preprocessing import ImageError, as_2d_image, check_intensity_range, normalize_image
+from .preprocessing import ImageError, as_2d_image, check_intensity_range, normalize_image, range_hides_image
 from .superpixels import DEFAULT_SUPERPIXEL_SIZE, compute_superpixels
 from .uncertainty import (
     DEFAULT_MARGIN,
@@ -80,24 +81,6 @@ AGREEMENT_SIDE = 256  # px: the central square its agreement check sees at full 
 NUCLEI_OBJECT_DIAMETER = 19.9
 MAX_OBJECT_ENLARGEMENT = 8.0  # object_diameter may enlarge the image at most this many times for the network
 _INSTANCES_LOCK = threading.Lock()
-
-
-RANGE_HIDES = 0.99  # the share of an image's pixels a chosen intensity range makes all black (or all white) to warn
-
-
-def _warn_if_range_hides_the_image(normalized: np.ndarray, value_range) -> None:
-    """A chosen intensity range that leaves nearly every pixel at its black (or white) end hides the objects from
-    the network (napari's contrast limits set past the nuclei): a warning says so and what to do."""
-    import warnings
-
-    low, high = value_range
-    for share, end, colour in (((normalized <= -0.5).all(0).mean(), f"below the low end ({low:g})", "black"),
-                               ((normalized >= 0.5).all(0).mean(), f"above the high end ({high:g})", "white")):
-        if share >= RANGE_HIDES:
-            warnings.warn(f"{share:.1%} of the image lies {end} of the intensity range chosen: the model sees an "
-                          f"almost {colour} image and finds little. Widen the range (in napari: the image layer's "
-                          "contrast limits), or use the automatic range.", UserWarning, stacklevel=3)
-            return
 
 
 class LearnRejected(RuntimeError):
@@ -534,8 +517,9 @@ class ClisSession:
         value_range = check_intensity_range(intensity_range)
         scale = self.object_scale(object_diameter, None if object_diameter is None else as_2d_image(image).shape)
         normalized = normalize_image(image, value_range=value_range)
-        if value_range is not None:
-            _warn_if_range_hides_the_image(normalized, value_range)
+        hidden = None if value_range is None else range_hides_image(image, value_range)
+        if hidden:
+            warnings.warn(hidden, UserWarning, stacklevel=2)
         # the session's state (fingerprint, task, result) changes only once the new image is done: a failure on
         # the way leaves the current image, its task and its clicks as they were
         fp, chosen, choice = self._choose_task(normalized, task, scale=scale)
