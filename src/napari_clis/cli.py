@@ -96,6 +96,8 @@ def _pretrain(args) -> int:
     if args.augment_probability:
         preset["augment_probabilities"] = dict(args.augment_probability)
     preset["log_every"] = args.log_every
+    if args.contact_weight is not None:
+        preset["contact_weight"] = args.contact_weight
     if args.working_long_side is not None:  # 0: the image's own resolution
         preset["working_long_side"] = args.working_long_side or None
     settings = PretrainSettings(model=args.model, seed=args.seed, precise_bn_batches=args.bn_batches, **preset)
@@ -381,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "model stays exactly as it was, so it segments as before")
     pt.add_argument("--extra-data", action="append", choices=["bbbc039"],
                     help="add the pretraining half of this dataset (nuclei; its other half stays held out)")
+    pt.add_argument("--contact-weight", type=float, metavar="W",
+                    help="where two nuclei touch, train their 1 px border as background, its errors weighted W times "
+                         "(a neck between touching nuclei for the objects' watershed; the shipped model: 10)")
     pt.add_argument("--log-every", type=int, default=0, metavar="N",
                     help="also log the losses every N steps (default 0: only at the progress lines)")
     pt.add_argument("--bn-batches", type=int, default=100,

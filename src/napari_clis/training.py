@@ -24,7 +24,7 @@ import hashlib
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +41,8 @@ from .uncertainty import decide, predict, resize_long_side
 
 __all__ = ["PretrainSettings", "MODEL_PRESETS", "pretrain", "aleatoric_nll", "soft_dice_loss", "gate_kl",
            "calibrate_decision", "DECISION_THRESHOLDS", "TrainingDiverged", "distance_target", "distance_loss",
-           "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA", "train", "train_arrays",
-           "TrainingCancelled", "TRAIN_STEPS", "he_from_fluorescence", "record_familiarity"]
+           "separate_touching", "contact_loss", "robust_augment", "robust_view", "AUGMENT_PROBABILITIES", "EXTRA_DATA",
+           "train", "train_arrays", "TrainingCancelled", "TRAIN_STEPS", "he_from_fluorescence", "record_familiarity"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,6 +97,10 @@ class PretrainSettings:
     extra_data: tuple = ()
     #: a log line with the step's losses every this many steps (0: none)
     log_every: int = 0
+    #: > 0: where two objects of an instance mask touch, their 1 px border is background in the target, and the
+    #: cross-entropy of every background pixel between two foreground pixels counts this many times more (U-Net's
+    #: separation of touching cells): the mask then has a neck the watershed can cut (:func:`contact_loss`)
+    contact_weight: float = 0.0
 
 
 # more data a nuclei model may be pretrained on: name -> loader of its pretraining part (never a held-out one)
@@ -111,6 +115,35 @@ def aleatoric_nll(logits: torch.Tensor, logvar: torch.Tensor, target: torch.Tens
         z = logits + sigma * torch.randn_like(logits)
         logps.append(F.log_softmax(z, 1).gather(1, target[:, None])[:, 0])
     return -(torch.logsumexp(torch.stack(logps), 0) - math.log(n_samples)).mean()
+
+
+def separate_touching(sample: Sample) -> Sample:
+    """``sample`` with the 1 px border where two of its objects touch set to background in its mask (the
+    instance mask itself unchanged); a sample without instances as it is."""
+    from scipy import ndimage
+
+    inst = sample.instances
+    if inst is None:
+        return sample
+    inst = np.asarray(inst).astype(np.int64)
+    larger = ndimage.maximum_filter(inst, 3) > inst
+    smaller = ndimage.minimum_filter(np.where(inst > 0, inst, inst.max() + 1), 3) < inst  # background: no neighbour
+    mask = np.array(sample.mask, copy=True)
+    mask[(inst > 0) & (larger | smaller)] = 0
+    return replace(sample, mask=mask)
+
+
+def contact_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of the background pixels of ``target`` (N, H, W) that lie between two foreground pixels
+    (across, down or on a diagonal), summed and divided by all the target's pixels; 0 where there is none."""
+    fg = F.pad((target > 0).to(logits.dtype)[:, None], (1, 1, 1, 1))
+    up, down, left, right = fg[..., :-2, 1:-1], fg[..., 2:, 1:-1], fg[..., 1:-1, :-2], fg[..., 1:-1, 2:]
+    ul, dr, ur, dl = fg[..., :-2, :-2], fg[..., 2:, 2:], fg[..., :-2, 2:], fg[..., 2:, :-2]
+    between = ((up * down + left * right + ul * dr + ur * dl) > 0)[:, 0] & (target == 0)
+    if not bool(between.any()):
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits, target, reduction="none")
+    return (ce * between).sum() / target.numel()
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> torch.Tensor:
@@ -543,7 +576,11 @@ def pretrain(
     train = load_dataset(settings.model, "pretrain", data_root)
     kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
     extra_counts = []
+    if settings.contact_weight > 0:
+        train = [separate_touching(s) for s in train]
     for name, extra in _extra_data(settings, data_root):
+        if settings.contact_weight > 0:
+            extra = [separate_touching(s) for s in extra]
         log(f"adding {len(extra)} pretraining images of {name}")
         train = train + extra
         extra_counts.append((name, len(extra)))
@@ -598,6 +635,8 @@ def _check_settings(settings: PretrainSettings) -> None:
             raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_PROBABILITIES)}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"the probability of augmentation {name!r} must be between 0 and 1, got {p}")
+    if not (math.isfinite(settings.contact_weight) and settings.contact_weight >= 0):
+        raise ValueError(f"contact_weight must be a number >= 0 (0: off), got {settings.contact_weight}")
     if settings.head_only and not (settings.instance_head and settings.init):
         raise ValueError("training the distance head alone (head_only) needs instance_head and a model to start "
                          "from (init): the rest of the network is that model's")
@@ -752,6 +791,8 @@ def _fit(settings: PretrainSettings, output: Path | str, config: NetworkConfig, 
             loss_dist = torch.zeros(())
         if not settings.head_only:
             loss_nll = aleatoric_nll(logits, logvar, y, settings.logit_samples)
+            if settings.contact_weight > 0:
+                loss_nll = loss_nll + settings.contact_weight * contact_loss(logits, y)
             loss_dice = soft_dice_loss(logits, y, settings.dice_per_image)
             kl = gate_kl(net, 0, priors)
         loss = loss_nll + loss_dice + settings.kl_weight * kl + settings.instance_weight * loss_dist
