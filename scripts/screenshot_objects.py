@@ -50,7 +50,8 @@ def count(viewer) -> int:
 
 
 def merged_candidates(instances, truth):
-    """Objects that look like two nuclei found as one, most likely first: (id, the click for a split)."""
+    """Objects that look like two nuclei found as one, most likely first, those cut by the image's edge last (a
+    pair half outside the picture shows little): (id, the click for a split)."""
     areas = np.bincount(instances.ravel())[1:]
     median = float(np.median(areas[areas > 0]))
     found = []
@@ -60,15 +61,16 @@ def merged_candidates(instances, truth):
             continue
         # the true nuclei the object covers (each at least 30% inside it)
         inside = [k for k in np.unique(truth[obj]) if k and (obj & (truth == k)).sum() > 0.3 * (truth == k).sum()]
+        edge = bool(obj[0].any() or obj[-1].any() or obj[:, 0].any() or obj[:, -1].any())
         dist = ndimage.distance_transform_edt(obj)
         peaks = peak_local_max(dist, min_distance=3, labels=obj.astype(int), exclude_border=False)
         if len(inside) >= 2:  # the click: the middle of the larger true nucleus, inside the object
             part = obj & (truth == max(inside, key=lambda k: (obj & (truth == k)).sum()))
             d = ndimage.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
-            found.append((0, -areas[i - 1], i, np.unravel_index(int(d.argmax()), d.shape)))
+            found.append((edge, 0, -areas[i - 1], i, np.unravel_index(int(d.argmax()), d.shape)))
         elif areas[i - 1] > 1.6 * median and len(peaks) >= 2:
-            found.append((1, -areas[i - 1], i, tuple(peaks[0])))
-    return [(i, (int(y), int(x))) for _, _, i, (y, x) in sorted(found)]
+            found.append((edge, 1, -areas[i - 1], i, tuple(peaks[0])))
+    return [(i, (int(y), int(x))) for *_, i, (y, x) in sorted(found, key=lambda f: f[:3])]
 
 
 def zoom_on(viewer, mask, share=0.45):

@@ -95,3 +95,9 @@ def test_a_negative_or_nan_contact_weight_is_refused_before_any_data_is_read():
     with pytest.raises(SystemExit):
         main(["pretrain", "nuclei", "--contact-weight", "lots"])
 
+
+def test_the_shipped_nuclei_model_records_its_contact_weight():
+    from napari_clis.session import ClisSession
+
+    settings = ClisSession.from_pretrained("nuclei", device="cpu").metadata["training"]["settings"]
+    assert settings["contact_weight"] == 10.0
