@@ -576,16 +576,14 @@ def pretrain(
     train = load_dataset(settings.model, "pretrain", data_root)
     kinds = image_kinds(train, settings.model) if settings.kind_balance > 0 else None
     extra_counts = []
-    if settings.contact_weight > 0:
-        train = [separate_touching(s) for s in train]
     for name, extra in _extra_data(settings, data_root):
-        if settings.contact_weight > 0:
-            extra = [separate_touching(s) for s in extra]
         log(f"adding {len(extra)} pretraining images of {name}")
         train = train + extra
         extra_counts.append((name, len(extra)))
         if kinds is not None:
             kinds += [image_kind(s.image, name) for s in extra]
+    if settings.contact_weight > 0:  # the training images only: the monitor's masks stay as annotated
+        train = [separate_touching(s) for s in train]
     monitor = load_dataset(settings.model, "monitor" if settings.model == "skin-lesion" else "heldout", data_root,
                            limit=settings.monitor_images)
     data = _prepare(train, settings.working_long_side, settings)
