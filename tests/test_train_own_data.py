@@ -234,3 +234,41 @@ def test_train_arrays_cancelled_or_diverged_leaves_nothing(folders):
     path = train_arrays(images, masks, names=names, steps=2, log=lines.append, **TINY)
     assert any("resumed" in line for line in lines) and path.is_file()
     assert not (folders / "models" / "nuclei-fluo.pt.ckpt").exists()
+
+
+def test_fine_tuning_the_nuclei_model_on_instance_masks_keeps_touching_nuclei_apart(folders):
+    """The shipped nuclei model was pretrained with touching nuclei kept apart (contact weight 10): a fine-tune on
+    instance masks goes on doing so unless told otherwise, and the model file records what it did."""
+    images, masks, names = _pairs()
+    lines = []
+    path = train_arrays(images, masks, names=names, steps=1, log=lines.append, **TINY)
+    said = [line for line in lines if "touching objects kept apart (contact weight 10)" in line]
+    assert len(said) == 1, lines
+    border = int(said[0].split(": ")[1].split(" px")[0])
+    assert border > 0  # the H&E pair's nuclei touch
+    settings = ClisSession.from_checkpoint(path).metadata["training"]["settings"]
+    assert settings["contact_weight"] == 10.0
+    lines.clear()
+    off = train_arrays(images, masks, names=names, steps=1, log=lines.append, contact_weight=0, **TINY)
+    assert not any("contact weight" in line for line in lines), lines
+    assert ClisSession.from_checkpoint(off).metadata["training"]["settings"]["contact_weight"] == 0.0
+    # binary masks have no objects to keep apart: said so, and nothing of the masks changes
+    lines.clear()
+    train_arrays(images, [m > 0 for m in masks], names=names, steps=1, log=lines.append, **TINY)
+    assert any("no two objects (one id each) of a mask touch" in line for line in lines), lines
+    # a new network starts without it
+    lines.clear()
+    fresh = train_arrays(images, masks, names=names, init=None, steps=1, log=lines.append, **TINY)
+    assert ClisSession.from_checkpoint(fresh).metadata["training"]["settings"]["contact_weight"] == 0.0
+
+
+def test_a_bad_contact_weight_is_refused_before_anything_is_read(folders):
+    images, masks, names = _pairs()
+    for bad in (-1, float("nan"), float("inf"), "lots"):
+        with pytest.raises(ValueError, match="contact weight must be a number of at least 0"):
+            train_arrays(images, masks, names=names, steps=1, contact_weight=bad, **TINY)
+        with pytest.raises(ValueError, match="contact weight must be a number of at least 0"):
+            train(folders / "images", folders / "masks", init="nuclei", steps=1, contact_weight=bad, **TINY)
+    assert main(["train", "--images", str(folders / "images"), "--masks", str(folders / "masks"), "--init", "nuclei",
+                 "--contact-weight", "-2"]) == 2
+    _untouched(folders)

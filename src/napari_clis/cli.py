@@ -160,7 +160,8 @@ def _train(args) -> int:
     try:
         path = train(args.images, args.masks, init=args.init, output=args.output, steps=args.steps,
                      val_fraction=args.val_fraction, classes=args.classes, lr=args.lr, seed=args.seed,
-                     resume=not args.restart, progress=progress, cancel=lambda: bool(stop), log=bar.write)
+                     resume=not args.restart, progress=progress, cancel=lambda: bool(stop), log=bar.write,
+                     contact_weight=args.contact_weight)
     except TrainingDiverged as e:
         bar.close()
         print(f"napari-clis train: {e}", file=sys.stderr)
@@ -414,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "0 to K-1")
     tr.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 from a model, 3e-3 for a new one)")
     tr.add_argument("--seed", type=int, default=0, help="seed of the validation split and the training (default 0)")
+    tr.add_argument("--contact-weight", type=float, metavar="W",
+                    help="where objects of an instance mask touch, their 1 px border is background and the errors "
+                         "between objects count W times, so touching nuclei come out apart (default: the starting "
+                         "model's, 10 for nuclei; 0: off)")
     tr.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier, unfinished run")
     tr.add_argument("--threads", type=_threads, help="CPU threads for torch")
     tr.set_defaults(func=_train)

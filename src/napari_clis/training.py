@@ -864,7 +864,7 @@ def _folder_label(folder: Path) -> str:
 def train(images: Path | str, masks: Path | str, *, init: str | Path | None = None, output: Path | str | None = None,
           steps: int | None = None, val_fraction: float = 0.2, classes: int | None = None, lr: float | None = None,
           batch: int = 8, crop: int | None = None, seed: int = 0, resume: bool = True, progress=None, cancel=None,
-          log=None) -> Path:
+          log=None, contact_weight: float | None = None) -> Path:
     """Train a model on a folder of annotated images, or fine-tune one; the model file written.
 
     ``images`` and ``masks`` are folders whose files are paired by name (:func:`~napari_clis.data.
@@ -872,7 +872,10 @@ def train(images: Path | str, masks: Path | str, *, init: str | Path | None = No
     above 0 is foreground, so binary and instance masks both work; with more, masks hold class ids 0 to
     ``classes - 1``. ``init`` is ``"nuclei"``, ``"skin-lesion"``, a model file, or None for a new network;
     output layers for another number of classes start fresh. A fixed share ``val_fraction`` of the images
-    (drawn with ``seed``; at least one) is kept aside and its Dice logged at each evaluation.
+    (drawn with ``seed``; at least one) is kept aside and its Dice logged at each evaluation. Where an instance
+    mask's objects touch, ``contact_weight`` > 0 makes their 1 px border background and weighs the errors between
+    objects that many times (:class:`PretrainSettings`), so that touching nuclei come out apart; None (the default)
+    takes the starting model's (10 for the shipped nuclei model, else 0), 0 turns it off.
 
     The model goes to ``output``, else a new file in :func:`~napari_clis.checkpoint.models_dir` (the widget's
     Model list), written atomically and only at the end; an existing file is never written over. Progress is
@@ -886,7 +889,7 @@ def train(images: Path | str, masks: Path | str, *, init: str | Path | None = No
     """
     from .data import load_annotated_folder
 
-    _check_training_arguments(steps, val_fraction, lr, classes, batch, crop)
+    _check_training_arguments(steps, val_fraction, lr, classes, batch, crop, contact_weight)
     images, masks = Path(images), Path(masks)
     start = _starting_model(init)
     classes = start.classes(classes)
@@ -900,29 +903,31 @@ def train(images: Path | str, masks: Path | str, *, init: str | Path | None = No
                 "classes": classes, "init": start.identity, "val_fraction": float(val_fraction), "seed": int(seed)}
     return _train_samples(samples, start, classes, output, ckpt_path, identity, str(images.resolve()),
                           steps=steps, val_fraction=val_fraction, lr=lr, batch=batch, crop=crop, seed=seed,
-                          resume=resume, progress=progress, cancel=cancel, log=log)
+                          resume=resume, progress=progress, cancel=cancel, log=log, contact_weight=contact_weight)
 
 
 def train_arrays(images, masks, *, init: str | Path | None = "nuclei", output: Path | str | None = None,
                  names=None, steps: int | None = None, val_fraction: float = 0.2, classes: int | None = None,
                  lr: float | None = None, batch: int = 8, crop: int | None = None, seed: int = 0, resume: bool = True,
-                 keep_progress: bool = True, progress=None, cancel=None, log=None) -> Path:
+                 keep_progress: bool = True, progress=None, cancel=None, log=None,
+                 contact_weight: float | None = None) -> Path:
     """:func:`train` on annotated images in memory (the widget's image and labels layers): the same checks, loop,
     checkpoints and model file; the model file written.
 
     ``images`` is a list of 2D images, ``(H, W)`` grey or ``(H, W, 3)`` colour of any number type, and ``masks``
     a list of as many label images ``(H, W)``, each the size of its image. With ``classes`` 2 (the default, or the
     starting model's number) every value above 0 is foreground: binary masks, instance masks and napari's labels
-    (one id per object) all count as foreground; with more, masks hold class ids 0 to ``classes - 1``.
-    ``names`` (one per pair, default "pair 1", "pair 2", ...) name the pairs in messages; the model file is by
-    default ``<init>-<first name>.pt`` in the models folder (a new name where that exists). One pair is enough:
+    (one id per object) all count as foreground; with more, masks hold class ids 0 to ``classes - 1``;
+    ``contact_weight`` as for :func:`train`. ``names`` (one per pair, default "pair 1", "pair 2", ...) name the
+    pairs in messages; the model file is by default ``<init>-<first name>.pt`` in the models folder (a new name
+    where that exists). One pair is enough:
     then none is kept aside to validate on. The checkpoint is resumed by the same call on the same pixels;
     ``keep_progress=False`` removes it however the call ends (finished, cancelled, diverged, failed), so that
     nothing but the finished model file is ever left behind. Raises what :func:`train` raises, and
     ``ValueError`` for an empty list, lists of different lengths and a mask that is not a 2D image of
     whole-number ids.
     """
-    _check_training_arguments(steps, val_fraction, lr, classes, batch, crop)
+    _check_training_arguments(steps, val_fraction, lr, classes, batch, crop, contact_weight)
     if isinstance(images, np.ndarray) or isinstance(masks, np.ndarray) or torch.is_tensor(images):
         raise ValueError("images and masks are lists, one array per image: for one image and its mask give "
                          "train_arrays([image], [mask]).")
@@ -949,7 +954,7 @@ def train_arrays(images, masks, *, init: str | Path | None = "nuclei", output: P
     try:
         return _train_samples(samples, start, classes, output, ckpt_path, identity, ", ".join(names), steps=steps,
                               val_fraction=val_fraction, lr=lr, batch=batch, crop=crop, seed=seed, resume=resume,
-                              progress=progress, cancel=cancel, log=log)
+                              progress=progress, cancel=cancel, log=log, contact_weight=contact_weight)
     except TrainingCancelled as e:
         if keep_progress:
             raise
@@ -960,7 +965,7 @@ def train_arrays(images, masks, *, init: str | Path | None = "nuclei", output: P
             ckpt_path.unlink(missing_ok=True)
 
 
-def _check_training_arguments(steps, val_fraction, lr, classes, batch, crop) -> None:
+def _check_training_arguments(steps, val_fraction, lr, classes, batch, crop, contact_weight=None) -> None:
     """:func:`train`'s and :func:`train_arrays`' settings, refused before anything is read."""
     if steps is not None and (int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
@@ -974,6 +979,13 @@ def _check_training_arguments(steps, val_fraction, lr, classes, batch, crop) -> 
         if value is not None and (int(value) != value or value < 1 or (name == "crop" and value % 8)):
             raise ValueError(f"{name} must be a whole number of at least 1{' and a multiple of 8' * (name == 'crop')}"
                              f", got {value!r}")
+    if contact_weight is not None:
+        try:
+            ok = math.isfinite(float(contact_weight)) and float(contact_weight) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"the contact weight must be a number of at least 0 (0: off), got {contact_weight!r}")
 
 
 @dataclass
@@ -1071,9 +1083,10 @@ def _annotated_samples(images: list, masks: list, names: list[str], classes: int
 
 def _train_samples(samples: list[Sample], start: _Start, classes: int, output: Path, ckpt_path: Path,
                    identity: dict, source: str, *, steps, val_fraction, lr, batch, crop, seed, resume, progress,
-                   cancel, log) -> Path:
+                   cancel, log, contact_weight: float | None = None) -> Path:
     """The training of :func:`train` and :func:`train_arrays` once their images are read: the validation split,
-    the settings, :func:`_fit`; a finished training removes its checkpoint."""
+    the settings, :func:`_fit`; a finished training removes its checkpoint. ``contact_weight`` None: the starting
+    model's own (:func:`_inherited_contact_weight`)."""
     log = log or (lambda _: None)
     if not any(s.mask.any() for s in samples):
         raise ValueError("No mask marks any object (all of their pixels are 0, the background): there is nothing "
@@ -1096,7 +1109,8 @@ def _train_samples(samples: list[Sample], start: _Start, classes: int, output: P
         width=config.width, dropout=config.dropout, bottleneck_dilation=config.bottleneck_dilation,
         eval_every=max(1, steps // 10), precise_bn_batches=min(50, steps),
         fg_crop_fraction=0.5 if not working_long_side else 0.0, init=None if start.path is None else str(start.path),
-        instance_head=config.instance_head)
+        instance_head=config.instance_head,
+        contact_weight=_inherited_contact_weight(init_meta, classes) if contact_weight is None else contact_weight)
     _check_settings(settings)
     small = [s for s in train_samples if settings.crop and not working_long_side and
              min(s.mask.shape) <= settings.crop // 2]
@@ -1104,6 +1118,14 @@ def _train_samples(samples: list[Sample], start: _Start, classes: int, output: P
         raise ValueError(f"{small[0].id} is {small[0].mask.shape[1]}x{small[0].mask.shape[0]} px: too small for the "
                          f"training's {settings.crop} px crops (each side must be above {settings.crop // 2} px). "
                          "Train on larger images, or with smaller crops.")
+    if settings.contact_weight > 0:  # touching objects of instance masks kept apart, as the starting model learned
+        identity = {**identity, "contact_weight": settings.contact_weight}
+        apart = [separate_touching(s) for s in train_samples]
+        border = sum(int(((a.mask > 0) & (b.mask == 0)).sum()) for a, b in zip(train_samples, apart))
+        log(f"touching objects kept apart (contact weight {settings.contact_weight:g}): {border} px where objects of "
+            f"{sum(s.instances is not None for s in train_samples)} instance masks touch made background"
+            if border else f"contact weight {settings.contact_weight:g}: no two objects (one id each) of a mask touch")
+        train_samples = apart
     data = _prepare(train_samples, settings.working_long_side, settings)
     if settings.crop is None and len({tuple(d[1].shape) for d in data}) > 1:
         # whole images of different shapes cannot share a batch: squares of the working side (padded by mirroring)
@@ -1123,6 +1145,20 @@ def _train_samples(samples: list[Sample], start: _Start, classes: int, output: P
                    keep_better_statistics=True, drop_checkpoint_on_divergence=True)
     ckpt_path.unlink(missing_ok=True)  # finished: the same call again trains anew
     return written
+
+
+def _inherited_contact_weight(meta: dict, classes: int) -> float:
+    """The contact weight of the training that made a starting model (its metadata), for a two-class training:
+    fine-tuning the shipped nuclei model on instance masks keeps touching nuclei apart as its pretraining did
+    (0 for other models, other numbers of classes, and files that do not record it)."""
+    if classes != 2:
+        return 0.0
+    settings = (meta.get("training") or {}).get("settings") or {}
+    try:
+        weight = float(settings.get("contact_weight") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return weight if math.isfinite(weight) and weight > 0 else 0.0
 
 
 # foreground probabilities at which the decision is tried (0.5: the plain argmax)
