@@ -328,3 +328,22 @@ def test_a_task_records_the_corrections_it_learned_from_not_those_made_while_it_
     record = s.learn(steps=8, progress=progress)
     assert late and [tuple(c) for c in record.clicks] == [(10, 10, 0)]
     assert len(s.clicks) == 2  # the late click still applies to the segmentation
+
+
+def test_the_corrections_a_task_is_judged_on_are_the_pixels_the_user_changed(nuclei_fluo):
+    """Learning an image nobody corrected reports that nothing was corrected (not the pixels where the network's
+    mean over its samples and one plain pass differ); after a click, the corrected pixels are what it changed."""
+    image, truth = nuclei_fluo
+    s = ClisSession.from_pretrained("nuclei", device="cpu")
+    s.segment(image)  # here the mean of the samples and one plain pass differ on a few pixels
+    record = s.learn(steps=2)
+    assert record.corrected_before is None and record.corrected_after is None
+    assert record.agreement_after is not None and record.agreement_after > 0.9
+    s.segment(image[:128, :128], task=0)
+    segmented = s.labels.copy()
+    s.annotate(truth[:128, :128] > 0, 1)
+    changed = s.labels != segmented
+    assert changed.any()
+    record = s.learn(steps=2)
+    # the model before gets none of them right: they are exactly where the user changed its segmentation
+    assert record.corrected_before is not None and record.corrected_before < 0.05

@@ -224,7 +224,8 @@ def _crops(x: torch.Tensor, y: torch.Tensor, s: LearnSettings, rng: np.random.Ge
 
 
 def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int, settings: LearnSettings | None = None,
-               progress=None, adapt: bool | None = None) -> tuple[ClisNet, int, dict]:
+               progress=None, adapt: bool | None = None,
+               corrected: torch.Tensor | None = None) -> tuple[ClisNet, int, dict]:
     """Learn one image as a new task on a copy of ``net``.
 
     Parameters
@@ -242,6 +243,9 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     adapt : bool, optional
         Give the task a BatchNorm and adapters of its own (:meth:`ClisNet.add_task_adaptation`, statistics from
         :func:`own_statistics`); default: ``settings.adapt == "always"``.
+    corrected : (H, W) bool tensor, optional
+        The pixels the user changed (``target`` where it differs from the segmentation the user started from), what
+        :func:`learn_verdict` judges the task on; default: where ``target`` differs from the parent's own labels.
 
     Returns
     -------
@@ -336,7 +340,13 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     with torch.no_grad():
         labels = _decided(new(x[None], task)[0], s).argmax(1)[0]
     after = _dice_fg(labels, target)
-    corrected = target != parent_labels  # where the accepted labels differ from the parent's own: the corrections
+    if corrected is None:  # where the accepted labels differ from the parent's own: the corrections
+        corrected = target != parent_labels
+    else:
+        corrected = corrected.to(device=device, dtype=torch.bool)
+        if corrected.shape != target.shape:
+            raise ValueError(f"corrected is {tuple(corrected.shape)}, the target {tuple(target.shape)}: they must "
+                             "match")
     kept = ~corrected
 
     def share(a, where):
@@ -389,8 +399,8 @@ def own_statistics(net: ClisNet, x: torch.Tensor, task: int, parent: int) -> Non
 
 def learn_verdict(info: dict, settings: LearnSettings | None = None) -> str | None:
     """Whether a learned task is to be kept (None) or rolled back (why, in words), from :func:`learn_task`'s
-    ``info``: it must find objects, follow at least as many of the user's corrections (the pixels where the
-    accepted labels differ from what the parent task gave) as the parent does, and agree with the accepted
+    ``info``: it must find objects, follow at least as many of the user's corrections (``learn_task``'s
+    ``corrected``: what the user changed) as the parent does, and agree with the accepted
     segmentation on at least ``settings.keep_agreement`` of the other pixels. Judging it on the whole accepted
     segmentation instead would favour the parent, which made most of it (docs/method.md)."""
     s = settings or LearnSettings()

@@ -835,12 +835,21 @@ class ClisSession:
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
             raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
         settings = dataclasses.replace(self.learn_settings, **({"steps": int(steps)} if steps is not None else {}))
-        x, y = self._working(self._normalized, labels, scale=self._scale)  # at the scale it was segmented at
+        # at the scale it was segmented at; with the pixels the user changed from what Segment gave (clicks, their
+        # propagation and strokes), what the rollback rule calls the corrections (one resize for both)
+        n = max(self.n_classes, int(labels.max()) + 1)
+        if self.result.labels.shape == labels.shape:
+            edited = labels != self.result.labels
+            x, both = self._working(self._normalized, labels.astype(np.int64) + n * edited, scale=self._scale)
+            y, corrected = both % n, both >= n
+        else:  # (not expected) no segmentation to compare with: learn_task's own rule
+            (x, y), corrected = self._working(self._normalized, labels, scale=self._scale), None
         t0 = time.perf_counter()
         # an image unlike the pretraining images: the new task gets its own normalisation and adapters
         fam = self.result.familiarity if self.result is not None else None
         adapt = settings.adapt == "always" or (settings.adapt == "auto" and fam is not None and fam.unlike_training)
-        new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress, adapt=adapt)
+        new_net, task, info = learn_task(self.net, x, y, self.task, settings, progress, adapt=adapt,
+                                         corrected=corrected)
         why = learn_verdict(info, settings)
         if why is not None:
             entry = ([float(v) for v in self._fingerprint], int(self.task))
