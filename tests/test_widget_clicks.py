@@ -817,13 +817,16 @@ def test_closing_and_reopening_the_dock_hands_the_layers_to_the_new_widget(make_
     first.run(viewer.add_image(image, name="a"))
     qtbot.waitUntil(lambda: not first.busy, timeout=60_000)
     labels_a, in_use = first.session.labels.copy(), first.session
+    first.samples, first.suggest = 3, False  # options changed after the last Segment: the reopened dock keeps them
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
     QApplication.processEvents()
     assert first.retired
     _, second = viewer.window.add_plugin_dock_widget("napari-clis", "Segment (CLIS)")
     assert second.status.startswith("Going on with the nuclei model") and "Press Segment" in second.status
+    assert (second.samples, second.suggest, second.object_size) == (3, False, 0.0)
     second.run(viewer.add_image(image[::-1].copy(), name="b"))
     qtbot.waitUntil(lambda: not second.busy, timeout=60_000)
+    assert second.session.n_samples == 3 and len(viewer.layers["suggestions"].data) == 0
     seg = viewer.layers["segmentation"]
     y, x = np.argwhere(seg.data == 0)[len(np.argwhere(seg.data == 0)) // 2]
     with seg.block_history():

@@ -306,6 +306,9 @@ class AnnotationState:
     generation: int = 0  # bumped by every new run and by anything that makes running results stale
     busy: str | None = None  # "segment" or "learn" while a worker runs
     ledger: Ledger = field(default_factory=Ledger)
+    # the dock's options as the user last set them (control name -> value): a dock opened again shows them, even
+    # those changed after the last Segment (which the session does not know yet)
+    options: dict = field(default_factory=dict)
 
     def next_generation(self) -> int:
         """A new generation: results of workers started before it are stale."""

@@ -103,6 +103,7 @@ class SegmentWidget(Container):
             self._show_session()
         else:  # the click classes of the chosen model, before it is loaded ("1: nucleus")
             self.show_model_classes()
+        self._keep_options()
         register_shortcuts(dock_of)  # napari actions: listed in Preferences > Shortcuts
         self.click_action_control = add_click_action_control(self, dock_of)  # add / remove, split, merge
         self._watch_docking()
@@ -390,6 +391,20 @@ class SegmentWidget(Container):
             kept = ": the clicks and painted edits made so far are kept." if edits else "."
             self.controls.set_status(f"Going on with the {session.model_name} model{tasks}. Press Segment to "
                                      f"correct an image again{kept}")
+
+    # the options a dock opened again shows as the user left them (the session knows only what the last Segment used)
+    KEPT_OPTIONS = ("device", "samples", "intensity", "object_size", "all_slices", "suggest")
+
+    def _keep_options(self) -> None:
+        """Show the options as they were left in this viewer's last dock, and remember every change from now on."""
+        for name in self.KEPT_OPTIONS:
+            control = getattr(self.controls, name)
+            if name in self.state.options:
+                try:
+                    control.value = self.state.options[name]
+                except (ValueError, TypeError):  # a choice that is gone (a device): the control's own stays
+                    pass
+            control.changed.connect(lambda value, name=name: self.state.options.__setitem__(name, value))
 
     # -- lifetime: one dock per viewer owns the layers -------------------------------------------------------------
     def connect(self, emitter, callback) -> None:
