@@ -73,15 +73,24 @@ def test_bench_outliers_prints_a_table_per_set_beside_otsu(tmp_path, capsys):
 
 
 def test_bench_instances_prints_every_method_per_set(tmp_path, capsys):
-    """`napari-clis bench instances` (the instance table of docs/benchmarks.md) on the same tiny folder."""
+    """`napari-clis bench instances` (the instance table of docs/benchmarks.md) on the same tiny folder, and on
+    he_nuclei's tiles where the folder holds them (here one, the H&E test image with its instance mask)."""
     root = _folder(tmp_path)
     out_json = tmp_path / "i.json"
     assert main(["bench", "instances", "--data", str(root), "--samples", "2", "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    assert set(res) == {"dsb2018", "bbbc039"}  # no he_nuclei folder: no row for it
+    for sub in ("images", "masks"):
+        (root / "he_nuclei" / sub).mkdir(parents=True)
+        shutil.copy(DATA / "dsb2018" / sub / f"{NUCLEI_HE}.png", root / "he_nuclei" / sub / "tile.png")
+    assert main(["bench", "instances", "--data", str(root), "--samples", "2", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "| images | method | AP@0.5 | mAP 0.5:0.9 | mAP 0.5:0.95 | PQ |" in out
+    assert "`he_nuclei` never trained on (1 images, " in out
     res = json.loads(out_json.read_text())
     assert res["dsb2018"]["images"] == 2 and res["bbbc039"]["images"] == 1  # every held-out image, H&E too
-    for dataset in ("dsb2018", "bbbc039"):
+    assert res["he_nuclei"]["images"] == 1 and res["he_nuclei"]["nuclei"] > 10
+    for dataset in ("dsb2018", "bbbc039", "he_nuclei"):
         r = res[dataset]
         for m in ("cc", "watershed", "otsu", "ceiling"):
             assert 0 <= r[m]["map50_95"] <= r[m]["map50_90"] <= r[m]["ap50"] <= 1

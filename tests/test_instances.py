@@ -275,3 +275,24 @@ def test_the_instance_heads_distance_map_splits_what_the_mask_alone_cannot():
     split = instances_from_probabilities(prob, labels, distance=distance)
     assert split.max() == 2
     assert split[32, 36] != split[32, 60] and split[32, 36] > 0 and split[32, 60] > 0
+
+
+def test_specks_do_not_shrink_the_object_size_nor_become_objects():
+    """A mask broken into fragments (as the network's is on pale H&E nuclei) keeps the radius of its real objects:
+    the specks are left out of the estimate, so the watershed's smallest object stays a fraction of a nucleus and
+    the specks do not each become an object."""
+    truth = _true_instances(NUCLEI_HE)
+    mask = truth > 0
+    clean = estimate_object_radius(mask)
+    rng = np.random.default_rng(0)
+    specked = mask.copy()
+    free = np.argwhere(ndimage.binary_dilation(mask, iterations=4) == 0)
+    for y, x in free[rng.choice(len(free), 400, replace=False)]:  # 400 specks of 1-4 px in the background
+        specked[y:y + rng.integers(1, 3), x:x + rng.integers(1, 3)] = True
+    n_pieces = ndimage.label(specked)[1]
+    assert n_pieces > 3 * ndimage.label(mask)[1]  # specks outnumber the nuclei: a plain median is a speck's size
+    assert float(np.sqrt(np.median(np.bincount(ndimage.label(specked)[0].ravel())[1:]) / np.pi)) < 0.3 * clean
+    assert abs(estimate_object_radius(specked) - clean) < 0.15 * clean
+    objects = instances_from_probabilities(specked.astype(np.float32), specked.astype(np.int32))
+    plain = instances_from_probabilities(mask.astype(np.float32), mask.astype(np.int32))
+    assert abs(int(objects.max()) - int(plain.max())) <= 2, (objects.max(), plain.max())

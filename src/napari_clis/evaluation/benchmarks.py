@@ -487,7 +487,8 @@ def _ceiling_split(foreground: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def instances_bench(args) -> int:
     """Instance quality of the nuclei model on held-out images: AP@0.5, the DSB 2018 mAP over IoU 0.5:0.9 and
-    0.5:0.95, and panoptic quality, beside connected components, a watershed on Otsu's mask and the ceiling."""
+    0.5:0.95, and panoptic quality, beside connected components, a watershed on Otsu's mask and the ceiling; also
+    on the H&E tiles of ``he_nuclei`` (never trained on) where the data folder holds them."""
     from scipy import ndimage as ndi
 
     from ..instances import foreground_probability, instances_from_probabilities, watershed_instances
@@ -500,8 +501,20 @@ def instances_bench(args) -> int:
     methods = {m: label for m, label in INSTANCE_METHODS.items() if m != "head" or has_head}
     thresholds = np.round(np.arange(0.5, 0.951, 0.05), 2)
     summary = {}
-    for dataset in ("dsb2018", "bbbc039"):
-        images, missing = _heldout_present(args.data, dataset, grey_only=False)
+    sets = ["dsb2018", "bbbc039"]
+    root = Path(args.data) if args.data else None
+    if root is None:
+        from ..data import default_data_root
+        root = default_data_root()
+    if (root / "he_nuclei").is_dir():
+        sets.append("he_nuclei")
+    for dataset in sets:
+        if dataset == "he_nuclei":  # a new lab's H&E tiles: every one (none was trained on), by its instance mask
+            images = ((smp.id, smp.image, smp.instances) for smp in _domain_folder(root, dataset)
+                      if smp.instances is not None)
+            missing = 0
+        else:
+            images, missing = _heldout_present(args.data, dataset, grey_only=False)
         scores = {m: [] for m in methods}
         nuclei, t0 = 0, time.time()
         for _, image, truth in images:
@@ -533,7 +546,8 @@ def instances_bench(args) -> int:
     print("| images | method | AP@0.5 | mAP 0.5:0.9 | mAP 0.5:0.95 | PQ |")
     print("|---|---|---|---|---|---|")
     for dataset, res in summary.items():
-        first = f"`{dataset}` held-out ({res['images']} images, {res['nuclei']} nuclei)"
+        kind = "never trained on" if dataset == "he_nuclei" else "held-out"
+        first = f"`{dataset}` {kind} ({res['images']} images, {res['nuclei']} nuclei)"
         for k, (m, label) in enumerate(methods.items()):
             v = res[m]
             print(f"| {first if k == 0 else ''} | {label} | {v['ap50']:.3f} | {v['map50_90']:.3f} | "
@@ -1141,7 +1155,9 @@ def _domain_folder(root, name: str):
         if mask.shape != image.shape[:2]:
             raise ValueError(f"the mask of {path.name} is {mask.shape[1]}x{mask.shape[0]} px, the image "
                              f"{image.shape[1]}x{image.shape[0]}")
-        out.append(Sample(stem, np.ascontiguousarray(image), (mask > 0).astype(np.int32)))
+        several = len(np.unique(mask[mask > 0])) > 1  # an instance mask: its objects kept for instance measures
+        out.append(Sample(stem, np.ascontiguousarray(image), (mask > 0).astype(np.int32),
+                          mask.astype(np.int32) if several else None))
     return out
 
 
