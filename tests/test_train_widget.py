@@ -113,6 +113,11 @@ def test_bad_input_is_a_notification_and_trains_nothing(make_napari_viewer, qtbo
     widget.train()
     assert not widget.busy and "cannot start with" in said[-1][1]
     assert _files() == ["mine.pt"] and (models_dir() / "mine.pt").read_bytes() == b"a model the user had"
+    # a mask opened from a file is an image layer: nothing to tick, and the status says how to make it labels
+    viewer.layers.remove("cropped")
+    viewer.add_image(mask.astype(np.uint8), name="mask from a file")
+    assert widget.pairs.choices == () and "right-click it in the layer list and choose Convert to Labels" in \
+        widget.status.value
 
 
 def test_beside_the_other_docks_no_control_is_cut_off(make_napari_viewer, qtbot):

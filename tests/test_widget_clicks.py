@@ -456,8 +456,8 @@ def test_the_status_line_says_which_task_segmented_the_image_and_why():
     # an image unlike the training images takes the nearest learned task whatever it changes: the status says so
     # and how to go back (a task taught three clicks on an H&E tile broke the next tile's nuclei into pieces)
     unlike = task_choice_text(session(3, nearest=3, known=False, agreement=0.849, unfamiliar=True))
-    assert unlike.startswith("\nUsed learned task 3: it was learned on a similar image, and it changes what")
-    assert "agree on 85%" in unlike and "choose 0 in Task" in unlike
+    assert unlike.startswith("\nUsed learned task 3: it was learned on a similar image, and it changes much of what")
+    assert "agree on 85%" in unlike and "choose 'none (pretrained)' in Learned task" in unlike
     assert "whatever the agreement" in task_choice_detail(session(3, nearest=3, known=False, agreement=0.849,
                                                                    unfamiliar=True))
     assert task_choice_text(session(1, nearest=None, known=None, agreement=None, asked=True)) == (

@@ -25,7 +25,8 @@ __all__ = ["TrainWidget"]
 logger = logging.getLogger("napari_clis._train_widget")
 READY = "Tick the labels layers to learn from (each with the image it labels), then press Train."
 NO_PAIRS = ("No labels layer to learn from: open an image, add a labels layer (the layer list's 'New labels layer' "
-            "button) and paint the objects on it, or segment and correct it with Segment (CLIS).")
+            "button) and paint the objects on it, or segment and correct it with Segment (CLIS). A mask opened from "
+            "a file is an image layer: right-click it in the layer list and choose Convert to Labels.")
 FINE_TUNE_STEPS = 500  # training.TRAIN_STEPS["fine-tune"] (not imported: opening the dock needs no torch)
 FORBIDDEN = re.compile(r'[\\/:*?"<>|]')
 

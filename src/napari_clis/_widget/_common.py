@@ -206,9 +206,9 @@ def task_choice_text(session) -> str:
         from ..continual import TRANSFER_AGREEMENT
 
         if c["agreement"] < TRANSFER_AGREEMENT:  # an image unlike the training images takes it anyway: say so
-            return (f"\nUsed learned task {t}: it was learned on a similar image, and it changes what the pretrained "
-                    f"model finds here much (they agree on {c['agreement']:.0%}). If this looks worse, choose 0 in "
-                    "Task and Segment again.")
+            return (f"\nUsed learned task {t}: it was learned on a similar image, and it changes much of what the "
+                    f"pretrained model finds here (they agree on {c['agreement']:.0%}). If this looks worse, choose "
+                    "'none (pretrained)' in Learned task and Segment again.")
         return f"\nUsed learned task {t}: it was learned on a similar image."
     if c.get("nearest") and c.get("agreement") is not None:
         return (f"\nUsed the pretrained model: learned task {c['nearest']} (from the most similar image) did not "
