@@ -13,6 +13,7 @@ from napari_clis.instances import (
     estimate_object_radius,
     instances_from_probabilities,
     measure_objects,
+    object_size_mismatch,
     single_object,
     watershed_instances,
 )
@@ -296,3 +297,13 @@ def test_specks_do_not_shrink_the_object_size_nor_become_objects():
     objects = instances_from_probabilities(specked.astype(np.float32), specked.astype(np.int32))
     plain = instances_from_probabilities(mask.astype(np.float32), mask.astype(np.int32))
     assert abs(int(objects.max()) - int(plain.max())) <= 2, (objects.max(), plain.max())
+
+
+def test_an_object_size_far_from_the_objects_found_is_told():
+    truth = _true_instances(NUCLEI_HE)
+    found = 2 * estimate_object_radius(truth > 0)
+    assert object_size_mismatch(None, truth) is None and object_size_mismatch(0, truth) is None
+    assert object_size_mismatch(found * 1.5, truth) is None and object_size_mismatch(found / 1.5, truth) is None
+    assert object_size_mismatch(found / 4, truth) == pytest.approx(found)
+    assert object_size_mismatch(found * 3, truth) == pytest.approx(found)
+    assert object_size_mismatch(found * 3, np.zeros_like(truth)) is None  # nothing found: nothing to compare

@@ -547,6 +547,10 @@ def test_the_object_size_rescales_for_the_model_and_results_keep_the_image_size(
     for name in ("segmentation", "uncertainty", "superpixels", "instances"):
         assert viewer.layers[name].data.shape == small.shape
     assert int(viewer.layers["instances"].data.max()) > 5
+    assert "The objects found are about" not in widget.status  # the size given is the objects'
+    widget.object_size = 40  # four times the nuclei's: the status says what size the objects found have
+    _run(widget, qtbot, layer)
+    assert "px across, not the 40 px of Object size" in widget.status, widget.status
     before = viewer.layers["segmentation"].data.copy()
     widget.object_size = 500  # larger than the image: said, nothing lost
     widget.run(layer)

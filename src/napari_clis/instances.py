@@ -19,6 +19,7 @@ from scipy import ndimage
 
 __all__ = [
     "estimate_object_radius",
+    "object_size_mismatch",
     "watershed_instances",
     "instances_from_probabilities",
     "single_object",
@@ -81,6 +82,18 @@ def estimate_object_radius(mask) -> float:
     cumulative = np.cumsum(areas)
     middle = areas[np.searchsorted(cumulative, cumulative[-1] / 2)]  # the piece holding the middle pixel
     return float(np.sqrt(np.median(areas[areas >= SPECK_SHARE * middle]) / np.pi))
+
+
+def object_size_mismatch(object_diameter, instances, factor: float = 2.0) -> float | None:
+    """The typical diameter (px) of the objects found, where it is more than ``factor`` times larger or smaller
+    than the ``object_diameter`` the user gave (None where it is not, where none was given, or nothing was
+    found): a sign that the size given is not the objects' (the image was resized for the network by it)."""
+    if not object_diameter or object_diameter <= 0:
+        return None
+    found = 2.0 * estimate_object_radius(np.asarray(instances) > 0)
+    if found <= 0 or 1.0 / factor <= found / float(object_diameter) <= factor:
+        return None
+    return found
 
 
 # Pieces of a mask smaller than this share of the area-weighted median piece are specks to estimate_object_radius.

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _tooltips as tips
 from ..annotation_state import RunRecord, Target
+from ..instances import object_size_mismatch
 from ..preprocessing import alpha_is_transparency
 from ._click_actions import AUTO, actions_of, apply_clicks
 from ._common import (
@@ -405,6 +406,11 @@ class Segmenter:
             note = " Check the yellow rings first: the model is least sure there."
         else:
             note = " 'Show uncertainty' shows where the model is unsure."
+        size = c.object_size.value
+        off = object_size_mismatch(size, instances) if n == 1 else None
+        if off is not None:  # an Object size far from the objects': the image was resized by a wrong factor
+            note = (f" The objects found are about {off:.0f} px across, not the {size:g} px of Object size: if they "
+                    "look wrong, set it to their width (0: the image as it is) and Segment again." + note)
         found = "." if n > 1 else f": {object_count_text(session, instances)}.{note}"
         c.set_status(f"{self.segmented_words(layer, n, i, idx)}{found}"
                      + (task_choice_text(session) if n == 1 else "")  # a stack: tasks per slice
