@@ -244,8 +244,12 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
         Give the task a BatchNorm and adapters of its own (:meth:`ClisNet.add_task_adaptation`, statistics from
         :func:`own_statistics`); default: ``settings.adapt == "always"``.
     corrected : (H, W) bool tensor, optional
-        The pixels the user changed (``target`` where it differs from the segmentation the user started from), what
-        :func:`learn_verdict` judges the task on; default: where ``target`` differs from the parent's own labels.
+        The pixels the user changed (``target`` where it differs from the segmentation the user started from).
+        :func:`learn_verdict` then judges the task on those of them the parent's own labels have wrong (the
+        corrections) and on the pixels the user left that the parent has right (what must stay); the few pixels
+        where the segmentation (the mean over the network's samples) and one pass of the parent decide differently
+        count in neither. Default: the corrections are all the pixels where ``target`` differs from the parent's
+        own labels, and the rest must stay.
 
     Returns
     -------
@@ -340,14 +344,15 @@ def learn_task(net: ClisNet, x: torch.Tensor, target: torch.Tensor, parent: int,
     with torch.no_grad():
         labels = _decided(new(x[None], task)[0], s).argmax(1)[0]
     after = _dice_fg(labels, target)
-    if corrected is None:  # where the accepted labels differ from the parent's own: the corrections
-        corrected = target != parent_labels
-    else:
-        corrected = corrected.to(device=device, dtype=torch.bool)
-        if corrected.shape != target.shape:
-            raise ValueError(f"corrected is {tuple(corrected.shape)}, the target {tuple(target.shape)}: they must "
+    differs = target != parent_labels  # where the accepted labels differ from the parent's own decision
+    if corrected is None:
+        corrected, kept = differs, ~differs
+    else:  # of the pixels the user changed, those the parent had wrong; judged on what the user left and it had right
+        edited = corrected.to(device=device, dtype=torch.bool)
+        if edited.shape != target.shape:
+            raise ValueError(f"corrected is {tuple(edited.shape)}, the target {tuple(target.shape)}: they must "
                              "match")
-    kept = ~corrected
+        corrected, kept = edited & differs, ~edited & ~differs
 
     def share(a, where):
         return float((a[where] == target[where]).float().mean()) if bool(where.any()) else None
