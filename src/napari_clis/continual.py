@@ -404,9 +404,9 @@ def own_statistics(net: ClisNet, x: torch.Tensor, task: int, parent: int) -> Non
 
 def learn_verdict(info: dict, settings: LearnSettings | None = None) -> str | None:
     """Whether a learned task is to be kept (None) or rolled back (why, in words), from :func:`learn_task`'s
-    ``info``: it must find objects, follow at least as many of the user's corrections (``learn_task``'s
-    ``corrected``: what the user changed) as the parent does, and agree with the accepted
-    segmentation on at least ``settings.keep_agreement`` of the other pixels. Judging it on the whole accepted
+    ``info``: it must find objects, follow at least as many of the user's corrections (the pixels the user changed
+    that the parent had wrong, :func:`learn_task`) as the parent does, and agree with the accepted segmentation on
+    at least ``settings.keep_agreement`` of the pixels that must stay. Judging it on the whole accepted
     segmentation instead would favour the parent, which made most of it (docs/method.md)."""
     s = settings or LearnSettings()
     if not info["dice_after"] > 0:
