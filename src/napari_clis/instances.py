@@ -78,7 +78,12 @@ def estimate_object_radius(mask) -> float:
     comp, n = ndimage.label(mask)
     if n == 0:
         return 0.0
-    areas = np.sort(np.bincount(comp.ravel())[1:])
+    return _typical_radius(np.bincount(comp.ravel())[1:])
+
+
+def _typical_radius(areas) -> float:
+    """The radius of a disc of the median of ``areas`` (> 0), specks left out (:func:`estimate_object_radius`)."""
+    areas = np.sort(areas)
     cumulative = np.cumsum(areas)
     middle = areas[np.searchsorted(cumulative, cumulative[-1] / 2)]  # the piece holding the middle pixel
     return float(np.sqrt(np.median(areas[areas >= SPECK_SHARE * middle]) / np.pi))
@@ -90,8 +95,12 @@ def object_size_mismatch(object_diameter, instances, factor: float = 2.0) -> flo
     found): a sign that the size given is not the objects' (the image was resized for the network by it)."""
     if not object_diameter or object_diameter <= 0:
         return None
-    found = 2.0 * estimate_object_radius(np.asarray(instances) > 0)
-    if found <= 0 or 1.0 / factor <= found / float(object_diameter) <= factor:
+    areas = np.bincount(np.asarray(instances).ravel())[1:]  # per object (touching ones apart), no labelling
+    areas = areas[areas > 0]
+    if not len(areas):
+        return None
+    found = 2.0 * _typical_radius(areas)
+    if 1.0 / factor <= found / float(object_diameter) <= factor:
         return None
     return found
 
